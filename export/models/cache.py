@@ -1,0 +1,53 @@
+"""Explicit, functional decoding state.
+
+A model's cache is a tuple with one entry per layer; the entry's type is chosen by the layer's
+temporal block (attention today, a recurrent state for RecurrentGemma). Every attention cache is
+a ring buffer of `S` slots: slot j holds the newest position p with p % S == j. Sliding-window
+layers get S = window, global layers S = the longest sequence to decode, so a global cache never
+wraps. Entries are NamedTuples, which torch.export flattens into stable, named tensors.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Union
+
+import torch
+
+from .config import GemmaConfig
+
+
+class AttentionCache(NamedTuple):
+    k: torch.Tensor   # [B, Hkv, S, D]
+    v: torch.Tensor   # [B, Hkv, S, D]
+
+    @property
+    def slots(self) -> int:
+        return self.k.shape[2]
+
+    def slot_positions(self, start: torch.Tensor) -> torch.Tensor:
+        """Position held by each slot before writing tokens from `start` on; negative = empty. [S]"""
+        j = torch.arange(self.slots, device=self.k.device)
+        last = start - 1
+        return last - torch.remainder(last - j, self.slots)
+
+    def write(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> "AttentionCache":
+        """Store the newest min(T, S) of the new keys/values ([B, Hkv, T, D]) at positions % S."""
+        n = min(k.shape[2], self.slots)
+        idx = torch.remainder(positions[-n:], self.slots)
+        return AttentionCache(self.k.index_copy(2, idx, k[:, :, -n:]),
+                              self.v.index_copy(2, idx, v[:, :, -n:]))
+
+
+CacheEntry = Union[AttentionCache]
+Cache = tuple[CacheEntry, ...]
+
+
+def init_cache(config: GemmaConfig, max_len: int, batch: int = 1,
+               dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Cache:
+    """Empty cache for decoding up to `max_len` positions."""
+    if max_len > config.max_position:
+        raise ValueError(f"max_len {max_len} exceeds the model's context length {config.max_position}")
+
+    def zeros(i):
+        return torch.zeros(batch, config.num_kv_heads, config.cache_length(i, max_len), config.head_dim,
+                           dtype=dtype, device=device)
+    return tuple(AttentionCache(zeros(i), zeros(i)) for i in range(config.num_layers))

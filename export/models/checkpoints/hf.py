@@ -1,0 +1,158 @@
+"""Hugging Face folders: config.json mapped onto GemmaConfig, safetensors (single or sharded)
+mapped onto our parameter names, which are the HF text-model names."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ..config import EmbeddingHead, GemmaConfig, LayerType, layer_pattern
+from .weights import CheckpointError
+
+# architectures[0] -> family; everything else is refused with the list below.
+ARCHITECTURES = {
+    "GemmaForCausalLM": "gemma",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3",
+    "Gemma3ForConditionalGeneration": "gemma3",   # text decoder only; vision tensors are skipped
+    "Gemma3TextModel": "embeddinggemma",          # EmbeddingGemma (bidirectional, sentence-transformers head)
+}
+# local layers per global layer when config.json has no layer_types
+_PATTERN = {"gemma": 0, "gemma2": 1, "gemma3": 5, "embeddinggemma": 5}
+
+# Checkpoint-name prefix -> our prefix, tried in order; None = tensor not part of the text model.
+PREFIXES = (
+    ("model.language_model.", "model."),
+    ("language_model.model.", "model."),
+    ("language_model.lm_head.", "lm_head."),
+    ("model.vision_tower.", None), ("vision_tower.", None),
+    ("model.multi_modal_projector.", None), ("multi_modal_projector.", None),
+    ("model.", "model."),
+    ("lm_head.", "lm_head."),
+    ("", "model."),                                # Gemma3TextModel (EmbeddingGemma) has no prefix
+)
+# sentence-transformers modules of EmbeddingGemma, in order: folder -> our dense layer
+DENSE_FOLDERS = ("2_Dense", "3_Dense")
+
+
+def config_from_hf(cfg: dict, source: str = "config.json") -> GemmaConfig:
+    archs = cfg.get("architectures") or []
+    arch = archs[0] if archs else None
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"{source}: architecture {arch!r} is not supported; supported: "
+                              f"{', '.join(ARCHITECTURES)} (RecurrentGemma and PaliGemma are not yet)")
+    family = ARCHITECTURES[arch]
+    text = cfg.get("text_config", cfg) if arch == "Gemma3ForConditionalGeneration" else cfg
+    if family == "gemma3" and text.get("use_bidirectional_attention"):
+        family = "embeddinggemma"
+    try:
+        n = text["num_hidden_layers"]
+        d = text["hidden_size"]
+        heads = text["num_attention_heads"]
+        kw = dict(
+            vocab_size=text["vocab_size"], hidden_size=d, intermediate_size=text["intermediate_size"],
+            num_heads=heads, num_kv_heads=text.get("num_key_value_heads", heads),
+            head_dim=text.get("head_dim") or d // heads,
+            rms_eps=text.get("rms_norm_eps", 1e-6),
+            max_position=text.get("max_position_embeddings", 8192),
+        )
+    except KeyError as e:
+        raise CheckpointError(f"{source}: missing key {e.args[0]!r}") from None
+    if text.get("layer_types"):
+        kw["layer_types"] = tuple(LayerType(t) for t in text["layer_types"])
+        if len(kw["layer_types"]) != n:
+            raise CheckpointError(f"{source}: layer_types has {len(kw['layer_types'])} entries, "
+                                  f"num_hidden_layers is {n}")
+    else:
+        kw["layer_types"] = layer_pattern(n, text.get("sliding_window_pattern", _PATTERN[family] + 1) - 1)
+    if family != "gemma":
+        kw.update(sliding_window=text.get("sliding_window"), query_pre_attn_scalar=text.get("query_pre_attn_scalar"),
+                  attn_softcap=text.get("attn_logit_softcapping"), final_softcap=text.get("final_logit_softcapping"),
+                  sandwich_norms=True)
+    kw.update(_rope(text, family))
+    if family in ("gemma3", "embeddinggemma"):
+        kw["qk_norm"] = True
+    if family == "embeddinggemma":
+        kw.update(bidirectional=True, embedding_head=EmbeddingHead())
+    for ours, theirs in (("bos_id", "bos_token_id"), ("eos_id", "eos_token_id"), ("pad_id", "pad_token_id")):
+        value = text.get(theirs, cfg.get(theirs))
+        if isinstance(value, list):
+            value = value[0]
+        if value is not None:
+            kw[ours] = value
+    return GemmaConfig(family=family, **kw)
+
+
+def _rope(text: dict, family: str) -> dict:
+    """RoPE bases and linear scaling from transformers 4 (rope_theta, rope_local_base_freq,
+    rope_scaling) or transformers 5 (rope_parameters, optionally per layer type) keys."""
+    params = text.get("rope_parameters") or {}
+    per_type = {t.value: params[t.value] for t in LayerType if isinstance(params.get(t.value), dict)}
+    glob = per_type.get(LayerType.GLOBAL.value, params)
+    local = per_type.get(LayerType.LOCAL.value, {})
+    base = glob.get("rope_theta", text.get("rope_theta", 1_000_000.0 if family != "gemma" and family != "gemma2" else 10_000.0))
+    local_base = local.get("rope_theta", text.get("rope_local_base_freq", 10_000.0 if family in ("gemma3", "embeddinggemma") else base))
+    scaling = text.get("rope_scaling") or glob
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type not in ("default", "linear"):
+        raise CheckpointError(f"config.json: rope type {rope_type!r} is not supported (default, linear)")
+    scale = float(scaling.get("factor", 1.0)) if rope_type == "linear" else 1.0
+    return dict(rope_base=float(base), rope_local_base=float(local_base), rope_scale=scale)
+
+
+def _tensor_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [folder / s for s in shards]
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{folder}: no *.safetensors files (only safetensors checkpoints are read)")
+    for f in files:
+        if not f.exists():
+            raise CheckpointError(f"{index}: shard {f.name} is missing")
+    return files
+
+
+def read_tensors(folder: Path, config: GemmaConfig) -> dict[str, torch.Tensor]:
+    """All tensors of the text model under our names; vision-tower tensors are dropped."""
+    out: dict[str, torch.Tensor] = {}
+    for f in _tensor_files(folder):
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                name = _rename(key)
+                if name is None:
+                    continue
+                if name in out:
+                    raise CheckpointError(f"{f}: tensor {key} appears twice (as {name})")
+                out[name] = st.get_tensor(key)
+    if config.embedding_head is not None:
+        for i, sub in enumerate(DENSE_FOLDERS[: len(config.embedding_head.dense_dims)]):
+            (f,) = _tensor_files(folder / sub) if (folder / sub).is_dir() else (None,)
+            if f is None:
+                raise CheckpointError(f"{folder}: EmbeddingGemma needs the sentence-transformers folder {sub}/")
+            with safe_open(str(f), framework="pt") as st:
+                out[f"dense.{i}.weight"] = st.get_tensor("linear.weight")
+    head = out.pop("lm_head.weight", None)
+    if head is not None and not torch.equal(head, out.get("model.embed_tokens.weight", head)):
+        raise CheckpointError(f"{folder}: lm_head.weight differs from the embedding; Gemma ties them")
+    return out
+
+
+def _rename(key: str) -> str | None:
+    for prefix, ours in PREFIXES:
+        if key.startswith(prefix):
+            return None if ours is None else ours + key[len(prefix):]
+    return None
+
+
+def load_hf_folder(folder: str | Path) -> tuple[GemmaConfig, dict[str, torch.Tensor]]:
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.exists():
+        raise CheckpointError(f"{folder}: no config.json (expected a Hugging Face model folder)")
+    config = config_from_hf(json.loads(cfg_path.read_text()), str(cfg_path))
+    return config, read_tensors(folder, config)

@@ -1,0 +1,85 @@
+"""One frozen config for the Gemma transformer family (Gemma 1/2/3, CodeGemma, ShieldGemma,
+EmbeddingGemma). Everything that tells the variants apart is a field here; the modules in
+layers.py read these fields and nothing else."""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+
+
+class LayerType(str, enum.Enum):
+    GLOBAL = "full_attention"      # attends to every earlier token; full-length cache
+    LOCAL = "sliding_attention"    # attends to the last `sliding_window` tokens; ring-buffer cache
+
+
+def layer_pattern(num_layers: int, local_per_global: int) -> tuple[LayerType, ...]:
+    """`local_per_global` sliding layers then one global layer, repeated (Gemma 2: 1, Gemma 3: 5).
+    0 means every layer is global (Gemma 1)."""
+    period = local_per_global + 1
+    return tuple(LayerType.GLOBAL if (i + 1) % period == 0 else LayerType.LOCAL
+                 for i in range(num_layers))
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingHead:
+    """EmbeddingGemma's sentence-transformers head: mean pooling -> dense -> dense -> L2 norm."""
+    dense_dims: tuple[int, ...] = (3072, 768)   # output width of each bias-free linear layer
+    matryoshka_dims: tuple[int, ...] = (768, 512, 256, 128)
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmaConfig:
+    family: str                          # gemma | gemma2 | gemma3 | embeddinggemma
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    layer_types: tuple[LayerType, ...]
+    sliding_window: int | None = None    # tokens a LOCAL layer sees, itself included
+    rope_base: float = 10_000.0          # GLOBAL layers
+    rope_local_base: float = 10_000.0    # LOCAL layers
+    rope_scale: float = 1.0              # linear position scaling on GLOBAL layers (Gemma 3 4B+)
+    query_pre_attn_scalar: float | None = None   # attention scale = this ** -0.5 (None: head_dim)
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    qk_norm: bool = False
+    sandwich_norms: bool = False         # post-attention and pre/post-feedforward norms (Gemma 2+)
+    rms_eps: float = 1e-6
+    max_position: int = 8192
+    bidirectional: bool = False          # EmbeddingGemma: encoder attention, no causal mask
+    embedding_head: EmbeddingHead | None = None
+    bos_id: int = 2
+    eos_id: int = 1
+    pad_id: int = 0
+
+    def __post_init__(self):
+        if not self.layer_types:
+            raise ValueError("layer_types is empty: a model needs at least one layer")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if LayerType.LOCAL in self.layer_types and not self.sliding_window:
+            raise ValueError("sliding_attention layers need sliding_window")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_types)
+
+    @property
+    def attn_scale(self) -> float:
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    @property
+    def embed_scale(self) -> float:
+        return math.sqrt(self.hidden_size)
+
+    def cache_length(self, layer: int, max_len: int) -> int:
+        """Slots a layer's KV cache needs to decode up to `max_len` positions."""
+        if self.layer_types[layer] is LayerType.LOCAL:
+            return min(self.sliding_window, max_len)
+        return max_len
+
+    def replace(self, **kw) -> "GemmaConfig":
+        return dataclasses.replace(self, **kw)

@@ -1,0 +1,142 @@
+"""Shared building blocks of the Gemma family: one norm, one RoPE, one attention, one MLP.
+Shapes: B batch, T new tokens, S cache slots, H query heads, G kv heads, R = H // G, D head dim."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import AttentionCache
+from .config import GemmaConfig, LayerType
+
+
+class RMSNorm(nn.Module):
+    """Gemma RMSNorm: x / rms(x) * (1 + w), computed in fp32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * (1.0 + self.weight.float())).type_as(x)
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, base: float, scale: float = 1.0):
+    """cos, sin of shape [T, D] for rotate-half RoPE (HF layout)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device)
+                                .float() / head_dim))
+    freqs = (positions.float() / scale)[:, None] * inv_freq[None, :]   # [T, D/2]
+    emb = torch.cat((freqs, freqs), dim=-1)                              # [T, D]
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, H, T, D]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x.float() * cos + rotated.float() * sin).type_as(x)
+
+
+def attention_mask(config: GemmaConfig, layer_type: LayerType, positions: torch.Tensor,
+                   key_positions: torch.Tensor) -> torch.Tensor:
+    """Which keys each query may see: bool [T, K]. key_positions < 0 marks empty cache slots."""
+    q = positions[:, None]
+    k = key_positions[None, :]
+    allowed = k >= 0
+    if not config.bidirectional:
+        allowed = allowed & (k <= q)
+    if layer_type is LayerType.LOCAL:
+        if config.bidirectional:   # a window centred on the query (transformers: window // 2 + 1 each side)
+            allowed = allowed & ((q - k).abs() < config.sliding_window // 2 + 1)
+        else:
+            allowed = allowed & (q - k < config.sliding_window)
+    return allowed
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GemmaConfig, layer_type: LayerType):
+        super().__init__()
+        c = config
+        self.config, self.layer_type = c, layer_type
+        self.q_proj = nn.Linear(c.hidden_size, c.num_heads * c.head_dim, bias=False)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=False)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=False)
+        self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, c.rms_eps)
+            self.k_norm = RMSNorm(c.head_dim, c.rms_eps)
+        global_layer = layer_type is LayerType.GLOBAL
+        self.rope_base = c.rope_base if global_layer else c.rope_local_base
+        self.rope_scale = c.rope_scale if global_layer else 1.0
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
+                positions: torch.Tensor, cache: AttentionCache | None):
+        """x: [B, T, d]; mask: bool [B or 1, T, S + T] over (cache slots, new tokens)."""
+        c = self.config
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, c.num_heads, c.head_dim)
+        k = self.k_proj(x).view(B, T, c.num_kv_heads, c.head_dim)
+        v = self.v_proj(x).view(B, T, c.num_kv_heads, c.head_dim)
+        if c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)    # [B, heads, T, D]
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+
+        if cache is not None:
+            keys, values = torch.cat((cache.k, k), 2), torch.cat((cache.v, v), 2)   # [B, G, S+T, D]
+            cache = cache.write(positions, k, v)
+        else:
+            keys, values = k, v
+
+        G, R = c.num_kv_heads, c.num_heads // c.num_kv_heads
+        q = q.reshape(B, G, R * T, c.head_dim)                                 # heads of a group share K/V
+        scores = torch.matmul(q, keys.transpose(-1, -2)) * c.attn_scale         # [B, G, R*T, S+T]
+        if c.attn_softcap is not None:
+            scores = torch.tanh(scores / c.attn_softcap) * c.attn_softcap
+        scores = scores.view(B, G, R, T, -1)
+        scores = scores.masked_fill(~mask[:, None, None], torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out = torch.matmul(probs.view(B, G, R * T, -1), values)                 # [B, G, R*T, D]
+        out = out.view(B, c.num_heads, T, c.head_dim).transpose(1, 2).reshape(B, T, -1)
+        return self.o_proj(out), cache
+
+
+class MLP(nn.Module):
+    """GeGLU feed-forward (tanh-approximated GELU)."""
+
+    def __init__(self, config: GemmaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block; with sandwich_norms (Gemma 2+) also post-norms on both branches.
+    In Gemma 1 checkpoints `post_attention_layernorm` is the norm *before* the MLP."""
+
+    def __init__(self, config: GemmaConfig, layer_type: LayerType):
+        super().__init__()
+        self.sandwich = config.sandwich_norms
+        norm = lambda: RMSNorm(config.hidden_size, config.rms_eps)  # noqa: E731
+        self.input_layernorm = norm()
+        self.self_attn = Attention(config, layer_type)
+        self.post_attention_layernorm = norm()
+        if self.sandwich:
+            self.pre_feedforward_layernorm = norm()
+            self.post_feedforward_layernorm = norm()
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, mask, positions, cache):
+        h, cache = self.self_attn(self.input_layernorm(x), rope, mask, positions, cache)
+        if self.sandwich:
+            x = x + self.post_attention_layernorm(h)
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), cache
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), cache

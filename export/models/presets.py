@@ -1,0 +1,56 @@
+"""Every published size as data. Parameter counts are checked against the real checkpoints in
+tests/test_presets.py."""
+from __future__ import annotations
+
+from .config import EmbeddingHead, GemmaConfig, layer_pattern
+
+_G1 = dict(family="gemma", vocab_size=256_000, max_position=8192)
+_G2 = dict(family="gemma2", vocab_size=256_000, max_position=8192, sliding_window=4096,
+           attn_softcap=50.0, final_softcap=30.0, sandwich_norms=True)
+_G3 = dict(family="gemma3", qk_norm=True, sandwich_norms=True, query_pre_attn_scalar=256,
+           rope_base=1_000_000.0, rope_local_base=10_000.0)
+_G3_SMALL = dict(_G3, vocab_size=262_144, sliding_window=512, max_position=32_768)
+_G3_LARGE = dict(_G3, vocab_size=262_208, sliding_window=1024, max_position=131_072, rope_scale=8.0)
+
+
+def _gemma1(layers, d, ffn, heads, kv):
+    return GemmaConfig(**_G1, hidden_size=d, intermediate_size=ffn, num_heads=heads,
+                       num_kv_heads=kv, head_dim=256, layer_types=layer_pattern(layers, 0))
+
+
+def _gemma2(layers, d, ffn, heads, kv, head_dim, qpas):
+    return GemmaConfig(**_G2, hidden_size=d, intermediate_size=ffn, num_heads=heads, num_kv_heads=kv,
+                       head_dim=head_dim, query_pre_attn_scalar=qpas, layer_types=layer_pattern(layers, 1))
+
+
+def _gemma3(base, layers, d, ffn, heads, kv, head_dim=256, **kw):
+    return GemmaConfig(**{**base, **kw}, hidden_size=d, intermediate_size=ffn, num_heads=heads,
+                       num_kv_heads=kv, head_dim=head_dim, layer_types=layer_pattern(layers, 5))
+
+
+PRESETS: dict[str, GemmaConfig] = {
+    "gemma-2b": _gemma1(18, 2048, 16_384, 8, 1),
+    "gemma-7b": _gemma1(28, 3072, 24_576, 16, 16),
+    "codegemma-2b": _gemma1(18, 2048, 16_384, 8, 1),
+    "codegemma-7b": _gemma1(28, 3072, 24_576, 16, 16),
+    "gemma2-2b": _gemma2(26, 2304, 9216, 8, 4, 256, 256),
+    "gemma2-9b": _gemma2(42, 3584, 14_336, 16, 8, 256, 256),
+    "gemma2-27b": _gemma2(46, 4608, 36_864, 32, 16, 128, 144),
+    "shieldgemma-2b": _gemma2(26, 2304, 9216, 8, 4, 256, 256),
+    "shieldgemma-9b": _gemma2(42, 3584, 14_336, 16, 8, 256, 256),
+    "shieldgemma-27b": _gemma2(46, 4608, 36_864, 32, 16, 128, 144),
+    "gemma3-270m": _gemma3(_G3_SMALL, 18, 640, 2048, 4, 1),
+    "gemma3-1b": _gemma3(_G3_SMALL, 26, 1152, 6912, 4, 1),
+    "gemma3-4b": _gemma3(_G3_LARGE, 34, 2560, 10_240, 8, 4),
+    "gemma3-12b": _gemma3(_G3_LARGE, 48, 3840, 15_360, 16, 8),
+    "gemma3-27b": _gemma3(_G3_LARGE, 62, 5376, 21_504, 32, 16, head_dim=128, query_pre_attn_scalar=168),
+    "embeddinggemma-300m": _gemma3(_G3_SMALL, 24, 768, 1152, 3, 1, family="embeddinggemma",
+                                   max_position=2048, bidirectional=True, embedding_head=EmbeddingHead()),
+}
+
+
+def preset(name: str) -> GemmaConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None

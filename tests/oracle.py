@@ -1,0 +1,60 @@
+"""The parity oracle: tiny random transformers models of every architecture, built offline from
+config objects, and saved as Hugging Face folders for our loader to read."""
+from __future__ import annotations
+
+import torch
+import transformers as tf
+
+# One tiny config per architecture. Windows are short so prompts run well past them.
+TINY = {
+    "gemma": ("GemmaForCausalLM", tf.GemmaConfig, dict(num_key_value_heads=1)),
+    "gemma-mha": ("GemmaForCausalLM", tf.GemmaConfig, dict(num_key_value_heads=4)),
+    "gemma2": ("Gemma2ForCausalLM", tf.Gemma2Config, dict(
+        num_key_value_heads=2, sliding_window=8, query_pre_attn_scalar=24, attn_logit_softcapping=3.0,
+        final_logit_softcapping=2.0, num_hidden_layers=4)),
+    "gemma3": ("Gemma3ForCausalLM", tf.Gemma3TextConfig, dict(
+        num_key_value_heads=2, sliding_window=8, num_hidden_layers=7, query_pre_attn_scalar=16,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
+    "embeddinggemma": ("Gemma3TextModel", tf.Gemma3TextConfig, dict(
+        num_key_value_heads=1, sliding_window=8, num_hidden_layers=7, query_pre_attn_scalar=16,
+        use_bidirectional_attention=True)),
+}
+COMMON = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+              num_attention_heads=4, head_dim=16, max_position_embeddings=512)
+
+
+def hf_config(arch: str):
+    name, cls, extra = TINY[arch]
+    cfg = cls(**{**COMMON, **extra}, architectures=[name])
+    cfg._attn_implementation = "eager"
+    return cfg
+
+
+def hf_model(arch: str, seed: int = 0):
+    """A transformers model with every weight random (norm weights too, so (1 + w) is tested)."""
+    cfg = hf_config(arch)
+    torch.manual_seed(seed)
+    model = getattr(tf, TINY[arch][0])(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 0.5 if "norm" in name else 0.08)
+    return model
+
+
+def save_hf_folder(arch: str, path, seed: int = 0, dense=None):
+    """Save a tiny model as an HF folder; EmbeddingGemma also gets sentence-transformers
+    2_Dense/3_Dense folders with random weights (returned for the reference head)."""
+    from safetensors.torch import save_file
+    model = hf_model(arch, seed)
+    model.save_pretrained(path)
+    denses = []
+    if arch == "embeddinggemma":
+        g = torch.Generator().manual_seed(seed + 1)
+        dims = dense or (COMMON["hidden_size"], 128, COMMON["hidden_size"])
+        for i, (a, b) in enumerate(zip(dims, dims[1:])):
+            w = torch.randn(b, a, generator=g) * 0.1
+            (path / f"{i + 2}_Dense").mkdir()
+            save_file({"linear.weight": w}, str(path / f"{i + 2}_Dense" / "model.safetensors"))
+            denses.append(w)
+    return model, denses
