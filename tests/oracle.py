@@ -2,6 +2,8 @@
 config objects, and saved as Hugging Face folders for our loader to read."""
 from __future__ import annotations
 
+import json
+
 import torch
 import transformers as tf
 
@@ -56,5 +58,8 @@ def save_hf_folder(arch: str, path, seed: int = 0, dense=None):
             w = torch.randn(b, a, generator=g) * 0.1
             (path / f"{i + 2}_Dense").mkdir()
             save_file({"linear.weight": w}, str(path / f"{i + 2}_Dense" / "model.safetensors"))
+            (path / f"{i + 2}_Dense" / "config.json").write_text(json.dumps(
+                {"in_features": a, "out_features": b, "bias": False,
+                 "activation_function": "torch.nn.modules.linear.Identity"}))
             denses.append(w)
     return model, denses

@@ -1,0 +1,62 @@
+"""Loading real checkpoints: a Hugging Face folder, a GGUF file, or the bundled default model."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import GemmaConfig
+from ..gemma import build_model
+from .default import DEFAULT_MODEL, default_model_path
+from .weights import CheckpointError, assign_weights
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: nn.Module
+    config: GemmaConfig
+    tokenizer: "Tokenizer | None"  # runtime_py.tokenizer.Tokenizer
+    source: Path
+
+
+def resolve(source: str | Path | None) -> Path:
+    """A path, or the default model's name / None -> the path to read."""
+    if source is None or str(source) == DEFAULT_MODEL:
+        return default_model_path()
+    path = Path(source)
+    if not path.exists():
+        raise CheckpointError(f"--model {source}: no such file or folder (give a Hugging Face folder, "
+                              f"a .gguf file, or {DEFAULT_MODEL!r} for the bundled model)")
+    return path
+
+
+def load_model(source: str | Path | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Build the reference model of a checkpoint with its tokenizer (None if the folder has none)."""
+    path = resolve(source)
+    if path.is_dir():
+        from .hf import load_hf_folder
+        config, tensors = load_hf_folder(path)
+        tok_file = path / "tokenizer.model"
+        tokenizer = _tokenizer(tok_file.read_bytes()) if tok_file.exists() else None
+    elif path.suffix == ".gguf":
+        from .gguf_loader import load_gguf
+        from .gguf_tokenizer import sentencepiece_model_from_gguf
+        ckpt = load_gguf(path)
+        config, tensors = ckpt.config, ckpt.dequantized()
+        tokenizer = _tokenizer(sentencepiece_model_from_gguf(ckpt.reader))
+    else:
+        raise CheckpointError(f"--model {path}: not a Hugging Face folder nor a .gguf file")
+    with torch.device("meta"):
+        model = build_model(config)
+    model = assign_weights(model, tensors, str(path), dtype).eval()
+    return LoadedModel(model, config, tokenizer, path)
+
+
+def _tokenizer(model_proto: bytes):
+    from runtime_py.tokenizer import Tokenizer
+    return Tokenizer.from_bytes(model_proto)
+
+
+__all__ = ["CheckpointError", "LoadedModel", "load_model", "resolve", "DEFAULT_MODEL"]

@@ -129,17 +129,34 @@ def read_tensors(folder: Path, config: GemmaConfig) -> dict[str, torch.Tensor]:
                 if name in out:
                     raise CheckpointError(f"{f}: tensor {key} appears twice (as {name})")
                 out[name] = st.get_tensor(key)
-    if config.embedding_head is not None:
-        for i, sub in enumerate(DENSE_FOLDERS[: len(config.embedding_head.dense_dims)]):
-            (f,) = _tensor_files(folder / sub) if (folder / sub).is_dir() else (None,)
-            if f is None:
-                raise CheckpointError(f"{folder}: EmbeddingGemma needs the sentence-transformers folder {sub}/")
-            with safe_open(str(f), framework="pt") as st:
-                out[f"dense.{i}.weight"] = st.get_tensor("linear.weight")
+    for i, sub in enumerate(_dense_folders(folder) if config.embedding_head is not None else ()):
+        (f,) = _tensor_files(sub)
+        with safe_open(str(f), framework="pt") as st:
+            out[f"dense.{i}.weight"] = st.get_tensor("linear.weight")
     head = out.pop("lm_head.weight", None)
     if head is not None and not torch.equal(head, out.get("model.embed_tokens.weight", head)):
         raise CheckpointError(f"{folder}: lm_head.weight differs from the embedding; Gemma ties them")
     return out
+
+
+def _dense_folders(folder: Path) -> list[Path]:
+    missing = [d for d in DENSE_FOLDERS if not (folder / d / "config.json").exists()]
+    if missing:
+        raise CheckpointError(f"{folder}: EmbeddingGemma needs the sentence-transformers folders "
+                              f"{', '.join(missing)} (with config.json)")
+    return [folder / d for d in DENSE_FOLDERS]
+
+
+def _embedding_head(folder: Path) -> EmbeddingHead:
+    """Dense widths from the sentence-transformers Dense configs; only bias-free identity layers."""
+    dims = []
+    for sub in _dense_folders(folder):
+        cfg = json.loads((sub / "config.json").read_text())
+        act = cfg.get("activation_function", "torch.nn.modules.linear.Identity")
+        if cfg.get("bias", False) or not act.endswith("Identity"):
+            raise CheckpointError(f"{sub / 'config.json'}: only bias-free Identity Dense layers are supported")
+        dims.append(cfg["out_features"])
+    return EmbeddingHead(dense_dims=tuple(dims))
 
 
 def _rename(key: str) -> str | None:
@@ -155,4 +172,6 @@ def load_hf_folder(folder: str | Path) -> tuple[GemmaConfig, dict[str, torch.Ten
     if not cfg_path.exists():
         raise CheckpointError(f"{folder}: no config.json (expected a Hugging Face model folder)")
     config = config_from_hf(json.loads(cfg_path.read_text()), str(cfg_path))
+    if config.embedding_head is not None:
+        config = config.replace(embedding_head=_embedding_head(folder))
     return config, read_tensors(folder, config)

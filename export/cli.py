@@ -1,0 +1,92 @@
+"""The `gemma-export` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _models(args) -> int:
+    from .models import PRESETS, count_parameters
+    rows = [{"name": n, "family": c.family, "parameters": count_parameters(c), "layers": c.num_layers,
+             "hidden_size": c.hidden_size, "context": c.max_position,
+             "sliding_window": c.sliding_window} for n, c in PRESETS.items()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':22} {'family':15} {'parameters':>15} {'layers':>6} {'window':>6} {'context':>8}")
+    for r in rows:
+        print(f"{r['name']:22} {r['family']:15} {r['parameters']:>15,} {r['layers']:>6} "
+              f"{r['sliding_window'] or '-':>6} {r['context']:>8}")
+    return 0
+
+
+def _generate(args) -> int:
+    from runtime_py.sampling import Sampling
+    from runtime_py.tokenizer import StreamDecoder
+    from .models.checkpoints import load_model
+    from .models.generate import generate
+
+    sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
+    t0 = time.perf_counter()
+    loaded = load_model(args.model)
+    tok = loaded.tokenizer
+    if tok is None:
+        raise SystemExit(f"error: {loaded.source} has no tokenizer.model")
+    if loaded.config.embedding_head is not None:
+        raise SystemExit(f"error: {loaded.source} is an embedding model; it does not generate text")
+    load_s = time.perf_counter() - t0
+    text = tok.chat_prompt([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
+    prompt = tok.encode(text)
+    stream = None
+    if not args.json:
+        sd = StreamDecoder(tok)
+        sys.stdout.write(args.prompt if not args.chat else "")
+        stream = lambda t: (sys.stdout.write(sd.push(t)), sys.stdout.flush())  # noqa: E731
+    t1 = time.perf_counter()
+    ids = generate(loaded.model, prompt, args.max_new_tokens, sampling, tok.stop_ids, stream)
+    gen_s = time.perf_counter() - t1
+    out = tok.decode(ids)
+    if args.json:
+        print(json.dumps({"model": str(loaded.source), "prompt": args.prompt, "text": out, "token_ids": ids,
+                          "prompt_tokens": len(prompt), "load_s": round(load_s, 3),
+                          "generate_s": round(gen_s, 3)}))
+    else:
+        print(f"\n[{len(ids)} tokens in {gen_s:.2f} s; model loaded in {load_s:.1f} s]", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gemma-export", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("models", help="list the model presets with parameter counts")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=_models)
+
+    g = sub.add_parser("generate", help="generate text with the reference model")
+    g.add_argument("--model", default=None, help="HF folder, .gguf file (default: bundled Gemma 3 270M)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat template")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError) as e:   # bad input: one clear line, no traceback
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

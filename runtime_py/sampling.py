@@ -1,0 +1,78 @@
+"""Token selection and the generation loop, shared by every backend (the reference PyTorch model,
+ONNX, LiteRT): a backend supplies `step(tokens, start) -> last-position logits` and keeps its own
+cache; this module never sees a tensor library other than numpy."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """temperature 0 = greedy. top_k 0 and top_p 1.0 disable those filters."""
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"--top-k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+class Sampler:
+    def __init__(self, sampling: Sampling = Sampling()):
+        self.s = sampling
+        self.rng = np.random.default_rng(sampling.seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        """logits: [V] -> the chosen token id."""
+        logits = np.asarray(logits, dtype=np.float64)
+        if self.s.temperature == 0.0:
+            return int(np.argmax(logits))
+        logits = logits / self.s.temperature
+        if self.s.top_k:
+            kth = np.partition(logits, -self.s.top_k)[-self.s.top_k]
+            logits = np.where(logits < kth, -np.inf, logits)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        if self.s.top_p < 1.0:
+            order = np.argsort(-probs)
+            cum = np.cumsum(probs[order])
+            keep = order[: int(np.searchsorted(cum, self.s.top_p) + 1)]   # smallest set reaching top_p
+            mask = np.zeros_like(probs)
+            mask[keep] = probs[keep]
+            probs = mask / mask.sum()
+        return int(self.rng.choice(len(probs), p=probs))
+
+
+def generate_tokens(step: Callable[[list[int], int], np.ndarray], prompt: list[int], max_new_tokens: int,
+                    sampler: Sampler | None = None, stop_ids: Iterable[int] = (),
+                    on_token: Callable[[int], None] | None = None) -> list[int]:
+    """Prefill `prompt`, then decode until a stop id or `max_new_tokens`. Returns the new ids
+    (a stop id that ended generation is not included)."""
+    if not prompt:
+        raise ValueError("the prompt is empty")
+    sampler = sampler or Sampler()
+    stops = set(stop_ids)
+    out: list[int] = []
+    logits = step(list(prompt), 0)
+    pos = len(prompt)
+    for _ in range(max_new_tokens):
+        token = sampler(logits)
+        if token in stops:
+            break
+        out.append(token)
+        if on_token:
+            on_token(token)
+        if len(out) == max_new_tokens:
+            break
+        logits = step([token], pos)
+        pos += 1
+    return out
