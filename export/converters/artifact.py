@@ -1,0 +1,68 @@
+"""Artifact folders: written in a temporary sibling folder and renamed into place, so a failed
+export leaves nothing half-written; manifest.json records where the artifact came from."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .. import __version__
+
+MANIFEST = "manifest.json"
+
+
+@contextlib.contextmanager
+def staged_dir(out: str | Path):
+    """Yield an empty temporary folder beside `out`; on success it replaces `out` whole."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out}: exists and is not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _plain(obj):
+    if dataclasses.is_dataclass(obj):
+        return {k: _plain(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def write_manifest(folder: Path, *, source: str, config, recipe: str, target: str, extra: dict | None = None):
+    """manifest.json over every file already in `folder` (no timestamps: re-exports are identical)."""
+    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    manifest = {"tool": "gemma-export", "tool_version": __version__, "target": target, "recipe": recipe,
+                "source": source, "config": _plain(config), "files": files, **(extra or {})}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
