@@ -33,6 +33,13 @@ def rope_tables(positions: torch.Tensor, head_dim: int, base: float, scale: floa
     return emb.cos(), emb.sin()
 
 
+def rope_params(config: GemmaConfig, layer_type: LayerType) -> tuple[float, float]:
+    """(base, linear scale) of a layer type's RoPE."""
+    if layer_type is LayerType.GLOBAL:
+        return config.rope_base, config.rope_scale
+    return config.rope_local_base, 1.0
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [B, H, T, D]."""
     half = x.shape[-1] // 2
@@ -68,9 +75,7 @@ class Attention(nn.Module):
         if c.qk_norm:
             self.q_norm = RMSNorm(c.head_dim, c.rms_eps)
             self.k_norm = RMSNorm(c.head_dim, c.rms_eps)
-        global_layer = layer_type is LayerType.GLOBAL
-        self.rope_base = c.rope_base if global_layer else c.rope_local_base
-        self.rope_scale = c.rope_scale if global_layer else 1.0
+        self.rope_base, self.rope_scale = rope_params(c, layer_type)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
                 positions: torch.Tensor, cache: AttentionCache | None):

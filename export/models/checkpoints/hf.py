@@ -19,8 +19,14 @@ ARCHITECTURES = {
     "Gemma3ForConditionalGeneration": "gemma3",   # text decoder only; vision tensors are skipped
     "Gemma3TextModel": "embeddinggemma",          # EmbeddingGemma (bidirectional, sentence-transformers head)
 }
-# local layers per global layer when config.json has no layer_types
-_PATTERN = {"gemma": 0, "gemma2": 1, "gemma3": 5, "embeddinggemma": 5}
+# What transformers assumes when config.json leaves it out: local layers per global layer, global
+# RoPE base, local RoPE base (None: the same as the global one).
+FAMILY_DEFAULTS = {
+    "gemma": dict(pattern=0, rope=10_000.0, local_rope=None),
+    "gemma2": dict(pattern=1, rope=10_000.0, local_rope=None),
+    "gemma3": dict(pattern=5, rope=1_000_000.0, local_rope=10_000.0),
+    "embeddinggemma": dict(pattern=5, rope=1_000_000.0, local_rope=10_000.0),
+}
 
 # Checkpoint-name prefix -> our prefix, tried in order; None = tensor not part of the text model.
 PREFIXES = (
@@ -66,7 +72,7 @@ def config_from_hf(cfg: dict, source: str = "config.json") -> GemmaConfig:
             raise CheckpointError(f"{source}: layer_types has {len(kw['layer_types'])} entries, "
                                   f"num_hidden_layers is {n}")
     else:
-        kw["layer_types"] = layer_pattern(n, text.get("sliding_window_pattern", _PATTERN[family] + 1) - 1)
+        kw["layer_types"] = layer_pattern(n, text.get("sliding_window_pattern", FAMILY_DEFAULTS[family]["pattern"] + 1) - 1)
     if family != "gemma":
         kw.update(sliding_window=text.get("sliding_window"), query_pre_attn_scalar=text.get("query_pre_attn_scalar"),
                   attn_softcap=text.get("attn_logit_softcapping"), final_softcap=text.get("final_logit_softcapping"),
@@ -92,8 +98,9 @@ def _rope(text: dict, family: str) -> dict:
     per_type = {t.value: params[t.value] for t in LayerType if isinstance(params.get(t.value), dict)}
     glob = per_type.get(LayerType.GLOBAL.value, params)
     local = per_type.get(LayerType.LOCAL.value, {})
-    base = glob.get("rope_theta", text.get("rope_theta", 1_000_000.0 if family != "gemma" and family != "gemma2" else 10_000.0))
-    local_base = local.get("rope_theta", text.get("rope_local_base_freq", 10_000.0 if family in ("gemma3", "embeddinggemma") else base))
+    defaults = FAMILY_DEFAULTS[family]
+    base = glob.get("rope_theta", text.get("rope_theta", defaults["rope"]))
+    local_base = local.get("rope_theta", text.get("rope_local_base_freq", defaults["local_rope"] or base))
     scaling = text.get("rope_scaling") or glob
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type not in ("default", "linear"):

@@ -1,0 +1,99 @@
+"""The Gemma transformer body as ONNX: fused RMSNorms (weights stored as 1 + w), packed QKV and
+gate/up projections, q/k norms, and the residual stream carried through
+SkipSimplifiedLayerNormalization. The attention core is supplied by the caller (GroupQueryAttention
+for causal LMs, plain ops for the bidirectional embedder)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ...models.config import GemmaConfig, LayerType
+from ...models.layers import rope_params, rope_tables
+from .graph import Graph
+
+
+class Body:
+    def __init__(self, g: Graph, config: GemmaConfig, state: dict[str, torch.Tensor]):
+        self.g, self.c, self.state = g, config, state
+        self.residual: str | None = None
+        self.pending: str | None = None     # branch output not yet added to the residual stream
+
+    def w(self, name: str) -> np.ndarray:
+        return self.state[name].detach().float().numpy()
+
+    def norm_weight(self, name: str) -> str:
+        return self.g.init(name, self.w(name) + 1.0)      # Gemma's (1 + w), folded once
+
+    def norm(self, x: str, weight: str, node: str) -> str:
+        return self.g.op("RMSNormalization", [x, self.norm_weight(weight)], node,
+                         axis=-1, epsilon=self.c.rms_eps, stash_type=1)
+
+    def add_and_norm(self, weight: str, node: str) -> str:
+        """residual += pending (if any), then RMSNorm(residual)."""
+        if self.pending is None:
+            return self.norm(self.residual, weight, node)
+        out, self.residual = self.g.op("SkipSimplifiedLayerNormalization",
+                                       [self.residual, self.pending, self.norm_weight(weight)], node,
+                                       domain="com.microsoft", outputs=[None, "", "", f"{node}/residual"],
+                                       epsilon=self.c.rms_eps)[0::3]
+        self.pending = None
+        return out
+
+    def linear(self, x: str, weights: list[str], node: str) -> str:
+        """x @ concat(weights).T — one MatMul for packed projections."""
+        w = np.concatenate([self.w(n) for n in weights], axis=0).T           # [in, out]
+        return self.g.op("MatMul", [x, self.g.init(f"{node}.weight", w)], node)
+
+    def embed(self, input_ids: str) -> str:
+        table = self.g.init("model.embed_tokens.weight", self.w("model.embed_tokens.weight"))
+        x = self.g.op("Gather", [table, input_ids], "/model/embed_tokens/Gather")
+        self.residual = self.g.op("Mul", [x, self.g.const(self.c.embed_scale, np.float32)], "/model/embed_tokens/scale")
+        return table
+
+    def layer(self, i: int, attention: Callable[[int, str, str, str], str]):
+        """attention(i, q, k, v) -> [B, T, H*D] given q [B, T, H*D], k and v [B, T, G*D]."""
+        c, p, n = self.c, f"model.layers.{i}.", f"/model/layers.{i}"
+        h = self.add_and_norm(p + "input_layernorm.weight", f"{n}/input_layernorm")
+        a = p + "self_attn."
+        qkv = self.linear(h, [a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"], f"{n}/attn/qkv_proj/MatMul")
+        q, k, v = self.g.op("Split", [qkv, self.g.const([c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim,
+                                                         c.num_kv_heads * c.head_dim])], f"{n}/attn/qkv_split",
+                            axis=-1, outputs=3)
+        if c.qk_norm:
+            q = self.head_norm(q, a + "q_norm.weight", c.num_heads, f"{n}/attn/q_norm")
+            k = self.head_norm(k, a + "k_norm.weight", c.num_kv_heads, f"{n}/attn/k_norm")
+        out = self.linear(attention(i, q, k, v), [a + "o_proj.weight"], f"{n}/attn/o_proj/MatMul")
+        if c.sandwich_norms:
+            out = self.norm(out, p + "post_attention_layernorm.weight", f"{n}/post_attention_layernorm")
+        self.pending = out
+        pre_ffn = "pre_feedforward_layernorm" if c.sandwich_norms else "post_attention_layernorm"
+        h = self.add_and_norm(p + pre_ffn + ".weight", f"{n}/{pre_ffn}")
+        gate, up = self.g.op("Split", [self.linear(h, [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"],
+                                                   f"{n}/mlp/gate_up_proj/MatMul"),
+                                       self.g.const([c.intermediate_size] * 2)], f"{n}/mlp/split", axis=-1, outputs=2)
+        act = self.g.op("Gelu", [gate], f"{n}/mlp/act_fn", approximate="tanh")
+        out = self.linear(self.g.op("Mul", [act, up], f"{n}/mlp/Mul"), [p + "mlp.down_proj.weight"],
+                          f"{n}/mlp/down_proj/MatMul")
+        if c.sandwich_norms:
+            out = self.norm(out, p + "post_feedforward_layernorm.weight", f"{n}/post_feedforward_layernorm")
+        self.pending = out
+
+    def head_norm(self, x: str, weight: str, heads: int, node: str) -> str:
+        """RMSNorm over each head: [B, T, heads*D] -> [B, T*heads, D] -> norm -> back."""
+        D = self.c.head_dim
+        y = self.g.op("Reshape", [x, self.g.const([0, -1, D])], f"{node}/Reshape")
+        y = self.norm(y, weight, node)
+        return self.g.op("Reshape", [y, self.g.const([0, -1, heads * D])], f"{node}/Reshape_back")
+
+    def final_norm(self) -> str:
+        return self.add_and_norm("model.norm.weight", "/model/norm")
+
+    def rope_cache(self, layer_type: LayerType, length: int) -> tuple[str, str]:
+        """cos/sin caches [length, D/2] for one layer type, from the reference RoPE tables."""
+        base, scale = rope_params(self.c, layer_type)
+        cos, sin = rope_tables(torch.arange(length), self.c.head_dim, base, scale)
+        half, name = self.c.head_dim // 2, "global" if layer_type is LayerType.GLOBAL else "local"
+        return (self.g.init(f"cos_cache_{name}", cos[:, :half].numpy()),
+                self.g.init(f"sin_cache_{name}", sin[:, :half].numpy()))

@@ -1,0 +1,78 @@
+"""Causal Gemma LMs as one ONNX graph with onnxruntime-genai's I/O contract:
+input_ids [B, T], attention_mask [B, total] (total = every token so far, new ones included),
+past_key_values.{i}.key/value [B, G, P, D] -> logits [B, T, V], present.{i}.key/value.
+Global layers grow their cache; sliding-window layers keep a window-sized one
+(GroupQueryAttention with sliding_window_cache), padded up to the window on the first call so an
+empty past is accepted."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ...models.config import GemmaConfig, LayerType
+from .body import Body
+from .graph import FLOAT, INT64, Graph
+
+
+def build_decoder(model, context_length: int) -> onnx.ModelProto:
+    c: GemmaConfig = model.config
+    g = Graph()
+    body = Body(g, c, model.state_dict())
+    ids = g.input("input_ids", INT64, ["batch_size", "sequence_length"])
+    mask = g.input("attention_mask", INT64, ["batch_size", "total_sequence_length"])
+
+    # GroupQueryAttention's view of the mask: seqlens_k = tokens so far - 1, total_sequence_length.
+    n = "/model/attn_mask_reformat"
+    total = g.op("ReduceSum", [mask, g.const([1])], f"{n}/ReduceSum", keepdims=0)
+    seqlens_k = g.op("Cast", [g.op("Sub", [total, g.const([1])], f"{n}/Sub")], f"{n}/Sub/Cast", to=onnx.TensorProto.INT32)
+    width = g.op("Gather", [g.op("Shape", [mask], f"{n}/Shape"), g.const(1)], f"{n}/Gather", axis=0)
+    total_len = g.op("Cast", [width], f"{n}/Gather/Cast", to=onnx.TensorProto.INT32)
+
+    ropes = {t: body.rope_cache(t, context_length) for t in set(c.layer_types)}
+
+    def attention(i: int, q: str, k: str, v: str) -> str:
+        local = c.layer_types[i] is LayerType.LOCAL
+        pn = f"/model/layers.{i}/attn"
+        past = []
+        for kind in ("key", "value"):
+            name = g.input(f"past_key_values.{i}.{kind}", FLOAT,
+                           ["batch_size", c.num_kv_heads, "past_sliding_length" if local else "past_sequence_length",
+                            c.head_dim])
+            past.append(_pad_to_window(g, name, c.sliding_window, f"{pn}/pad_{kind}") if local else name)
+        present = [f"present.{i}.key", f"present.{i}.value"]
+        for name in present:
+            g.output(name, FLOAT, ["batch_size", c.num_kv_heads,
+                                   "total_sliding_length" if local else "total_sequence_length", c.head_dim])
+        attrs = dict(num_heads=c.num_heads, kv_num_heads=c.num_kv_heads, scale=c.attn_scale, do_rotary=1,
+                     rotary_interleaved=0, softcap=float(c.attn_softcap or 0.0),
+                     local_window_size=c.sliding_window if local else -1)
+        if local:
+            attrs["sliding_window_cache"] = 1
+        out = g.op("GroupQueryAttention", [q, k, v, *past, seqlens_k, total_len, *ropes[c.layer_types[i]]],
+                   f"{pn}/GroupQueryAttention", domain="com.microsoft", outputs=[None, *present], **attrs)
+        return out[0]
+
+    table = body.embed(ids)
+    for i in range(c.num_layers):
+        body.layer(i, attention)
+    h = body.final_norm()
+    # Tied LM head: Gemm with transB reads the embedding table in place (no transposed copy).
+    flat = g.op("Reshape", [h, g.const([-1, c.hidden_size])], "/lm_head/Reshape")
+    logits = g.op("Gemm", [flat, table], "/lm_head/Gemm", transB=1)
+    shape = g.op("Concat", [g.op("Shape", [ids], "/lm_head/Shape"), g.const([c.vocab_size])], "/lm_head/Concat", axis=0)
+    logits = g.op("Reshape", [logits, shape], "/lm_head/Reshape_back",
+                  outputs=["logits" if c.final_softcap is None else None])
+    if c.final_softcap is not None:
+        cap = g.const(c.final_softcap, np.float32)
+        t = g.op("Tanh", [g.op("Div", [logits, cap], "/lm_head/softcap/Div")], "/lm_head/softcap/Tanh")
+        g.op("Mul", [t, cap], "/lm_head/softcap/Mul", outputs=["logits"])
+    g.output("logits", FLOAT, ["batch_size", "sequence_length", c.vocab_size])
+    return g.model(doc=f"Gemma ({c.family}) causal LM exported by gemma-export")
+
+
+def _pad_to_window(g: Graph, past: str, window: int, node: str) -> str:
+    """Zero-pad the cache's length axis up to `window` (an empty past on the first call)."""
+    length = g.op("Gather", [g.op("Shape", [past], f"{node}/Shape"), g.const([2])], f"{node}/Gather", axis=0)
+    missing = g.op("Max", [g.op("Sub", [g.const([window]), length], f"{node}/Sub"), g.const([0])], f"{node}/Max")
+    pads = g.op("Concat", [g.const([0, 0, 0, 0, 0, 0]), missing, g.const([0])], f"{node}/pads", axis=0)
+    return g.op("Pad", [past, pads], node)

@@ -1,0 +1,68 @@
+"""A small ONNX graph builder: named nodes, initializers from numpy, deduplicated constants."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSETS = {"": 23, "com.microsoft": 1}
+
+
+class Graph:
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._consts: dict[tuple, str] = {}
+        self._taken: set[str] = set()
+
+    def _unique(self, name: str) -> str:
+        base, i = name, 1
+        while name in self._taken:
+            name, i = f"{base}_{i}", i + 1
+        self._taken.add(name)
+        return name
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        """Add a weight initializer (kept under `name`)."""
+        name = self._unique(name)
+        self.initializers.append(numpy_helper.from_array(np.array(array, order="C", copy=None), name))
+        return name
+
+    def const(self, value, dtype=np.int64) -> str:
+        """A small constant, shared between all nodes that use the same value."""
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._consts:
+            self._consts[key] = self.init(f"const_{len(self._consts)}", arr)
+        return self._consts[key]
+
+    def op(self, op_type: str, inputs: list[str], name: str, *, domain: str = "", outputs: int | list[str] = 1,
+           **attrs):
+        """Append a node named `name`; returns its output name (or a list when outputs > 1).
+        In an `outputs` list, "" marks an optional output left out."""
+        name = self._unique(name)
+        if isinstance(outputs, int):
+            outs = [f"{name}/output_{i}" for i in range(outputs)]
+        else:
+            outs = [f"{name}/output_{i}" if o is None else o for i, o in enumerate(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, domain=domain or None, **attrs))
+        return outs[0] if len(outs) == 1 else outs
+
+    def input(self, name: str, elem_type: int, shape: list) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem_type, shape))
+        return name
+
+    def output(self, name: str, elem_type: int, shape: list):
+        self.outputs.append(helper.make_tensor_value_info(name, elem_type, shape))
+
+    def model(self, doc: str = "") -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, "main", self.inputs, self.outputs, self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in OPSETS.items()],
+                                  producer_name="gemma-export", doc_string=doc)
+        model.ir_version = 10
+        return model
+
+
+FLOAT, INT64, INT32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
