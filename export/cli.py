@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def _models(args) -> int:
@@ -57,6 +58,31 @@ def _generate(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .converters.onnx import export_onnx
+    from .models.checkpoints import load_model
+    t0 = time.perf_counter()
+    loaded = load_model(args.model)
+    name = loaded.source.stem if loaded.source.suffix == ".gguf" else loaded.source.name
+    out = Path(args.out or f"out/{name}-{args.target}-{args.quant}")
+    _log(f"loaded {loaded.source} ({loaded.config.family}, {loaded.config.num_layers} layers) "
+         f"in {time.perf_counter() - t0:.1f} s; exporting to {out}", args)
+    t1 = time.perf_counter()
+    export_onnx(loaded, out, args.quant, args.context)
+    files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
+    summary = {"artifact": str(out), "target": args.target, "recipe": args.quant, "source": str(loaded.source),
+               "export_s": round(time.perf_counter() - t1, 2), "bytes": sum(files.values()), "files": files}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"wrote {out} ({summary['bytes'] / 1e6:.1f} MB) in {summary['export_s']} s")
+    return 0
+
+
+def _log(msg: str, args):
+    print(msg, file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gemma-export", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -76,10 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat template")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=_generate)
+    e = sub.add_parser("export", help="export a model to a deployable artifact (also: gemma-export --target ...)")
+    e.add_argument("--target", required=True, choices=["onnx"])
+    e.add_argument("--model", default=None, help="HF folder, .gguf file (default: bundled Gemma 3 270M)")
+    e.add_argument("--out", default=None, help="artifact folder (default: out/<model>-<target>-<quant>)")
+    e.add_argument("--quant", default="fp32", help="quantization recipe (default fp32)")
+    e.add_argument("--context", type=int, default=None, help="context length the artifact supports")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_export)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("--") and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "export")                     # `gemma-export --target X ...` is the export command
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

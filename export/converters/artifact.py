@@ -27,6 +27,8 @@ def staged_dir(out: str | Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         yield tmp
+        for p in (tmp, *tmp.rglob("*")):     # mkdtemp makes 0700; artifacts are for sharing
+            p.chmod(0o755 if p.is_dir() else 0o644)
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -1,0 +1,56 @@
+"""`--target onnx`: model.onnx (+ external data when large), genai_config.json, tokenizer.model,
+manifest.json — a folder onnxruntime-genai 0.18 and runtime_py run unchanged."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+
+from ..artifact import staged_dir, write_manifest
+from .decoder import build_decoder
+from .embedder import build_embedder
+from .genai_config import genai_config
+
+MAX_INLINE_BYTES = 1 << 30     # above this, weights go to model.onnx.data (protobuf caps at 2 GB)
+DEFAULT_CONTEXT = 4096
+
+
+def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: int | None = None) -> Path:
+    """Export a LoadedModel (export.models.checkpoints) to an ONNX artifact folder."""
+    if recipe != "fp32":
+        raise ValueError(f"--quant {recipe}: the ONNX target supports fp32 only so far")
+    c = loaded.config
+    context = min(context_length or DEFAULT_CONTEXT, c.max_position)
+    if c.sliding_window and context < c.sliding_window:
+        raise ValueError(f"--context {context} is shorter than the sliding window ({c.sliding_window})")
+    embedder = c.embedding_head is not None
+    proto = build_embedder(loaded.model) if embedder else build_decoder(loaded.model, context)
+    onnx.checker.check_model(proto)
+    with staged_dir(out) as tmp:
+        save_model(proto, tmp / "model.onnx")
+        if not embedder:
+            (tmp / "genai_config.json").write_text(json.dumps(genai_config(c, context), indent=2) + "\n")
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save(tmp / "tokenizer.model")
+            (tmp / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(loaded), indent=2) + "\n")
+        write_manifest(tmp, source=str(loaded.source), config=c, recipe=recipe, target="onnx",
+                       extra={"context_length": context, "kind": "embedder" if embedder else "causal_lm"})
+    return Path(out)
+
+
+def save_model(proto: onnx.ModelProto, path: Path):
+    size = sum(len(t.raw_data) for t in proto.graph.initializer)
+    if size > MAX_INLINE_BYTES:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+
+
+def _tokenizer_config(loaded) -> dict:
+    """What onnxruntime-genai's tokenizer needs beside tokenizer.model to treat it as Gemma's."""
+    tok = loaded.tokenizer
+    return {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
+            "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
+            "model_max_length": loaded.config.max_position, "vocab_size": tok.vocab_size}

@@ -1,0 +1,37 @@
+"""genai_config.json: what onnxruntime-genai (and runtime_py) read to drive the decoder graph."""
+from __future__ import annotations
+
+from ...models.config import GemmaConfig, LayerType
+
+GENAI_TYPES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"}
+
+
+def genai_config(c: GemmaConfig, context_length: int, filename: str = "model.onnx") -> dict:
+    if c.family not in GENAI_TYPES:
+        raise ValueError(f"onnxruntime-genai has no model type for family {c.family!r}")
+    decoder = {
+        "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+        "filename": filename,
+        "head_size": c.head_dim,
+        "hidden_size": c.hidden_size,
+        "num_attention_heads": c.num_heads,
+        "num_hidden_layers": c.num_layers,
+        "num_key_value_heads": c.num_kv_heads,
+        "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                   "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+        "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value"},
+    }
+    local = [i for i, t in enumerate(c.layer_types) if t is LayerType.LOCAL]
+    if local:
+        decoder["sliding_window"] = {"window_size": c.sliding_window, "slide_key_value_cache": False,
+                                     "slide_inputs": False, "layers": local, "cache_slack": 0}
+    return {
+        "model": {"bos_token_id": c.bos_id, "eos_token_id": c.eos_id, "pad_token_id": c.pad_id,
+                  "context_length": context_length, "vocab_size": c.vocab_size, "type": GENAI_TYPES[c.family],
+                  "decoder": decoder},
+        "search": {"do_sample": False, "max_length": context_length, "min_length": 0, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": True, "repetition_penalty": 1.0,
+                   "temperature": 1.0, "top_k": 1, "top_p": 1.0, "early_stopping": True,
+                   "length_penalty": 1.0, "diversity_penalty": 0.0, "no_repeat_ngram_size": 0},
+    }

@@ -1,0 +1,148 @@
+"""ONNX artifacts of every architecture against transformers: a plain onnxruntime session on a whole
+prompt with empty caches, chunked decoding past the sliding window with window-sized caches, and
+onnxruntime-genai's own generator; EmbeddingGemma's embeddings against the sentence-transformers head."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import onnxruntime_genai as og
+import pytest
+import torch
+import torch.nn.functional as F
+
+from export.converters.onnx import export_onnx
+from export.models.checkpoints import load_model
+
+from oracle import TINY, save_hf_folder
+
+CAUSAL = [a for a in TINY if a != "embeddinggemma"]
+T = 40   # the tiny sliding window is 8
+
+
+@pytest.fixture(scope="module", params=CAUSAL)
+def artifact(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param)
+    ref, _ = save_hf_folder(request.param, root / "hf")
+    out = export_onnx(load_model(root / "hf"), root / "onnx", context_length=64)
+    return ref, out
+
+
+def _tokens(n, seed=1, batch=1):
+    return torch.randint(0, 160, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _session(folder):
+    return ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def _empty_past(cfg):
+    return {f"past_key_values.{i}.{k}": np.zeros((1, cfg["model"]["decoder"]["num_key_value_heads"], 0,
+                                                 cfg["model"]["decoder"]["head_size"]), np.float32)
+            for i in range(cfg["model"]["decoder"]["num_hidden_layers"]) for k in ("key", "value")}
+
+
+def test_graph_passes_checker_and_uses_fused_ops(artifact):
+    _, out = artifact
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization", "RMSNormalization"} <= ops
+    assert "Softmax" not in ops
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["files"]["model.onnx"]["bytes"] == (out / "model.onnx").stat().st_size
+
+
+@torch.no_grad()
+def test_whole_prompt_with_empty_past_matches_transformers(artifact):
+    ref, out = artifact
+    cfg = json.loads((out / "genai_config.json").read_text())
+    toks = _tokens(T)
+    expected = ref(toks).logits[0].numpy()
+    feed = {"input_ids": toks.numpy(), "attention_mask": np.ones((1, T), np.int64), **_empty_past(cfg)}
+    logits = _session(out).run(["logits"], feed)[0][0]
+    assert logits.shape == expected.shape
+    assert np.abs(logits - expected).max() < 1e-4
+
+
+@torch.no_grad()
+def test_chunked_decoding_past_the_window_keeps_window_sized_caches(artifact):
+    ref, out = artifact
+    cfg = json.loads((out / "genai_config.json").read_text())
+    sliding = set(cfg["model"]["decoder"].get("sliding_window", {}).get("layers", []))
+    window = cfg["model"]["decoder"].get("sliding_window", {}).get("window_size")
+    toks = _tokens(T)
+    expected = ref(toks).logits[0].numpy()
+    sess = _session(out)
+    names = [o.name for o in sess.get_outputs()]
+    past, start, outs = _empty_past(cfg), 0, []
+    for n in [5, 1, 1, 12, 3, 1, 17]:
+        feed = {"input_ids": toks[:, start:start + n].numpy(),
+                "attention_mask": np.ones((1, start + n), np.int64), **past}
+        res = dict(zip(names, sess.run(None, feed)))
+        outs.append(res["logits"][0])
+        start += n
+        past = {k.replace("present", "past_key_values"): v for k, v in res.items() if k.startswith("present")}
+        for name, v in past.items():
+            layer = int(name.split(".")[1])
+            assert v.shape[2] == (window if layer in sliding else start)
+    assert np.abs(np.concatenate(outs) - expected).max() < 1e-4
+
+
+@torch.no_grad()
+def test_onnxruntime_genai_greedy_matches_transformers(artifact):
+    ref, out = artifact
+    prompt = _tokens(12, seed=3)
+    seq = prompt
+    for _ in range(30):     # oracle: transformers' forward re-run per token
+        seq = torch.cat([seq, ref(seq).logits[:, -1:].argmax(-1)], 1)
+    model = og.Model(str(out))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=42, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(prompt.numpy().astype(np.int32))
+    got = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    assert got == seq[0, 12:].tolist()
+
+
+@torch.no_grad()
+def test_embeddinggemma_embeddings_match_the_reference_head(tmp_path):
+    ref, denses = save_hf_folder("embeddinggemma", tmp_path / "hf")
+    out = export_onnx(load_model(tmp_path / "hf"), tmp_path / "onnx")
+    toks = torch.cat([_tokens(T), _tokens(T, seed=2)])
+    mask = torch.ones(2, T, dtype=torch.long)
+    mask[1, 29:] = 0
+    hidden = ref(input_ids=toks, attention_mask=mask).last_hidden_state
+    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    expected = F.normalize(pooled @ denses[0].T @ denses[1].T, dim=-1).numpy()
+    got = _session(out).run(["embeddings"], {"input_ids": toks.numpy(), "attention_mask": mask.numpy()})[0]
+    assert np.abs(got - expected).max() < 1e-5
+    assert (got * expected).sum(-1).min() > 0.9999
+    assert not (out / "genai_config.json").exists()
+
+
+def test_failed_export_leaves_nothing_behind(tmp_path):
+    save_hf_folder("gemma3", tmp_path / "hf")
+    with pytest.raises(ValueError, match="--context"):
+        export_onnx(load_model(tmp_path / "hf"), tmp_path / "onnx", context_length=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_export_failing_midway_leaves_nothing_behind(tmp_path, monkeypatch):
+    import export.converters.onnx as onnx_target
+    save_hf_folder("gemma3", tmp_path / "hf")
+    loaded = load_model(tmp_path / "hf")
+    export_onnx(loaded, tmp_path / "onnx", context_length=64)
+    before = (tmp_path / "onnx" / "model.onnx").read_bytes()
+
+    def broken(proto, path):
+        path.write_bytes(b"half a model")
+        raise OSError("disk full")
+    monkeypatch.setattr(onnx_target, "save_model", broken)
+    with pytest.raises(OSError, match="disk full"):
+        export_onnx(loaded, tmp_path / "onnx", context_length=64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "onnx"]      # no partial folder left
+    assert (tmp_path / "onnx" / "model.onnx").read_bytes() == before         # the old artifact intact
