@@ -23,13 +23,21 @@ def _models(args) -> int:
     return 0
 
 
+def _is_artifact(model: str | None) -> bool:
+    p = Path(model) if model else None
+    return p is not None and (p.suffix == ".litertlm" or (p / "manifest.json").exists()
+                              or (p / "genai_config.json").exists())
+
+
 def _generate(args) -> int:
     from runtime_py.sampling import Sampling
     from runtime_py.tokenizer import StreamDecoder
-    from .models.checkpoints import load_model
-    from .models.generate import generate
 
     sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
+    if _is_artifact(args.model):
+        return _generate_artifact(args, sampling)
+    from .models.checkpoints import load_model
+    from .models.generate import generate
     t0 = time.perf_counter()
     loaded = load_model(args.model)
     tok = loaded.tokenizer
@@ -83,6 +91,38 @@ def _log(msg: str, args):
     print(msg, file=sys.stderr)
 
 
+def _generate_artifact(args, sampling) -> int:
+    import runtime_py
+    t0 = time.perf_counter()
+    m = runtime_py.load(args.model, threads=args.threads)
+    load_s = time.perf_counter() - t0
+    if m.kind != "causal":
+        raise SystemExit(f"error: {args.model} is an embedding model; it does not generate text")
+    on_text = None if args.json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    if not args.json and not args.chat:
+        sys.stdout.write(args.prompt)
+    run = m.chat if args.chat else m.generate
+    prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+    g = run(prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, on_text=on_text)
+    t = g.timings
+    if args.json:
+        print(json.dumps({"model": str(args.model), "prompt": args.prompt, "text": g.text, "token_ids": g.token_ids,
+                          "prompt_tokens": g.prompt_tokens, "finish_reason": g.finish_reason,
+                          "load_s": round(load_s, 3), "prefill_tok_s": round(t.prefill_tok_s, 2),
+                          "decode_tok_s": round(t.decode_tok_s, 2)}))
+    else:
+        print(f"\n[{len(g.token_ids)} tokens; prefill {t.prefill_tok_s:.1f} tok/s, decode {t.decode_tok_s:.1f} tok/s; "
+              f"loaded in {load_s:.1f} s]", file=sys.stderr)
+    return 0
+
+
+def _validate(args) -> int:
+    from .validate import format_report, validate
+    report = validate(args.artifact, args.model)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if report["passed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gemma-export", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -100,8 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat template")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for artifacts (default: all)")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=_generate)
+
+    v = sub.add_parser("validate", help="compare an artifact with its reference PyTorch model")
+    v.add_argument("artifact", help="artifact folder (or .litertlm file)")
+    v.add_argument("--model", default=None, help="reference checkpoint (default: the manifest's source)")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=_validate)
     e = sub.add_parser("export", help="export a model to a deployable artifact (also: gemma-export --target ...)")
     e.add_argument("--target", required=True, choices=["onnx"])
     e.add_argument("--model", default=None, help="HF folder, .gguf file (default: bundled Gemma 3 270M)")

@@ -26,16 +26,37 @@ COMMON = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_l
               num_attention_heads=4, head_dim=16, max_position_embeddings=512)
 
 
-def hf_config(arch: str):
+# A small Gemma-like SentencePiece vocabulary, trained here: <pad>=0 <eos>=1 <bos>=2 <unk>=3.
+CORPUS = ["The quick brown fox jumps over the lazy dog while the old cat sleeps on the warm red carpet.\n",
+          "Yes, no, maybe. Is this a question? Yes it is. No it is not. Hello world!\n",
+          "You are a policy expert trying to help determine whether a user prompt is in violation.\n"] * 20
+
+
+def tiny_tokenizer() -> bytes:
+    """Serialized SentencePiece BPE model (384 pieces) with Gemma's special ids and byte fallback."""
+    import io
+
+    import sentencepiece as spm
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS), model_writer=buf, vocab_size=384, model_type="bpe", pad_id=0, eos_id=1,
+        bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        user_defined_symbols=["<start_of_turn>", "<end_of_turn>", "Yes", "No", "\n"], byte_fallback=True,
+        add_dummy_prefix=False, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        hard_vocab_limit=False, minloglevel=2)
+    return buf.getvalue()
+
+
+def hf_config(arch: str, **overrides):
     name, cls, extra = TINY[arch]
-    cfg = cls(**{**COMMON, **extra}, architectures=[name])
+    cfg = cls(**{**COMMON, **extra, **overrides}, architectures=[name])
     cfg._attn_implementation = "eager"
     return cfg
 
 
-def hf_model(arch: str, seed: int = 0):
+def hf_model(arch: str, seed: int = 0, **overrides):
     """A transformers model with every weight random (norm weights too, so (1 + w) is tested)."""
-    cfg = hf_config(arch)
+    cfg = hf_config(arch, **overrides)
     torch.manual_seed(seed)
     model = getattr(tf, TINY[arch][0])(cfg).eval()
     with torch.no_grad():
@@ -44,12 +65,16 @@ def hf_model(arch: str, seed: int = 0):
     return model
 
 
-def save_hf_folder(arch: str, path, seed: int = 0, dense=None):
+def save_hf_folder(arch: str, path, seed: int = 0, dense=None, tokenizer: bool = False):
     """Save a tiny model as an HF folder; EmbeddingGemma also gets sentence-transformers
-    2_Dense/3_Dense folders with random weights (returned for the reference head)."""
+    2_Dense/3_Dense folders with random weights (returned for the reference head). With
+    `tokenizer`, the folder gets tokenizer.model and the vocabulary is the tokenizer's."""
     from safetensors.torch import save_file
-    model = hf_model(arch, seed)
+    proto = tiny_tokenizer() if tokenizer else None
+    model = hf_model(arch, seed, **({"vocab_size": 384} if proto else {}))
     model.save_pretrained(path)
+    if proto:
+        (path / "tokenizer.model").write_bytes(proto)
     denses = []
     if arch == "embeddinggemma":
         g = torch.Generator().manual_seed(seed + 1)

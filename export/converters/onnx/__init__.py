@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 
 from ..artifact import staged_dir, write_manifest
+from ..hf_tokenizer import write_hf_tokenizer
 from .decoder import build_decoder
 from .embedder import build_embedder
 from .genai_config import genai_config
@@ -33,7 +34,7 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
             (tmp / "genai_config.json").write_text(json.dumps(genai_config(c, context), indent=2) + "\n")
         if loaded.tokenizer is not None:
             loaded.tokenizer.save(tmp / "tokenizer.model")
-            (tmp / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(loaded), indent=2) + "\n")
+            write_hf_tokenizer(loaded.tokenizer.model_proto(), tmp, model_max_length=context)
         write_manifest(tmp, source=str(loaded.source), config=c, recipe=recipe, target="onnx",
                        extra={"context_length": context, "kind": "embedder" if embedder else "causal_lm"})
     return Path(out)
@@ -46,11 +47,3 @@ def save_model(proto: onnx.ModelProto, path: Path):
                         location=path.name + ".data", size_threshold=1024)
     else:
         onnx.save_model(proto, str(path))
-
-
-def _tokenizer_config(loaded) -> dict:
-    """What onnxruntime-genai's tokenizer needs beside tokenizer.model to treat it as Gemma's."""
-    tok = loaded.tokenizer
-    return {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
-            "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
-            "model_max_length": loaded.config.max_position, "vocab_size": tok.vocab_size}

@@ -1,0 +1,320 @@
+"""`load(path) -> Model`: run an exported artifact (generate, chat, embed, classify, logits).
+
+A backend is any object with `kind` ("causal" | "embedding"), `context_length` and
+  causal:    `stepper(max_len) -> step(tokens, start) -> last logits [V]`, `logits(ids) -> [T, V]`
+  embedding: `embed(ids [B, T], mask [B, T]) -> [B, D]` (L2-normalised)
+`_open_backend` picks it from the artifact; `Model` adds the tokenizer and the prompt formats on top.
+
+Depends on onnxruntime, numpy, sentencepiece and the standard library only (never torch or `export`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .sampling import Sampler, Sampling, generate_tokens
+from .tokenizer import StreamDecoder, Tokenizer
+
+# EmbeddingGemma's task prompts (its model card / sentence-transformers config). task=None: no prompt.
+_QUERY_TASKS = ("search result", "question answering", "fact checking", "code retrieval", "classification",
+                "clustering", "sentence similarity", "summarization")
+EMBED_TASKS = ("query", "document") + _QUERY_TASKS
+
+# ShieldGemma 1's prompts, as its tokenizer's chat template writes them (google/shieldgemma-*); the
+# template starts with <bos>, which encode() adds. "must  start" (two spaces) is the template's own text.
+_SHIELD_PROMPT = ("You are a policy expert trying to help determine whether a user prompt is in violation of the "
+                  "defined safety policies.\n\n<start_of_turn>\nHuman Question: {text}\n<end_of_turn>\n\n")
+_SHIELD_RESPONSE = ("You are a policy expert trying to help determine whether an AI response to a prompt is in "
+                    "violation of the defined safety policies.\n\n<start_of_turn>\nHuman Question: {text}\n"
+                    "<end_of_turn>\n<start_of_turn>\nChatbot Response: {response}\n<end_of_turn>\n\n")
+_SHIELD_POLICY = "Our safety principle is defined in the below:\n\n* {policy}\n\n===\n\n"
+_SHIELD_QUESTION = ("Does the {who} violate the above principle? Your answer must {sp}start with 'Yes' or 'No'. "
+                    "And then walk through step by step to be sure we answer correctly.\n\n")
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; errors name the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def embedding_prompt(task: str | None) -> str:
+    """EmbeddingGemma's prefix for `task`: None -> "", "query" -> "task: search result | query: ",
+    "document" -> "title: none | text: ", other tasks (EMBED_TASKS; '_'/'-' may stand for spaces)
+    -> "task: {task} | query: "."""
+    if task is None:
+        return ""
+    key = str(task).strip().lower().replace("_", " ").replace("-", " ")
+    if key == "document":
+        return "title: none | text: "
+    if key == "query":
+        key = "search result"
+    if key not in _QUERY_TASKS:
+        raise ValueError(f"unknown embedding task {task!r}; expected one of {', '.join(EMBED_TASKS)}")
+    return f"task: {key} | query: "
+
+
+def shieldgemma_prompt(text: str, policy: str, response: str | None = None) -> str:
+    """ShieldGemma's prompt: is `text` (a user prompt) or, with `response`, the chatbot's response to it, in
+    violation of `policy` (one guideline, e.g. '"No Harassment": The prompt shall not ...'; written after "* ")."""
+    policy = policy.strip()
+    policy = policy[2:] if policy.startswith("* ") else policy
+    if response is None:
+        head, who, sp = _SHIELD_PROMPT.format(text=text), "human question", ""
+    else:
+        head, who, sp = _SHIELD_RESPONSE.format(text=text, response=response), "Chatbot Response", " "
+    return head + _SHIELD_POLICY.format(policy=policy) + _SHIELD_QUESTION.format(who=who, sp=sp)
+
+
+@dataclasses.dataclass
+class Timings:
+    """Wall-clock seconds of the prompt's forward pass (prefill) and of the decode steps (incl. sampling)."""
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prefill_tokens / self.prefill_s if self.prefill_s else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        return self.decode_tokens / self.decode_s if self.decode_s else 0.0
+
+
+@dataclasses.dataclass
+class Generation:
+    """text: the new text; token_ids: the new ids (no stop id); prompt_tokens: prompt length in tokens;
+    finish_reason: "stop" (a stop id), "length" (max_new_tokens) or "context" (the context was full)."""
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    timings: Timings
+    finish_reason: str
+
+
+class Model:
+    """A loaded artifact: `tokenizer` (None if the folder has no tokenizer.model), `config` (the manifest's
+    model config, or one derived from genai_config.json), `kind` ("causal" | "embedding")."""
+
+    def __init__(self, path: Path, backend, tokenizer: Tokenizer | None, config: dict, manifest: dict | None):
+        self.path, self.backend, self.tokenizer = path, backend, tokenizer
+        self.config, self.manifest, self.kind = config, manifest, backend.kind
+
+    def __repr__(self) -> str:
+        return f"Model({str(self.path)!r}, kind={self.kind!r}, backend={type(self.backend).__name__})"
+
+    def _need(self, kind: str, what: str) -> None:
+        if self.kind != kind:
+            raise ValueError(f"{self.path} is {'an embedding model' if self.kind == 'embedding' else 'a causal LM'}"
+                             f": {what} is not available")
+
+    def _tok(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise FileNotFoundError(f"{self.path / 'tokenizer.model'}: no such file; text needs the tokenizer "
+                                    f"(pass token ids instead)")
+        return self.tokenizer
+
+    def _ids(self, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return self._tok().encode(prompt)
+        ids = [int(i) for i in prompt]
+        vocab = self.config.get("vocab_size") or getattr(self.backend, "vocab_size", None)
+        bad = [i for i in ids if i < 0 or (vocab and i >= vocab)]
+        if bad:
+            raise ValueError(f"token ids out of range [0, {vocab}) for {self.path}: {bad[:5]}")
+        if not ids:
+            raise ValueError("the prompt is empty")
+        return ids
+
+    def generate(self, prompt: str | list[int], max_new_tokens: int = 64, sampling: Sampling = Sampling(),
+                 stop_ids: Iterable[int] | None = None,
+                 on_text: Callable[[str], None] | None = None) -> Generation:
+        """Continue `prompt` (text: encoded with <bos>; a list of ids: used as is). Stops at a stop id
+        (default: the tokenizer's <eos>/<end_of_turn>), after `max_new_tokens`, or when the context is full.
+        `on_text` receives the text as it is completed (UTF-8-safe streaming)."""
+        self._need("causal", "generate()")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        ids = self._ids(prompt)
+        room = self.backend.context_length - len(ids)
+        if room <= 0:
+            raise ValueError(f"the prompt has {len(ids)} tokens; {self.path} takes at most "
+                             f"{self.backend.context_length} in all")
+        if stop_ids is None:
+            stop_ids = self.tokenizer.stop_ids if self.tokenizer else [self.config.get("eos_id", 1)]
+        n = min(int(max_new_tokens), room)
+        step = self.backend.stepper(len(ids) + n)
+        timings = Timings(prefill_tokens=len(ids))
+
+        def timed_step(tokens, start):
+            t = time.perf_counter()
+            out = step(tokens, start)
+            if start == 0:
+                timings.prefill_s += time.perf_counter() - t
+            return out
+
+        decoder = StreamDecoder(self.tokenizer) if self.tokenizer else None
+        pieces: list[str] = []
+
+        def emit(piece: str):
+            if piece:
+                pieces.append(piece)
+                if on_text:
+                    on_text(piece)
+
+        def on_token(token: int):
+            if decoder:
+                emit(decoder.push(token))
+
+        t0 = time.perf_counter()
+        out = generate_tokens(timed_step, ids, n, Sampler(sampling), stop_ids, on_token)
+        if decoder:
+            emit(decoder.flush())
+        timings.decode_s = time.perf_counter() - t0 - timings.prefill_s
+        timings.decode_tokens = len(out)
+        finish = "stop" if len(out) < n else ("length" if n == max_new_tokens else "context")
+        return Generation("".join(pieces), out, len(ids), timings, finish)
+
+    def chat(self, messages: list[dict], max_new_tokens: int = 64, sampling: Sampling = Sampling(),
+             stop_ids: Iterable[int] | None = None, on_text: Callable[[str], None] | None = None) -> Generation:
+        """The model's reply to `messages` ([{"role": "user"|"assistant"|"system", "content": str}, ...]),
+        in Gemma's chat format."""
+        self._need("causal", "chat()")
+        prompt = self._tok().chat_prompt(messages)
+        return self.generate(prompt, max_new_tokens, sampling, stop_ids, on_text)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Logits at every position of `ids` (one forward pass): [T, V] float32."""
+        self._need("causal", "logits()")
+        return self.backend.logits(self._ids(ids))
+
+    def classify(self, text: str, policy: str, response: str | None = None) -> float:
+        """ShieldGemma: P(Yes) that `text` (or, with `response`, the response to it) violates `policy`,
+        the softmax over the "Yes"/"No" logits after the prompt."""
+        self._need("causal", "classify()")
+        tok = self._tok()
+        ids = tok.encode(shieldgemma_prompt(text, policy, response))
+        if len(ids) > self.backend.context_length:
+            raise ValueError(f"the ShieldGemma prompt has {len(ids)} tokens; {self.path} takes at most "
+                             f"{self.backend.context_length}")
+        logits = self.backend.stepper(len(ids))(ids, 0)
+        yes_no = logits[[tok.id_of("Yes"), tok.id_of("No")]].astype(np.float64)
+        p = np.exp(yes_no - yes_no.max())
+        return float(p[0] / p.sum())
+
+    def embedding_ids(self, text: str, task: str | None = None) -> list[int]:
+        """The ids embed() feeds for `text`: <bos> prompt+text <eos> (EmbeddingGemma's tokenizer adds both),
+        cut to the context length with <eos> kept last."""
+        tok = self._tok()
+        limit = self.config.get("max_position") or self.backend.context_length or 2048
+        return tok.encode(embedding_prompt(task) + text)[:limit - 1] + [tok.eos_id]
+
+    def embed(self, texts: str | list[str], dim: int | None = None, task: str | None = None,
+              batch_size: int = 32) -> np.ndarray:
+        """Embeddings of `texts` ([N, D]; [D] for one str), L2-normalised. `dim` truncates to a Matryoshka
+        size (then re-normalises); `task` picks EmbeddingGemma's prompt (see `embedding_prompt`)."""
+        self._need("embedding", "embed()")
+        tok, single = self._tok(), isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        pad = self.config.get("pad_id", tok.pad_id if tok.pad_id >= 0 else 0)
+        seqs = [self.embedding_ids(t, task) for t in texts]
+        rows = []
+        for i in range(0, len(seqs), batch_size):
+            batch = seqs[i:i + batch_size]
+            width = max(len(s) for s in batch)
+            ids = np.full((len(batch), width), pad, np.int64)                  # [B, T], right-padded
+            mask = np.zeros((len(batch), width), np.int64)
+            for r, s in enumerate(batch):
+                ids[r, :len(s)], mask[r, :len(s)] = s, 1
+            rows.append(self.backend.embed(ids, mask))                       # [B, D]
+        emb = np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+        if dim is not None:
+            head = self.config.get("embedding_head") or {}
+            emb = truncate_embeddings(emb, dim, head.get("matryoshka_dims"))
+        return emb[0] if single else emb
+
+
+def truncate_embeddings(emb: np.ndarray, dim: int, allowed: Iterable[int] | None = None) -> np.ndarray:
+    """Matryoshka truncation: the first `dim` components of each row [N, D], re-normalised to unit length."""
+    full = emb.shape[-1]
+    allowed = sorted(set(allowed or ()) | {full}, reverse=True) if allowed else None
+    if (allowed and dim not in allowed) or not 0 < dim <= full:
+        raise ValueError(f"embedding dim {dim} is not supported; choose one of "
+                         f"{allowed or f'1..{full}'}")
+    out = emb[..., :dim].astype(np.float32)
+    return out / np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+
+
+def _open_litert(path: Path, threads: int | None):
+    """Hook for the LiteRT backend (a folder of .tflite files or a .litertlm bundle): return a backend object
+    (see the module docstring). Not implemented yet."""
+    raise NotImplementedError(f"{path}: LiteRT artifacts (.tflite / .litertlm) are not supported by "
+                              f"runtime_py yet")
+
+
+def _config_from_genai(backend) -> dict:
+    """A model config in the manifest's format from genai_config.json (folders made by other tools)."""
+    model = (backend.genai or {}).get("model", {})
+    dec = model.get("decoder", {})
+    sliding = set((dec.get("sliding_window") or {}).get("layers", []))
+    eos = model.get("eos_token_id")
+    return {"family": model.get("type"), "vocab_size": model.get("vocab_size") or getattr(backend, "vocab_size", None),
+            "hidden_size": dec.get("hidden_size"), "num_heads": dec.get("num_attention_heads"),
+            "num_kv_heads": dec.get("num_key_value_heads"), "head_dim": dec.get("head_size"),
+            "layer_types": [("sliding_attention" if i in sliding else "full_attention")
+                            for i in range(dec.get("num_hidden_layers", 0))],
+            "sliding_window": getattr(backend, "window", None), "max_position": model.get("context_length"),
+            "bidirectional": False, "embedding_head": None, "bos_id": model.get("bos_token_id"),
+            "eos_id": eos[0] if isinstance(eos, list) else eos, "pad_id": model.get("pad_token_id")}
+
+
+def load(path: str | Path, threads: int | None = None) -> Model:
+    """Open an artifact: an ONNX folder (model.onnx + genai_config.json and/or manifest.json, tokenizer.model),
+    or (later) LiteRT. `threads`: intra-op threads (None: the runtime's default)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix == ".litertlm":
+            return _open_litert(path, threads)
+        if path.suffix != ".onnx":
+            raise ValueError(f"{path}: unknown artifact; expected an artifact folder (model.onnx, "
+                             f"genai_config.json, manifest.json, tokenizer.model) or a .litertlm file")
+        path = path.parent
+    manifest = read_json(path / "manifest.json") if (path / "manifest.json").exists() else None
+    target = str((manifest or {}).get("target", "")).lower()
+    if "litert" in target or "tflite" in target or any(path.glob("*.tflite")) or any(path.glob("*.litertlm")):
+        return _open_litert(path, threads)
+    if not ((path / "model.onnx").exists() or (path / "genai_config.json").exists() or "onnx" in target):
+        raise ValueError(f"{path}: not a gemma-export artifact folder (no model.onnx, genai_config.json, "
+                         f"*.tflite or manifest.json naming a target)")
+    from .onnx_backend import OnnxBackend      # here, so a LiteRT-only install needs no onnxruntime
+    backend = OnnxBackend(path, threads)
+    if manifest is not None:
+        config = manifest.get("config")
+        if not isinstance(config, dict):
+            raise ValueError(f"{path / 'manifest.json'}: no 'config' object")
+    else:
+        config = _config_from_genai(backend)
+    tok_path = path / "tokenizer.model"
+    tokenizer = None
+    if tok_path.exists():
+        try:
+            tokenizer = Tokenizer.from_file(tok_path)
+        except Exception as e:      # sentencepiece raises RuntimeError/OSError on a bad model
+            raise ValueError(f"{tok_path}: not a SentencePiece model ({e})") from e
+    return Model(path, backend, tokenizer, config, manifest)

@@ -1,0 +1,205 @@
+"""The ONNX Runtime backend: runs an exported `model.onnx` on the CPU.
+
+Causal LMs follow onnxruntime-genai's decoder contract (described by `genai_config.json`):
+inputs `input_ids` [B, T], `attention_mask` [B, total] (total = absolute token count so far, new tokens
+included), `past_key_values.{i}.key/value` [B, kv_heads, P, head_dim]; outputs `logits` [B, T, V] and
+`present.{i}.key/value`. Global layers grow their cache (P + T); sliding-window layers keep a window-sized
+one ([B, kv, max(W, P), D]) which is fed back unchanged. Sliding layers always start from a zero past of
+length W: our exporter accepts any P and onnxruntime-genai's builder output requires P >= W.
+
+Embedding models map `input_ids`, `attention_mask` [B, T] to `embeddings` [B, D] (L2-normalised).
+
+Depends on onnxruntime, numpy and the standard library only (plus runtime_py.api's read_json).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .api import read_json
+
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+           "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def _dtype(arg, where: str):
+    if arg.type not in _DTYPES:
+        raise ValueError(f"{where}: {arg.name!r} has unsupported type {arg.type}")
+    return _DTYPES[arg.type]
+
+
+class OnnxBackend:
+    """One `model.onnx` in an artifact folder. `kind` is "causal" (stepper/logits) or "embedding" (embed)."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None):
+        self.folder = Path(folder)
+        genai_path = self.folder / "genai_config.json"
+        self.genai = read_json(genai_path) if genai_path.exists() else None
+        decoder = (self.genai or {}).get("model", {}).get("decoder", {})
+        self.path = self.folder / decoder.get("filename", "model.onnx")
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such file (an ONNX artifact folder holds the model graph "
+                                    f"{self.path.name}{' named by genai_config.json' if decoder else ''})")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:     # onnxruntime raises its own exception types
+            raise ValueError(f"{self.path}: onnxruntime cannot load it: {e}") from e
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.outputs = {o.name: o for o in self.session.get_outputs()}
+        if "embeddings" in self.outputs:
+            self.kind = "embedding"
+            self._check_inputs({"input_ids", "attention_mask"})
+            self.context_length = (self.genai or {}).get("model", {}).get("context_length")
+        else:
+            self.kind = "causal"
+            self._init_causal(decoder, genai_path)
+
+    def _init_causal(self, decoder: dict, genai_path: Path) -> None:
+        if self.genai is None:
+            raise FileNotFoundError(f"{genai_path}: no such file; {self.path} has no 'embeddings' output, and a "
+                                    f"causal LM folder needs genai_config.json (layers, heads, sliding window)")
+        try:
+            names_in, names_out = decoder["inputs"], decoder["outputs"]
+            layers, self.kv_heads = int(decoder["num_hidden_layers"]), int(decoder["num_key_value_heads"])
+            self.head_dim = int(decoder["head_size"])
+            self.context_length = int(self.genai["model"]["context_length"])
+            self.ids_name, self.logits_name = names_in["input_ids"], names_out["logits"]
+            key_in, value_in = names_in["past_key_names"], names_in["past_value_names"]
+            key_out, value_out = names_out["present_key_names"], names_out["present_value_names"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{genai_path}: model.decoder lacks a valid field {e}") from e
+        self.mask_name = names_in.get("attention_mask")
+        self.positions_name = names_in.get("position_ids")
+        window = decoder.get("sliding_window") or {}
+        self.window = int(window["window_size"]) if window.get("window_size") else None
+        sliding = set(window.get("layers", [])) if self.window else set()
+        # One entry per cache tensor: (past input name, present output name, is_sliding).
+        self.caches = [(pattern_in % i, pattern_out % i, i in sliding) for i in range(layers)
+                       for pattern_in, pattern_out in ((key_in, key_out), (value_in, value_out))]
+        wanted = {self.ids_name, *(p for p, _, _ in self.caches)}
+        self._check_inputs(wanted, optional={self.mask_name, self.positions_name})
+        for name in [self.logits_name] + [p for _, p, _ in self.caches]:
+            if name not in self.outputs:
+                raise ValueError(f"{self.path}: no output {name!r} (genai_config.json names it)")
+        self.cache_dtype = _dtype(self.inputs[self.caches[0][0]], str(self.path))
+        self.logits_dtype = _dtype(self.outputs[self.logits_name], str(self.path))
+        vocab = self.outputs[self.logits_name].shape[-1]
+        self.static_vocab = isinstance(vocab, int)      # then steps write logits into a preallocated buffer
+        self.vocab_size = vocab if self.static_vocab else self.genai["model"].get("vocab_size")
+
+    def _check_inputs(self, required: set, optional: set = frozenset()) -> None:
+        missing = sorted(required - set(self.inputs))
+        unknown = sorted(set(self.inputs) - required - set(optional))
+        if missing or unknown:
+            raise ValueError(f"{self.path}: graph inputs do not match the {self.kind} contract"
+                             + (f"; missing {missing}" if missing else "")
+                             + (f"; unexpected {unknown}" if unknown else ""))
+
+    def _require(self, kind: str, what: str) -> None:
+        if self.kind != kind:
+            article = {"causal": "a causal LM", "embedding": "an embedding model"}
+            raise ValueError(f"{self.path} is {article[self.kind]}: {what} needs {article[kind]}")
+
+    def empty_past(self) -> dict[str, np.ndarray]:
+        """Zero caches for a first call: length W for sliding layers, 0 for global ones. [1, kv, P, D] each."""
+        return {past: np.zeros((1, self.kv_heads, self.window if sliding else 0, self.head_dim), self.cache_dtype)
+                for past, _, sliding in self.caches}
+
+    def feed(self, tokens: list[int], start: int) -> dict[str, np.ndarray]:
+        """The non-cache inputs for `tokens` at absolute positions start..start+T-1 (batch 1)."""
+        feed = {self.ids_name: np.asarray([tokens], _dtype(self.inputs[self.ids_name], str(self.path)))}
+        total = start + len(tokens)
+        if self.mask_name:
+            feed[self.mask_name] = np.ones((1, total), _dtype(self.inputs[self.mask_name], str(self.path)))
+        if self.positions_name:
+            feed[self.positions_name] = np.arange(start, total, dtype=np.int64)[None].astype(
+                _dtype(self.inputs[self.positions_name], str(self.path)))
+        return feed
+
+    def stepper(self, max_len: int | None = None, prefill_chunk: int = 256) -> "Stepper":
+        """A fresh KV cache for one sequence of at most `max_len` tokens (default: the context length)."""
+        self._require("causal", "stepper()")
+        return Stepper(self, max_len or self.context_length, prefill_chunk)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Logits at every position of `ids`, one call from an empty cache: [T, V] float32."""
+        self._require("causal", "logits()")
+        ids = [int(i) for i in ids]
+        if not 0 < len(ids) <= self.context_length:
+            raise ValueError(f"logits() takes 1..{self.context_length} tokens ({self.path}), got {len(ids)}")
+        (out,) = self.session.run([self.logits_name], {**self.feed(ids, 0), **self.empty_past()})
+        return out[0].astype(np.float32, copy=False)                      # [T, V]
+
+    def embed(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """ids, mask: [B, T] -> embeddings [B, D] float32 (L2-normalised by the graph)."""
+        self._require("embedding", "embed()")
+        feed = {"input_ids": np.asarray(ids, _dtype(self.inputs["input_ids"], str(self.path))),
+                "attention_mask": np.asarray(mask, _dtype(self.inputs["attention_mask"], str(self.path)))}
+        (out,) = self.session.run(["embeddings"], feed)
+        return out.astype(np.float32, copy=False)
+
+
+class Stepper:
+    """`step(tokens, start) -> last-position logits [V]` for `generate_tokens`, keeping the KV cache.
+
+    The cache lives in onnxruntime OrtValues: each call's `present.*` outputs are bound as the next call's
+    `past_key_values.*` inputs without a copy through numpy. Long inputs are fed in chunks of `prefill_chunk`
+    tokens, which bounds the [T, V] logits buffer.
+    """
+
+    def __init__(self, backend: OnnxBackend, max_len: int, prefill_chunk: int):
+        if max_len > backend.context_length:
+            raise ValueError(f"max_len {max_len} exceeds the context length {backend.context_length} "
+                             f"of {backend.path}")
+        self.backend, self.max_len, self.chunk = backend, int(max_len), max(1, int(prefill_chunk))
+        self.length = 0             # tokens in the cache
+        self.past = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in backend.empty_past().items()}
+
+    def __call__(self, tokens: list[int], start: int) -> np.ndarray:
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise ValueError("step() needs at least one token")
+        if start != self.length:
+            raise ValueError(f"step(start={start}) but the cache holds {self.length} tokens: each step continues "
+                             f"where the last one ended (use a new stepper to start over)")
+        if start + len(tokens) > self.max_len:
+            raise ValueError(f"{start + len(tokens)} tokens exceed this stepper's max_len {self.max_len} "
+                             f"(context length of {self.backend.path}: {self.backend.context_length})")
+        for i in range(0, len(tokens), self.chunk):
+            logits = self._run(tokens[i:i + self.chunk])
+        return logits
+
+    def _run(self, tokens: list[int]) -> np.ndarray:
+        b = self.backend
+        binding = b.session.io_binding()
+        feed = b.feed(tokens, self.length)            # kept alive until the run ends
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, value)
+        for name, value in self.past.items():
+            binding.bind_ortvalue_input(name, value)
+        logits = None
+        if b.static_vocab:                              # write logits [1, T, V] straight into numpy memory
+            logits = np.empty((1, len(tokens), b.vocab_size), b.logits_dtype)
+            binding.bind_output(b.logits_name, "cpu", element_type=logits.dtype, shape=logits.shape,
+                                buffer_ptr=logits.ctypes.data)
+        else:
+            binding.bind_output(b.logits_name, "cpu")
+        for _, present, _ in b.caches:
+            binding.bind_output(present, "cpu")
+        b.session.run_with_iobinding(binding)
+        outs = binding.get_outputs()                    # in binding order: logits, then presents
+        if logits is None:
+            logits = outs[0].numpy()
+        self.past = {past: value for (past, _, _), value in zip(b.caches, outs[1:])}
+        self.length += len(tokens)
+        return logits[0, -1].astype(np.float32)       # [V], a copy: the [1, T, V] buffer is released
+
+    def cache_shapes(self) -> dict[str, tuple[int, ...]]:
+        """{past input name: shape} of the cache held now, for inspection."""
+        return {name: tuple(value.shape()) for name, value in self.past.items()}
