@@ -69,6 +69,8 @@ def _generate(args) -> int:
 def _export(args) -> int:
     from .converters.onnx import export_onnx
     from .models.checkpoints import load_model
+    from .quantize.recipes import recipe
+    recipe(args.quant, args.target)                   # an unsupported combination fails before any work
     t0 = time.perf_counter()
     loaded = load_model(args.model)
     name = loaded.source.stem if loaded.source.suffix == ".gguf" else loaded.source.name

@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 
 from ..artifact import staged_dir, write_manifest
+from ...quantize.recipes import recipe as recipe_for
 from ..hf_tokenizer import write_hf_tokenizer
 from .decoder import build_decoder
 from .embedder import build_embedder
@@ -19,8 +20,7 @@ DEFAULT_CONTEXT = 4096
 
 def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: int | None = None) -> Path:
     """Export a LoadedModel (export.models.checkpoints) to an ONNX artifact folder."""
-    if recipe != "fp32":
-        raise ValueError(f"--quant {recipe}: the ONNX target supports fp32 only so far")
+    recipe_for(recipe, "onnx")
     c = loaded.config
     context = min(context_length or DEFAULT_CONTEXT, c.max_position)
     if c.sliding_window and context < c.sliding_window:
