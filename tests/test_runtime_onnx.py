@@ -29,6 +29,8 @@ from oracle import tiny_tokenizer
 
 WINDOW, LAYERS, KV, HEAD = 8, 7, 2, 16
 EMBED_STD, SEED = 0.05, 2      # a seed whose greedy path has no near-ties (margins > 5e-3)
+TEXT = "The quick brown fox jumps over the lazy dog"
+
 
 def _run_genai_builder(hf_dir: Path, out_dir: Path, cache: Path) -> None:
     """onnxruntime-genai's builder (fp32, CPU), in process. transformers 5 nests Gemma 3's rope thetas in
