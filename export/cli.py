@@ -67,10 +67,11 @@ def _generate(args) -> int:
 
 
 def _export(args) -> int:
-    from .converters.onnx import export_onnx
     from .models.checkpoints import load_model
     from .quantize.recipes import recipe
-    recipe(args.quant, args.target)                   # an unsupported combination fails before any work
+    from .targets import TARGETS
+    target = TARGETS[args.target]
+    recipe(args.quant, target.format)                 # an unsupported combination fails before any work
     t0 = time.perf_counter()
     loaded = load_model(args.model)
     name = loaded.source.stem if loaded.source.suffix == ".gguf" else loaded.source.name
@@ -78,7 +79,7 @@ def _export(args) -> int:
     _log(f"loaded {loaded.source} ({loaded.config.family}, {loaded.config.num_layers} layers) "
          f"in {time.perf_counter() - t0:.1f} s; exporting to {out}", args)
     t1 = time.perf_counter()
-    export_onnx(loaded, out, args.quant, args.context)
+    target.export(loaded, out, args.quant, args.context)
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
     summary = {"artifact": str(out), "target": args.target, "recipe": args.quant, "source": str(loaded.source),
                "export_s": round(time.perf_counter() - t1, 2), "bytes": sum(files.values()), "files": files}
@@ -126,6 +127,7 @@ def _validate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .targets import TARGETS
     p = argparse.ArgumentParser(prog="gemma-export", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -152,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_validate)
     e = sub.add_parser("export", help="export a model to a deployable artifact (also: gemma-export --target ...)")
-    e.add_argument("--target", required=True, choices=["onnx"])
+    e.add_argument("--target", required=True, choices=sorted(TARGETS))
     e.add_argument("--model", default=None, help="HF folder, .gguf file (default: bundled Gemma 3 270M)")
     e.add_argument("--out", default=None, help="artifact folder (default: out/<model>-<target>-<quant>)")
     e.add_argument("--quant", default="fp32", help="quantization recipe (default fp32)")

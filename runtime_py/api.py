@@ -5,7 +5,8 @@ A backend is any object with `kind` ("causal" | "embedding"), `context_length` a
   embedding: `embed(ids [B, T], mask [B, T]) -> [B, D]` (L2-normalised)
 `_open_backend` picks it from the artifact; `Model` adds the tokenizer and the prompt formats on top.
 
-Depends on onnxruntime, numpy, sentencepiece and the standard library only (never torch or `export`).
+Depends on numpy, sentencepiece, the standard library and the backend's runtime (onnxruntime for ONNX,
+ai_edge_litert for LiteRT), imported when an artifact needs it; never torch or `export`.
 """
 from __future__ import annotations
 
@@ -48,6 +49,20 @@ def read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def check_step(tokens: list[int], start: int, length: int, max_len: int, path, context: int) -> list[int]:
+    """The checks every backend's step(tokens, start) makes; returns the tokens as ints."""
+    tokens = [int(t) for t in tokens]
+    if not tokens:
+        raise ValueError("step() needs at least one token")
+    if start != length:
+        raise ValueError(f"step(start={start}) but the cache holds {length} tokens: each step continues "
+                         f"where the last one ended (use a new stepper to start over)")
+    if start + len(tokens) > max_len:
+        raise ValueError(f"{start + len(tokens)} tokens exceed this stepper's max_len {max_len} "
+                         f"(context length of {path}: {context})")
+    return tokens
 
 
 def embedding_prompt(task: str | None) -> str:
@@ -259,11 +274,49 @@ def truncate_embeddings(emb: np.ndarray, dim: int, allowed: Iterable[int] | None
     return out / np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
 
 
-def _open_litert(path: Path, threads: int | None):
-    """Hook for the LiteRT backend (a folder of .tflite files or a .litertlm bundle): return a backend object
-    (see the module docstring). Not implemented yet."""
-    raise NotImplementedError(f"{path}: LiteRT artifacts (.tflite / .litertlm) are not supported by "
-                              f"runtime_py yet")
+def _open_litert(path: Path, threads: int | None) -> Model:
+    """A LiteRT artifact as a Model: a folder with model.tflite (or a *.litertlm bundle), manifest.json and
+    tokenizer.model; a .tflite file (with the manifest and tokenizer beside it); or a .litertlm file (its
+    TFLite model, SentencePiece tokenizer and stored config; the manifest.json and tokenizer.model beside it
+    are used when that manifest names this bundle)."""
+    from .litert_backend import LiteRTBackend, open_bundle    # here, so an ONNX-only install needs no LiteRT
+
+    folder = path.parent if path.is_file() else path
+    manifest = read_json(folder / "manifest.json") if (folder / "manifest.json").exists() else None
+    bundle, model_file = ((path, None) if path.suffix == ".litertlm" else (None, path)) if path.is_file() \
+        else (None, path / "model.tflite")
+    if model_file is not None and not model_file.exists():
+        named = (manifest or {}).get("bundle")
+        bundles = [folder / named] if named and (folder / named).exists() else sorted(folder.glob("*.litertlm"))
+        tflites = sorted(folder.glob("*.tflite"))
+        if bundles:
+            bundle, model_file = bundles[0], None
+        elif len(tflites) == 1:
+            model_file = tflites[0]
+        else:
+            raise FileNotFoundError(f"{path / 'model.tflite'}: no such file (a LiteRT artifact folder holds "
+                                    f"model.tflite or a .litertlm bundle)")
+    if bundle is not None and manifest is not None and manifest.get("bundle") != bundle.name:
+        manifest = None                          # a manifest beside the bundle that describes something else
+    tok_bytes, facts = None, {}
+    if bundle is not None:
+        backend, tok_bytes, facts = open_bundle(bundle, threads)
+    else:
+        backend = LiteRTBackend(model_file, threads=threads, context_length=(manifest or {}).get("context_length"))
+    tok_path = folder / "tokenizer.model"
+    use_folder_tok = tok_path.exists() and (bundle is None or manifest is not None or not tok_bytes)
+    try:
+        tokenizer = (Tokenizer.from_file(tok_path) if use_folder_tok
+                     else Tokenizer.from_bytes(tok_bytes) if tok_bytes else None)
+    except Exception as e:      # sentencepiece raises RuntimeError/OSError on a bad model
+        raise ValueError(f"{tok_path if use_folder_tok else bundle}: not a SentencePiece model ({e})") from e
+    config = (manifest or {}).get("config") or facts.get("config")
+    if not isinstance(config, dict):            # a LiteRT model from another tool: what the signatures say
+        config = {"family": None, "vocab_size": backend.vocab_size, "num_layers": len(backend.caches) // 2,
+                  "max_position": backend.context_length, "bidirectional": False, "embedding_head": None,
+                  "bos_id": tokenizer.bos_id if tokenizer else None,
+                  "eos_id": tokenizer.eos_id if tokenizer else None, "pad_id": tokenizer.pad_id if tokenizer else None}
+    return Model(path, backend, tokenizer, config, manifest)
 
 
 def _config_from_genai(backend) -> dict:
@@ -284,16 +337,17 @@ def _config_from_genai(backend) -> dict:
 
 def load(path: str | Path, threads: int | None = None) -> Model:
     """Open an artifact: an ONNX folder (model.onnx + genai_config.json and/or manifest.json, tokenizer.model),
-    or (later) LiteRT. `threads`: intra-op threads (None: the runtime's default)."""
+    or a LiteRT one (a folder with model.tflite or a .litertlm bundle; a .tflite or .litertlm file).
+    `threads`: intra-op threads (None: the runtime's default)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     if path.is_file():
-        if path.suffix == ".litertlm":
+        if path.suffix in (".litertlm", ".tflite"):
             return _open_litert(path, threads)
         if path.suffix != ".onnx":
             raise ValueError(f"{path}: unknown artifact; expected an artifact folder (model.onnx, "
-                             f"genai_config.json, manifest.json, tokenizer.model) or a .litertlm file")
+                             f"genai_config.json, manifest.json, tokenizer.model) or a .litertlm/.tflite file")
         path = path.parent
     manifest = read_json(path / "manifest.json") if (path / "manifest.json").exists() else None
     target = str((manifest or {}).get("target", "")).lower()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .api import read_json
+from .api import check_step, read_json
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
            "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -162,15 +162,7 @@ class Stepper:
         self.past = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in backend.empty_past().items()}
 
     def __call__(self, tokens: list[int], start: int) -> np.ndarray:
-        tokens = [int(t) for t in tokens]
-        if not tokens:
-            raise ValueError("step() needs at least one token")
-        if start != self.length:
-            raise ValueError(f"step(start={start}) but the cache holds {self.length} tokens: each step continues "
-                             f"where the last one ended (use a new stepper to start over)")
-        if start + len(tokens) > self.max_len:
-            raise ValueError(f"{start + len(tokens)} tokens exceed this stepper's max_len {self.max_len} "
-                             f"(context length of {self.backend.path}: {self.backend.context_length})")
+        tokens = check_step(tokens, start, self.length, self.max_len, self.backend.path, self.backend.context_length)
         for i in range(0, len(tokens), self.chunk):
             logits = self._run(tokens[i:i + self.chunk])
         return logits

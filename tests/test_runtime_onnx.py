@@ -360,12 +360,12 @@ def test_bad_artifacts_name_the_file_at_fault(causal, tmp_path):
     with pytest.raises(ValueError, match=r"manifest\.json: expected a JSON object"):
         load(bare)
     (tmp_path / "model.litertlm").write_bytes(b"")
-    with pytest.raises(NotImplementedError, match="LiteRT"):
+    with pytest.raises(ValueError, match=r"model\.litertlm.*LITERTLM magic"):
         load(tmp_path / "model.litertlm")
     lite = tmp_path / "lite"
     lite.mkdir()
     (lite / "model.tflite").write_bytes(b"")
-    with pytest.raises(NotImplementedError, match="lite"):
+    with pytest.raises(ValueError, match=r"lite/model\.tflite: ai_edge_litert cannot load it"):
         load(lite)
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="unknown artifact"):

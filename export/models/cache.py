@@ -29,16 +29,19 @@ class AttentionCache(NamedTuple):
         last = start - 1
         return last - torch.remainder(last - j, self.slots)
 
-    def write(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> "AttentionCache":
+    def write(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              end: torch.Tensor | None = None) -> "AttentionCache":
         """Store new keys/values ([B, Hkv, T, D], contiguous positions) at slots position % S; when
-        T > S only the newest S survive. Written as a gather + select over all slots (no scatter),
+        T > S only the newest S survive. `end` (default start + T) stops the write early: a padded
+        chunk keeps only its real tokens. Written as a gather + select over all slots (no scatter),
         which every export target lowers with static shapes."""
         T, S = k.shape[2], self.slots
         start = positions[0]
+        end = start + T if end is None else end
         j = torch.arange(S, device=k.device)
         first = start + torch.remainder(j - start, S)                 # first new position landing in slot j
-        last = first + S * torch.div(start + T - 1 - first, S, rounding_mode="floor")   # the newest one
-        written = (first < start + T)[None, None, :, None]           # [1, 1, S, 1]
+        last = first + S * torch.div(end - 1 - first, S, rounding_mode="floor")   # the newest one
+        written = (first < end)[None, None, :, None]                 # [1, 1, S, 1]
         t = torch.clamp(last - start, 0, T - 1)                      # [S] index into the new tokens
         return AttentionCache(torch.where(written, k.index_select(2, t), self.k),
                               torch.where(written, v.index_select(2, t), self.v))

@@ -12,6 +12,7 @@ The decompositions compute exactly what export/models/layers.py computes.
 from __future__ import annotations
 
 import contextlib
+import types
 
 import torch
 from litert_torch.hlfb import StableHLOCompositeBuilder
@@ -56,7 +57,9 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, 
 
 
 def attention_forward(self: layers.Attention, x, rope, mask, positions, cache):
-    """layers.Attention.forward with the attention core as an SDPA composite (same math)."""
+    """layers.Attention.forward with the attention core as an SDPA composite (same math). A copy of
+    its projections/RoPE/cache write until layers.py exposes the core as a function of its own; keep
+    in sync (tests/test_litert_export.py compares every architecture with transformers)."""
     c = self.config
     B, T, _ = x.shape
     q = self.q_proj(x).view(B, T, c.num_heads, c.head_dim)
@@ -78,14 +81,18 @@ def attention_forward(self: layers.Attention, x, rope, mask, positions, cache):
 
 
 @contextlib.contextmanager
-def marked_composites(enabled: bool = True):
-    """Within this block, RMSNorm and Attention trace with composites (class-level swap)."""
-    if not enabled:
-        yield
-        return
-    saved = layers.RMSNorm.forward, layers.Attention.forward
-    layers.RMSNorm.forward, layers.Attention.forward = rms_norm_forward, attention_forward
+def marked_composites(model: torch.nn.Module, enabled: bool = True):
+    """Within this block, `model`'s RMSNorms and Attentions trace with composites (per-instance
+    forward overrides, removed on exit)."""
+    swapped = []
+    if enabled:
+        for m in model.modules():
+            fn = {layers.RMSNorm: rms_norm_forward, layers.Attention: attention_forward}.get(type(m))
+            if fn is not None:
+                m.forward = types.MethodType(fn, m)
+                swapped.append(m)
     try:
         yield
     finally:
-        layers.RMSNorm.forward, layers.Attention.forward = saved
+        for m in swapped:
+            del m.forward

@@ -13,6 +13,7 @@ from ..hf_tokenizer import write_hf_tokenizer
 from .decoder import build_decoder
 from .embedder import build_embedder
 from .genai_config import genai_config
+from .quantize import quantize
 
 MAX_INLINE_BYTES = 1 << 30     # above this, weights go to model.onnx.data (protobuf caps at 2 GB)
 DEFAULT_CONTEXT = 4096
@@ -20,13 +21,14 @@ DEFAULT_CONTEXT = 4096
 
 def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: int | None = None) -> Path:
     """Export a LoadedModel (export.models.checkpoints) to an ONNX artifact folder."""
-    recipe_for(recipe, "onnx")
+    r = recipe_for(recipe, "onnx")
     c = loaded.config
     context = min(context_length or DEFAULT_CONTEXT, c.max_position)
     if c.sliding_window and context < c.sliding_window:
         raise ValueError(f"--context {context} is shorter than the sliding window ({c.sliding_window})")
     embedder = c.embedding_head is not None
     proto = build_embedder(loaded.model) if embedder else build_decoder(loaded.model, context)
+    proto = quantize(proto, r)
     onnx.checker.check_model(proto)
     with staged_dir(out) as tmp:
         save_model(proto, tmp / "model.onnx")

@@ -1,0 +1,157 @@
+"""`.litertlm` bundles (LiteRT-LM's single-file format, what `--target android` / `ios` ship): the
+LiteRT artifact's model.tflite (as the PREFILL_DECODE model), its SentencePiece tokenizer and an
+LlmMetadata proto (start/stop tokens, Gemma's turn templates, max_num_tokens, model type), written with
+litert-lm-builder's Python API, plus an ExecutorMetadata proto that types each KV cache (global / local)
+so LiteRT-LM reads the context size from the global caches. The system metadata also carries our manifest's model config
+(key `gemma_export_config`, JSON) so runtime_py reads the bundle without guessing."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ... import __version__
+from ..artifact import MANIFEST, staged_dir, write_manifest
+
+BUNDLE = "model.litertlm"
+START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
+# Gemma's chat turns (its tokenizer's chat template); <bos> comes from start_token.
+PROMPT_TEMPLATES = {"user": (f"{START_OF_TURN}user\n", f"{END_OF_TURN}\n"),
+                    "model": (f"{START_OF_TURN}model\n", f"{END_OF_TURN}\n")}
+CONFIG_KEY = "gemma_export_config"       # system metadata: our manifest's config + LiteRT facts, JSON
+
+
+def llm_metadata(config: dict, tokenizer_proto: bytes, max_tokens: int):
+    """The LlmMetadata proto for a Gemma model: start token <bos>, stop tokens <eos> and <end_of_turn>
+    (ids from the tokenizer; <end_of_turn> only if the vocabulary has it), Gemma's user/model turn
+    templates, max_num_tokens, llm_model_type gemma3 for Gemma 3 (generic otherwise)."""
+    import sentencepiece as spm
+    from litert_lm_builder.runtime.proto import llm_metadata_pb2, llm_model_type_pb2
+
+    sp = spm.SentencePieceProcessor(model_proto=tokenizer_proto)
+    bos = sp.bos_id() if sp.bos_id() >= 0 else config.get("bos_id")
+    eos = sp.eos_id() if sp.eos_id() >= 0 else config.get("eos_id")
+    if bos is None or eos is None:
+        raise ValueError("the tokenizer defines no <bos>/<eos> id and the config names none")
+    stops = [int(eos)]
+    turn = sp.piece_to_id(END_OF_TURN)
+    if turn != sp.unk_id() and sp.id_to_piece(turn) == END_OF_TURN and turn not in stops:
+        stops.append(int(turn))
+    meta = llm_metadata_pb2.LlmMetadata()
+    meta.start_token.token_ids.ids.append(int(bos))
+    for token in stops:
+        meta.stop_tokens.add().token_ids.ids.append(token)
+    for role, (prefix, suffix) in PROMPT_TEMPLATES.items():
+        affixes = getattr(meta.prompt_templates, role)
+        affixes.prefix, affixes.suffix = prefix, suffix
+    meta.max_num_tokens = int(max_tokens)
+    if config.get("family") == "gemma3":
+        meta.llm_model_type.gemma3.CopyFrom(llm_model_type_pb2.Gemma3())
+    else:
+        meta.llm_model_type.generic_model.CopyFrom(llm_model_type_pb2.GenericModel())
+    return meta
+
+
+def executor_metadata(config: dict, cache_names: list[str]):
+    """The ExecutorMetadata proto naming every KV cache as a global or local (sliding) key/value cache with
+    its sequence axis (2: [1, G, S, D]). Without it LiteRT-LM (no mask input) takes the context size from the
+    first key cache's axis 2 -- kv_cache_k_0, a sliding layer's window-sized ring buffer for Gemma 2/3 -- and
+    refuses longer prompts; with it the limit is the shortest global cache."""
+    from litert_lm_builder.runtime.proto import executor_metadata_pb2
+
+    buffer = executor_metadata_pb2.StateBuffer
+    types = {("k", True): buffer.TYPE_GLOBAL_KEY_CACHE, ("v", True): buffer.TYPE_GLOBAL_VALUE_CACHE,
+             ("k", False): buffer.TYPE_LOCAL_KEY_CACHE, ("v", False): buffer.TYPE_LOCAL_VALUE_CACHE}
+    layer_types = config.get("layer_types") or []
+    meta = executor_metadata_pb2.ExecutorMetadata()
+    for name in cache_names:
+        kv, layer = name.split("_")[2], int(name.split("_")[3])         # kv_cache_{k|v}_{i}
+        is_global = layer >= len(layer_types) or layer_types[layer] != "sliding_attention"
+        state = meta.llm_executor_metadata.state_buffers.add()
+        state.prefill_input_name = state.prefill_output_name = name
+        state.decode_input_name = state.decode_output_name = name
+        state.type, state.sequence_axis = types[kv, is_global], 2
+    return meta
+
+
+def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int | None = None) -> Path:
+    """Bundle a LiteRT artifact folder (model.tflite, tokenizer.model, manifest.json, as export_litert
+    writes it) into `out_file` (.litertlm), atomically: a temporary sibling renamed into place.
+    max_tokens: LlmMetadata.max_num_tokens (default and maximum: the artifact's context length)."""
+    from litert_lm_builder import DType, LitertLmFileBuilder, Metadata, TfLiteModelType
+
+    folder, out_file = Path(folder), Path(out_file)
+    model, tok = folder / "model.tflite", folder / "tokenizer.model"
+    for p in (model, tok, folder / MANIFEST):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such file (a .litertlm bundle needs the LiteRT artifact's "
+                                    f"model.tflite, tokenizer.model and {MANIFEST})")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    config, context = manifest.get("config") or {}, int(manifest.get("context_length") or 0)
+    max_tokens = int(max_tokens or context)
+    if max_tokens < 1 or (context and max_tokens > context):
+        raise ValueError(f"max_tokens {max_tokens}: must be between 1 and the artifact's context length {context}")
+    meta = llm_metadata(config, tok.read_bytes(), max_tokens)
+    names = (manifest.get("kv_cache") or {}).get("names") or [
+        f"kv_cache_{kv}_{i}" for i in range(len(config.get("layer_types") or [])) for kv in "kv"]
+    executor = executor_metadata(config, names)
+    facts = {"config": config, "context_length": context, "prefill_lengths": manifest.get("prefill_lengths"),
+             "recipe": manifest.get("recipe"), "source": manifest.get("source")}
+    system = {"Authors": "gemma-export", "tool": "gemma-export", "tool_version": __version__,
+              CONFIG_KEY: json.dumps(facts, sort_keys=True, separators=(",", ":"))}
+
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.tmp")
+    meta_file = out_file.with_name(f".{out_file.name}.{os.getpid()}.llm_metadata.pb")
+    exec_file = out_file.with_name(f".{out_file.name}.{os.getpid()}.executor_metadata.pb")
+    try:
+        meta_file.write_bytes(meta.SerializeToString())
+        exec_file.write_bytes(executor.SerializeToString())
+        builder = LitertLmFileBuilder()
+        for key, value in system.items():
+            builder.add_system_metadata(Metadata(key=key, value=value, dtype=DType.STRING))
+        builder.add_llm_metadata(str(meta_file))
+        builder.add_executor_metadata(str(exec_file))
+        builder.add_sentencepiece_tokenizer(str(tok))
+        builder.add_tflite_model(str(model), TfLiteModelType.PREFILL_DECODE)
+        with open(tmp, "wb") as f:
+            builder.build(f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.chmod(0o644)
+        os.replace(tmp, out_file)
+    finally:
+        tmp.unlink(missing_ok=True)
+        meta_file.unlink(missing_ok=True)
+        exec_file.unlink(missing_ok=True)
+    return out_file
+
+
+def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_lengths=None,
+                    cache_length: int | None = None) -> Path:
+    """Export a causal LoadedModel to `out_dir`: model.litertlm (+ tokenizer.model and manifest.json beside
+    it). The LiteRT artifact is converted into a temporary folder first, then bundled."""
+    from . import DEFAULT_PREFILL, export_litert
+
+    if loaded.tokenizer is None:
+        raise ValueError(f"{loaded.source}: a .litertlm bundle needs the model's tokenizer (tokenizer.model)")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".litert", dir=out_dir.parent))
+    try:
+        litert = export_litert(loaded, work / "litert", recipe, prefill_lengths or DEFAULT_PREFILL, cache_length)
+        inner = json.loads((litert / MANIFEST).read_text())
+        with staged_dir(out_dir) as tmp:
+            build_litertlm(litert, tmp / BUNDLE)
+            shutil.copyfile(litert / "tokenizer.model", tmp / "tokenizer.model")
+            extra = {k: v for k, v in inner.items()
+                     if k not in ("tool", "tool_version", "target", "recipe", "source", "config", "files")}
+            write_manifest(tmp, source=str(loaded.source), config=loaded.config, recipe=recipe,
+                           target="litertlm", extra={**extra, "bundle": BUNDLE, "tflite": {
+                               "bytes": inner["files"]["model.tflite"]["bytes"],
+                               "sha256": inner["files"]["model.tflite"]["sha256"]}})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,182 @@
+"""A quantization recipe (export.quantize.recipes) applied to our float32 ONNX graph with
+onnxruntime's own tools:
+
+- fp16: onnxruntime.transformers' float16 converter, with the residual stream and the RMS norms
+  (SkipSimplifiedLayerNormalization, RMSNormalization) kept float32: Gemma 2/3's residual outgrows
+  float16 (Gemma 3 270M reaches 1.0e5 > 65504 and every logit turns NaN). KV caches become float16;
+  logits / embeddings stay float32.
+- int4 / int8: MatMulNBitsQuantizer (symmetric blockwise weights -> MatMulNBits; accuracy_level 4
+  quantizes the activations to int8 at run time, per block of the weights' block size).
+  Not quantize_dynamic (per-channel weights, DynamicQuantizeMatMul): its activations are quantized
+  per tensor, and Gemma's outlier channels then cost Gemma 3 270M top-1 0.79 / KL 0.21 against
+  MatMulNBits' 0.976 / 0.0035 at int8.
+- The embedding table, shared with the tied LM head: the head is expressed as a MatMul over the
+  transposed table so that MatMulNBitsQuantizer packs it, and the embedding lookup becomes a
+  GatherBlockQuantized over the same packed blob and scales (as onnxruntime-genai's builder does), so
+  the table is stored once. An untied table (EmbeddingGemma) is packed the same way through a
+  stand-in MatMul that is dropped afterwards."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ...quantize.recipes import Recipe
+
+TABLE = "model.embed_tokens.weight"
+HEAD = "/lm_head/MatMul"
+FP32_OPS = ["SkipSimplifiedLayerNormalization", "RMSNormalization"]     # the residual stream's ops
+FP32_IO = ["logits", "embeddings"]
+
+
+def quantize(model: onnx.ModelProto, recipe: Recipe) -> onnx.ModelProto:
+    """Apply `recipe` to a float32 graph from build_decoder / build_embedder (modified in place)."""
+    if recipe.weight_bits == 32 and recipe.embedding_bits == 32:
+        return model
+    if recipe.weight_bits == 16 and recipe.embedding_bits == 16 and recipe.activations == "fp16":
+        return to_fp16(model)
+    if recipe.weight_bits not in (4, 8) or recipe.embedding_bits not in (4, 8) or not (
+            recipe.block_size and recipe.embedding_block):
+        raise ValueError(f"--quant {recipe.name}: the ONNX target builds 4- and 8-bit blockwise weights, not "
+                         f"{recipe.weight_bits}-bit / block {recipe.block_size} (embedding {recipe.embedding_bits}-bit)")
+    with _quiet():
+        model = quantize_embedding(model, recipe.embedding_bits, recipe.embedding_block, _level(recipe))
+        return _matmul_nbits(model, recipe.weight_bits, recipe.block_size, _level(recipe))
+
+
+def _level(recipe: Recipe) -> int | None:
+    """MatMulNBits accuracy_level: 4 quantizes activations to int8 per block; unset keeps float."""
+    return 4 if recipe.activations == "int8" else None
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+    model.graph.value_info.extend(_value_types(model, keep=FP32_OPS))
+    with _quiet():
+        model = convert_float_to_float16(model, keep_io_types=FP32_IO, disable_shape_infer=True,
+                                         op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS)
+        m = OnnxModel(model)
+        m.topological_sort()                  # the converter appends its Casts at the end
+    del m.model.graph.value_info[:]           # type hints for the converter; onnxruntime infers its own
+    return m.model
+
+
+def _value_types(model: onnx.ModelProto, keep: list[str]) -> list[onnx.ValueInfoProto]:
+    """The element type of the intermediate tensors, which the float16 converter needs to place its
+    Casts: onnx's type inference over a weightless copy of the graph (no 2 GB limit), told that the
+    com.microsoft ops it does not know output float32 (true of every one our graphs use). Tensors
+    passed between `keep` ops only are left untyped, so the converter leaves them alone: typed, it
+    would round-trip them through float16 (the residual stream, from one norm to the next)."""
+    g = model.graph
+    weights = [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in g.initializer]
+    contrib = [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None)
+               for n in g.node if n.domain == "com.microsoft" for o in n.output if o]
+    light = helper.make_model(helper.make_graph(g.node, "types", [*g.input, *weights], g.output, value_info=contrib),
+                              opset_imports=model.opset_import, ir_version=model.ir_version)
+    typed = onnx.shape_inference.infer_shapes(light).graph.value_info
+    producer = {o: n.op_type for n in g.node for o in n.output}
+    consumers: dict[str, set[str]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, set()).add(n.op_type)
+    outputs = {o.name for o in g.output}
+    internal = {v for v, op in producer.items() if op in keep and consumers.get(v, set()) <= set(keep)
+                and v not in outputs}
+    return [helper.make_tensor_value_info(v.name, v.type.tensor_type.elem_type, None) for v in typed
+            if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type and v.name not in internal]
+
+
+def _matmul_nbits(model: onnx.ModelProto, bits: int, block: int, level: int | None,
+                  exclude: list[str] | None = None) -> onnx.ModelProto:
+    """Every MatMul with a constant weight (not in `exclude`) -> MatMulNBits."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True, accuracy_level=level,
+                             nodes_to_exclude=exclude or [])
+    q.process()
+    return q.model.model
+
+
+def quantize_embedding(model: onnx.ModelProto, bits: int, block: int, level: int | None) -> onnx.ModelProto:
+    """Pack the embedding table once for the LM head (MatMulNBits) and the lookup (GatherBlockQuantized)."""
+    g = model.graph
+    table_init = next((t for t in g.initializer if t.name == TABLE), None)
+    gather = next((n for n in g.node if n.op_type == "Gather" and n.input[0] == TABLE), None)
+    if table_init is None or gather is None:
+        return model
+    vocab, width = table_init.dims
+    padded = -(-width // block) * block           # the quantizer pads each row to whole blocks
+    users = [n for n in g.node if TABLE in n.input and n.name != gather.name]
+    head = users[0] if users else None
+    if len(users) > 1 or (head is not None and not _is_tied_head(head)):
+        raise ValueError(f"{TABLE} has uses the quantizer does not know: {[n.name for n in users]}")
+    tied = head is not None
+
+    # The head as x @ table.T, a MatMul with a constant weight that MatMulNBitsQuantizer packs as
+    # [V, d / block, block * bits / 8] plus scales [V, d / block]: row v of the table is row v of the blob.
+    weight = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(table_init).T), "lm_head.MatMul.weight")
+    matmul = helper.make_node("MatMul", [head.input[0] if head else "", weight.name],
+                              [head.output[0] if head else "/lm_head/unused"], name=HEAD)
+    if tied:
+        head.CopyFrom(matmul)
+    else:
+        g.node.append(matmul)
+    g.initializer.append(weight)
+    others = [n.name for n in g.node if n.op_type == "MatMul" and n.name != HEAD]
+    model = _matmul_nbits(model, bits, block, level, exclude=others)
+
+    g = model.graph
+    gather = next(n for n in g.node if n.op_type == "Gather" and n.input[0] == TABLE)
+    packed_head = next(n for n in g.node if n.op_type == "MatMulNBits" and n.input[1].startswith("lm_head.MatMul."))
+    blob, scales = packed_head.input[1], packed_head.input[2]
+    n = "/model/embed_tokens"
+    consts = [numpy_helper.from_array(np.array(v, np.int64), f"{n}/{k}") for k, v in
+              (("packed_shape", [vocab, padded * bits // 8]), ("zero", [0]), ("width", [width]), ("last", [-1]))]
+    lookup = [helper.make_node("Reshape", [blob, consts[0].name], [f"{n}/Reshape/output_0"], name=f"{n}/Reshape"),
+              helper.make_node("GatherBlockQuantized", [f"{n}/Reshape/output_0", gather.input[1], scales],
+                               [f"{n}/GatherBlockQuantized/output_0"] if padded != width else gather.output,
+                               name=f"{n}/GatherBlockQuantized", domain="com.microsoft",
+                               bits=bits, block_size=block, gather_axis=0, quantize_axis=1)]
+    if padded != width:
+        lookup.append(helper.make_node("Slice", [lookup[1].output[0], *(c.name for c in consts[1:])],
+                                       gather.output, name=f"{n}/Slice"))
+    else:
+        consts = consts[:1]
+    nodes = []
+    for node in g.node:
+        if node.name == gather.name:
+            nodes += lookup
+        elif node.name != packed_head.name or tied:       # untied: drop the stand-in head
+            nodes.append(node)
+    del g.node[:]
+    g.node.extend(nodes)
+    keep = [t for t in g.initializer if t.name != TABLE]
+    del g.initializer[:]
+    g.initializer.extend(keep + consts)
+    return model
+
+
+def _is_tied_head(node: onnx.NodeProto) -> bool:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return (node.op_type == "Gemm" and len(node.input) == 2 and node.input[1] == TABLE
+            and attrs.get("transB", 0) == 1 and attrs.get("transA", 0) == 0
+            and attrs.get("alpha", 1.0) == 1.0)
+
+
+class _quiet:
+    """Silence onnxruntime's quantizers, which log every node: importing matmul_nbits_quantizer calls
+    logging.basicConfig(level=INFO). Undo that on the way out."""
+
+    def __enter__(self):
+        root = logging.getLogger()
+        self.level, self.handlers = root.level, list(root.handlers)
+        import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401
+        root.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        root = logging.getLogger()
+        for h in [h for h in root.handlers if h not in self.handlers]:
+            root.removeHandler(h)
+        root.setLevel(self.level)

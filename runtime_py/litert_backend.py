@@ -1,0 +1,292 @@
+"""LiteRT backend: a `.tflite` with signatures `prefill_{T}` (several T) and `decode`, run with ai_edge_litert's
+Interpreter, from an artifact folder (model.tflite) or a `.litertlm` bundle (its TFLite section).
+
+Signature contract (LiteRT-LM's names, gemma-export's LiteRT target): inputs `tokens` int32 [1, T], `input_pos`
+int32 [T], `kv_cache_k_{i}` / `kv_cache_v_{i}` [1, G, S_i, D]; outputs `logits` [1, T, V] (prefill signatures may
+omit it) and the updated caches. The attention mask is computed in the graph; a chunk of n < T tokens runs through
+`prefill_T` with the tail padded (tokens 0, input_pos 0) and the graph keeps only the n real tokens.
+
+Depends on ai_edge_litert, numpy and the standard library only (plus runtime_py.api's read_json).
+"""
+from __future__ import annotations
+
+import json
+import struct
+import weakref
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+from .api import check_step
+
+CACHE_PREFIX = "kv_cache_"
+# .litertlm container: magic, u32 version x3, u64 header end at byte 24, flatbuffer header from byte 32.
+_MAGIC, _HEADER_BEGIN = b"LITERTLM", 32
+_TFLITE, _SP_TOKENIZER, _LLM_METADATA, _TFLITE_WEIGHTS = 3, 4, 5, 7     # AnySectionDataType
+_STRING_VALUE = 9                                                     # VData.StringValue
+CONFIG_KEY = "gemma_export_config"                                    # system metadata written by our bundler
+
+
+class _Signature:
+    """One signature's subgraph: tensor indices by name, buffers allocated once (shapes are static)."""
+
+    def __init__(self, interpreter: Interpreter, name: str, where: str):
+        runner = interpreter.get_signature_runner(name)
+        self.name, self.inputs, self.outputs = name, runner.get_input_details(), runner.get_output_details()
+        self.graph = interpreter._interpreter.GetSubgraphIndexFromSignature(name)
+        extra = [k for k in self.inputs if k not in ("tokens", "input_pos") and not k.startswith(CACHE_PREFIX)]
+        if extra or not {"tokens", "input_pos"} <= set(self.inputs):
+            raise ValueError(f"{where}: signature {name!r} has inputs {list(self.inputs)}; runtime_py feeds tokens, "
+                             f"input_pos and {CACHE_PREFIX}* only (the attention mask computed in the graph)")
+        self.length = int(self.inputs["input_pos"]["shape"][-1])
+        interpreter._interpreter.AllocateTensors(self.graph)
+
+
+class LiteRTBackend:
+    """kind "causal": `stepper(max_len)` and `logits(ids)` over a LiteRT model's prefill/decode signatures."""
+
+    kind = "causal"
+
+    def __init__(self, model_path: str | Path | None = None, *, model_content: bytes | None = None,
+                 threads: int | None = None, context_length: int | None = None, name: str | None = None):
+        self.path = str(name or model_path)
+        try:
+            self.it = Interpreter(model_path=None if model_path is None else str(model_path),
+                                  model_content=model_content, num_threads=threads)
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"{self.path}: ai_edge_litert cannot load it: {e}") from e
+        self._w = self.it._interpreter      # the wrapper: tensor views per subgraph (no per-call copies)
+        names = list(self.it.get_signature_list())
+        if "decode" not in names or not any(n.startswith("prefill") for n in names):
+            raise ValueError(f"{self.path}: expected signatures prefill_{{T}} and decode, found {names}")
+        self.decode = _Signature(self.it, "decode", self.path)
+        prefill = [_Signature(self.it, n, self.path) for n in names if n.startswith("prefill")]
+        self.prefill = {s.length: s for s in sorted(prefill, key=lambda s: s.length)}   # T -> signature
+        self.caches = [k for k in self.decode.inputs if k.startswith(CACHE_PREFIX)]
+        for sig in [self.decode, *self.prefill.values()]:
+            missing = [c for c in self.caches if c not in sig.inputs or c not in sig.outputs]
+            if missing or (sig is self.decode and "logits" not in sig.outputs):
+                raise ValueError(f"{self.path}: signature {sig.name!r} lacks {missing or ['logits']}")
+        self.prefill_logits = all("logits" in s.outputs for s in self.prefill.values())
+        slots = [int(self.decode.inputs[c]["shape"][2]) for c in self.caches]
+        longest = max(slots, default=0)
+        self.context_length = min(longest, context_length) if context_length else longest
+        self.vocab_size = int(self.decode.outputs["logits"]["shape"][-1])
+        self.prefill_lengths = sorted(self.prefill)
+        self._owner = None      # weakref to the stepper whose caches sit in the interpreter's output buffers
+
+    def claim(self, stepper: "Stepper | None") -> None:
+        """Before a run for `stepper` (None: a one-shot run): the stepper holding its caches in the
+        interpreter's buffers, if another one, copies them out first (so interleaved steppers stay correct)."""
+        owner = self._owner() if self._owner else None
+        if owner is not None and owner is not stepper:
+            owner.evict()
+        self._owner = weakref.ref(stepper) if stepper is not None else None
+
+    def _view(self, sig: _Signature, name: str, output: bool = False) -> np.ndarray:
+        index = (sig.outputs if output else sig.inputs)[name]["index"]
+        return self._w.tensor(self.it, index, sig.graph)
+
+    def run(self, sig: _Signature, tokens: list[int], start: int, source) -> _Signature:
+        """Run `tokens` (len <= sig.length; the tail is padded) at positions start.. with the caches taken
+        from `source`: a signature (its outputs), a {name: array} dict, or None (zeros). A cache moves from one
+        call's output buffer straight into the next call's input buffer (one copy, no numpy round trip; the
+        Python Interpreter cannot alias buffers). Returns `sig` (now holding the caches)."""
+        n = len(tokens)
+        ids, pos = self._view(sig, "tokens").reshape(-1), self._view(sig, "input_pos").reshape(-1)
+        ids[:n], ids[n:], pos[:n], pos[n:] = tokens, 0, np.arange(start, start + n), 0
+        dst = None
+        for name in self.caches:
+            dst = self._view(sig, name)
+            if source is None:
+                dst.fill(0)
+            else:
+                np.copyto(dst, source[name] if isinstance(source, dict) else self._view(source, name, output=True))
+        del ids, pos, dst
+        self._w.Invoke(sig.graph)
+        return sig
+
+    def output_logits(self, sig: _Signature, n: int) -> np.ndarray:
+        """The logits of the last run's n real positions: [n, V] float32 (a copy)."""
+        return np.array(self._view(sig, "logits", output=True)[0, :n], dtype=np.float32)
+
+    def chunks(self, count: int) -> list[tuple[int, int]]:
+        """LiteRT-LM's CPU chunking ("cautious greedy" with greedy cascading): the largest prefill length that
+        fits the remaining tokens, repeatedly; a remainder shorter than every length is padded into the
+        smallest. -> [(signature length, real tokens)]."""
+        out, left = [], count
+        while left > 0:
+            fits = [t for t in self.prefill_lengths if t <= left]
+            t = fits[-1] if fits else self.prefill_lengths[0]
+            out.append((t, min(t, left)))
+            left -= min(t, left)
+        return out
+
+    def stepper(self, max_len: int | None = None) -> "Stepper":
+        return Stepper(self, max_len or self.context_length)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Logits at every position of `ids` from an empty cache: [T, V] float32 (prefill chunks; decode steps
+        when the prefill signatures have no logits output)."""
+        ids = [int(i) for i in ids]
+        if not 0 < len(ids) <= self.context_length:
+            raise ValueError(f"logits() takes 1..{self.context_length} tokens ({self.path}), got {len(ids)}")
+        self.claim(None)
+        rows, src, pos = [], None, 0
+        plan = self.chunks(len(ids)) if self.prefill_logits else [(1, 1)] * len(ids)
+        for t, n in plan:
+            sig = self.decode if not self.prefill_logits else self.prefill[t]
+            src = self.run(sig, ids[pos:pos + n], pos, src)
+            rows.append(self.output_logits(sig, n))
+            pos += n
+        return np.concatenate(rows)
+
+
+class Stepper:
+    """`step(tokens, start) -> last-position logits [V]`, keeping the caches in the interpreter's buffers."""
+
+    def __init__(self, backend: LiteRTBackend, max_len: int):
+        if max_len > backend.context_length:
+            raise ValueError(f"max_len {max_len} exceeds the context length {backend.context_length} "
+                             f"of {backend.path}")
+        self.backend, self.max_len, self.length = backend, int(max_len), 0
+        self.holder = None      # the signature whose outputs hold the caches, or {name: array} once evicted
+
+    def __call__(self, tokens: list[int], start: int) -> np.ndarray:
+        b = self.backend
+        tokens = check_step(tokens, start, self.length, self.max_len, b.path, b.context_length)
+        if len(tokens) == 1:
+            return self._run(b.decode, tokens)
+        head = tokens if b.prefill_logits else tokens[:-1]     # else: the last token goes through decode
+        for t, n in b.chunks(len(head)):
+            sig = self._run(b.prefill[t], head[:n], logits=False)
+            head = head[n:]
+        if not b.prefill_logits:
+            return self._run(b.decode, tokens[-1:])
+        return b.output_logits(sig, n)[-1]
+
+    def evict(self) -> None:
+        """Copy the caches out of the interpreter's buffers (another stepper is about to run)."""
+        if isinstance(self.holder, _Signature):
+            b = self.backend
+            self.holder = {name: np.array(b._view(self.holder, name, output=True)) for name in b.caches}
+
+    def _run(self, sig: _Signature, tokens: list[int], logits: bool = True):
+        self.backend.claim(self)
+        self.holder = self.backend.run(sig, tokens, self.length, self.holder)
+        self.length += len(tokens)
+        return self.backend.output_logits(sig, 1)[0] if logits else sig
+
+
+# --- .litertlm container -----------------------------------------------------------------------------------
+
+def _u(fmt: str, buf, at: int):
+    return struct.unpack_from("<" + fmt, buf, at)[0]
+
+
+def _field(buf, table: int, slot: int) -> int | None:
+    """Position of field `slot` of the flatbuffer table at `table` (None if absent)."""
+    vtable = table - _u("i", buf, table)
+    at = 4 + 2 * slot
+    off = _u("H", buf, vtable + at) if at < _u("H", buf, vtable) else 0
+    return table + off if off else None
+
+
+def _deref(buf, at: int) -> int:
+    return at + _u("I", buf, at)
+
+
+def _vector(buf, at: int | None) -> list[int]:
+    """Tables of a vector-of-tables field (none if absent)."""
+    v = _deref(buf, at) if at is not None else None
+    return [] if v is None else [_deref(buf, v + 4 + 4 * i) for i in range(_u("I", buf, v))]
+
+
+def _string(buf, at: int) -> str:
+    s = _deref(buf, at)
+    return bytes(buf[s + 4:s + 4 + _u("I", buf, s)]).decode("utf-8")
+
+
+def _items(buf, table: int, slot: int) -> dict[str, str]:
+    """String-valued KeyValuePairs of a vector field (other value types are skipped)."""
+    out = {}
+    for kv in _vector(buf, _field(buf, table, slot)):
+        key, vtype, value = (_field(buf, kv, i) for i in range(3))
+        if key is not None and value is not None and vtype is not None and buf[vtype] == _STRING_VALUE:
+            inner = _field(buf, _deref(buf, value), 0)
+            if inner is not None:
+                out[_string(buf, key)] = _string(buf, inner)
+    return out
+
+
+def _proto_fields(data: bytes) -> dict:
+    """{field number: value} of a protobuf message's top-level varint / length-delimited fields (last wins)."""
+    def varint(i):
+        value = shift = 0
+        while data[i] & 0x80:
+            value, shift, i = value | (data[i] & 0x7F) << shift, shift + 7, i + 1
+        return value | data[i] << shift, i + 1
+
+    out, i = {}, 0
+    while i < len(data):
+        key, i = varint(i)
+        if key & 7 == 0:
+            out[key >> 3], i = varint(i)
+        elif key & 7 == 2:
+            size, i = varint(i)
+            out[key >> 3], i = data[i:i + size], i + size
+        else:
+            i += {1: 8, 5: 4}[key & 7]
+    return out
+
+
+def read_litertlm(path: str | Path) -> dict:
+    """The sections runtime_py uses from a `.litertlm` file: {"tflite": bytes, "tokenizer": bytes | None,
+    "max_num_tokens": int | None, "system": {key: str}}."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(_HEADER_BEGIN)
+        if len(head) < _HEADER_BEGIN or head[:8] != _MAGIC:
+            raise ValueError(f"{path}: not a .litertlm file (no {_MAGIC.decode()} magic)")
+        end = _u("Q", head, 24)
+        buf = memoryview(f.read(end - _HEADER_BEGIN))
+        try:
+            root = _deref(buf, 0)
+            system = _items(buf, _deref(buf, _field(buf, root, 0)), 0)
+            sections = _vector(buf, _field(buf, _deref(buf, _field(buf, root, 1)), 0))
+            spans = [(buf[_field(buf, s, 3)], _u("Q", buf, _field(buf, s, 1)), _u("Q", buf, _field(buf, s, 2)),
+                      _items(buf, s, 0)) for s in sections]
+        except (struct.error, TypeError, IndexError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: damaged .litertlm header ({e})") from e
+
+        def read(begin, stop):
+            f.seek(begin)
+            return f.read(stop - begin)
+
+        out = {"tflite": None, "tokenizer": None, "max_num_tokens": None, "system": system}
+        for kind, begin, stop, items in spans:
+            if kind == _TFLITE and items.get("model_type", "tf_lite_prefill_decode") == "tf_lite_prefill_decode":
+                out["tflite"] = read(begin, stop)
+            elif kind == _TFLITE_WEIGHTS:
+                raise ValueError(f"{path}: external TFLite weights sections are not supported by runtime_py")
+            elif kind == _SP_TOKENIZER and out["tokenizer"] is None:
+                out["tokenizer"] = read(begin, stop)
+            elif kind == _LLM_METADATA:
+                try:
+                    out["max_num_tokens"] = _proto_fields(read(begin, stop)).get(5) or None    # max_num_tokens
+                except (KeyError, IndexError) as e:
+                    raise ValueError(f"{path}: damaged LlmMetadata section ({e!r})") from e
+    if out["tflite"] is None:
+        raise ValueError(f"{path}: no TFLite prefill/decode model section")
+    return out
+
+
+def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBackend, bytes | None, dict]:
+    """(backend, SentencePiece model bytes or None, our stored facts {config, context_length, ...} or {})."""
+    bundle = read_litertlm(path)
+    facts = json.loads(bundle["system"].get(CONFIG_KEY, "{}"))
+    limits = [n for n in (bundle["max_num_tokens"], facts.get("context_length")) if n]
+    backend = LiteRTBackend(model_content=bundle["tflite"], threads=threads,
+                            context_length=min(limits) if limits else None, name=str(path))
+    return backend, bundle["tokenizer"], facts

@@ -1,0 +1,285 @@
+"""Quantization recipes on the ONNX target: every recipe exports a tiny model to a graph that passes
+the checker, uses the operators the recipe promises (MatMulNBits / GatherBlockQuantized sharing the
+tied table's packed blob, float16 with a float32 residual stream), shrinks the file and keeps its logits near float32's; validate() reports on each; an
+unsupported recipe fails before any work. The real Gemma 3 270M int4 passes its recipe's thresholds."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import runtime_py
+from export.cli import main
+from export.converters.onnx import export_onnx
+from export.models.checkpoints import load_model
+from export.quantize import recipes
+from export.quantize.recipes import RECIPES, Recipe, Thresholds, recipe
+from export.validate import validate
+
+from oracle import hf_model, save_hf_folder, tiny_tokenizer
+
+QUANTIZED = [n for n in RECIPES if n != "fp32"]
+# Relative RMS error of the logits vs float32. Tiny random models amplify weight noise a lot: measured
+# fp16 0.003, int8-wo 0.04, int8 0.12, int4 0.57, int4-b128 0.68, mixed 0.50 -- proportional to
+# the quantization step; with margin. (The real model's fidelity is validate's business.)
+MAX_REL_ERR = {"fp16": 0.01, "int8": 0.2, "int8-wo": 0.08, "int4": 0.8, "int4-b128": 0.9, "mixed": 0.7}
+# File size vs float32: a weight's bits plus a float32 scale per block (block 32: +1 bit), plus
+# the float32 norms and RoPE tables. Measured 0.513, 0.304, 0.304, 0.183, 0.160, 0.188.
+MAX_SIZE_RATIO = {"fp16": 0.52, "int8": 0.32, "int8-wo": 0.32, "int4": 0.19, "int4-b128": 0.17, "mixed": 0.20}
+IDS = [2] + list(range(10, 74))
+LINEARS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny Gemma 3 whose widths are multiples of 128 (no block padding), exported in fp32."""
+    root = tmp_path_factory.mktemp("quant")
+    model = hf_model("gemma3", vocab_size=384, hidden_size=128, intermediate_size=256, head_dim=32)
+    model.save_pretrained(root / "hf")
+    (root / "hf" / "tokenizer.model").write_bytes(tiny_tokenizer())
+    loaded = load_model(root / "hf")
+    return root, loaded, export_onnx(loaded, root / "fp32", context_length=256)
+
+
+@pytest.fixture(scope="module")
+def fp32_logits(tiny):
+    return runtime_py.load(tiny[2]).logits(IDS)
+
+
+@pytest.fixture(scope="module", params=QUANTIZED)
+def artifact(request, tiny):
+    root, loaded, _ = tiny
+    return RECIPES[request.param], export_onnx(loaded, root / request.param, recipe=request.param, context_length=256)
+
+
+def _graph(folder):
+    model = onnx.load(str(folder / "model.onnx"))
+    onnx.checker.check_model(model)
+    return model, {t.name: t for t in model.graph.initializer}
+
+
+def _attrs(node) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def test_graph_checks_and_uses_the_recipes_operators(artifact):
+    r, out = artifact
+    model, inits = _graph(out)
+    nodes = list(model.graph.node)
+    by_type = lambda t: [n for n in nodes if n.op_type == t]  # noqa: E731
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["recipe"] == r.name and manifest["target"] == "onnx"
+    if r.name == "fp16":
+        for n in by_type("MatMul") + by_type("Gemm"):
+            assert inits[n.input[1]].data_type == TensorProto.FLOAT16, n.name
+        for n in by_type("SkipSimplifiedLayerNormalization") + by_type("RMSNormalization"):   # float32 residual
+            assert inits[n.input[-1]].data_type == TensorProto.FLOAT, n.name
+        io = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]}
+        assert io["logits"] == TensorProto.FLOAT and io["past_key_values.0.key"] == TensorProto.FLOAT16
+        return
+
+    # The tied table is stored once: the LM head's MatMulNBits blob and scales feed the lookup.
+    assert "model.embed_tokens.weight" not in inits and not by_type("Gemm")
+    (lookup,) = by_type("GatherBlockQuantized")
+    (head,) = [n for n in by_type("MatMulNBits") if n.name.startswith("/lm_head/")]
+    (reshape,) = [n for n in nodes if n.output[0] == lookup.input[0]]
+    assert reshape.op_type == "Reshape" and reshape.input[0] == head.input[1] and lookup.input[2] == head.input[2]
+    assert _attrs(lookup) == dict(bits=r.embedding_bits, block_size=r.embedding_block, gather_axis=0, quantize_axis=1)
+    level = 4 if r.activations == "int8" else None
+    assert _attrs(head)["bits"] == r.embedding_bits and _attrs(head)["block_size"] == r.embedding_block
+    assert _attrs(head).get("accuracy_level") == level
+
+    body = [n for n in nodes if n.op_type == "MatMulNBits" and any(f"/{p}/" in n.name for p in LINEARS)]
+    assert len(body) == 4 * 7 and not by_type("MatMul")
+    for n in body:
+        a = _attrs(n)
+        assert (a["bits"], a["block_size"], a.get("accuracy_level")) == (r.weight_bits, r.block_size, level)
+        assert len(n.input) == 3                      # symmetric: no zero points
+    big_floats = [t.name for t in inits.values() if t.data_type == TensorProto.FLOAT and np.prod(t.dims) > 128 * 64
+                  and "scale" not in t.name and "cache" not in t.name]
+    assert not big_floats
+
+
+def test_lookup_and_head_decode_the_same_table(artifact, tiny):
+    """GatherBlockQuantized over the head's blob gives, row for row, the weights MatMulNBits multiplies
+    by (same zero-point convention), and both are the float32 table up to the recipe's rounding."""
+    import onnxruntime as ort
+    r, out = artifact
+    if r.embedding_bits >= 16:
+        pytest.skip("float table")
+    model, inits = _graph(out)
+    (lookup,) = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    (head,) = [n for n in model.graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")]
+    (reshape,) = [n for n in model.graph.node if n.output[0] == lookup.input[0]]
+    table = numpy_helper.to_array(next(t for t in onnx.load(str(tiny[2] / "model.onnx")).graph.initializer
+                                       if t.name == "model.embed_tokens.weight"))
+    V, d = table.shape
+    a = {k: v for k, v in _attrs(head).items() if k != "accuracy_level"}
+    nodes = [reshape, helper.make_node("GatherBlockQuantized", [reshape.output[0], "ids", lookup.input[2]], ["rows"],
+                                       domain="com.microsoft", **_attrs(lookup)),
+             helper.make_node("MatMulNBits", ["eye", head.input[1], head.input[2]], ["cols"], domain="com.microsoft", **a)]
+    graph = helper.make_graph(nodes, "decode", [helper.make_tensor_value_info("ids", TensorProto.INT64, [V]),
+                                                helper.make_tensor_value_info("eye", TensorProto.FLOAT, [d, d])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("rows", "cols")],
+                              [inits[n] for n in (reshape.input[0], reshape.input[1], head.input[2])])
+    mini = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23), helper.make_opsetid("com.microsoft", 1)],
+                             ir_version=10)
+    rows, cols = ort.InferenceSession(mini.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"ids": np.arange(V), "eye": np.eye(d, dtype=np.float32)})
+    np.testing.assert_allclose(rows, cols.T, rtol=0, atol=1e-6)
+    rel = np.linalg.norm(rows - table) / np.linalg.norm(table)
+    print(f"{r.name}: table relative error {rel:.4f}")
+    assert rel < {4: 0.15, 8: 0.01}[r.embedding_bits]
+
+
+def test_file_shrinks_as_the_recipe_says(artifact, tiny):
+    r, out = artifact
+    ratio = (out / "model.onnx").stat().st_size / (tiny[2] / "model.onnx").stat().st_size
+    print(f"{r.name}: {ratio:.3f} of fp32")
+    assert ratio < MAX_SIZE_RATIO[r.name]
+
+
+def test_logits_stay_close_to_fp32(artifact, fp32_logits):
+    r, out = artifact
+    q = runtime_py.load(out).logits(IDS)
+    assert np.isfinite(q).all() and q.dtype == np.float32
+    rel = float(np.linalg.norm(q - fp32_logits) / np.linalg.norm(fp32_logits))
+    print(f"{r.name}: relative logit error {rel:.4f}")
+    assert rel < MAX_REL_ERR[r.name]
+    if r.name == "fp16":
+        assert (q.argmax(-1) == fp32_logits.argmax(-1)).all()
+
+
+def test_validate_reports_on_the_recipes_thresholds(artifact):
+    r, out = artifact
+    report = validate(out)
+    assert report["recipe"] == r.name and isinstance(report["passed"], bool)
+    assert 0.0 <= report["top1_agreement"] <= 1.0 and np.isfinite(report["kl_divergence"])
+    assert np.isfinite(report["perplexity"]) and 0 <= report["greedy_match_tokens"] <= 64
+    assert report["passed"] == (not report["failures"])
+
+
+def test_fp16_keeps_a_residual_past_float16s_range(tmp_path):
+    """Like Gemma 3 270M's (1.0e5), this tiny model's residual stream outgrows float16 (65504) through
+    large post-norm weights; fp16 still matches fp32, the residual never passing through float16."""
+    import torch
+    model = hf_model("gemma3", vocab_size=384)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.post_feedforward_layernorm.weight.fill_(3e4)
+    model.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "tokenizer.model").write_bytes(tiny_tokenizer())
+    loaded = load_model(tmp_path / "hf")
+    peak = []
+    hook = loaded.model.model.layers[-1].register_forward_hook(lambda m, i, o: peak.append(float(o[0].abs().max())))
+    with torch.no_grad():
+        loaded.model(torch.tensor([IDS]), torch.arange(len(IDS)))
+    hook.remove()
+    assert peak[0] > 2 * 65504
+    ref = runtime_py.load(export_onnx(loaded, tmp_path / "fp32", context_length=128)).logits(IDS)
+    out = export_onnx(loaded, tmp_path / "fp16", recipe="fp16", context_length=128)
+    q = runtime_py.load(out).logits(IDS)
+    assert np.isfinite(q).all() and np.linalg.norm(q - ref) / np.linalg.norm(ref) < 0.01
+    nodes = onnx.load(str(out / "model.onnx")).graph.node
+    skips = [n for n in nodes if n.op_type == "SkipSimplifiedLayerNormalization"]
+    residuals = {n.output[3] for n in skips}
+    assert all(n.input[0] in residuals for n in skips[1:])           # norm to norm, no Cast between
+    assert not any(n.op_type == "Cast" and n.input[0] in residuals for n in nodes)
+
+
+@pytest.mark.parametrize("name", ["fp16", "int4"])
+def test_onnxruntime_genai_runs_quantized_artifacts(tiny, name):
+    import onnxruntime_genai as og
+    root, loaded, _ = tiny
+    out = root / name
+    if not out.exists():
+        export_onnx(loaded, out, recipe=name, context_length=256)
+    ours = runtime_py.load(out).generate(IDS[:20], 16, stop_ids=()).token_ids
+    model = og.Model(str(out))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=256)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.asarray(IDS[:20], dtype=np.int32)[None])
+    new = []
+    while len(new) < 16:
+        gen.generate_next_token()
+        new.append(int(gen.get_next_tokens()[0]))
+    assert new == ours
+
+
+@pytest.mark.parametrize("arch, name", [("gemma2", "int4-b128"), ("embeddinggemma", "fp16"),
+                                        ("embeddinggemma", "mixed"), ("embeddinggemma", "int8")])
+def test_other_architectures_and_padded_blocks(tmp_path, arch, name):
+    """Gemma 2 (softcaps); hidden size 64 < block 128 (rows padded, the lookup sliced back); and
+    EmbeddingGemma, whose untied table is packed for GatherBlockQuantized alone."""
+    save_hf_folder(arch, tmp_path / "hf", tokenizer=True)
+    loaded = load_model(tmp_path / "hf")
+    ref = runtime_py.load(export_onnx(loaded, tmp_path / "fp32", context_length=128))
+    out = export_onnx(loaded, tmp_path / name, recipe=name, context_length=128)
+    model, _ = _graph(out)
+    ops = {n.op_type for n in model.graph.node}
+    q = runtime_py.load(out)
+    if arch == "embeddinggemma":
+        texts = ["The quick brown fox", "Yes it is. No it is not."]
+        cos = (ref.embed(texts) * q.embed(texts)).sum(-1)
+        assert cos.min() > {"fp16": 0.999, "mixed": 0.8, "int8": 0.95}[name], cos
+        if name != "fp16":                           # the stand-in head that packed the table is gone
+            assert "GatherBlockQuantized" in ops and not any(n.name.startswith("/lm_head") for n in model.graph.node)
+    else:
+        assert {"GatherBlockQuantized", "Slice", "MatMulNBits"} <= ops
+        a, b = ref.logits(IDS), q.logits(IDS)
+        assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.35
+
+
+# --- recipes that a target cannot build fail before any work --------------------------------
+
+def test_unknown_recipe_fails_before_loading_the_model(tmp_path, monkeypatch, capsys):
+    import export.models.checkpoints as checkpoints
+    monkeypatch.setattr(checkpoints, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    assert main(["--target", "onnx", "--quant", "int3", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "int3" in err and all(n in err for n in RECIPES)
+    assert not (tmp_path / "x").exists()
+
+
+def test_recipe_a_target_cannot_build_lists_what_it_can(tiny, tmp_path, monkeypatch):
+    fake = Recipe("int2", "q2", ("litert",), Thresholds(), "litert only", weight_bits=2, block_size=32)
+    monkeypatch.setitem(recipes.RECIPES, "int2", fake)
+    import export.converters.onnx as onnx_target
+    monkeypatch.setattr(onnx_target, "build_decoder", lambda *a, **k: pytest.fail("built the graph"))
+    with pytest.raises(ValueError) as e:
+        export_onnx(tiny[1], tmp_path / "x", recipe="int2")
+    msg = str(e.value)
+    assert "not supported for --target onnx" in msg and all(n in msg for n in RECIPES if n != "int2")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="supported: none"):
+        recipe("fp32", "no-such-target")
+
+
+def test_every_recipe_has_its_numbers():
+    for r in RECIPES.values():
+        assert r.suffix and r.targets and r.description
+        assert r.weight_bits in (4, 8, 16, 32) and r.embedding_bits in (4, 8, 16, 32)
+        assert r.activations in ("fp32", "fp16", "int8")
+        if r.weight_bits < 16:
+            assert r.thresholds.max_abs_logit_diff is None and r.thresholds.min_top1_agreement >= 0.92
+    assert len({r.suffix for r in RECIPES.values()}) == len(RECIPES)
+    assert RECIPES["int8"].thresholds.min_top1_agreement >= 0.98
+
+
+# --- the real Gemma 3 270M (slow: ~20 s export, ~80 s validate) ---------------------------------
+
+def test_real_model_int4_passes_its_thresholds(tmp_path):
+    out = tmp_path / "gemma3-270m-onnx-int4"
+    subprocess.run([sys.executable, "-m", "export.cli", "--target", "onnx", "--quant", "int4", "--out", str(out)],
+                   check=True)
+    assert (out / "model.onnx").stat().st_size < 200e6                # fp32: 1.1 GB
+    run = subprocess.run([sys.executable, "-m", "export.cli", "validate", str(out), "--json"],
+                         capture_output=True, text=True)
+    report = json.loads(run.stdout)
+    print("\n" + json.dumps(report, indent=1))
+    assert run.returncode == 0 and report["passed"] and report["recipe"] == "int4"
+    assert report["top1_agreement"] >= 0.92 and report["greedy_prompt_tokens"] > 512
