@@ -1,8 +1,7 @@
 """The table of quantization recipes: each with the targets that can build it, the file-name
 suffix it produces, the numbers every target reads (weight bits, block size, activation mode, the
 tied embedding / LM head's bits and block) and the fidelity thresholds `gemma-export validate`
-holds it to. Thresholds of the quantized recipes were set from measurements on the bundled
-Gemma 3 270M (ONNX target; see the README), with margin."""
+holds it to."""
 from __future__ import annotations
 
 import dataclasses
@@ -35,27 +34,37 @@ class Recipe:
         return self.weight_bits < 16 or self.embedding_bits < 16
 
 
+# Thresholds: top-1 agreement is the product bar (int8 >= 0.98, int4 >= 0.92); KL divergence and
+# greedy match are set from Gemma 3 270M measurements (ONNX target, `gemma-export validate`) with
+# margin: measured top-1 / KL / greedy tokens are in each row's comment. The embedding cosines
+# are not measured (no real EmbeddingGemma offline): reasoned placeholders.
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("fp32", "f32", ("onnx", "litert"), Thresholds(1e-3, 0.999, 1e-4, 64, 0.9999), "float32 weights and activations"),
-    Recipe("fp16", "f16", ("onnx",), Thresholds(None, 0.99, 1e-3, 32, 0.999),
+    # 0.998 / 1.0e-5 / 64, max |logit diff| 0.076
+    Recipe("fp16", "f16", ("onnx",), Thresholds(0.5, 0.99, 1e-4, 32, 0.999),
            "float16 weights and activations; the residual stream and the RMS norms stay float32 "
            "(Gemma 3 270M's residual reaches 1.0e5, past float16's 65504)",
            weight_bits=16, activations="fp16", embedding_bits=16),
-    Recipe("int8", "q8", ("onnx",), Thresholds(None, 0.98, 2e-2, 16, 0.99),
+    # 0.976 / 3.5e-3 / 11
+    Recipe("int8", "q8", ("onnx",), Thresholds(None, 0.98, 1e-2, 4, 0.99),
            "int8 symmetric weights in blocks of 32, activations quantized to int8 per block at run time; "
            "embedding and tied LM head likewise",
            weight_bits=8, block_size=32, activations="int8", embedding_bits=8, embedding_block=32),
-    Recipe("int8-wo", "q8w", ("onnx",), Thresholds(None, 0.98, 2e-2, 16, 0.99),
+    # 0.993 / 7.2e-4 / 43
+    Recipe("int8-wo", "q8w", ("onnx",), Thresholds(None, 0.98, 3e-3, 16, 0.99),
            "int8 symmetric weights in blocks of 32, float32 activations (weight-only); embedding and tied "
            "LM head likewise",
            weight_bits=8, block_size=32, activations="fp32", embedding_bits=8, embedding_block=32),
-    Recipe("int4", "q4", ("onnx",), Thresholds(None, 0.92, 0.2, 4, 0.95),
+    # 0.674 / 0.52 / 1
+    Recipe("int4", "q4", ("onnx",), Thresholds(None, 0.92, 0.8, None, 0.95),
            "int4 symmetric weights in blocks of 32, int8 activations; embedding and tied LM head likewise",
            weight_bits=4, block_size=32, activations="int8", embedding_bits=4, embedding_block=32),
-    Recipe("int4-b128", "q4b128", ("onnx",), Thresholds(None, 0.92, 0.3, 4, 0.95),
+    # 0.563 / 0.93 / 1
+    Recipe("int4-b128", "q4b128", ("onnx",), Thresholds(None, 0.92, 1.4, None, 0.95),
            "int4 symmetric weights in blocks of 128, int8 activations; embedding and tied LM head likewise",
            weight_bits=4, block_size=128, activations="int8", embedding_bits=4, embedding_block=128),
-    Recipe("mixed", "q4e8", ("onnx",), Thresholds(None, 0.92, 0.2, 4, 0.95),
+    # 0.725 / 0.41 / 1
+    Recipe("mixed", "q4e8", ("onnx",), Thresholds(None, 0.92, 0.6, None, 0.95),
            "int4 attention and MLP weights in blocks of 32 with int8 activations; embedding and tied LM "
            "head int8 in blocks of 32",
            weight_bits=4, block_size=32, activations="int8", embedding_bits=8, embedding_block=32),
