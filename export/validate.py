@@ -43,7 +43,7 @@ def compare_logits(ref: np.ndarray, art: np.ndarray, ids: list[int], rows: int =
     for s in range(0, T, rows):
         r, a = ref[s:s + rows], art[s:s + rows]
         lr, la = _log_softmax(r), _log_softmax(a)
-        max_diff = max(max_diff, float(np.abs(r - a).max()))
+        max_diff = float(np.maximum(max_diff, np.abs(r - a).max()))     # NaN propagates
         agree += int((r.argmax(-1) == a.argmax(-1)).sum())
         kl += float((np.exp(lr) * (lr - la)).sum())
         nxt = np.asarray(ids[s + 1:s + 1 + len(r)])          # next tokens; the last row has none
@@ -110,14 +110,15 @@ def _compare_embeddings(art, ref) -> dict:
 def _check(r: dict, t) -> list[str]:
     bad = []
     if "embedding_cosine" in r:
-        if r["embedding_cosine"] < t.min_embedding_cosine:
+        if not r["embedding_cosine"] >= t.min_embedding_cosine:
             bad.append(f"embedding cosine {r['embedding_cosine']:.6f} < {t.min_embedding_cosine}")
         return bad
-    if t.max_abs_logit_diff is not None and r["max_abs_logit_diff"] > t.max_abs_logit_diff:
+    # written as `not (x <= bound)` so that NaN fails
+    if t.max_abs_logit_diff is not None and not r["max_abs_logit_diff"] <= t.max_abs_logit_diff:
         bad.append(f"max |logit diff| {r['max_abs_logit_diff']:.2e} > {t.max_abs_logit_diff}")
-    if r["top1_agreement"] < t.min_top1_agreement:
+    if not r["top1_agreement"] >= t.min_top1_agreement:
         bad.append(f"top-1 agreement {r['top1_agreement']:.4f} < {t.min_top1_agreement}")
-    if t.max_kl_divergence is not None and r["kl_divergence"] > t.max_kl_divergence:
+    if t.max_kl_divergence is not None and not r["kl_divergence"] <= t.max_kl_divergence:
         bad.append(f"KL {r['kl_divergence']:.2e} > {t.max_kl_divergence}")
     if t.min_greedy_match is not None and r["greedy_match_tokens"] < t.min_greedy_match:
         bad.append(f"greedy match {r['greedy_match_tokens']} < {t.min_greedy_match} tokens")

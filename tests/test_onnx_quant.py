@@ -1,7 +1,8 @@
 """Quantization recipes on the ONNX target: every recipe exports a tiny model to a graph that passes
 the checker, uses the operators the recipe promises (MatMulNBits / GatherBlockQuantized sharing the
-tied table's packed blob, float16 with a float32 residual stream), shrinks the file and keeps its logits near float32's; validate() reports on each; an
-unsupported recipe fails before any work. The real Gemma 3 270M int4 passes its recipe's thresholds."""
+tied table's packed blob, float16 with a float32 residual stream), shrinks the file and keeps its
+logits near float32's; validate() reports on each; an unsupported recipe fails before any work.
+The real Gemma 3 270M int4: small, faithful as measured; its top-1 bar (0.92) is a known miss (xfail)."""
 import json
 import subprocess
 import sys
@@ -23,9 +24,9 @@ from oracle import hf_model, save_hf_folder, tiny_tokenizer
 
 QUANTIZED = [n for n in RECIPES if n != "fp32"]
 # Relative RMS error of the logits vs float32. Tiny random models amplify weight noise a lot: measured
-# fp16 0.003, int8-wo 0.04, int8 0.12, int4 0.57, int4-b128 0.68, mixed 0.50 -- proportional to
+# fp16 0.003, int8-wo 0.04, int8 0.06, int4 0.57, int4-b128 0.68, mixed 0.50 -- proportional to
 # the quantization step; with margin. (The real model's fidelity is validate's business.)
-MAX_REL_ERR = {"fp16": 0.01, "int8": 0.2, "int8-wo": 0.08, "int4": 0.8, "int4-b128": 0.9, "mixed": 0.7}
+MAX_REL_ERR = {"fp16": 0.01, "int8": 0.12, "int8-wo": 0.08, "int4": 0.8, "int4-b128": 0.9, "mixed": 0.7}
 # File size vs float32: a weight's bits plus a float32 scale per block (block 32: +1 bit), plus
 # the float32 norms and RoPE tables. Measured 0.513, 0.304, 0.304, 0.183, 0.160, 0.188.
 MAX_SIZE_RATIO = {"fp16": 0.52, "int8": 0.32, "int8-wo": 0.32, "int4": 0.19, "int4-b128": 0.17, "mixed": 0.20}

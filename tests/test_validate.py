@@ -95,3 +95,15 @@ def test_real_model_runs_unchanged_in_onnxruntime_genai(real_onnx):
         new.append(int(gen.get_next_tokens()[0]))
     assert new == ours.token_ids
     assert tok.decode(np.asarray(new, dtype=np.int32)) == ours.text
+
+
+def test_nan_logits_fail_every_check():
+    from export.quantize.recipes import RECIPES
+    from export.validate import _check, compare_logits
+    ref = np.random.default_rng(0).normal(size=(6, 10)).astype(np.float32)
+    art = ref.copy()
+    art[3, 4] = np.nan
+    r = compare_logits(ref, art, [1, 2, 3, 4, 5, 6])
+    r["greedy_match_tokens"] = 64
+    failures = _check(r, RECIPES["fp32"].thresholds)
+    assert any("logit diff" in f for f in failures) and any("KL" in f for f in failures)

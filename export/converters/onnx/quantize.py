@@ -40,7 +40,8 @@ def quantize(model: onnx.ModelProto, recipe: Recipe) -> onnx.ModelProto:
     if recipe.weight_bits not in (4, 8) or recipe.embedding_bits not in (4, 8) or not (
             recipe.block_size and recipe.embedding_block):
         raise ValueError(f"--quant {recipe.name}: the ONNX target builds 4- and 8-bit blockwise weights, not "
-                         f"{recipe.weight_bits}-bit / block {recipe.block_size} (embedding {recipe.embedding_bits}-bit)")
+                         f"{recipe.weight_bits}-bit / block {recipe.block_size} "
+                         f"(embedding {recipe.embedding_bits}-bit / block {recipe.embedding_block})")
     with _quiet():
         model = quantize_embedding(model, recipe.embedding_bits, recipe.embedding_block, _level(recipe))
         return _matmul_nbits(model, recipe.weight_bits, recipe.block_size, _level(recipe))
