@@ -80,6 +80,12 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
                 positions: torch.Tensor, cache: AttentionCache | None):
         """x: [B, T, d]; mask: bool [B or 1, T, S + T] over (cache slots, new tokens)."""
+        q, keys, values, cache = self.project(x, rope, positions, cache)
+        return self.o_proj(self.core(q, keys, values, mask)), cache
+
+    def project(self, x, rope, positions, cache):
+        """Projections, q/k norms, RoPE and the cache write -> q [B, H, T, D], keys/values
+        [B, G, S+T, D] over (old cache slots, new tokens), and the updated cache."""
         c = self.config
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, c.num_heads, c.head_dim)
@@ -89,13 +95,16 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)    # [B, heads, T, D]
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is None:
+            return q, k, v, None
+        keys, values = torch.cat((cache.k, k), 2), torch.cat((cache.v, v), 2)   # [B, G, S+T, D]
+        return q, keys, values, cache.write(positions, k, v)
 
-        if cache is not None:
-            keys, values = torch.cat((cache.k, k), 2), torch.cat((cache.v, v), 2)   # [B, G, S+T, D]
-            cache = cache.write(positions, k, v)
-        else:
-            keys, values = k, v
-
+    def core(self, q, keys, values, mask):
+        """Scaled dot-product attention with softcap and mask -> [B, T, H*D]. Exporters may
+        replace this method (e.g. with a composite) and keep everything around it."""
+        c = self.config
+        B, _, T, _ = q.shape
         G, R = c.num_kv_heads, c.num_heads // c.num_kv_heads
         q = q.reshape(B, G, R * T, c.head_dim)                                 # heads of a group share K/V
         scores = torch.matmul(q, keys.transpose(-1, -2)) * c.attn_scale         # [B, G, R*T, S+T]
@@ -105,8 +114,7 @@ class Attention(nn.Module):
         scores = scores.masked_fill(~mask[:, None, None], torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(probs.view(B, G, R * T, -1), values)                 # [B, G, R*T, D]
-        out = out.view(B, c.num_heads, T, c.head_dim).transpose(1, 2).reshape(B, T, -1)
-        return self.o_proj(out), cache
+        return out.view(B, c.num_heads, T, c.head_dim).transpose(1, 2).reshape(B, T, -1)
 
 
 class MLP(nn.Module):

@@ -18,7 +18,6 @@ import torch
 from litert_torch.hlfb import StableHLOCompositeBuilder
 
 from ...models import layers
-from ...models.layers import apply_rope
 
 # What masked keys get added to their scores. LiteRT-LM fills its own masks with -0.7 * FLT_MAX: far
 # below any score, yet adding two of them (or a softcapped score) cannot overflow to -inf.
@@ -56,43 +55,30 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, 
     return builder.mark_outputs(out.contiguous())
 
 
-def attention_forward(self: layers.Attention, x, rope, mask, positions, cache):
-    """layers.Attention.forward with the attention core as an SDPA composite (same math). A copy of
-    its projections/RoPE/cache write until layers.py exposes the core as a function of its own; keep
-    in sync (tests/test_litert_export.py compares every architecture with transformers)."""
-    c = self.config
-    B, T, _ = x.shape
-    q = self.q_proj(x).view(B, T, c.num_heads, c.head_dim)
-    k = self.k_proj(x).view(B, T, c.num_kv_heads, c.head_dim)
-    v = self.v_proj(x).view(B, T, c.num_kv_heads, c.head_dim)
-    if c.qk_norm:
-        q, k = self.q_norm(q), self.k_norm(k)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)    # [B, heads, T, D]
-    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    if cache is not None:
-        keys, values = torch.cat((cache.k, k), 2), torch.cat((cache.v, v), 2)   # [B, G, S+T, D]
-        cache = cache.write(positions, k, v)
-    else:
-        keys, values = k, v
-    bias = torch.where(mask, 0.0, MASKED).to(q.dtype)[:, None]           # [1, 1, T, S+T]
+def attention_core(self: layers.Attention, q, keys, values, mask):
+    """layers.Attention.core as an SDPA composite (same math): q [B, H, T, D], keys/values
+    [B, G, K, D], bool mask [1, T, K] -> [B, T, H*D]."""
+    B, _, T, _ = q.shape
+    bias = torch.where(mask, 0.0, MASKED).to(q.dtype)[:, None]           # [1, 1, T, K]
     out = sdpa(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), bias,
-               c.attn_scale, c.attn_softcap)
-    return self.o_proj(out.reshape(B, T, -1)), cache
+               self.config.attn_scale, self.config.attn_softcap)
+    return out.reshape(B, T, -1)
 
 
 @contextlib.contextmanager
 def marked_composites(model: torch.nn.Module, enabled: bool = True):
-    """Within this block, `model`'s RMSNorms and Attentions trace with composites (per-instance
-    forward overrides, removed on exit)."""
+    """Within this block, `model`'s RMSNorms and attention cores trace as composites (per-instance
+    method overrides, removed on exit)."""
     swapped = []
     if enabled:
         for m in model.modules():
-            fn = {layers.RMSNorm: rms_norm_forward, layers.Attention: attention_forward}.get(type(m))
+            name, fn = {layers.RMSNorm: ("forward", rms_norm_forward),
+                        layers.Attention: ("core", attention_core)}.get(type(m), (None, None))
             if fn is not None:
-                m.forward = types.MethodType(fn, m)
-                swapped.append(m)
+                setattr(m, name, types.MethodType(fn, m))
+                swapped.append((m, name))
     try:
         yield
     finally:
-        for m in swapped:
-            del m.forward
+        for m, name in swapped:
+            delattr(m, name)
