@@ -76,8 +76,8 @@ def _export(args) -> int:
     loaded = load_model(args.model)
     name = loaded.source.stem if loaded.source.suffix == ".gguf" else loaded.source.name
     out = Path(args.out or f"out/{name}-{args.target}-{args.quant}")
-    _log(f"loaded {loaded.source} ({loaded.config.family}, {loaded.config.num_layers} layers) "
-         f"in {time.perf_counter() - t0:.1f} s; exporting to {out}", args)
+    print(f"loaded {loaded.source} ({loaded.config.family}, {loaded.config.num_layers} layers) "
+          f"in {time.perf_counter() - t0:.1f} s; exporting to {out}", file=sys.stderr)
     t1 = time.perf_counter()
     target.export(loaded, out, args.quant, args.context)
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
@@ -88,10 +88,6 @@ def _export(args) -> int:
     else:
         print(f"wrote {out} ({summary['bytes'] / 1e6:.1f} MB) in {summary['export_s']} s")
     return 0
-
-
-def _log(msg: str, args):
-    print(msg, file=sys.stderr)
 
 
 def _generate_artifact(args, sampling) -> int:
