@@ -279,7 +279,7 @@ def _open_litert(path: Path, threads: int | None) -> Model:
     tokenizer.model; a .tflite file (with the manifest and tokenizer beside it); or a .litertlm file (its
     TFLite model, SentencePiece tokenizer and stored config; the manifest.json and tokenizer.model beside it
     are used when that manifest names this bundle)."""
-    from .litert_backend import LiteRTBackend, open_bundle    # here, so an ONNX-only install needs no LiteRT
+    from .litert_backend import open_bundle, open_tflite    # here, so an ONNX-only install needs no LiteRT
 
     folder = path.parent if path.is_file() else path
     manifest = read_json(folder / "manifest.json") if (folder / "manifest.json").exists() else None
@@ -302,7 +302,7 @@ def _open_litert(path: Path, threads: int | None) -> Model:
     if bundle is not None:
         backend, tok_bytes, facts = open_bundle(bundle, threads)
     else:
-        backend = LiteRTBackend(model_file, threads=threads, context_length=(manifest or {}).get("context_length"))
+        backend = open_tflite(model_file, threads=threads, context_length=(manifest or {}).get("context_length"))
     tok_path = folder / "tokenizer.model"
     use_folder_tok = tok_path.exists() and (bundle is None or manifest is not None or not tok_bytes)
     try:
