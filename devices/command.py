@@ -104,12 +104,13 @@ def run(args) -> int:
         result = {"artifact": str(artifact), "device": {"name": name, "estimate": True},
                   "artifact_mb": round(artifact_bytes(artifact) / 1e6, 3), **{k: est[k] for k in
                   ("ttft_ms", "prefill_tok_s", "decode_tok_s")}, "estimate": est}
-        base.parent.mkdir(parents=True, exist_ok=True)
-        base.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
         from .estimate import markdown as estimate_markdown
-        base.with_suffix(".md").write_text(estimate_markdown(est) + "\n")
+        from .profile import with_suffix
+        base.parent.mkdir(parents=True, exist_ok=True)
+        with_suffix(base, ".json").write_text(json.dumps(result, indent=2) + "\n")
+        with_suffix(base, ".md").write_text(estimate_markdown(est) + "\n")
         print(json.dumps(result, indent=2) if args.json else estimate_markdown(est))
-        print(f"report: {base.with_suffix('.md')}", file=sys.stderr)
+        print(f"report: {with_suffix(base, '.md')}", file=sys.stderr)
         return 0
     paths = write_report(result, base)
     print(json.dumps(result, indent=2) if args.json else markdown(result))

@@ -64,25 +64,25 @@ def per_token(config: dict, weights: int, context: float, kv_bytes: int = 4) -> 
             "flops": 2 * linear + sum(spans) * 4 * h * hd}                        # QK^T and PV
 
 
+def _best_time(fn, seconds: float, at_least: int = 3) -> float:
+    best, n, end = float("inf"), 0, time.perf_counter() + seconds
+    while n < at_least or time.perf_counter() < end:
+        t = time.perf_counter()
+        fn()
+        best, n = min(best, time.perf_counter() - t), n + 1
+    return best
+
+
 def measure_host(seconds: float = 0.5) -> dict:
     """This machine's copy bandwidth (GB/s, read + write counted) and fp32 matmul throughput (GFLOP/s): the
-    best of repeated numpy copies of 256 MB and 1024^2 matmuls, each for about `seconds`."""
-    a = np.ones(64 << 20, np.float32)
-    b = np.empty_like(a)
-    best, end = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < end or best == float("inf"):
-        t = time.perf_counter()
-        np.copyto(b, a)
-        best = min(best, time.perf_counter() - t)
-    bandwidth = 2 * a.nbytes / best / 1e9
+    best of repeated numpy copies of 64 MB (past any cache; both buffers touched first) and 1024^2 matmuls."""
+    a = np.ones(16 << 20, np.float32)
+    b = np.zeros_like(a)
+    bandwidth = 2 * a.nbytes / _best_time(lambda: np.copyto(b, a), seconds) / 1e9
     del a, b
     m = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)
-    best, end = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < end or best == float("inf"):
-        t = time.perf_counter()
-        m @ m
-        best = min(best, time.perf_counter() - t)
-    return {"bandwidth_gbs": round(bandwidth, 2), "gflops": round(2 * 1024 ** 3 / best / 1e9, 2)}
+    gflops = 2 * 1024 ** 3 / _best_time(lambda: m @ m, seconds) / 1e9
+    return {"bandwidth_gbs": round(bandwidth, 2), "gflops": round(gflops, 2)}
 
 
 def _err(predicted: float, measured: float) -> float:

@@ -43,7 +43,7 @@ _SECTION = re.compile(r"^\s*(Prefill|Decode) Turns \(Total:? (\d+)(?: turns)?\):
 _TURN = re.compile(r"^\s*(Prefill|Decode) Turn (\d+): Processed (\d+) tokens in (\S+) duration\.\s*$")
 _SPEED = re.compile(rf"^\s*(Prefill|Decode) Speed: {_NUM} tokens/sec\.\s*$")
 _RAM = re.compile(rf"Peak system ram usage: {_NUM}\s*MB\.?")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms|us|ns)")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|ns|h|m|s)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 
 
@@ -92,9 +92,10 @@ def parse_benchmark_model(text: str) -> dict:
                     raise _error(tool, i, line, f"'{what}' line not in the expected format")
                 out.update({k: _float(tool, v, i, line, k) for k, v in zip(keys, m.groups())})
     if "inference_avg_us" not in out:
-        errors = [ln for ln in text.splitlines() if ln.startswith(("ERROR", "E ")) or "Error" in ln]
-        raise _error(tool, None, None, "no 'Inference timings in us' line"
-                     + (f"; it reported: {errors[-1].strip()}" if errors else " (did the run fail?)"))
+        errors = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.startswith(("ERROR", "E ")) or "Error" in ln]
+        if errors:
+            raise _error(tool, *errors[-1], "the run failed (no 'Inference timings in us' line)")
+        raise _error(tool, None, None, "no 'Inference timings in us' line (did the run fail?)")
     if out["inference_avg_us"] <= 0:
         raise _error(tool, None, None, f"non-positive average inference time {out['inference_avg_us']} us")
     return out
@@ -114,9 +115,10 @@ def parse_litert_lm_benchmark(text: str) -> dict:
                 raise _error(tool, i, line, "'Peak system ram usage' line not in the expected format")
             out["peak_mb"] = _float(tool, m[1], i, line, "peak RAM")
     if start is None:
-        fatal = [ln for ln in lines if ln.startswith(("F", "E")) and "]" in ln]
-        raise _error(tool, None, None, "no 'BenchmarkInfo:' block (was --benchmark passed?)"
-                     + (f"; it reported: {fatal[-1].strip()}" if fatal else ""))
+        fatal = [(i, ln) for i, ln in enumerate(lines, 1) if ln.startswith(("F", "E")) and "]" in ln]
+        if fatal:
+            raise _error(tool, *fatal[-1], "the run failed (no 'BenchmarkInfo:' block)")
+        raise _error(tool, None, None, "no 'BenchmarkInfo:' block (was --benchmark passed?)")
     section, expected, pending = None, {}, None
     for i in range(start + 1, len(lines)):
         line, no = lines[i], i + 1

@@ -47,13 +47,18 @@ def summarize(runs: list[dict], *, artifact: str | Path, device: dict, settings:
     }
 
 
+def with_suffix(base: Path, suffix: str) -> Path:
+    """`base` + suffix (base names carry dots: out/model-android-int4.profile-host)."""
+    return base.parent / (base.name + suffix)
+
+
 def write_report(result: dict, base: str | Path) -> dict[str, Path]:
     """`base`.json, `base`.md and `base`.png (the chart; skipped if matplotlib is missing). -> paths."""
     base = Path(base)
     base.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"json": base.with_suffix(".json"), "md": base.with_suffix(".md")}
+    paths = {"json": with_suffix(base, ".json"), "md": with_suffix(base, ".md")}
     paths["json"].write_text(json.dumps(result, indent=2) + "\n")
-    chart = base.with_suffix(".png")
+    chart = with_suffix(base, ".png")
     if write_chart(result, chart):
         paths["png"] = chart
     paths["md"].write_text(markdown(result, chart.name if "png" in paths else None))
