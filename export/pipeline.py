@@ -21,9 +21,9 @@ VALIDATION_KEYS = ("passed", "failures", "top1_agreement", "kl_divergence", "max
 class Progress:
     """Numbered steps on stderr; on a terminal the running step shows a spinner and its elapsed time."""
 
-    def __init__(self, steps: list[str], stream=sys.stderr, quiet: bool = False):
-        self.steps, self.stream, self.quiet = steps, stream, quiet
-        self.live = not quiet and getattr(stream, "isatty", lambda: False)()
+    def __init__(self, steps: list[str], stream=None, quiet: bool = False):
+        self.steps, self.stream, self.quiet = steps, stream or sys.stderr, quiet
+        self.live = not quiet and getattr(self.stream, "isatty", lambda: False)()
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
