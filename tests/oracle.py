@@ -21,9 +21,11 @@ TINY = {
     "embeddinggemma": ("Gemma3TextModel", tf.Gemma3TextConfig, dict(
         num_key_value_heads=1, sliding_window=8, num_hidden_layers=7, query_pre_attn_scalar=16,
         use_bidirectional_attention=True)),
-    # Griffin: 2 x (recurrent, recurrent, attention); sqrt(48) is not a bfloat16, lru_width != hidden.
+    # Griffin: 2 x (recurrent, recurrent, attention); sqrt(48) is not a bfloat16, lru_width != hidden,
+    # head_dim 32 (RoPE on 16 of them: GroupQueryAttention needs a multiple of 16).
     "recurrentgemma": ("RecurrentGemmaForCausalLM", tf.RecurrentGemmaConfig, dict(
-        hidden_size=48, lru_width=32, num_key_value_heads=1, attention_window_size=8, num_hidden_layers=6)),
+        hidden_size=48, lru_width=32, head_dim=32, num_key_value_heads=1, attention_window_size=8,
+        num_hidden_layers=6)),
 }
 COMMON = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
               num_attention_heads=4, head_dim=16, max_position_embeddings=512)
