@@ -70,13 +70,14 @@ def hf_model(arch: str, seed: int = 0, **overrides):
     return model
 
 
-def save_hf_folder(arch: str, path, seed: int = 0, dense=None, tokenizer: bool = False):
+def save_hf_folder(arch: str, path, seed: int = 0, dense=None, tokenizer: bool = False, **overrides):
     """Save a tiny model as an HF folder; EmbeddingGemma also gets sentence-transformers
     2_Dense/3_Dense folders with random weights (returned for the reference head). With
-    `tokenizer`, the folder gets tokenizer.model and the vocabulary is the tokenizer's."""
+    `tokenizer`, the folder gets tokenizer.model and the vocabulary is the tokenizer's.
+    `overrides`: config fields replacing the tiny ones."""
     from safetensors.torch import save_file
     proto = tiny_tokenizer() if tokenizer else None
-    model = hf_model(arch, seed, **({"vocab_size": 384} if proto else {}))
+    model = hf_model(arch, seed, **({"vocab_size": 384} if proto else {}), **overrides)
     model.save_pretrained(path)
     if proto:
         (path / "tokenizer.model").write_bytes(proto)

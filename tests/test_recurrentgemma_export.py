@@ -106,3 +106,101 @@ def test_onnx_validate_passes_fp32_thresholds(onnx_artifact):
     assert r["passed"], r["failures"]
     assert r["max_abs_logit_diff"] <= 1e-4 and r["greedy_match_tokens"] == 64
     assert r["greedy_prompt_tokens"] > 8                         # past the tiny window
+
+
+# --- LiteRT -----------------------------------------------------------------------------------------
+
+PREFILL = 16                 # longer than the window; shorter chunks run padded
+LITERT_CONTEXT = 320         # what validate's 256-token comparison needs; no cache is this long
+
+
+@pytest.fixture(scope="module")
+def litert_artifact(tmp_path_factory):
+    """One Griffin period (recurrent, recurrent, attention): litert-torch unrolls the scan per
+    signature, and conversion time grows with the layers."""
+    from export.converters.litert import export_litert
+    root = tmp_path_factory.mktemp("recurrentgemma-litert")
+    ref, _ = save_hf_folder("recurrentgemma", root / "hf", tokenizer=True, num_hidden_layers=3)
+    out = export_litert(load_model(root / "hf"), root / "litert", prefill_lengths=(PREFILL,),
+                        cache_length=LITERT_CONTEXT)
+    return ref, out
+
+
+def test_litert_signatures_carry_the_state_beside_the_caches(litert_artifact):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export.converters.litert import expected_io
+    _, out = litert_artifact
+    it = Interpreter(model_path=str(out / "model.tflite"))
+    want = expected_io(load_model(out.parent / "hf").config, (PREFILL,), LITERT_CONTEXT)
+    assert set(it.get_signature_list()) == set(want) == {f"prefill_{PREFILL}", "decode"}
+    for name, io in want.items():
+        runner = it.get_signature_runner(name)
+        inputs, outputs = runner.get_input_details(), runner.get_output_details()
+        assert {k: tuple(v["shape"]) for k, v in inputs.items()} == io["inputs"]
+        assert {k: tuple(v["shape"]) for k, v in outputs.items()} == io["outputs"]
+    inputs = it.get_signature_runner("decode").get_input_details()
+    assert tuple(inputs["rg_lru_state_0"]["shape"]) == (1, 32) and inputs["rg_lru_state_0"]["dtype"] == np.float32
+    assert tuple(inputs["conv1d_state_1"]["shape"]) == (1, 3, 32)
+    assert tuple(inputs["kv_cache_k_2"]["shape"]) == (1, 1, 8, 32)          # the window, not the context
+    assert not any(k.startswith("kv_cache") and k.endswith(("_0", "_1")) for k in inputs)
+    with pytest.raises(ValueError, match="LiteRT-LM"):
+        from export.converters.litert.bundle import build_litertlm
+        build_litertlm(out, out.parent / "rg.litertlm")
+
+
+def test_litert_runtime_py_padded_chunks_and_decode_match_transformers(litert_artifact):
+    """runtime_py's LiteRT backend: padded prefill chunks (the state advances over real tokens only)
+    and decode steps past the window, against transformers' full forward."""
+    ref, out = litert_artifact
+    toks = _tokens(T)
+    expected = _reference_logits(ref, toks)
+    model = runtime_py.load(out)
+    assert model.backend.context_length == LITERT_CONTEXT
+    np.testing.assert_allclose(model.logits(toks[0].tolist()), expected, atol=1e-4, rtol=0)
+    step, start = model.backend.stepper(T), 0
+    for n in [5, 1, 1, 12, 3, 1, 17]:
+        last = step(toks[0, start:start + n].tolist(), start)
+        start += n
+        assert np.abs(last - expected[start - 1]).max() < 1e-4
+
+
+def test_litert_validate_passes_fp32_thresholds(litert_artifact):
+    r = validate(litert_artifact[1])
+    assert r["passed"], r["failures"]
+    assert r["max_abs_logit_diff"] <= 1e-4 and r["greedy_match_tokens"] == 64
+
+
+# --- the fixed-size state ---------------------------------------------------------------------------
+
+LONG = 8192
+
+
+def _long_artifact(arch, root, **overrides):
+    save_hf_folder(arch, root / arch, max_position_embeddings=LONG, **overrides)
+    return runtime_py.load(export_onnx(load_model(root / arch), root / f"{arch}-onnx", context_length=LONG))
+
+
+def test_runtime_state_memory_is_constant_while_gemma2_cache_grows(tmp_path):
+    """What runtime_py holds between steps after 1k and after 8k tokens (prefilled in chunks of 1024,
+    then decoded): RecurrentGemma's states and window-sized caches do not grow; a Gemma 2 of the same
+    width (hidden 48) grows its global layers' caches with every token."""
+    rg = _long_artifact("recurrentgemma", tmp_path)
+    g2 = _long_artifact("gemma2", tmp_path, hidden_size=48)
+    ids = torch.randint(0, 160, (LONG,), generator=torch.Generator().manual_seed(5)).tolist()
+    held = {}
+    for name, model in (("recurrentgemma", rg), ("gemma2", g2)):
+        step = model.backend.stepper(LONG, prefill_chunk=1024)
+        step(ids[:1024], 0)
+        at_1k = step.cache_bytes()
+        step(ids[1024:LONG - 8], 1024)
+        for i in range(LONG - 8, LONG):           # generated tokens
+            assert np.isfinite(step(ids[i:i + 1], i)).all()
+        held[name] = (at_1k, step.cache_bytes())
+    # RecurrentGemma: 4 recurrent layers x (RG-LRU [32] + Conv1D [3, 32]) + 2 attention layers x K/V [1, 8, 32], fp32
+    fixed = 4 * (32 + 3 * 32) * 4 + 2 * 2 * (8 * 32) * 4
+    assert held["recurrentgemma"] == (fixed, fixed)
+    # Gemma 2: 2 global layers grow by K/V [2 heads, 16] per token; 2 sliding layers hold 8 slots
+    g2_bytes = lambda n: 2 * 2 * (n * 2 * 16) * 4 + 2 * 2 * (8 * 2 * 16) * 4      # noqa: E731
+    assert held["gemma2"] == (g2_bytes(1024), g2_bytes(LONG))
+    print(f"\nbytes held after 1k / 8k tokens: {held}")
