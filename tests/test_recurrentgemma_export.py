@@ -108,6 +108,18 @@ def test_onnx_validate_passes_fp32_thresholds(onnx_artifact):
     assert r["greedy_prompt_tokens"] > 8                         # past the tiny window
 
 
+def test_onnx_fp16_keeps_the_rg_lru_state_and_scan_in_fp32(hf):
+    import onnx
+    _, root = hf
+    out = export_onnx(load_model(root / "hf"), root / "onnx-fp16", recipe="fp16", context_length=256)
+    graph = onnx.load(str(out / "model.onnx")).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output]}
+    assert types["rg_lru_state_0"] == types["present_rg_lru_state_4"] == onnx.TensorProto.FLOAT
+    assert types["conv1d_state_0"] == types["past_key_values.2.key"] == onnx.TensorProto.FLOAT16
+    r = validate(out)
+    assert r["passed"], r["failures"]
+
+
 # --- LiteRT -----------------------------------------------------------------------------------------
 
 PREFILL = 16                 # longer than the window; shorter chunks run padded
