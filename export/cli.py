@@ -67,27 +67,32 @@ def _generate(args) -> int:
 
 
 def _export(args) -> int:
-    from .models.checkpoints import load_model
-    from .quantize.recipes import recipe
-    from .targets import TARGETS
-    target = TARGETS[args.target]
-    recipe(args.quant, target.format)                 # an unsupported combination fails before any work
-    t0 = time.perf_counter()
-    loaded = load_model(args.model)
-    name = loaded.source.stem if loaded.source.suffix == ".gguf" else loaded.source.name
-    out = Path(args.out or f"out/{name}-{args.target}-{args.quant}")
-    print(f"loaded {loaded.source} ({loaded.config.family}, {loaded.config.num_layers} layers) "
-          f"in {time.perf_counter() - t0:.1f} s; exporting to {out}", file=sys.stderr)
-    t1 = time.perf_counter()
-    target.export(loaded, out, args.quant, args.context)
-    files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
-    summary = {"artifact": str(out), "target": args.target, "recipe": args.quant, "source": str(loaded.source),
-               "export_s": round(time.perf_counter() - t1, 2), "bytes": sum(files.values()), "files": files}
+    from .pipeline import run
+    return run(args)
+
+
+def _targets(args) -> int:
+    from .targets import rows
+    table = rows()
     if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(f"wrote {out} ({summary['bytes'] / 1e6:.1f} MB) in {summary['export_s']} s")
+        print(json.dumps(table, indent=2))
+        return 0
+    print(f"{'target':8} {'format':7} {'bundle':14} {'recipe':7} {'context':>7} {'prefill':14} runtime")
+    for r in table:
+        prefill = ",".join(map(str, r["prefill"])) if r["prefill"] else "-"
+        print(f"{r['name']:8} {r['format']:7} {r['bundle']:14} {r['recipe']:7} {r['context']:>7} {prefill:14} "
+              f"{r['runtime']}")
     return 0
+
+
+def _lengths(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers separated by commas")
+    return values
 
 
 def _generate_artifact(args, sampling) -> int:
@@ -149,14 +154,29 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", default=None, help="reference checkpoint (default: the manifest's source)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_validate)
-    e = sub.add_parser("export", help="export a model to a deployable artifact (also: gemma-export --target ...)")
-    e.add_argument("--target", required=True, choices=sorted(TARGETS))
+    e = sub.add_parser("export", help="export a model to a validated deployable artifact "
+                                      "(also: gemma-export --target ...)")
+    e.add_argument("--target", required=True, choices=list(TARGETS), help="deployment profile (gemma-export targets)")
     e.add_argument("--model", default=None, help="HF folder, .gguf file (default: bundled Gemma 3 270M)")
     e.add_argument("--out", default=None, help="artifact folder (default: out/<model>-<target>-<quant>)")
-    e.add_argument("--quant", default="fp32", help="quantization recipe (default fp32)")
-    e.add_argument("--context", type=int, default=None, help="context length the artifact supports")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--quant", default=None, help="quantization recipe (default: the target's)")
+    e.add_argument("--context", type=int, default=None, help="context length (default: the target's)")
+    e.add_argument("--prefill", type=_lengths, default=None,
+                   help="LiteRT prefill signature lengths, comma-separated (default: the target's)")
+    e.add_argument("--no-validate", dest="validate", action="store_false", help="skip the validation step")
+    e.add_argument("--profile", action="store_true",
+                   help="also profile the artifact on this host and estimate it for the target's devices")
+    e.add_argument("--runs", type=int, default=3, help="--profile: runs (median reported)")
+    e.add_argument("--threads", type=int, default=None, help="--profile: CPU threads")
+    e.add_argument("--json", action="store_true", help="print the summary as JSON (progress stays off)")
     e.set_defaults(func=_export)
+
+    t = sub.add_parser("targets", help="list the deployment targets and their default settings")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=_targets)
+
+    from devices.command import add_parser as add_profile
+    add_profile(sub)
     return p
 
 
@@ -165,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0].startswith("--") and argv[0] not in ("-h", "--help"):
         argv.insert(0, "export")                     # `gemma-export --target X ...` is the export command
     args = build_parser().parse_args(argv)
+    from devices.adb import AdbError
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:   # bad input: one clear line, no traceback
+    except (ValueError, KeyError, FileNotFoundError, AdbError) as e:   # bad input: one clear line, no traceback
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
 

@@ -1,33 +1,75 @@
-"""Deployment targets: what `--target NAME` builds. A target names a deployment; its `format`
-is the artifact format whose recipes it accepts."""
+"""Deployment targets: what `--target NAME` builds. A target names a deployment (android, ios, web,
+desktop) or a raw format (litert, onnx); each is one profile row -- artifact format, default recipe,
+prefill lengths, cache length, bundle type, the devices its cost report estimates -- and every column
+but the format can be overridden flag by flag (`--quant`, `--prefill`, `--context`)."""
 from __future__ import annotations
 
 import dataclasses
 import importlib
 
+# bundle type -> the exporter that writes it: module:function(loaded, out, recipe, ...)
+EXPORTERS = {
+    "onnx-folder": "export.converters.onnx:export_onnx",
+    "tflite-folder": "export.converters.litert:export_litert",
+    "litertlm": "export.converters.litert.bundle:export_litertlm",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Target:
     name: str
-    format: str           # onnx | litert: the format the recipe table is checked against
-    exporter: str         # module:function taking (loaded, out, recipe, ...)
-    description: str
+    format: str                       # onnx | litert: the format the recipe table is checked against
+    bundle: str                       # a key of EXPORTERS
+    recipe: str                       # default --quant
+    context: int                      # default --context: positions the KV caches hold
+    prefill: tuple[int, ...] | None   # default --prefill: LiteRT prefill signature lengths (None: ONNX)
+    runtime: str                      # what runs the artifact on the device
+    devices: tuple[str, ...] = ()     # devices/catalogue.json entries the cost report estimates
 
-    def export(self, loaded, out, recipe: str, context: int | None):
-        module, func = self.exporter.split(":")
+    def export(self, loaded, out, recipe: str | None = None, context: int | None = None,
+               prefill: tuple[int, ...] | None = None):
+        """Export `loaded` to `out` with this profile, each argument overriding its column."""
+        module, func = EXPORTERS[self.bundle].split(":")
         fn = getattr(importlib.import_module(module), func)
+        recipe, context = recipe or self.recipe, context or self.context
+        context = min(context, loaded.config.max_position)
         if self.format == "onnx":
+            if prefill:
+                raise ValueError(f"--prefill: --target {self.name} builds ONNX, which has no prefill signatures")
             return fn(loaded, out, recipe, context_length=context)
-        return fn(loaded, out, recipe, cache_length=context)
+        # the profile's lengths that fit the context; a user's --prefill is taken as given (checked by the exporter)
+        lengths = tuple(prefill) if prefill else tuple(t for t in self.prefill if t <= context) or (context,)
+        return fn(loaded, out, recipe, prefill_lengths=lengths, cache_length=context)
 
 
+# Prefill lengths 32/128/512: LiteRT-LM picks the largest signature that fits the remaining prompt
+# (litert-community's Gemma 3 builds use 32/128/512/1280). Contexts: 4096 on phones (KV caches of
+# Gemma 3 270M's 3 global layers: 25 MB fp32); 2048 on the web, where a wasm32 heap is capped at 4 GB;
+# 8192 on desktops. Default recipes: int4 where the download and RAM matter (phones, web); fp16 on
+# desktops (passes validation at half fp32's size; int8 misses top-1 by 0.4 pt on Gemma 3 270M).
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("onnx", "onnx", "export.converters.onnx:export_onnx",
-           "model.onnx + genai_config.json for onnxruntime / onnxruntime-genai"),
-    Target("litert", "litert", "export.converters.litert:export_litert",
-           "model.tflite with prefill_{T}/decode signatures for LiteRT"),
-    Target("android", "litert", "export.converters.litert.bundle:export_litertlm",
-           "model.litertlm for LiteRT-LM on Android"),
-    Target("ios", "litert", "export.converters.litert.bundle:export_litertlm",
-           "model.litertlm for LiteRT-LM on iOS"),
+    Target("android", "litert", "litertlm", "int4", 4096, (32, 128, 512),
+           "LiteRT-LM on Android (model.litertlm)", ("pixel-8", "pixel-9", "galaxy-s24", "galaxy-a54")),
+    Target("ios", "litert", "litertlm", "int4", 4096, (32, 128, 512),
+           "LiteRT-LM on iOS (model.litertlm)", ("iphone-15-pro",)),
+    Target("web", "onnx", "onnx-folder", "int4", 2048, None,
+           "onnxruntime-web (WebGPU / wasm) or Transformers.js: ONNX folder"),
+    Target("desktop", "onnx", "onnx-folder", "fp16", 8192, None,
+           "onnxruntime-genai on Windows / macOS / Linux: ONNX folder with genai_config.json"),
+    Target("litert", "litert", "tflite-folder", "fp32", 4096, (32, 128, 512),
+           "raw LiteRT: model.tflite with prefill_{T}/decode signatures"),
+    Target("onnx", "onnx", "onnx-folder", "fp32", 4096, None,
+           "raw ONNX: model.onnx + genai_config.json for onnxruntime / onnxruntime-genai"),
 )}
+
+
+def target(name: str) -> Target:
+    if name not in TARGETS:
+        raise ValueError(f"--target {name}: unknown target; known: {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def rows() -> list[dict]:
+    """The table as plain rows (for `gemma-export targets`)."""
+    return [{**dataclasses.asdict(t), "prefill": list(t.prefill) if t.prefill else None,
+             "devices": list(t.devices)} for t in TARGETS.values()]

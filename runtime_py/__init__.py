@@ -4,10 +4,10 @@
     model = runtime_py.load("out/gemma3-270m-onnx")
     print(model.generate("The capital of France is", max_new_tokens=16).text)
 """
-from .api import (EMBED_TASKS, Generation, Model, Timings, embedding_prompt, load, shieldgemma_prompt,
+from .api import (EMBED_TASKS, Generation, Model, StepTimes, Timings, embedding_prompt, load, shieldgemma_prompt,
                   truncate_embeddings)
 from .sampling import Sampler, Sampling, generate_tokens
 from .tokenizer import StreamDecoder, Tokenizer
 
-__all__ = ["load", "Model", "Generation", "Timings", "Sampling", "Sampler", "generate_tokens", "Tokenizer",
+__all__ = ["load", "Model", "Generation", "Timings", "StepTimes", "Sampling", "Sampler", "generate_tokens", "Tokenizer",
            "StreamDecoder", "embedding_prompt", "shieldgemma_prompt", "truncate_embeddings", "EMBED_TASKS"]

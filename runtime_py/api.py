@@ -111,6 +111,18 @@ class Timings:
 
 
 @dataclasses.dataclass
+class StepTimes:
+    """One greedy run timed call by call (the profiling hook under `Model.time_steps`): `prefill_s` is the
+    prompt's step call (its last logits out), `first_token_s` that plus picking the first new token, `decode_s`
+    each later step call (one token in, logits out, argmax); `token_ids` the new tokens (1 + len(decode_s))."""
+    prompt_tokens: int
+    prefill_s: float
+    first_token_s: float
+    decode_s: list[float]
+    token_ids: list[int]
+
+
+@dataclasses.dataclass
 class Generation:
     """text: the new text; token_ids: the new ids (no stop id); prompt_tokens: prompt length in tokens;
     finish_reason: "stop" (a stop id), "length" (max_new_tokens) or "context" (the context was full)."""
@@ -204,6 +216,28 @@ class Model:
         finish = "stop" if len(out) < n else ("length" if n == max_new_tokens else "context")
         return Generation("".join(pieces), out, len(ids), timings, finish)
 
+    def time_steps(self, prompt: list[int], decode_steps: int) -> StepTimes:
+        """Greedy-continue `prompt` (token ids) by 1 + `decode_steps` tokens, never stopping early, timing the
+        prefill call and every decode call separately (no sampling or detokenization inside the timings)."""
+        self._need("causal", "time_steps()")
+        ids = self._ids(prompt)
+        total = len(ids) + int(decode_steps)
+        if decode_steps < 0 or total > self.backend.context_length:
+            raise ValueError(f"{len(ids)} prompt tokens + {decode_steps} decode steps: must fit {self.path}'s "
+                             f"context length {self.backend.context_length}")
+        step = self.backend.stepper(total)
+        t0 = time.perf_counter()
+        logits = step(ids, 0)
+        t1 = time.perf_counter()
+        out = [int(np.argmax(logits))]
+        t2 = time.perf_counter()
+        times = []
+        for pos in range(len(ids), total):          # each step feeds the last new token at position pos
+            t = time.perf_counter()
+            out.append(int(np.argmax(step(out[-1:], pos))))
+            times.append(time.perf_counter() - t)
+        return StepTimes(len(ids), t1 - t0, t2 - t0, times, out)
+
     def chat(self, messages: list[dict], max_new_tokens: int = 64, sampling: Sampling = Sampling(),
              stop_ids: Iterable[int] | None = None, on_text: Callable[[str], None] | None = None) -> Generation:
         """The model's reply to `messages` ([{"role": "user"|"assistant"|"system", "content": str}, ...]),
@@ -279,7 +313,7 @@ def _open_litert(path: Path, threads: int | None) -> Model:
     tokenizer.model; a .tflite file (with the manifest and tokenizer beside it); or a .litertlm file (its
     TFLite model, SentencePiece tokenizer and stored config; the manifest.json and tokenizer.model beside it
     are used when that manifest names this bundle)."""
-    from .litert_backend import LiteRTBackend, open_bundle    # here, so an ONNX-only install needs no LiteRT
+    from .litert_backend import open_bundle, open_tflite    # here, so an ONNX-only install needs no LiteRT
 
     folder = path.parent if path.is_file() else path
     manifest = read_json(folder / "manifest.json") if (folder / "manifest.json").exists() else None
@@ -302,7 +336,7 @@ def _open_litert(path: Path, threads: int | None) -> Model:
     if bundle is not None:
         backend, tok_bytes, facts = open_bundle(bundle, threads)
     else:
-        backend = LiteRTBackend(model_file, threads=threads, context_length=(manifest or {}).get("context_length"))
+        backend = open_tflite(model_file, threads=threads, context_length=(manifest or {}).get("context_length"))
     tok_path = folder / "tokenizer.model"
     use_folder_tok = tok_path.exists() and (bundle is None or manifest is not None or not tok_bytes)
     try:

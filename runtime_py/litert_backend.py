@@ -57,13 +57,10 @@ class LiteRTBackend:
     kind = "causal"
 
     def __init__(self, model_path: str | Path | None = None, *, model_content: bytes | None = None,
-                 threads: int | None = None, context_length: int | None = None, name: str | None = None):
+                 threads: int | None = None, context_length: int | None = None, name: str | None = None,
+                 interpreter: Interpreter | None = None):
         self.path = str(name or model_path)
-        try:
-            self.it = Interpreter(model_path=None if model_path is None else str(model_path),
-                                  model_content=model_content, num_threads=threads)
-        except (ValueError, RuntimeError) as e:
-            raise ValueError(f"{self.path}: ai_edge_litert cannot load it: {e}") from e
+        self.it = interpreter or _interpreter(model_path, model_content, threads, self.path)
         self._w = self.it._interpreter      # the wrapper: tensor views per subgraph (no per-call copies)
         names = list(self.it.get_signature_list())
         if "decode" not in names or not any(n.startswith("prefill") for n in names):
@@ -192,6 +189,53 @@ class Stepper:
 
 
 # --- .litertlm container -----------------------------------------------------------------------------------
+
+class LiteRTEmbedder:
+    """kind "embedding": an EmbeddingGemma .tflite with signatures `embed_{T}` (inputs tokens, mask int32
+    [1, T]; output embeddings [1, D]). A sequence of n tokens runs through the shortest T >= n, padded."""
+
+    kind = "embedding"
+
+    def __init__(self, interpreter: Interpreter, path: str):
+        self.it, self.path = interpreter, path
+        sigs = {int(n.split("_")[1]): interpreter.get_signature_runner(n)
+                for n in interpreter.get_signature_list() if n.startswith("embed_")}
+        self.signatures = dict(sorted(sigs.items()))              # T -> runner
+        self.context_length = max(self.signatures)
+        self.vocab_size = None
+        self.prefill_lengths = list(self.signatures)
+
+    def embed(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """ids, mask [B, T] (right-padded) -> [B, D] float32, L2-normalised by the graph."""
+        rows = []
+        for row, m in zip(ids, mask):
+            n = int(m.sum())
+            t = next((t for t in self.signatures if t >= n), None)
+            if t is None:
+                raise ValueError(f"{self.path}: {n} tokens exceed the longest signature embed_{self.context_length}")
+            tokens, valid = np.zeros((1, t), np.int32), np.zeros((1, t), np.int32)
+            tokens[0, :n], valid[0, :n] = row[:n], 1
+            rows.append(self.signatures[t](tokens=tokens, mask=valid)["embeddings"][0])
+        return np.stack(rows).astype(np.float32)
+
+
+def open_tflite(model_path: str | Path | None = None, *, model_content: bytes | None = None,
+                threads: int | None = None, context_length: int | None = None):
+    """The backend a .tflite's signatures call for: LiteRTEmbedder (embed_{T}) or LiteRTBackend."""
+    where = str(model_path)
+    it = _interpreter(model_path, model_content, threads, where)
+    if any(n.startswith("embed_") for n in it.get_signature_list()):
+        return LiteRTEmbedder(it, where)
+    return LiteRTBackend(model_path, threads=threads, context_length=context_length, interpreter=it)
+
+
+def _interpreter(model_path, model_content, threads, where: str) -> Interpreter:
+    try:
+        return Interpreter(model_path=None if model_path is None else str(model_path), model_content=model_content,
+                           num_threads=threads)
+    except (ValueError, RuntimeError) as e:
+        raise ValueError(f"{where}: ai_edge_litert cannot load it: {e}") from e
+
 
 def _u(fmt: str, buf, at: int):
     return struct.unpack_from("<" + fmt, buf, at)[0]

@@ -8,6 +8,7 @@ from pathlib import Path
 from ...models.config import LayerType
 from ...quantize.recipes import recipe as recipe_for
 from ..artifact import staged_dir, write_manifest
+from .quantize import quantize_tflite
 from .signatures import cache_names, cache_shapes
 
 DEFAULT_CONTEXT = 4096
@@ -27,10 +28,11 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
     context_length); default min(4096, the model's context). composites: mark RMSNorm and the
     attention core as odml.rms_norm / odml.scaled_dot_product_attention. prefill_logits: prefill
     signatures output logits for every position (LiteRT-LM ignores them; validation reads them)."""
-    recipe_for(recipe, "litert")
+    r = recipe_for(recipe, "litert")
     c = loaded.config
     if c.embedding_head is not None:
-        raise ValueError("the LiteRT target supports causal language models only (not EmbeddingGemma) so far")
+        return _export_embedder(loaded, out, r, None if prefill_lengths == DEFAULT_PREFILL else prefill_lengths,
+                                composites)
     context = cache_length or min(DEFAULT_CONTEXT, c.max_position)
     if not 1 <= context <= c.max_position:
         raise ValueError(f"--context {context}: must be between 1 and the model's context length {c.max_position}")
@@ -40,11 +42,9 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
                          f"length {context}")
     edge = convert(loaded.model, lengths, context, composites=composites, prefill_logits=prefill_logits)
     with staged_dir(out) as tmp:
-        save_model(edge, tmp / "model.tflite")
+        _save(edge, tmp, r)
         del edge
-        gc.collect()
-        if loaded.tokenizer is not None:
-            loaded.tokenizer.save(tmp / "tokenizer.model")
+        _finish(tmp, r, loaded.tokenizer)
         write_manifest(tmp, source=str(loaded.source), config=c, recipe=recipe, target="litert", extra={
             "kind": "causal_lm", "context_length": context, "prefill_lengths": lengths,
             "signatures": signature_names(lengths), "prefill_logits": prefill_logits,
@@ -56,6 +56,41 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
                                     "rg_lru_state": "[1, lru_width] float32", "conv1d_state": "[1, conv1d_width - 1, "
                                     "lru_width] float32 (the last inputs, oldest first)"}}
                if LayerType.RECURRENT in c.layer_types else {})})
+    return Path(out)
+
+
+def _save(edge, tmp: Path, r) -> None:
+    """Write the converted model: model.tflite, or for a quantized recipe a float model.f32.tflite
+    that _finish quantizes (the caller drops its reference to `edge` first: the quantizer reads the
+    file, and a 1B float model is 4 GB)."""
+    save_model(edge, tmp / ("model.f32.tflite" if r.quantized else "model.tflite"))
+
+
+def _finish(tmp: Path, r, tokenizer) -> None:
+    gc.collect()
+    if r.quantized:
+        quantize_tflite(tmp / "model.f32.tflite", tmp / "model.tflite", r)
+        (tmp / "model.f32.tflite").unlink()
+    if tokenizer is not None:
+        tokenizer.save(tmp / "tokenizer.model")
+
+
+def _export_embedder(loaded, out, r, lengths, composites: bool) -> Path:
+    """EmbeddingGemma: signatures embed_{T} (export.converters.litert.embedder)."""
+    from .embedder import DEFAULT_LENGTHS, convert_embedder
+    c = loaded.config
+    lengths = sorted({min(int(t), c.max_position) for t in (lengths or DEFAULT_LENGTHS)})
+    if lengths[0] < 1:
+        raise ValueError(f"sequence lengths {lengths}: each must be at least 1")
+    edge = convert_embedder(loaded.model, lengths, composites)
+    with staged_dir(out) as tmp:
+        _save(edge, tmp, r)
+        del edge
+        _finish(tmp, r, loaded.tokenizer)
+        write_manifest(tmp, source=str(loaded.source), config=c, recipe=r.name, target="litert", extra={
+            "kind": "embedder", "context_length": lengths[-1], "sequence_lengths": lengths,
+            "signatures": [f"embed_{t}" for t in lengths],
+            "composites": ["odml.rms_norm", "odml.scaled_dot_product_attention"] if composites else []})
     return Path(out)
 
 

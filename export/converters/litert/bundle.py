@@ -3,17 +3,23 @@ LiteRT artifact's model.tflite (as the PREFILL_DECODE model), its SentencePiece 
 LlmMetadata proto (start/stop tokens, Gemma's turn templates, max_num_tokens, model type), written with
 litert-lm-builder's Python API, plus an ExecutorMetadata proto that types each KV cache (global / local)
 so LiteRT-LM reads the context size from the global caches. The system metadata also carries our manifest's model config
-(key `gemma_export_config`, JSON) so runtime_py reads the bundle without guessing."""
+(key `gemma_export_config`, JSON) so runtime_py reads the bundle without guessing. Bundles are reproducible: the
+builder's random `uuid` and wall-clock `creation_timestamp` are replaced by a uuid derived from the contents and
+SOURCE_DATE_EPOCH (default 0), so the same inputs give the same bytes."""
 from __future__ import annotations
 
+import contextlib
+import datetime
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 from ... import __version__
-from ..artifact import MANIFEST, staged_dir, write_manifest
+from ..artifact import MANIFEST, sha256, staged_dir, write_manifest
 
 BUNDLE = "model.litertlm"
 START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
@@ -76,6 +82,27 @@ def executor_metadata(config: dict, cache_names: list[str]):
     return meta
 
 
+@contextlib.contextmanager
+def _reproducible_system_metadata(system: dict, *inputs: Path):
+    """litert-lm-builder stamps every build with uuid4() and now(): stamp it with a uuid5 of the inputs (the
+    system metadata and the files' hashes) and SOURCE_DATE_EPOCH instead (the reproducible-builds convention)."""
+    from litert_lm_builder import DType, Metadata, litertlm_builder
+
+    digest = hashlib.sha256(json.dumps(system, sort_keys=True).encode())
+    for path in inputs:
+        digest.update(sha256(path).encode())
+    stamp = datetime.datetime.fromtimestamp(int(os.environ.get("SOURCE_DATE_EPOCH", "0")), datetime.timezone.utc)
+    fixed = [Metadata(key="uuid", value=str(uuid.uuid5(uuid.NAMESPACE_OID, digest.hexdigest())), dtype=DType.STRING),
+             Metadata(key="creation_timestamp", value=stamp.isoformat(), dtype=DType.STRING)]
+    original = litertlm_builder.populate_system_metadata
+    litertlm_builder.populate_system_metadata = lambda entries: [
+        m for m in entries if m.key not in ("uuid", "creation_timestamp")] + fixed
+    try:
+        yield
+    finally:
+        litertlm_builder.populate_system_metadata = original
+
+
 def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int | None = None) -> Path:
     """Bundle a LiteRT artifact folder (model.tflite, tokenizer.model, manifest.json, as export_litert
     writes it) into `out_file` (.litertlm), atomically: a temporary sibling renamed into place.
@@ -119,7 +146,7 @@ def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int 
         builder.add_executor_metadata(str(exec_file))
         builder.add_sentencepiece_tokenizer(str(tok))
         builder.add_tflite_model(str(model), TfLiteModelType.PREFILL_DECODE)
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as f, _reproducible_system_metadata(system, meta_file, exec_file, tok, model):
             builder.build(f)
             f.flush()
             os.fsync(f.fileno())

@@ -38,3 +38,37 @@ def signature_ops(path: str | Path) -> dict[str, collections.Counter]:
             out[sig.SignatureKey().decode()] = ops
         del model, sig, graph, op
         return out
+
+
+_TYPE_NAMES = {v: k for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
+WEIGHT_INPUT = {"FULLY_CONNECTED": 1, "EMBEDDING_LOOKUP": 1}
+
+
+def weight_types(path: str | Path) -> dict[tuple[str, bool], collections.Counter]:
+    """{(op name, is the LM head): Counter of weight dtypes} over every FULLY_CONNECTED and
+    EMBEDDING_LOOKUP of every signature (a weight fed through DEQUANTIZE counts as the stored one);
+    the LM head is the FULLY_CONNECTED writing `*logits*`."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        model = fb.Model.GetRootAs(buf, 0)
+        codes = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+                 for i in range(model.OperatorCodesLength())]
+        out: dict[tuple[str, bool], collections.Counter] = {}
+        graph = op = weight = None
+        for s in range(model.SignatureDefsLength()):
+            graph = model.Subgraphs(model.SignatureDefs(s).SubgraphIndex())
+            dequantized = {}          # output tensor of a DEQUANTIZE op (weight-only recipes) -> its input
+            for j in range(graph.OperatorsLength()):
+                op = graph.Operators(j)
+                if _OP_NAMES.get(codes[op.OpcodeIndex()]) == "DEQUANTIZE":
+                    dequantized[op.Outputs(0)] = op.Inputs(0)
+            for j in range(graph.OperatorsLength()):
+                op = graph.Operators(j)
+                name = _OP_NAMES.get(codes[op.OpcodeIndex()])
+                if name not in WEIGHT_INPUT:
+                    continue
+                index = op.Inputs(WEIGHT_INPUT[name])
+                weight = graph.Tensors(dequantized.get(index, index))
+                head = name == "FULLY_CONNECTED" and b"logits" in graph.Tensors(op.Outputs(0)).Name()
+                out.setdefault((name, head), collections.Counter())[_TYPE_NAMES[weight.Type()]] += 1
+        del model, graph, op, weight
+        return out

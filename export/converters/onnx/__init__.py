@@ -32,7 +32,7 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
                          f"GroupQueryAttention needs a multiple of 16")
     embedder = c.embedding_head is not None
     proto = build_embedder(loaded.model) if embedder else build_decoder(loaded.model, context)
-    proto = quantize(proto, r)
+    proto, carried = quantize(proto, r, loaded.stored)
     onnx.checker.check_model(proto)
     extra = {"context_length": context, "kind": "embedder" if embedder else "causal_lm"}
     with staged_dir(out) as tmp:
@@ -46,6 +46,8 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
         if loaded.tokenizer is not None:
             loaded.tokenizer.save(tmp / "tokenizer.model")
             write_hf_tokenizer(loaded.tokenizer.model_proto(), tmp, model_max_length=context)
+        if carried.get("carried"):
+            extra["lossless_import"] = carried
         write_manifest(tmp, source=str(loaded.source), config=c, recipe=recipe, target="onnx", extra=extra)
     return Path(out)
 

@@ -43,8 +43,10 @@ class Body:
 
     def linear(self, x: str, weights: list[str], node: str, bias: bool = False) -> str:
         """x @ concat(weights).T (+ the concatenated `*.bias`) — one MatMul for packed projections."""
-        w = np.concatenate([self.w(n) for n in weights], axis=0).T           # [in, out]
-        y = self.g.op("MatMul", [x, self.g.init(f"{node}.weight", w)], node)
+        parts = [self.w(n) for n in weights]
+        w = np.concatenate(parts, axis=0).T                                    # [in, out]
+        rows = [(n, p.shape[0]) for n, p in zip(weights, parts)]
+        y = self.g.op("MatMul", [x, self.g.init(f"{node}.weight", w, rows_from=rows)], node)
         if not bias:
             return y
         b = np.concatenate([self.w(n.removesuffix(".weight") + ".bias") for n in weights])

@@ -1,0 +1,111 @@
+"""`gemma-export profile ARTIFACT --device host`: load the artifact with runtime_py and time it here.
+
+Each run loads the artifact afresh (load_s), warms it up (one short prefill and two decode steps, not
+timed: XNNPACK packs weights and onnxruntime allocates on the first calls), then for every prompt length
+prefills a prompt of that many tokens from an empty cache; after the first (shortest) prompt it also
+decodes `decode_tokens` tokens greedily. Time to first token is the shortest prompt's prefill plus picking
+its first token. Peak RSS is the process's high-water mark (VmHWM), reset at the start of each run where
+the kernel allows it (/proc/self/clear_refs). The median over runs is reported."""
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+import runtime_py
+
+from .profile import summarize
+
+PROMPT_LENGTHS = (128, 512)
+DECODE_TOKENS = 128
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float | None:
+    """The process's peak resident set (VmHWM) in MB, from /proc (None off Linux)."""
+    kb = _status_kb("VmHWM")
+    return None if kb is None else round(kb / 1024, 1)
+
+
+def host_info(threads: int | None) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"name": "host", "cpu": cpu, "cores": os.cpu_count(), "threads": threads or "runtime default"}
+
+
+def prompt_ids(vocab: int, n: int, seed: int = 0) -> list[int]:
+    """A fixed prompt of n token ids: <bos> then ids drawn from the vocabulary past the special tokens."""
+    rng = np.random.default_rng(seed)
+    return [2] + rng.integers(min(16, vocab - 1), vocab, n - 1).tolist()
+
+
+def one_run(artifact: str | Path, threads: int | None, lengths, decode_tokens: int) -> dict:
+    gc.collect()
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    model = runtime_py.load(artifact, threads=threads)
+    load_s = time.perf_counter() - t0
+    if model.kind != "causal":
+        raise ValueError(f"{artifact}: an embedding model; profiling times text generation")
+    vocab = int(model.config.get("vocab_size") or model.backend.vocab_size)
+    context = model.backend.context_length
+    if max(lengths) + 1 > context or min(lengths) + decode_tokens > context:
+        raise ValueError(f"--prompt-lengths {','.join(map(str, lengths))} / --decode-tokens {decode_tokens}: "
+                         f"do not fit {artifact}'s context length {context}")
+    model.time_steps(prompt_ids(vocab, min(8, context - 2), seed=1), 2)          # warm-up, not timed
+    prefill, ttft_ms, decode = {}, None, None
+    for i, n in enumerate(sorted(lengths)):
+        t = model.time_steps(prompt_ids(vocab, n), decode_tokens if i == 0 else 0)
+        prefill[str(n)] = round(n / t.prefill_s, 3)
+        if i == 0:
+            ttft_ms = round(t.first_token_s * 1e3, 3)
+            decode = round(len(t.decode_s) / sum(t.decode_s), 3) if t.decode_s else None
+    del model
+    return {"ttft_ms": ttft_ms, "prefill_tok_s": prefill, "decode_tok_s": decode,
+            "peak_rss_mb": peak_rss_mb(), "load_s": round(load_s, 3)}
+
+
+def profile_host(artifact: str | Path, *, threads: int | None = None, runs: int = 3,
+                 prompt_lengths=PROMPT_LENGTHS, decode_tokens: int = DECODE_TOKENS, on_run=None) -> dict:
+    """Profile `artifact` on this machine; `on_run(i, run)` is called after each run."""
+    if runs < 1:
+        raise ValueError(f"--runs {runs}: must be at least 1")
+    lengths = sorted({int(n) for n in prompt_lengths})
+    if not lengths or lengths[0] < 1:
+        raise ValueError(f"--prompt-lengths {prompt_lengths}: each must be at least 1")
+    results = []
+    for i in range(runs):
+        results.append(one_run(artifact, threads, lengths, decode_tokens))
+        if on_run:
+            on_run(i, results[-1])
+    settings = {"threads": threads, "runs": runs, "prompt_lengths": lengths, "decode_tokens": decode_tokens,
+                "runtime": "runtime_py"}
+    return summarize(results, artifact=artifact, device=host_info(threads), settings=settings)

@@ -1,0 +1,73 @@
+"""A quantization recipe (export.quantize.recipes) applied to a converted float32 .tflite with
+ai-edge-quantizer, the library LiteRT's own tools use:
+
+- the transformer body's FULLY_CONNECTED weights get the recipe's bits and granularity: dynamic
+  (int8 activations quantized at run time by the kernel, `compute_precision=INTEGER`) or weight-only
+  (dequantized to float before the op);
+- the embedding table is one tensor shared by EMBEDDING_LOOKUP and the tied LM head (a
+  FULLY_CONNECTED writing `*logits*`): both ops get the recipe's embedding bits and granularity, so
+  the table stays one tensor.
+
+ai-edge-quantizer skips a config it does not support without a word (int4 weight-only blockwise,
+int8 blockwise): every FULLY_CONNECTED / EMBEDDING_LOOKUP weight is checked afterwards and a
+float one left behind is an error, not a silently float artifact."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ...quantize.recipes import Recipe
+from .graph import weight_types
+
+FC, EMBEDDING = "FULLY_CONNECTED", "EMBEDDING_LOOKUP"
+HEAD_REGEX = ".*logits.*"                # the tied LM head's output tensor (`{signature}_logits_output`)
+_DTYPE = {4: "INT4", 8: "INT8"}
+
+
+def _granularity(block: int | None):
+    from ai_edge_quantizer import qtyping
+    return qtyping.QuantGranularity.CHANNELWISE if block is None else qtyping.QuantGranularity[f"BLOCKWISE_{block}"]
+
+
+def aeq_recipe(r: Recipe) -> list[dict]:
+    """The ai-edge-quantizer recipe (a list of op configs) for our recipe `r` (LiteRT numbers)."""
+    from ai_edge_quantizer import qtyping, recipe_manager
+    op = qtyping.TFLOperationName
+    rm = recipe_manager.RecipeManager()
+    add = rm.add_dynamic_config if r.activations == "int8" else rm.add_weight_only_config
+    if r.weight_bits < 16:
+        add(regex=".*", operation_name=op.FULLY_CONNECTED, num_bits=r.weight_bits,
+            granularity=_granularity(r.block_size))
+    if r.embedding_bits < 16:
+        for regex, name in ((".*", op.EMBEDDING_LOOKUP), (HEAD_REGEX, op.FULLY_CONNECTED)):
+            add(regex=regex, operation_name=name, num_bits=r.embedding_bits, granularity=_granularity(r.embedding_block))
+    return rm.get_quantization_recipe()
+
+
+def quantize_tflite(src: Path, dst: Path, r: Recipe) -> None:
+    """Write `src` quantized by recipe `r` to `dst` and check that every weight was quantized."""
+    from ai_edge_quantizer import quantizer
+    q = quantizer.Quantizer(str(src))
+    q.load_quantization_recipe(aeq_recipe(r))
+    root = logging.getLogger()
+    level = root.level
+    try:
+        result = q.quantize()
+    finally:
+        root.setLevel(level)
+    dst.write_bytes(result.quantized_model)
+    del result, q
+    check_quantized(dst, r)
+
+
+def check_quantized(path: Path, r: Recipe) -> None:
+    """Every FULLY_CONNECTED / EMBEDDING_LOOKUP weight has the dtype `r` asks for."""
+    bad = []
+    for (op, is_head), dtypes in weight_types(path).items():
+        bits = r.embedding_bits if (op == EMBEDDING or is_head) else r.weight_bits
+        want = _DTYPE.get(bits, "FLOAT32")
+        wrong = {d: n for d, n in dtypes.items() if d != want}
+        if wrong:
+            bad.append(f"{op}{' (LM head)' if is_head else ''}: {wrong} where {want} was asked")
+    if bad:
+        raise ValueError(f"{path}: ai-edge-quantizer did not apply --quant {r.name}: " + "; ".join(bad))

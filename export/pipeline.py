@@ -1,0 +1,158 @@
+"""`gemma-export --target NAME`: load -> quantize + convert (+ bundle) -> validate -> report, one straight
+line. The target's profile (export/targets.py) supplies every setting a flag does not override. The artifact
+is byte-identical for the same inputs; the report (fidelity figures, timings, and with --profile the host
+measurement and the target devices' estimates) goes beside it as `<artifact>.report.json` / `.md`, outside
+the artifact. A failed validation keeps the artifact (it is valid output) and exits 1."""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+SPINNER = "|/-\\"
+VALIDATION_KEYS = ("passed", "failures", "top1_agreement", "kl_divergence", "max_abs_logit_diff",
+                   "greedy_match_tokens", "perplexity", "reference_perplexity", "embedding_cosine")
+
+
+class Progress:
+    """Numbered steps on stderr; on a terminal the running step shows a spinner and its elapsed time."""
+
+    def __init__(self, steps: list[str], stream=None, quiet: bool = False):
+        self.steps, self.stream, self.quiet = steps, stream or sys.stderr, quiet
+        self.live = not quiet and getattr(self.stream, "isatty", lambda: False)()
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(self, name: str, detail: str = ""):
+        label = f"[{self.steps.index(name) + 1}/{len(self.steps)}] {name}{': ' + detail if detail else ''}"
+        t0, done = time.perf_counter(), threading.Event()
+
+        def spin():
+            for i in itertools.count():
+                if done.wait(0.2):
+                    return
+                self.stream.write(f"\r{label} {SPINNER[i % 4]} {time.perf_counter() - t0:6.1f} s")
+                self.stream.flush()
+
+        spinner = threading.Thread(target=spin, daemon=True) if self.live else None
+        if spinner:
+            spinner.start()
+        elif not self.quiet:
+            print(f"{label} ...", file=self.stream, flush=True)
+        try:
+            yield
+        finally:
+            done.set()
+            if spinner:
+                spinner.join()
+            self.seconds[name] = round(time.perf_counter() - t0, 2)
+            if not self.quiet:
+                print(f"{chr(13) if spinner else ''}{label} done in {self.seconds[name]} s" + " " * 8,
+                      file=self.stream, flush=True)
+
+
+def default_out(loaded, target: str, recipe: str) -> Path:
+    name = loaded.source.stem if loaded.source.suffix == ".gguf" else loaded.source.name
+    return Path(f"out/{name}-{target}-{recipe}")
+
+
+def run(args) -> int:
+    """The export command (args from export.cli): prints the summary (JSON with --json); 0, or 1 when the
+    artifact fails validation."""
+    from .models.checkpoints import load_model
+    from .quantize.recipes import recipe as recipe_for
+    from .targets import target as target_for
+
+    target = target_for(args.target)
+    recipe = args.quant or target.recipe
+    recipe_for(recipe, target.format)                   # an unsupported combination fails before any work
+    prefill = tuple(args.prefill) if args.prefill else None
+    if prefill and target.format == "onnx":
+        raise ValueError(f"--prefill: --target {target.name} builds ONNX, which has no prefill signatures")
+    steps = ["load", "convert", *(["validate"] if args.validate else []), *(["profile"] if args.profile else []),
+             "report"]
+    progress = Progress(steps, quiet=args.json)
+    with progress.step("load", str(args.model or "bundled Gemma 3 270M")):
+        loaded = load_model(args.model)
+    out = Path(args.out) if args.out else default_out(loaded, target.name, recipe)
+    quant = "" if recipe == "fp32" else f"quantize {recipe} + "
+    with progress.step("convert", f"{quant}{target.bundle} -> {out}"):
+        target.export(loaded, out, recipe, args.context, prefill)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del loaded
+    summary = {"artifact": str(out), "target": target.name, "format": target.format, "bundle": target.bundle,
+               "recipe": recipe, "context": manifest.get("context_length"),
+               "prefill": manifest.get("prefill_lengths"), "source": manifest["source"],
+               "files": {name: f["bytes"] for name, f in manifest["files"].items()},
+               "bytes": sum(f["bytes"] for f in manifest["files"].values()),
+               "sha256": {name: f["sha256"] for name, f in manifest["files"].items()}, "validation": None}
+    if args.validate:
+        from .validate import validate
+        with progress.step("validate", "artifact vs the reference model"):
+            report = validate(out, args.model)
+        summary["validation"] = {k: report[k] for k in VALIDATION_KEYS if k in report}
+    if args.profile:
+        with progress.step("profile", f"this host, {args.runs} runs; estimates for {', '.join(target.devices)}"):
+            summary["profile"] = _profile(out, target, args)
+    with progress.step("report", f"{out}.report.json / .md"):
+        summary["seconds"] = dict(progress.seconds)
+        summary["report"] = {"json": f"{out}.report.json", "md": f"{out}.report.md"}
+        Path(summary["report"]["json"]).write_text(json.dumps(summary, indent=2) + "\n")
+        Path(summary["report"]["md"]).write_text(markdown(summary))
+    print(json.dumps(summary, indent=2) if args.json else text_summary(summary))
+    return 0 if summary["validation"] is None or summary["validation"]["passed"] else 1
+
+
+def _profile(out: Path, target, args) -> dict:
+    """A host profile of the artifact (JSON / Markdown / PNG beside it) and estimates for the target's devices."""
+    from devices.command import host_estimate
+    from devices.host import profile_host
+    from devices.profile import write_report
+    artifact = next(out.glob("*.litertlm"), out)
+    host = profile_host(artifact, threads=args.threads, runs=args.runs)
+    paths = write_report(host, out.parent / f"{out.name}.profile-host")
+    estimates = [host_estimate(out, name, args, host_profile=host) for name in target.devices]
+    return {"host": {k: host[k] for k in ("ttft_ms", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "load_s")},
+            "host_report": {k: str(p) for k, p in paths.items()}, "estimates": estimates}
+
+
+def text_summary(s: dict) -> str:
+    v = s["validation"]
+    lines = [f"artifact  {s['artifact']} ({s['bytes'] / 1e6:.1f} MB: " +
+             ", ".join(f"{n} {b / 1e6:.1f} MB" for n, b in s["files"].items() if b > 1e5) + ")",
+             f"target    {s['target']} ({s['format']}, {s['bundle']}), recipe {s['recipe']}, context {s['context']}"
+             + (f", prefill {s['prefill']}" if s["prefill"] else "")]
+    if v is None:
+        lines.append("validate  skipped (--no-validate)")
+    elif "top1_agreement" in v:
+        lines.append(f"validate  {'PASSED' if v['passed'] else 'FAILED'}: top-1 {v['top1_agreement']:.4f}, "
+                     f"KL {v['kl_divergence']:.2e}, max |logit diff| {v['max_abs_logit_diff']:.2e}, greedy "
+                     f"{v['greedy_match_tokens']}/64, perplexity {v['perplexity']:.4f} (reference "
+                     f"{v['reference_perplexity']:.4f})")
+    else:
+        lines.append(f"validate  {'PASSED' if v['passed'] else 'FAILED'}: embedding cosine {v['embedding_cosine']:.6f}")
+    lines += [f"          FAIL {f}" for f in (v or {}).get("failures", [])]
+    if s.get("profile"):
+        h = s["profile"]["host"]
+        lines.append(f"host      ttft {h['ttft_ms']} ms, prefill {h['prefill_tok_s']} tok/s, decode "
+                     f"{h['decode_tok_s']} tok/s, peak RSS {h['peak_rss_mb']} MB")
+        lines += [f"estimate  {e['name']}: prefill {e['prefill_tok_s']} tok/s, decode {e['decode_tok_s']} tok/s "
+                  f"(roofline estimate)" for e in s["profile"]["estimates"]]
+    lines.append(f"report    {s['report']['md']}  (steps: " +
+                 ", ".join(f"{k} {v} s" for k, v in s["seconds"].items()) + ")")
+    return "\n".join(lines)
+
+
+def markdown(s: dict) -> str:
+    lines = [f"# {s['artifact']}", "", "```", text_summary(s), "```", "",
+             "| file | bytes | sha256 |", "|---|---|---|"]
+    lines += [f"| {n} | {b:,} | `{s['sha256'][n][:16]}` |" for n, b in s["files"].items()]
+    if s.get("profile"):
+        from devices.estimate import markdown as estimate_markdown
+        lines += ["", f"Host profile: {s['profile']['host_report'].get('md')}", ""]
+        lines += [estimate_markdown(e) + "\n" for e in s["profile"]["estimates"]]
+    return "\n".join(lines) + "\n"

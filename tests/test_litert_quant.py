@@ -1,0 +1,74 @@
+"""LiteRT quantization through ai-edge-quantizer: every recipe the LiteRT target accepts shrinks the model as
+its bits say, stays close to the float model's logits (LiteRT's own interpreter on both), and a recipe the
+quantizer would silently skip is an error, not a float artifact."""
+import dataclasses
+
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+import runtime_py
+from export.converters.litert import export_litert
+from export.converters.litert.quantize import quantize_tflite
+from export.models.checkpoints import load_model
+from export.quantize.recipes import RECIPES, recipe
+
+from oracle import save_hf_folder
+
+LITERT = [n for n, r in RECIPES.items() if "litert" in r.targets and r.quantized]
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lq")
+    save_hf_folder("gemma3", root / "hf", tokenizer=True)
+    loaded = load_model(root / "hf")
+    return loaded, export_litert(loaded, root / "fp32", prefill_lengths=(8,), cache_length=32)
+
+
+def _decode_logits(path, steps=12):
+    """Greedy-free logits of `steps` fixed tokens fed one by one through the decode signature."""
+    it = Interpreter(model_path=str(path))
+    run = it.get_signature_runner("decode")
+    caches = {n: np.zeros(d["shape"], np.float32) for n, d in run.get_input_details().items() if n.startswith("kv")}
+    out = []
+    for p, t in enumerate(np.random.default_rng(0).integers(4, 384, steps)):
+        res = run(tokens=np.array([[t]], np.int32), input_pos=np.array([p], np.int32), **caches)
+        caches = {k: v for k, v in res.items() if k.startswith("kv")}
+        out.append(res["logits"][0, 0])
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("name", LITERT)
+def test_recipe_shrinks_and_stays_close(fp32, tmp_path, name):
+    _, art = fp32
+    r = recipe(name, "litert")
+    dst = tmp_path / "model.tflite"
+    quantize_tflite(art / "model.tflite", dst, r)
+    ref, got = _decode_logits(art / "model.tflite"), _decode_logits(dst)
+    rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+    assert 1e-6 < rel < (0.1 if r.weight_bits == 8 else 0.35), rel         # quantized, and not broken
+    # size: the linear weights and the table at the recipe's bits (+ scales); the rest (rope tables,
+    # norms, the graph) is float and the same in both
+    float_size, size = (art / "model.tflite").stat().st_size, dst.stat().st_size
+    assert size < float_size * (0.75 if r.weight_bits == 8 else 0.65)
+
+
+def test_a_recipe_the_quantizer_skips_is_an_error(fp32, tmp_path):
+    """ai-edge-quantizer has no int8 blockwise: it returns the model unchanged, without a word."""
+    _, art = fp32
+    blockwise_int8 = dataclasses.replace(RECIPES["int8"], overrides=())      # block 32, as on ONNX
+    with pytest.raises(ValueError, match="did not apply --quant int8.*FULLY_CONNECTED"):
+        quantize_tflite(art / "model.tflite", tmp_path / "model.tflite", blockwise_int8)
+
+
+def test_int4_export_end_to_end_generates(fp32, tmp_path):
+    loaded, art = fp32
+    out = export_litert(loaded, tmp_path / "int4", "int4", prefill_lengths=(8,), cache_length=32)
+    assert not (out / "model.f32.tflite").exists()
+    m, ref = runtime_py.load(out), runtime_py.load(art)
+    assert m.manifest["recipe"] == "int4"
+    g = m.generate([2, 10, 11, 12], max_new_tokens=6, stop_ids=())
+    assert len(g.token_ids) == 6
+    assert (out / "model.tflite").stat().st_size < 0.65 * (art / "model.tflite").stat().st_size
+    assert ref.generate([2, 10, 11, 12], max_new_tokens=6, stop_ids=()).token_ids   # the float one runs too

@@ -1,0 +1,81 @@
+"""`gemma-export --target X`: the target table, the pipeline's summary and report, a failed validation,
+and byte-identical re-runs (ONNX and .litertlm) on tiny models."""
+import contextlib
+import dataclasses
+import hashlib
+import json
+
+import pytest
+
+from export.cli import main
+from export.quantize.recipes import RECIPES, Thresholds
+from export.targets import TARGETS
+
+from oracle import save_hf_folder
+
+
+def _digests(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    save_hf_folder("gemma3", root / "hf", tokenizer=True)
+    return root / "hf"
+
+
+def test_targets_lists_every_profile(capsys):
+    assert main(["targets", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows.keys() == TARGETS.keys()
+    for name, t in TARGETS.items():
+        assert (rows[name]["format"], rows[name]["recipe"], rows[name]["context"]) == (t.format, t.recipe, t.context)
+        assert t.recipe in RECIPES                    # every default names a real recipe
+
+
+def test_onnx_targets_run_the_pipeline_and_rerun_byte_identical(hf, tmp_path, capsys):
+    args = ["--model", str(hf), "--quant", "fp32", "--context", "384", "--json"]
+    assert main(["--target", "web", "--out", str(tmp_path / "a"), *args]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["target"] == "web" and s["recipe"] == "fp32" and s["context"] == 384
+    assert s["validation"]["passed"] and s["validation"]["top1_agreement"] >= RECIPES["fp32"].thresholds.min_top1_agreement
+    on_disk = {p.name: p.stat().st_size for p in (tmp_path / "a").iterdir() if p.name != "manifest.json"}
+    assert s["files"] == on_disk and s["bytes"] == sum(on_disk.values())
+    assert json.loads((tmp_path / "a.report.json").read_text()) == s
+    assert "PASSED" in (tmp_path / "a.report.md").read_text()
+    assert main(["--target", "web", "--out", str(tmp_path / "b"), "--no-validate", *args]) == 0
+    assert json.loads(capsys.readouterr().out)["validation"] is None
+    assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
+
+
+def test_a_failed_validation_keeps_the_artifact_and_exits_1(hf, tmp_path, capsys, monkeypatch):
+    impossible = dataclasses.replace(RECIPES["fp32"], thresholds=Thresholds(max_abs_logit_diff=-1.0))
+    monkeypatch.setitem(RECIPES, "fp32", impossible)
+    assert main(["--target", "onnx", "--model", str(hf), "--out", str(tmp_path / "x"), "--context", "384"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "max |logit diff|" in out and str(tmp_path / "x.report.md") in out
+    assert (tmp_path / "x" / "model.onnx").exists() and (tmp_path / "x.report.json").exists()
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--target", "web", "--prefill", "16"], "--prefill"),
+    (["--target", "watch"], "--target"),
+])
+def test_bad_pipeline_flags(argv, named, hf, capsys):
+    with pytest.raises(SystemExit) if "watch" in argv else contextlib.nullcontext():   # argparse choices exit
+        assert main([*argv, "--model", str(hf)]) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_android_with_an_fp32_override_builds_a_validated_litertlm_twice_byte_identical(hf, tmp_path, capfd):
+    # capfd: after a litert-torch conversion capsys saw none of the summary (cause not pinned down); read fd 1
+    args = ["--model", str(hf), "--quant", "fp32", "--context", "320", "--prefill", "32", "--json"]
+    assert main(["--target", "android", "--out", str(tmp_path / "a"), *args]) == 0
+    out = capfd.readouterr().out
+    s = json.loads(out[out.index("{\n  \"artifact\""):])
+    assert s["bundle"] == "litertlm" and s["prefill"] == [32] and s["context"] == 320 and s["validation"]["passed"]
+    assert set(s["files"]) == {"model.litertlm", "tokenizer.model"}
+    assert main(["--target", "android", "--out", str(tmp_path / "b"), "--no-validate", *args]) == 0
+    assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
