@@ -2,8 +2,9 @@
 Interpreter, from an artifact folder (model.tflite) or a `.litertlm` bundle (its TFLite section).
 
 Signature contract (LiteRT-LM's names, gemma-export's LiteRT target): inputs `tokens` int32 [1, T], `input_pos`
-int32 [T], `kv_cache_k_{i}` / `kv_cache_v_{i}` [1, G, S_i, D]; outputs `logits` [1, T, V] (prefill signatures may
-omit it) and the updated caches. The attention mask is computed in the graph; a chunk of n < T tokens runs through
+int32 [T], `kv_cache_k_{i}` / `kv_cache_v_{i}` [1, G, S_i, D] (RecurrentGemma's recurrent layers: `rg_lru_state_{i}`
+[1, W], `conv1d_state_{i}` [1, K-1, W] instead); outputs `logits` [1, T, V] (prefill signatures may omit it) and the
+updated caches and states. The attention mask is computed in the graph; a chunk of n < T tokens runs through
 `prefill_T` with the tail padded (tokens 0, input_pos 0) and the graph keeps only the n real tokens.
 
 Depends on ai_edge_litert, numpy and the standard library only (plus runtime_py.api's read_json).
@@ -21,11 +22,17 @@ from ai_edge_litert.interpreter import Interpreter
 from .api import check_step
 
 CACHE_PREFIX = "kv_cache_"
+STATE_PREFIXES = ("rg_lru_state_", "conv1d_state_")     # RecurrentGemma's fixed-size recurrent state
 # .litertlm container: magic, u32 version x3, u64 header end at byte 24, flatbuffer header from byte 32.
 _MAGIC, _HEADER_BEGIN = b"LITERTLM", 32
 _TFLITE, _SP_TOKENIZER, _LLM_METADATA, _TFLITE_WEIGHTS = 3, 4, 5, 7     # AnySectionDataType
 _STRING_VALUE = 9                                                     # VData.StringValue
 CONFIG_KEY = "gemma_export_config"                                    # system metadata written by our bundler
+
+
+def is_cache(name: str) -> bool:
+    """A tensor carried from one call to the next: a KV cache or a recurrent state."""
+    return name.startswith((CACHE_PREFIX, *STATE_PREFIXES))
 
 
 class _Signature:
@@ -35,10 +42,11 @@ class _Signature:
         runner = interpreter.get_signature_runner(name)
         self.name, self.inputs, self.outputs = name, runner.get_input_details(), runner.get_output_details()
         self.graph = interpreter._interpreter.GetSubgraphIndexFromSignature(name)
-        extra = [k for k in self.inputs if k not in ("tokens", "input_pos") and not k.startswith(CACHE_PREFIX)]
+        extra = [k for k in self.inputs if k not in ("tokens", "input_pos") and not is_cache(k)]
         if extra or not {"tokens", "input_pos"} <= set(self.inputs):
             raise ValueError(f"{where}: signature {name!r} has inputs {list(self.inputs)}; runtime_py feeds tokens, "
-                             f"input_pos and {CACHE_PREFIX}* only (the attention mask computed in the graph)")
+                             f"input_pos, {CACHE_PREFIX}* and {'*, '.join(STATE_PREFIXES)}* only (the attention "
+                             f"mask computed in the graph)")
         self.length = int(self.inputs["input_pos"]["shape"][-1])
         interpreter._interpreter.AllocateTensors(self.graph)
 
@@ -60,15 +68,19 @@ class LiteRTBackend:
         self.decode = _Signature(self.it, "decode", self.path)
         prefill = [_Signature(self.it, n, self.path) for n in names if n.startswith("prefill")]
         self.prefill = {s.length: s for s in sorted(prefill, key=lambda s: s.length)}   # T -> signature
-        self.caches = [k for k in self.decode.inputs if k.startswith(CACHE_PREFIX)]
+        self.caches = [k for k in self.decode.inputs if is_cache(k)]
         for sig in [self.decode, *self.prefill.values()]:
             missing = [c for c in self.caches if c not in sig.inputs or c not in sig.outputs]
             if missing or (sig is self.decode and "logits" not in sig.outputs):
                 raise ValueError(f"{self.path}: signature {sig.name!r} lacks {missing or ['logits']}")
         self.prefill_logits = all("logits" in s.outputs for s in self.prefill.values())
-        slots = [int(self.decode.inputs[c]["shape"][2]) for c in self.caches]
+        slots = [int(self.decode.inputs[c]["shape"][2]) for c in self.caches if c.startswith(CACHE_PREFIX)]
         longest = max(slots, default=0)
         self.context_length = min(longest, context_length) if context_length else longest
+        if context_length and len(slots) < len(self.caches):
+            # Recurrent states (Griffin): the KV caches are all attention-window ring buffers, so the
+            # context is what the artifact states, not the longest cache.
+            self.context_length = context_length
         self.vocab_size = int(self.decode.outputs["logits"]["shape"][-1])
         self.prefill_lengths = sorted(self.prefill)
         self._owner = None      # weakref to the stepper whose caches sit in the interpreter's output buffers

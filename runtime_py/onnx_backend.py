@@ -6,6 +6,9 @@ included), `past_key_values.{i}.key/value` [B, kv_heads, P, head_dim]; outputs `
 `present.{i}.key/value`. Global layers grow their cache (P + T); sliding-window layers keep a window-sized
 one ([B, kv, max(W, P), D]) which is fed back unchanged. Sliding layers always start from a zero past of
 length W: our exporter accepts any P and onnxruntime-genai's builder output requires P >= W.
+RecurrentGemma's folders (no genai_config.json; the same description as manifest.json's runtime_config)
+have KV caches on `kv_layers` only and fixed-size `states` (input, output pairs such as
+rg_lru_state_{i} -> present_rg_lru_state_{i}), zero at the start and fed back like the caches.
 
 Embedding models map `input_ids`, `attention_mask` [B, T] to `embeddings` [B, D] (L2-normalised).
 
@@ -37,6 +40,10 @@ class OnnxBackend:
         self.folder = Path(folder)
         genai_path = self.folder / "genai_config.json"
         self.genai = read_json(genai_path) if genai_path.exists() else None
+        manifest_path = self.folder / "manifest.json"
+        if self.genai is None and manifest_path.exists():     # models onnxruntime-genai cannot run
+            self.genai = read_json(manifest_path).get("runtime_config")
+            genai_path = manifest_path if self.genai else genai_path
         decoder = (self.genai or {}).get("model", {}).get("decoder", {})
         self.path = self.folder / decoder.get("filename", "model.onnx")
         if not self.path.is_file():
@@ -63,7 +70,8 @@ class OnnxBackend:
     def _init_causal(self, decoder: dict, genai_path: Path) -> None:
         if self.genai is None:
             raise FileNotFoundError(f"{genai_path}: no such file; {self.path} has no 'embeddings' output, and a "
-                                    f"causal LM folder needs genai_config.json (layers, heads, sliding window)")
+                                    f"causal LM folder needs genai_config.json (layers, heads, sliding window) "
+                                    f"or a manifest.json with runtime_config")
         try:
             names_in, names_out = decoder["inputs"], decoder["outputs"]
             layers, self.kv_heads = int(decoder["num_hidden_layers"]), int(decoder["num_key_value_heads"])
@@ -79,9 +87,16 @@ class OnnxBackend:
         window = decoder.get("sliding_window") or {}
         self.window = int(window["window_size"]) if window.get("window_size") else None
         sliding = set(window.get("layers", [])) if self.window else set()
-        # One entry per cache tensor: (past input name, present output name, is_sliding).
-        self.caches = [(pattern_in % i, pattern_out % i, i in sliding) for i in range(layers)
+        # One entry per cache tensor: (past input name, present output name, kind), kind "sliding" or
+        # "global" for KV caches, "state" for fixed-size recurrent states (RecurrentGemma).
+        try:
+            kv_layers = [int(i) for i in decoder.get("kv_layers", range(layers))]
+            states = [(str(a), str(b)) for a, b in decoder.get("states", [])]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{genai_path}: model.decoder's kv_layers/states are malformed ({e})") from e
+        self.caches = [(pattern_in % i, pattern_out % i, "sliding" if i in sliding else "global") for i in kv_layers
                        for pattern_in, pattern_out in ((key_in, key_out), (value_in, value_out))]
+        self.caches += [(past, present, "state") for past, present in states]
         wanted = {self.ids_name, *(p for p, _, _ in self.caches)}
         self._check_inputs(wanted, optional={self.mask_name, self.positions_name})
         for name in [self.logits_name] + [p for _, p, _ in self.caches]:
@@ -107,9 +122,18 @@ class OnnxBackend:
             raise ValueError(f"{self.path} is {article[self.kind]}: {what} needs {article[kind]}")
 
     def empty_past(self) -> dict[str, np.ndarray]:
-        """Zero caches for a first call: length W for sliding layers, 0 for global ones. [1, kv, P, D] each."""
-        return {past: np.zeros((1, self.kv_heads, self.window if sliding else 0, self.head_dim), self.cache_dtype)
-                for past, _, sliding in self.caches}
+        """Zero caches for a first call: length W for sliding layers, 0 for global ones ([1, kv, P, D] each);
+        recurrent states at their fixed shape (batch 1)."""
+        def zeros(past, kind):
+            if kind == "state":
+                arg = self.inputs[past]
+                if not all(isinstance(d, int) for d in arg.shape[1:]):
+                    raise ValueError(f"{self.path}: state input {past!r} needs a fixed shape after the batch axis, "
+                                     f"has {arg.shape}")
+                return np.zeros((1, *arg.shape[1:]), _dtype(arg, str(self.path)))
+            return np.zeros((1, self.kv_heads, self.window if kind == "sliding" else 0, self.head_dim),
+                            self.cache_dtype)
+        return {past: zeros(past, kind) for past, _, kind in self.caches}
 
     def feed(self, tokens: list[int], start: int) -> dict[str, np.ndarray]:
         """The non-cache inputs for `tokens` at absolute positions start..start+T-1 (batch 1)."""
@@ -195,3 +219,7 @@ class Stepper:
     def cache_shapes(self) -> dict[str, tuple[int, ...]]:
         """{past input name: shape} of the cache held now, for inspection."""
         return {name: tuple(value.shape()) for name, value in self.past.items()}
+
+    def cache_bytes(self) -> int:
+        """Bytes of every cache and state tensor held now (what the runtime keeps between steps)."""
+        return sum(value.tensor_size_in_bytes() for value in self.past.values())

@@ -21,6 +21,11 @@ TINY = {
     "embeddinggemma": ("Gemma3TextModel", tf.Gemma3TextConfig, dict(
         num_key_value_heads=1, sliding_window=8, num_hidden_layers=7, query_pre_attn_scalar=16,
         use_bidirectional_attention=True)),
+    # Griffin: 2 x (recurrent, recurrent, attention); sqrt(48) is not a bfloat16, lru_width != hidden,
+    # head_dim 32 (RoPE on 16 of them: GroupQueryAttention needs a multiple of 16).
+    "recurrentgemma": ("RecurrentGemmaForCausalLM", tf.RecurrentGemmaConfig, dict(
+        hidden_size=48, lru_width=32, head_dim=32, num_key_value_heads=1, attention_window_size=8,
+        num_hidden_layers=6)),
 }
 COMMON = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
               num_attention_heads=4, head_dim=16, max_position_embeddings=512)
@@ -65,13 +70,14 @@ def hf_model(arch: str, seed: int = 0, **overrides):
     return model
 
 
-def save_hf_folder(arch: str, path, seed: int = 0, dense=None, tokenizer: bool = False):
+def save_hf_folder(arch: str, path, seed: int = 0, dense=None, tokenizer: bool = False, **overrides):
     """Save a tiny model as an HF folder; EmbeddingGemma also gets sentence-transformers
     2_Dense/3_Dense folders with random weights (returned for the reference head). With
-    `tokenizer`, the folder gets tokenizer.model and the vocabulary is the tokenizer's."""
+    `tokenizer`, the folder gets tokenizer.model and the vocabulary is the tokenizer's.
+    `overrides`: config fields replacing the tiny ones."""
     from safetensors.torch import save_file
     proto = tiny_tokenizer() if tokenizer else None
-    model = hf_model(arch, seed, **({"vocab_size": 384} if proto else {}))
+    model = hf_model(arch, seed, **({"vocab_size": 384} if proto else {}), **overrides)
     model.save_pretrained(path)
     if proto:
         (path / "tokenizer.model").write_bytes(proto)

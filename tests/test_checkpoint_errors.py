@@ -62,3 +62,23 @@ def test_sharded_checkpoint_loads_like_a_single_file(folder, tmp_path_factory):
 def test_missing_path_is_named():
     with pytest.raises(CheckpointError, match="no-such-model"):
         load_model("no-such-model")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"block_types": ["recurrent", "mamba"]}, r"block_types \['mamba'\] unknown"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"hidden_activation": "silu"}, "hidden_activation 'silu'"),
+])
+def test_recurrentgemma_configs_we_cannot_run_are_refused(tmp_path, change, message):
+    save_hf_folder("recurrentgemma", tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(CheckpointError, match=rf"config\.json: {message}"):
+        load_model(tmp_path)
+
+
+def test_recurrentgemma_tensor_of_a_missing_layer_is_named(tmp_path):
+    save_hf_folder("recurrentgemma", tmp_path)
+    _edit(tmp_path, lambda t: t.update({"model.layers.9.temporal_block.linear_x.bias": torch.zeros(32)}))
+    with pytest.raises(CheckpointError, match=r"model\.layers\.9\.temporal_block\.linear_x\.bias: not in a layer 0\.\.5"):
+        load_model(tmp_path)

@@ -50,11 +50,18 @@ def test_cached_decoding_equals_full_forward(pair, chunks):
 
 
 def test_sliding_layers_keep_window_sized_caches(pair):
+    """Sliding layers hold a window, global ones the whole context, recurrent ones a fixed state
+    (RG-LRU in float32 even for a bfloat16 model, and the Conv1D's last K-1 inputs)."""
     _, ours = pair
     cfg = ours.config
-    cache = init_cache(cfg, 500)
+    cache = init_cache(cfg, 500, dtype=torch.bfloat16)
     for t, entry in zip(cfg.layer_types, cache):
-        assert entry.k.shape[2] == (cfg.sliding_window if t.value == "sliding_attention" else 500)
+        if t.value == "recurrent":
+            W = cfg.recurrent_width
+            assert entry.rg_lru.shape == (1, W) and entry.rg_lru.dtype == torch.float32
+            assert entry.conv1d.shape == (1, cfg.conv1d_width - 1, W) and entry.conv1d.dtype == torch.bfloat16
+        else:
+            assert entry.k.shape[2] == (cfg.sliding_window if t.value == "sliding_attention" else 500)
 
 
 @torch.no_grad()

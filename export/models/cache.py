@@ -1,7 +1,7 @@
 """Explicit, functional decoding state.
 
 A model's cache is a tuple with one entry per layer; the entry's type is chosen by the layer's
-temporal block (attention today, a recurrent state for RecurrentGemma). Every attention cache is
+temporal block: an AttentionCache for attention, a RecurrentState for Griffin's recurrent blocks. Every attention cache is
 a ring buffer of `S` slots: slot j holds the newest position p with p % S == j. Sliding-window
 layers get S = window, global layers S = the longest sequence to decode, so a global cache never
 wraps. Entries are NamedTuples, which torch.export flattens into stable, named tensors.
@@ -12,7 +12,7 @@ from typing import NamedTuple, Union
 
 import torch
 
-from .config import GemmaConfig
+from .config import GemmaConfig, LayerType
 
 
 class AttentionCache(NamedTuple):
@@ -47,7 +47,18 @@ class AttentionCache(NamedTuple):
                               torch.where(written, v.index_select(2, t), self.v))
 
 
-CacheEntry = Union[AttentionCache]
+class RecurrentState(NamedTuple):
+    """A Griffin recurrent block's whole memory of the past, the same size at any length."""
+    rg_lru: torch.Tensor   # [B, W] RG-LRU hidden state, always float32
+    conv1d: torch.Tensor   # [B, K-1, W] the Conv1D's last K-1 inputs, oldest first
+
+    def real_tokens(self, length: int) -> torch.Tensor | None:
+        """How many of `length` new tokens advance the state (the rest are padding); None: all of
+        them. Exporters override this for padded prefill chunks, as they do AttentionCache.write."""
+        return None
+
+
+CacheEntry = Union[AttentionCache, RecurrentState]
 Cache = tuple[CacheEntry, ...]
 
 
@@ -57,7 +68,12 @@ def init_cache(config: GemmaConfig, max_len: int, batch: int = 1,
     if max_len > config.max_position:
         raise ValueError(f"max_len {max_len} exceeds the model's context length {config.max_position}")
 
-    def zeros(i):
-        return torch.zeros(batch, config.num_kv_heads, config.cache_length(i, max_len), config.head_dim,
-                           dtype=dtype, device=device)
-    return tuple(AttentionCache(zeros(i), zeros(i)) for i in range(config.num_layers))
+    def entry(i):
+        if config.layer_types[i] is LayerType.RECURRENT:
+            W = config.recurrent_width
+            return RecurrentState(torch.zeros(batch, W, dtype=torch.float32, device=device),
+                                  torch.zeros(batch, config.conv1d_width - 1, W, dtype=dtype, device=device))
+        shape = (batch, config.num_kv_heads, config.cache_length(i, max_len), config.head_dim)
+        return AttentionCache(torch.zeros(shape, dtype=dtype, device=device),
+                              torch.zeros(shape, dtype=dtype, device=device))
+    return tuple(entry(i) for i in range(config.num_layers))

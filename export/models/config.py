@@ -1,16 +1,30 @@
-"""One frozen config for the Gemma transformer family (Gemma 1/2/3, CodeGemma, ShieldGemma,
-EmbeddingGemma). Everything that tells the variants apart is a field here; the modules in
-layers.py read these fields and nothing else."""
+"""One frozen config for the Gemma family (Gemma 1/2/3, CodeGemma, ShieldGemma, EmbeddingGemma,
+RecurrentGemma). Everything that tells the variants apart is a field here; the modules in
+layers.py and griffin.py read these fields and nothing else."""
 from __future__ import annotations
 
 import dataclasses
 import enum
 import math
+import struct
 
 
 class LayerType(str, enum.Enum):
     GLOBAL = "full_attention"      # attends to every earlier token; full-length cache
     LOCAL = "sliding_attention"    # attends to the last `sliding_window` tokens; ring-buffer cache
+    RECURRENT = "recurrent"        # Griffin recurrent block (Conv1D + RG-LRU); fixed-size state
+
+
+def griffin_pattern(num_layers: int) -> tuple[LayerType, ...]:
+    """RecurrentGemma's residual blocks: (recurrent, recurrent, local attention), repeated."""
+    return tuple(LayerType.LOCAL if i % 3 == 2 else LayerType.RECURRENT for i in range(num_layers))
+
+
+def round_to_bfloat16(x: float) -> float:
+    """x rounded to the nearest bfloat16 (ties to even), as a float."""
+    bits = struct.unpack("<I", struct.pack("<f", x))[0]
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
 
 
 def layer_pattern(num_layers: int, local_per_global: int) -> tuple[LayerType, ...]:
@@ -30,7 +44,7 @@ class EmbeddingHead:
 
 @dataclasses.dataclass(frozen=True)
 class GemmaConfig:
-    family: str                          # gemma | gemma2 | gemma3 | embeddinggemma
+    family: str                          # gemma | gemma2 | gemma3 | embeddinggemma | recurrentgemma
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -42,6 +56,7 @@ class GemmaConfig:
     rope_base: float = 10_000.0          # GLOBAL layers
     rope_local_base: float = 10_000.0    # LOCAL layers
     rope_scale: float = 1.0              # linear position scaling on GLOBAL layers (Gemma 3 4B+)
+    rope_fraction: float = 1.0           # share of head_dim that RoPE rotates (RecurrentGemma: 0.5)
     query_pre_attn_scalar: float | None = None   # attention scale = this ** -0.5 (None: head_dim)
     attn_softcap: float | None = None
     final_softcap: float | None = None
@@ -51,6 +66,14 @@ class GemmaConfig:
     max_position: int = 8192
     bidirectional: bool = False          # EmbeddingGemma: encoder attention, no causal mask
     embedding_head: EmbeddingHead | None = None
+    # RecurrentGemma (Griffin): RG-LRU width (None: hidden_size), Conv1D width, biases on the MLP
+    # and the attention output projection, and sqrt(hidden_size) rounded to bfloat16 as the
+    # embedding scale (what its checkpoints were trained with).
+    lru_width: int | None = None
+    conv1d_width: int = 4
+    mlp_bias: bool = False
+    attn_out_bias: bool = False
+    embed_scale_bf16: bool = False
     bos_id: int = 2
     eos_id: int = 1
     pad_id: int = 0
@@ -62,6 +85,9 @@ class GemmaConfig:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if LayerType.LOCAL in self.layer_types and not self.sliding_window:
             raise ValueError("sliding_attention layers need sliding_window")
+        if LayerType.RECURRENT in self.layer_types and self.recurrent_width % self.num_heads:
+            raise ValueError(f"lru_width {self.recurrent_width} is not a multiple of num_heads {self.num_heads} "
+                             f"(the RG-LRU gates are block-diagonal, one block per head)")
 
     @property
     def num_layers(self) -> int:
@@ -73,10 +99,22 @@ class GemmaConfig:
 
     @property
     def embed_scale(self) -> float:
-        return math.sqrt(self.hidden_size)
+        scale = math.sqrt(self.hidden_size)
+        return round_to_bfloat16(scale) if self.embed_scale_bf16 else scale
+
+    @property
+    def rotary_dim(self) -> int:
+        """Leading dimensions of each head that RoPE rotates; the rest pass through."""
+        return int(self.head_dim * self.rope_fraction)
+
+    @property
+    def recurrent_width(self) -> int:
+        return self.lru_width or self.hidden_size
 
     def cache_length(self, layer: int, max_len: int) -> int:
-        """Slots a layer's KV cache needs to decode up to `max_len` positions."""
+        """Slots a layer's KV cache needs to decode up to `max_len` positions (0: no KV cache)."""
+        if self.layer_types[layer] is LayerType.RECURRENT:
+            return 0
         if self.layer_types[layer] is LayerType.LOCAL:
             return min(self.sliding_window, max_len)
         return max_len

@@ -1,5 +1,6 @@
-"""The Gemma transformer family as one model: a backbone plus either a tied LM head (causal LMs)
-or a pooling head (EmbeddingGemma). Parameter names match Hugging Face checkpoints."""
+"""The Gemma family as one model: a backbone of residual blocks (attention or, for RecurrentGemma,
+Griffin's recurrent blocks) plus either a tied LM head (causal LMs) or a pooling head
+(EmbeddingGemma). Parameter names match Hugging Face (Gemma) checkpoints."""
 from __future__ import annotations
 
 import torch
@@ -30,7 +31,7 @@ class GemmaBackbone(nn.Module):
         # Masks and RoPE tables are computed once per layer type, not per layer.
         masks, ropes = {}, {}
         for i, t in enumerate(c.layer_types):
-            if t in masks:
+            if t in masks or t is LayerType.RECURRENT:     # recurrent blocks need neither
                 continue
             if cache is not None:
                 key_pos = torch.cat((cache[i].slot_positions(positions[0]), positions))
@@ -43,12 +44,12 @@ class GemmaBackbone(nn.Module):
                 m = m & padding_mask[:, None, :]                              # [B, T, K]
             masks[t] = m
             attn = self.layers[i].self_attn
-            ropes[t] = rope_tables(positions, c.head_dim, attn.rope_base, attn.rope_scale)
+            ropes[t] = rope_tables(positions, c.rotary_dim, attn.rope_base, attn.rope_scale)
 
         new_cache = []
         for i, layer in enumerate(self.layers):
             t = c.layer_types[i]
-            x, entry = layer(x, ropes[t], masks[t], positions, None if cache is None else cache[i])
+            x, entry = layer(x, ropes.get(t), masks.get(t), positions, None if cache is None else cache[i])
             new_cache.append(entry)
         return self.norm(x), (None if cache is None else tuple(new_cache))
 

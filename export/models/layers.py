@@ -8,6 +8,7 @@ from torch import nn
 
 from .cache import AttentionCache
 from .config import GemmaConfig, LayerType
+from .griffin import RecurrentBlock
 
 
 class RMSNorm(nn.Module):
@@ -41,8 +42,11 @@ def rope_params(config: GemmaConfig, layer_type: LayerType) -> tuple[float, floa
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, T, D]."""
-    half = x.shape[-1] // 2
+    """x: [B, H, T, D]; cos/sin [T, R] rotate the first R <= D dimensions (partial RoPE)."""
+    R = cos.shape[-1]
+    if R < x.shape[-1]:
+        return torch.cat((apply_rope(x[..., :R], cos, sin), x[..., R:]), dim=-1)
+    half = R // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return (x.float() * cos + rotated.float() * sin).type_as(x)
 
@@ -71,7 +75,7 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(c.hidden_size, c.num_heads * c.head_dim, bias=False)
         self.k_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=False)
         self.v_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=False)
-        self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False)
+        self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=c.attn_out_bias)
         if c.qk_norm:
             self.q_norm = RMSNorm(c.head_dim, c.rms_eps)
             self.k_norm = RMSNorm(c.head_dim, c.rms_eps)
@@ -118,13 +122,14 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GeGLU feed-forward (tanh-approximated GELU)."""
+    """GeGLU feed-forward (tanh-approximated GELU); RecurrentGemma's has biases."""
 
     def __init__(self, config: GemmaConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        d, f, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(d, f, bias=bias)
+        self.up_proj = nn.Linear(d, f, bias=bias)
+        self.down_proj = nn.Linear(f, d, bias=bias)
 
     def forward(self, x):
         return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
@@ -132,14 +137,19 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     """Pre-norm block; with sandwich_norms (Gemma 2+) also post-norms on both branches.
-    In Gemma 1 checkpoints `post_attention_layernorm` is the norm *before* the MLP."""
+    In Gemma 1 checkpoints `post_attention_layernorm` is the norm *before* the MLP. The temporal
+    block is attention (`self_attn`) or, in RecurrentGemma, Griffin's recurrent block (`recurrent`)."""
 
     def __init__(self, config: GemmaConfig, layer_type: LayerType):
         super().__init__()
         self.sandwich = config.sandwich_norms
         norm = lambda: RMSNorm(config.hidden_size, config.rms_eps)  # noqa: E731
         self.input_layernorm = norm()
-        self.self_attn = Attention(config, layer_type)
+        if layer_type is LayerType.RECURRENT:
+            self.recurrent = RecurrentBlock(config)
+        else:
+            self.self_attn = Attention(config, layer_type)
+        self.is_recurrent = layer_type is LayerType.RECURRENT
         self.post_attention_layernorm = norm()
         if self.sandwich:
             self.pre_feedforward_layernorm = norm()
@@ -147,7 +157,8 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, rope, mask, positions, cache):
-        h, cache = self.self_attn(self.input_layernorm(x), rope, mask, positions, cache)
+        temporal = self.recurrent if self.is_recurrent else self.self_attn
+        h, cache = temporal(self.input_layernorm(x), rope, mask, positions, cache)
         if self.sandwich:
             x = x + self.post_attention_layernorm(h)
             return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), cache

@@ -2,7 +2,7 @@
 tests/test_presets.py."""
 from __future__ import annotations
 
-from .config import EmbeddingHead, GemmaConfig, layer_pattern
+from .config import EmbeddingHead, GemmaConfig, griffin_pattern, layer_pattern
 
 _G1 = dict(family="gemma", vocab_size=256_000, max_position=8192)
 _G2 = dict(family="gemma2", vocab_size=256_000, max_position=8192, sliding_window=4096,
@@ -11,6 +11,11 @@ _G3 = dict(family="gemma3", qk_norm=True, sandwich_norms=True, query_pre_attn_sc
            rope_base=1_000_000.0, rope_local_base=10_000.0)
 _G3_SMALL = dict(_G3, vocab_size=262_144, sliding_window=512, max_position=32_768)
 _G3_LARGE = dict(_G3, vocab_size=262_208, sliding_window=1024, max_position=131_072, rope_scale=8.0)
+# RecurrentGemma (Griffin): MQA local attention over 2048 tokens, half-width RoPE, biased MLP and
+# output projection, Conv1D width 4, RG-LRU as wide as the model; trained on 8192-token sequences.
+_RG = dict(family="recurrentgemma", vocab_size=256_000, num_kv_heads=1, head_dim=256, sliding_window=2048,
+           rope_fraction=0.5, final_softcap=30.0, max_position=8192, conv1d_width=4, mlp_bias=True,
+           attn_out_bias=True, embed_scale_bf16=True)
 
 
 def _gemma1(layers, d, ffn, heads, kv):
@@ -26,6 +31,11 @@ def _gemma2(layers, d, ffn, heads, kv, head_dim, qpas):
 def _gemma3(base, layers, d, ffn, heads, kv, head_dim=256, **kw):
     return GemmaConfig(**{**base, **kw}, hidden_size=d, intermediate_size=ffn, num_heads=heads,
                        num_kv_heads=kv, head_dim=head_dim, layer_types=layer_pattern(layers, 5))
+
+
+def _recurrentgemma(layers, d, ffn, heads):
+    return GemmaConfig(**_RG, hidden_size=d, intermediate_size=ffn, num_heads=heads, lru_width=d,
+                       layer_types=griffin_pattern(layers))
 
 
 PRESETS: dict[str, GemmaConfig] = {
@@ -46,6 +56,8 @@ PRESETS: dict[str, GemmaConfig] = {
     "gemma3-27b": _gemma3(_G3_LARGE, 62, 5376, 21_504, 32, 16, head_dim=128, query_pre_attn_scalar=168),
     "embeddinggemma-300m": _gemma3(_G3_SMALL, 24, 768, 1152, 3, 1, family="embeddinggemma",
                                    max_position=2048, bidirectional=True, embedding_head=EmbeddingHead()),
+    "recurrentgemma-2b": _recurrentgemma(26, 2560, 7680, 10),
+    "recurrentgemma-9b": _recurrentgemma(38, 4096, 12_288, 16),
 }
 
 

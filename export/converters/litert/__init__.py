@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+from ...models.config import LayerType
 from ...quantize.recipes import recipe as recipe_for
 from ..artifact import staged_dir, write_manifest
 from .quantize import quantize_tflite
@@ -48,9 +49,13 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
             "kind": "causal_lm", "context_length": context, "prefill_lengths": lengths,
             "signatures": signature_names(lengths), "prefill_logits": prefill_logits,
             "composites": ["odml.rms_norm", "odml.scaled_dot_product_attention"] if composites else [],
-            "kv_cache": {"layout": "[1, kv_heads, slots, head_dim]", "names": cache_names(c.num_layers),
+            "kv_cache": {"layout": "[1, kv_heads, slots, head_dim]", "names": cache_names(c),
                          "slots": [c.cache_length(i, context) for i in range(c.num_layers)],
-                         "sliding_window": c.sliding_window}})
+                         "sliding_window": c.sliding_window},
+            **({"recurrent_state": {"layers": [i for i, t in enumerate(c.layer_types) if t is LayerType.RECURRENT],
+                                    "rg_lru_state": "[1, lru_width] float32", "conv1d_state": "[1, conv1d_width - 1, "
+                                    "lru_width] float32 (the last inputs, oldest first)"}}
+               if LayerType.RECURRENT in c.layer_types else {})})
     return Path(out)
 
 

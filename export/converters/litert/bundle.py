@@ -117,6 +117,9 @@ def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int 
                                     f"model.tflite, tokenizer.model and {MANIFEST})")
     manifest = json.loads((folder / MANIFEST).read_text())
     config, context = manifest.get("config") or {}, int(manifest.get("context_length") or 0)
+    if manifest.get("recurrent_state"):
+        raise ValueError(f"{folder / MANIFEST}: a {config.get('family')} model has recurrent state tensors, which "
+                         f"LiteRT-LM has no buffer type for; run {model.name} with runtime_py instead")
     max_tokens = int(max_tokens or context)
     if max_tokens < 1 or (context and max_tokens > context):
         raise ValueError(f"max_tokens {max_tokens}: must be between 1 and the artifact's context length {context}")

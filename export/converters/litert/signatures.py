@@ -6,32 +6,51 @@ our reference model's forward:
   outputs  logits float32 [1, T, V], kv_cache_k_{i}, kv_cache_v_{i} (the updated caches)
 
 S_i is the sliding window for sliding layers (a ring buffer, slot = position % S) and the
-context length for global ones. One signature per sequence length: `prefill_{T}` and `decode`
+context length for global ones. RecurrentGemma's recurrent layers have no KV cache but a state
+that goes in and out the same way: rg_lru_state_{i} float32 [1, W] and conv1d_state_{i} float32
+[1, K-1, W] (W lru width, K conv width). One signature per sequence length: `prefill_{T}` and `decode`
 (T = 1). The attention mask is computed in-graph from input_pos, so there is no mask input.
 
 Padded chunks: LiteRT-LM runs a chunk of n < T tokens through `prefill_T` with the tail zeroed
 (tokens 0, input_pos 0). The graph therefore treats input_pos as `start = input_pos[0]` plus the
 count n of leading entries equal to start, start + 1, ...: the model sees contiguous positions
 start..start+T-1 (so padded tokens sit in the future, invisible to real ones), and the caches keep
-only the n real tokens (`_ChunkCache.write`), whatever the padding would have overwritten.
+only the n real tokens (`_ChunkCache.write`), whatever the padding would have overwritten; the
+recurrent states advance over the n real tokens only (`_ChunkState.real_tokens`).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ...models.cache import AttentionCache
-from ...models.config import GemmaConfig
+from ...models.cache import AttentionCache, RecurrentState
+from ...models.config import GemmaConfig, LayerType
+
+KV_NAMES = ("kv_cache_k_{i}", "kv_cache_v_{i}")
+STATE_NAMES = ("rg_lru_state_{i}", "conv1d_state_{i}")      # RecurrentState's fields, in order
 
 
-def cache_names(num_layers: int) -> list[str]:
-    """kv_cache_k_0, kv_cache_v_0, kv_cache_k_1, ... (the order of the signature's inputs/outputs)."""
-    return [f"kv_cache_{kv}_{i}" for i in range(num_layers) for kv in ("k", "v")]
+def _layer_names(config: GemmaConfig, i: int) -> tuple[str, str]:
+    names = STATE_NAMES if config.layer_types[i] is LayerType.RECURRENT else KV_NAMES
+    return tuple(n.format(i=i) for n in names)
+
+
+def cache_names(config: GemmaConfig) -> list[str]:
+    """kv_cache_k_0, kv_cache_v_0, kv_cache_k_1, ... (the order of the signature's inputs/outputs);
+    rg_lru_state_{i}, conv1d_state_{i} for recurrent layers."""
+    return [name for i in range(config.num_layers) for name in _layer_names(config, i)]
 
 
 def cache_shapes(config: GemmaConfig, cache_length: int) -> dict[str, tuple[int, ...]]:
-    return {f"kv_cache_{kv}_{i}": (1, config.num_kv_heads, config.cache_length(i, cache_length), config.head_dim)
-            for i in range(config.num_layers) for kv in ("k", "v")}
+    shapes = {}
+    for i in range(config.num_layers):
+        a, b = _layer_names(config, i)
+        if config.layer_types[i] is LayerType.RECURRENT:
+            W = config.recurrent_width
+            shapes[a], shapes[b] = (1, W), (1, config.conv1d_width - 1, W)
+        else:
+            shapes[a] = shapes[b] = (1, config.num_kv_heads, config.cache_length(i, cache_length), config.head_dim)
+    return shapes
 
 
 class _ChunkCache(AttentionCache):
@@ -41,6 +60,13 @@ class _ChunkCache(AttentionCache):
         return AttentionCache(self.k, self.v).write(positions, k, v, end=self.end)
 
 
+class _ChunkState(RecurrentState):
+    """A RecurrentState that advances over a padded chunk's `real` leading tokens only."""
+
+    def real_tokens(self, length: int) -> torch.Tensor:
+        return self.real
+
+
 class SignatureModule(nn.Module):
     """forward(tokens, input_pos, **kv_caches) -> {"logits", "kv_cache_k_0", "kv_cache_v_0", ...}.
     The output dict's keys become the .tflite output names; the sample kwargs' keys the input names."""
@@ -48,22 +74,22 @@ class SignatureModule(nn.Module):
     def __init__(self, model: nn.Module, logits: bool = True):
         super().__init__()
         self.model = model
-        self.num_layers = model.config.num_layers
+        self.names = [_layer_names(model.config, i) for i in range(model.config.num_layers)]
+        self.recurrent = [t is LayerType.RECURRENT for t in model.config.layer_types]
         self.logits = logits
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, **caches: torch.Tensor):
         positions = input_pos[0] + torch.arange(input_pos.shape[0], dtype=input_pos.dtype)
-        end = input_pos[0] + (input_pos == positions).sum()          # start + real tokens
+        real = (input_pos == positions).sum()                          # real tokens, before the padding
         cache = []
-        for i in range(self.num_layers):
-            entry = _ChunkCache(caches[f"kv_cache_k_{i}"], caches[f"kv_cache_v_{i}"])
-            entry.end = end
+        for (a, b), recurrent in zip(self.names, self.recurrent):
+            entry = (_ChunkState if recurrent else _ChunkCache)(caches[a], caches[b])
+            entry.real, entry.end = real, input_pos[0] + real
             cache.append(entry)
         logits, new_cache = self.model(tokens, positions, tuple(cache))
         out = {"logits": logits} if self.logits else {}
-        for i, entry in enumerate(new_cache):
-            out[f"kv_cache_k_{i}"] = entry.k
-            out[f"kv_cache_v_{i}"] = entry.v
+        for (a, b), entry in zip(self.names, new_cache):
+            out[a], out[b] = entry
         return out
 
 

@@ -1,5 +1,6 @@
 """`--target onnx`: model.onnx (+ external data when large), genai_config.json, tokenizer.model,
-manifest.json — a folder onnxruntime-genai 0.18 and runtime_py run unchanged."""
+manifest.json — a folder onnxruntime-genai 0.18 and runtime_py run unchanged. RecurrentGemma
+folders run in runtime_py only (its decoder description is in manifest.json, see genai_config.py)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from ...quantize.recipes import recipe as recipe_for
 from ..hf_tokenizer import write_hf_tokenizer
 from .decoder import build_decoder
 from .embedder import build_embedder
-from .genai_config import genai_config
+from .genai_config import genai_config, genai_supported
 from .quantize import quantize
 
 MAX_INLINE_BYTES = 1 << 30     # above this, weights go to model.onnx.data (protobuf caps at 2 GB)
@@ -26,20 +27,28 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
     context = min(context_length or DEFAULT_CONTEXT, c.max_position)
     if c.sliding_window and context < c.sliding_window:
         raise ValueError(f"--context {context} is shorter than the sliding window ({c.sliding_window})")
+    if c.rotary_dim < c.head_dim and c.rotary_dim % 16:
+        raise ValueError(f"partial RoPE over {c.rotary_dim} of {c.head_dim} head dimensions: onnxruntime's "
+                         f"GroupQueryAttention needs a multiple of 16")
     embedder = c.embedding_head is not None
     proto = build_embedder(loaded.model) if embedder else build_decoder(loaded.model, context)
     proto, carried = quantize(proto, r, loaded.stored)
     onnx.checker.check_model(proto)
+    extra = {"context_length": context, "kind": "embedder" if embedder else "causal_lm"}
     with staged_dir(out) as tmp:
         save_model(proto, tmp / "model.onnx")
-        if not embedder:
+        if not embedder and genai_supported(c):
             (tmp / "genai_config.json").write_text(json.dumps(genai_config(c, context), indent=2) + "\n")
+        elif not embedder:     # runtime_py reads the same description from the manifest
+            extra.update(runtime_config=genai_config(c, context), onnxruntime_genai=(
+                f"not supported: onnxruntime-genai has no model type for {c.family} (recurrent state); "
+                f"run it with runtime_py"))
         if loaded.tokenizer is not None:
             loaded.tokenizer.save(tmp / "tokenizer.model")
             write_hf_tokenizer(loaded.tokenizer.model_proto(), tmp, model_max_length=context)
-        write_manifest(tmp, source=str(loaded.source), config=c, recipe=recipe, target="onnx",
-                       extra={"context_length": context, "kind": "embedder" if embedder else "causal_lm",
-                              **({"lossless_import": carried} if carried.get("carried") else {})})
+        if carried.get("carried"):
+            extra["lossless_import"] = carried
+        write_manifest(tmp, source=str(loaded.source), config=c, recipe=recipe, target="onnx", extra=extra)
     return Path(out)
 
 

@@ -1,7 +1,7 @@
-"""The Gemma transformer body as ONNX: fused RMSNorms (weights stored as 1 + w), packed QKV and
-gate/up projections, q/k norms, and the residual stream carried through
-SkipSimplifiedLayerNormalization. The attention core is supplied by the caller (GroupQueryAttention
-for causal LMs, plain ops for the bidirectional embedder)."""
+"""The Gemma body as ONNX: fused RMSNorms (weights stored as 1 + w), packed QKV and gate/up
+projections, q/k norms, and the residual stream carried through SkipSimplifiedLayerNormalization.
+The attention core is supplied by the caller (GroupQueryAttention for causal LMs, plain ops for
+the bidirectional embedder), and so is RecurrentGemma's recurrent block (griffin.py)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -41,12 +41,16 @@ class Body:
         self.pending = None
         return out
 
-    def linear(self, x: str, weights: list[str], node: str) -> str:
-        """x @ concat(weights).T — one MatMul for packed projections."""
+    def linear(self, x: str, weights: list[str], node: str, bias: bool = False) -> str:
+        """x @ concat(weights).T (+ the concatenated `*.bias`) — one MatMul for packed projections."""
         parts = [self.w(n) for n in weights]
         w = np.concatenate(parts, axis=0).T                                    # [in, out]
         rows = [(n, p.shape[0]) for n, p in zip(weights, parts)]
-        return self.g.op("MatMul", [x, self.g.init(f"{node}.weight", w, rows_from=rows)], node)
+        y = self.g.op("MatMul", [x, self.g.init(f"{node}.weight", w, rows_from=rows)], node)
+        if not bias:
+            return y
+        b = np.concatenate([self.w(n.removesuffix(".weight") + ".bias") for n in weights])
+        return self.g.op("Add", [y, self.g.init(f"{node}.bias", b)], f"{node}/Add")
 
     def embed(self, input_ids: str) -> str:
         table = self.g.init("model.embed_tokens.weight", self.w("model.embed_tokens.weight"))
@@ -54,10 +58,30 @@ class Body:
         self.residual = self.g.op("Mul", [x, self.g.const(self.c.embed_scale, np.float32)], "/model/embed_tokens/scale")
         return table
 
-    def layer(self, i: int, attention: Callable[[int, str, str, str], str]):
-        """attention(i, q, k, v) -> [B, T, H*D] given q [B, T, H*D], k and v [B, T, G*D]."""
+    def layer(self, i: int, attention: Callable[[int, str, str, str], str],
+              recurrent: Callable[[int, str], str] | None = None):
+        """attention(i, q, k, v) -> [B, T, H*D] given q [B, T, H*D], k and v [B, T, G*D];
+        recurrent(i, x) -> [B, T, d]: the temporal block of RecurrentGemma's recurrent layers."""
         c, p, n = self.c, f"model.layers.{i}.", f"/model/layers.{i}"
         h = self.add_and_norm(p + "input_layernorm.weight", f"{n}/input_layernorm")
+        if c.layer_types[i] is LayerType.RECURRENT:
+            self.pending = recurrent(i, h)
+        else:
+            self.attention_block(i, h, attention)
+        pre_ffn = "pre_feedforward_layernorm" if c.sandwich_norms else "post_attention_layernorm"
+        h = self.add_and_norm(p + pre_ffn + ".weight", f"{n}/{pre_ffn}")
+        gate, up = self.g.op("Split", [self.linear(h, [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"],
+                                                   f"{n}/mlp/gate_up_proj/MatMul", c.mlp_bias),
+                                       self.g.const([c.intermediate_size] * 2)], f"{n}/mlp/split", axis=-1, outputs=2)
+        act = self.g.op("Gelu", [gate], f"{n}/mlp/act_fn", approximate="tanh")
+        out = self.linear(self.g.op("Mul", [act, up], f"{n}/mlp/Mul"), [p + "mlp.down_proj.weight"],
+                          f"{n}/mlp/down_proj/MatMul", c.mlp_bias)
+        if c.sandwich_norms:
+            out = self.norm(out, p + "post_feedforward_layernorm.weight", f"{n}/post_feedforward_layernorm")
+        self.pending = out
+
+    def attention_block(self, i: int, h: str, attention: Callable[[int, str, str, str], str]):
+        c, p, n = self.c, f"model.layers.{i}.", f"/model/layers.{i}"
         a = p + "self_attn."
         qkv = self.linear(h, [a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"], f"{n}/attn/qkv_proj/MatMul")
         q, k, v = self.g.op("Split", [qkv, self.g.const([c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim,
@@ -66,20 +90,9 @@ class Body:
         if c.qk_norm:
             q = self.head_norm(q, a + "q_norm.weight", c.num_heads, f"{n}/attn/q_norm")
             k = self.head_norm(k, a + "k_norm.weight", c.num_kv_heads, f"{n}/attn/k_norm")
-        out = self.linear(attention(i, q, k, v), [a + "o_proj.weight"], f"{n}/attn/o_proj/MatMul")
+        out = self.linear(attention(i, q, k, v), [a + "o_proj.weight"], f"{n}/attn/o_proj/MatMul", c.attn_out_bias)
         if c.sandwich_norms:
             out = self.norm(out, p + "post_attention_layernorm.weight", f"{n}/post_attention_layernorm")
-        self.pending = out
-        pre_ffn = "pre_feedforward_layernorm" if c.sandwich_norms else "post_attention_layernorm"
-        h = self.add_and_norm(p + pre_ffn + ".weight", f"{n}/{pre_ffn}")
-        gate, up = self.g.op("Split", [self.linear(h, [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"],
-                                                   f"{n}/mlp/gate_up_proj/MatMul"),
-                                       self.g.const([c.intermediate_size] * 2)], f"{n}/mlp/split", axis=-1, outputs=2)
-        act = self.g.op("Gelu", [gate], f"{n}/mlp/act_fn", approximate="tanh")
-        out = self.linear(self.g.op("Mul", [act, up], f"{n}/mlp/Mul"), [p + "mlp.down_proj.weight"],
-                          f"{n}/mlp/down_proj/MatMul")
-        if c.sandwich_norms:
-            out = self.norm(out, p + "post_feedforward_layernorm.weight", f"{n}/post_feedforward_layernorm")
         self.pending = out
 
     def head_norm(self, x: str, weight: str, heads: int, node: str) -> str:
@@ -93,9 +106,10 @@ class Body:
         return self.add_and_norm("model.norm.weight", "/model/norm")
 
     def rope_cache(self, layer_type: LayerType, length: int) -> tuple[str, str]:
-        """cos/sin caches [length, D/2] for one layer type, from the reference RoPE tables."""
+        """cos/sin caches [length, R/2] for one layer type (R = rotary_dim, D unless RoPE is
+        partial), from the reference RoPE tables."""
         base, scale = rope_params(self.c, layer_type)
-        cos, sin = rope_tables(torch.arange(length), self.c.head_dim, base, scale)
-        half, name = self.c.head_dim // 2, "global" if layer_type is LayerType.GLOBAL else "local"
+        cos, sin = rope_tables(torch.arange(length), self.c.rotary_dim, base, scale)
+        half, name = self.c.rotary_dim // 2, "global" if layer_type is LayerType.GLOBAL else "local"
         return (self.g.init(f"cos_cache_{name}", cos[:, :half].numpy()),
                 self.g.init(f"sin_cache_{name}", sin[:, :half].numpy()))

@@ -3,7 +3,8 @@ input_ids [B, T], attention_mask [B, total] (total = every token so far, new one
 past_key_values.{i}.key/value [B, G, P, D] -> logits [B, T, V], present.{i}.key/value.
 Global layers grow their cache; sliding-window layers keep a window-sized one
 (GroupQueryAttention with sliding_window_cache), padded up to the window on the first call so an
-empty past is accepted."""
+empty past is accepted. RecurrentGemma adds its recurrent layers' states (griffin.py) and has KV
+caches on its attention layers only."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +13,7 @@ import onnx
 from ...models.config import GemmaConfig, LayerType
 from .body import Body
 from .graph import FLOAT, INT64, Graph
+from .griffin import recurrent_block
 
 
 def build_decoder(model, context_length: int) -> onnx.ModelProto:
@@ -28,7 +30,8 @@ def build_decoder(model, context_length: int) -> onnx.ModelProto:
     width = g.op("Gather", [g.op("Shape", [mask], f"{n}/Shape"), g.const(1)], f"{n}/Gather", axis=0)
     total_len = g.op("Cast", [width], f"{n}/Gather/Cast", to=onnx.TensorProto.INT32)
 
-    ropes = {t: body.rope_cache(t, context_length) for t in set(c.layer_types)}
+    ropes = {t: body.rope_cache(t, context_length) for t in set(c.layer_types) if t is not LayerType.RECURRENT}
+    reset = _reset_mask(g, ids, width) if LayerType.RECURRENT in c.layer_types else None
 
     def attention(i: int, q: str, k: str, v: str) -> str:
         local = c.layer_types[i] is LayerType.LOCAL
@@ -54,7 +57,7 @@ def build_decoder(model, context_length: int) -> onnx.ModelProto:
 
     table = body.embed(ids)
     for i in range(c.num_layers):
-        body.layer(i, attention)
+        body.layer(i, attention, lambda i, x: recurrent_block(body, i, x, reset))
     h = body.final_norm()
     # Tied LM head: Gemm with transB reads the embedding table in place (no transposed copy).
     flat = g.op("Reshape", [h, g.const([-1, c.hidden_size])], "/lm_head/Reshape")
@@ -68,6 +71,14 @@ def build_decoder(model, context_length: int) -> onnx.ModelProto:
         g.op("Mul", [t, cap], "/lm_head/softcap/Mul", outputs=["logits"])
     g.output("logits", FLOAT, ["batch_size", "sequence_length", c.vocab_size])
     return g.model(doc=f"Gemma ({c.family}) causal LM exported by gemma-export")
+
+
+def _reset_mask(g: Graph, ids: str, total: str) -> str:
+    """bool [1, T, 1]: True for the new token at position 0 (where RG-LRU states reset)."""
+    n = "/model/reset"
+    T = g.op("Gather", [g.op("Shape", [ids], f"{n}/Shape"), g.const(1)], f"{n}/T", axis=0)
+    positions = g.op("Range", [g.op("Sub", [total, T], f"{n}/start"), total, g.const(1)], f"{n}/positions")
+    return g.op("Unsqueeze", [g.op("Equal", [positions, g.const(0)], f"{n}/Equal"), g.const([0, 2])], n)
 
 
 def _pad_to_window(g: Graph, past: str, window: int, node: str) -> str:

@@ -1,14 +1,23 @@
-"""genai_config.json: what onnxruntime-genai (and runtime_py) read to drive the decoder graph."""
+"""genai_config.json: what onnxruntime-genai (and runtime_py) read to drive the decoder graph.
+
+Families onnxruntime-genai has no model type for (RecurrentGemma: its recurrent state is outside
+its KV-cache model) get the same description with `type` null, extended by `kv_layers` (the
+layers with KV caches) and `states` ([input, output] name pairs fed back between calls); it is
+stored in manifest.json as `runtime_config` for runtime_py instead of a genai_config.json that
+onnxruntime-genai would try and fail to run."""
 from __future__ import annotations
 
 from ...models.config import GemmaConfig, LayerType
+from .griffin import state_names
 
 GENAI_TYPES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"}
 
 
+def genai_supported(c: GemmaConfig) -> bool:
+    return c.family in GENAI_TYPES
+
+
 def genai_config(c: GemmaConfig, context_length: int, filename: str = "model.onnx") -> dict:
-    if c.family not in GENAI_TYPES:
-        raise ValueError(f"onnxruntime-genai has no model type for family {c.family!r}")
     decoder = {
         "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
         "filename": filename,
@@ -26,9 +35,13 @@ def genai_config(c: GemmaConfig, context_length: int, filename: str = "model.onn
     if local:
         decoder["sliding_window"] = {"window_size": c.sliding_window, "slide_key_value_cache": False,
                                      "slide_inputs": False, "layers": local, "cache_slack": 0}
+    recurrent = [i for i, t in enumerate(c.layer_types) if t is LayerType.RECURRENT]
+    if recurrent:
+        decoder["kv_layers"] = [i for i in range(c.num_layers) if i not in recurrent]
+        decoder["states"] = [list(pair) for pair in state_names(recurrent)]
     return {
         "model": {"bos_token_id": c.bos_id, "eos_token_id": c.eos_id, "pad_token_id": c.pad_id,
-                  "context_length": context_length, "vocab_size": c.vocab_size, "type": GENAI_TYPES[c.family],
+                  "context_length": context_length, "vocab_size": c.vocab_size, "type": GENAI_TYPES.get(c.family),
                   "decoder": decoder},
         "search": {"do_sample": False, "max_length": context_length, "min_length": 0, "num_beams": 1,
                    "num_return_sequences": 1, "past_present_share_buffer": True, "repetition_penalty": 1.0,

@@ -4,7 +4,7 @@ onnxruntime's own tools:
 - fp16: onnxruntime.transformers' float16 converter, with the residual stream and the RMS norms
   (SkipSimplifiedLayerNormalization, RMSNormalization) kept float32: Gemma 2/3's residual outgrows
   float16 (Gemma 3 270M reaches 1.0e5 > 65504 and every logit turns NaN). KV caches become float16;
-  logits / embeddings stay float32.
+  logits / embeddings and RecurrentGemma's RG-LRU state and scan stay float32.
 - int4 / int8: MatMulNBitsQuantizer (symmetric blockwise weights -> MatMulNBits; accuracy_level 4
   quantizes the activations to int8 at run time, per block of the weights' block size).
   Not quantize_dynamic (per-channel weights, DynamicQuantizeMatMul): its activations are quantized
@@ -32,6 +32,7 @@ HEAD = "/lm_head/MatMul"
 HEAD_WEIGHT = "lm_head.MatMul.weight"
 FP32_OPS = ["SkipSimplifiedLayerNormalization", "RMSNormalization"]     # the residual stream's ops
 FP32_IO = ["logits", "embeddings"]
+FP32_STATE_OPS = ["Scan"]             # RecurrentGemma's RG-LRU recurrence accumulates in float32
 
 
 def quantize(model: onnx.ModelProto, recipe: Recipe, stored: dict | None = None) -> tuple[onnx.ModelProto, dict]:
@@ -120,12 +121,18 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.onnx_model import OnnxModel
     model.graph.value_info.extend(_value_types(model, keep=FP32_OPS))
     with _quiet():
-        model = convert_float_to_float16(model, keep_io_types=FP32_IO, disable_shape_infer=True,
-                                         op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS)
+        model = convert_float_to_float16(model, keep_io_types=FP32_IO + _fp32_states(model),
+                                         disable_shape_infer=True,
+                                         op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS + FP32_STATE_OPS)
         m = OnnxModel(model)
         m.topological_sort()                  # the converter appends its Casts at the end
     del m.model.graph.value_info[:]           # type hints for the converter; onnxruntime infers its own
     return m.model
+
+
+def _fp32_states(model: onnx.ModelProto) -> list[str]:
+    """RecurrentGemma's RG-LRU state inputs/outputs, which stay float32 (as its scan does)."""
+    return [v.name for v in [*model.graph.input, *model.graph.output] if "rg_lru_state" in v.name]
 
 
 def _value_types(model: onnx.ModelProto, keep: list[str]) -> list[onnx.ValueInfoProto]:

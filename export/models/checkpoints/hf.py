@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 
 from ..config import EmbeddingHead, GemmaConfig, LayerType, layer_pattern
+from .recurrentgemma import RECURRENT_ARCH, recurrentgemma_config, rename_recurrentgemma
 from .weights import CheckpointError
 
 # architectures[0] -> family; everything else is refused with the list below.
@@ -18,6 +19,7 @@ ARCHITECTURES = {
     "Gemma3ForCausalLM": "gemma3",
     "Gemma3ForConditionalGeneration": "gemma3",   # text decoder only; vision tensors are skipped
     "Gemma3TextModel": "embeddinggemma",          # EmbeddingGemma (bidirectional, sentence-transformers head)
+    RECURRENT_ARCH: "recurrentgemma",             # Griffin; read by recurrentgemma.py
 }
 # What transformers assumes when config.json leaves it out: local layers per global layer, global
 # RoPE base, local RoPE base (None: the same as the global one).
@@ -48,8 +50,10 @@ def config_from_hf(cfg: dict, source: str = "config.json") -> GemmaConfig:
     arch = archs[0] if archs else None
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{source}: architecture {arch!r} is not supported; supported: "
-                              f"{', '.join(ARCHITECTURES)} (RecurrentGemma and PaliGemma are not yet)")
+                              f"{', '.join(ARCHITECTURES)} (PaliGemma is not yet)")
     family = ARCHITECTURES[arch]
+    if family == "recurrentgemma":
+        return recurrentgemma_config(cfg, source)
     text = cfg.get("text_config", cfg) if arch == "Gemma3ForConditionalGeneration" else cfg
     if family == "gemma3" and text.get("use_bidirectional_attention"):
         family = "embeddinggemma"
@@ -131,6 +135,8 @@ def read_tensors(folder: Path, config: GemmaConfig) -> dict[str, torch.Tensor]:
         with safe_open(str(f), framework="pt") as st:
             for key in st.keys():
                 name = _rename(key)
+                if name is not None and config.family == "recurrentgemma":
+                    name = rename_recurrentgemma(name, config, f"{f}: tensor {key}")
                 if name is None:
                     continue
                 if name in out:
