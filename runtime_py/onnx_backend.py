@@ -104,9 +104,13 @@ class OnnxBackend:
                 raise ValueError(f"{self.path}: no output {name!r} (genai_config.json names it)")
         self.cache_dtype = _dtype(self.inputs[self.caches[0][0]], str(self.path))
         self.logits_dtype = _dtype(self.outputs[self.logits_name], str(self.path))
+        # onnxruntime-genai's flag: past and present may be one buffer (GroupQueryAttention appends in place).
+        # Recurrent states are rewritten whole by ops that may not alias their input and output: not shared.
+        self.share_buffer = bool((self.genai.get("search") or {}).get("past_present_share_buffer", False)) \
+            and not states
         vocab = self.outputs[self.logits_name].shape[-1]
-        self.static_vocab = isinstance(vocab, int)      # then steps write logits into a preallocated buffer
-        self.vocab_size = vocab if self.static_vocab else self.genai["model"].get("vocab_size")
+        # Known: steps write logits into a preallocated numpy buffer.
+        self.vocab_size = vocab if isinstance(vocab, int) else self.genai["model"].get("vocab_size")
 
     def _check_inputs(self, required: set, optional: set = frozenset()) -> None:
         missing = sorted(required - set(self.inputs))
@@ -172,9 +176,13 @@ class OnnxBackend:
 class Stepper:
     """`step(tokens, start) -> last-position logits [V]` for `generate_tokens`, keeping the KV cache.
 
-    The cache lives in onnxruntime OrtValues: each call's `present.*` outputs are bound as the next call's
-    `past_key_values.*` inputs without a copy through numpy. Long inputs are fed in chunks of `prefill_chunk`
-    tokens, which bounds the [T, V] logits buffer.
+    The cache lives in onnxruntime OrtValues. With `past_present_share_buffer` (genai_config.json's search
+    options; set by our exporter and by onnxruntime-genai's builder for GroupQueryAttention graphs) each layer's
+    cache is one buffer allocated once, bound both as its `past_key_values.*` input and as its `present.*` output,
+    so GroupQueryAttention writes the new rows in place: window-sized on sliding layers, `max_len` rows on global
+    ones (the first `length` rows are live). Otherwise each call's `present.*` outputs are bound as the next
+    call's inputs (no copy through numpy, but the graph copies the cache into its new outputs every step).
+    Long inputs are fed in chunks of `prefill_chunk` tokens, which bounds the [T, V] logits buffer.
     """
 
     def __init__(self, backend: OnnxBackend, max_len: int, prefill_chunk: int):
@@ -183,7 +191,27 @@ class Stepper:
                              f"of {backend.path}")
         self.backend, self.max_len, self.chunk = backend, int(max_len), max(1, int(prefill_chunk))
         self.length = 0             # tokens in the cache
-        self.past = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in backend.empty_past().items()}
+        b = backend
+        if b.share_buffer:          # [1, kv, W or max_len, D] each, allocated once
+            self.past = {past: ort.OrtValue.ortvalue_from_numpy(np.zeros(
+                (1, b.kv_heads, b.window if kind == "sliding" else self.max_len, b.head_dim), b.cache_dtype))
+                for past, _, kind in b.caches}
+        else:
+            self.past = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in b.empty_past().items()}
+        # With shared buffers and a known vocabulary only the new tokens and the logits buffer change from one
+        # step to the next: one binding is kept and just those are rebound.
+        self.binding = self._bind_caches(b.session.io_binding()) if b.share_buffer and b.vocab_size else None
+        self._logits: dict[int, np.ndarray] = {}      # T -> [1, T, V] output buffer, reused across steps
+        self._feed = None
+
+    def _bind_caches(self, binding):
+        for past, present, _ in self.backend.caches:
+            binding.bind_ortvalue_input(past, self.past[past])
+            if self.backend.share_buffer:
+                binding.bind_ortvalue_output(present, self.past[past])
+            else:
+                binding.bind_output(present, "cpu")
+        return binding
 
     def __call__(self, tokens: list[int], start: int) -> np.ndarray:
         tokens = check_step(tokens, start, self.length, self.max_len, self.backend.path, self.backend.context_length)
@@ -193,32 +221,39 @@ class Stepper:
 
     def _run(self, tokens: list[int]) -> np.ndarray:
         b = self.backend
-        binding = b.session.io_binding()
-        feed = b.feed(tokens, self.length)            # kept alive until the run ends
-        for name, value in feed.items():
+        binding = self.binding or b.session.io_binding()
+        self._feed = b.feed(tokens, self.length)      # kept alive until the next run
+        for name, value in self._feed.items():
             binding.bind_cpu_input(name, value)
-        for name, value in self.past.items():
-            binding.bind_ortvalue_input(name, value)
         logits = None
-        if b.static_vocab:                              # write logits [1, T, V] straight into numpy memory
-            logits = np.empty((1, len(tokens), b.vocab_size), b.logits_dtype)
+        if b.vocab_size:                                # write logits [1, T, V] straight into numpy memory
+            logits = self._logits.get(len(tokens))
+            if logits is None:
+                logits = self._logits[len(tokens)] = np.empty((1, len(tokens), b.vocab_size), b.logits_dtype)
             binding.bind_output(b.logits_name, "cpu", element_type=logits.dtype, shape=logits.shape,
                                 buffer_ptr=logits.ctypes.data)
         else:
             binding.bind_output(b.logits_name, "cpu")
-        for _, present, _ in b.caches:
-            binding.bind_output(present, "cpu")
+        if self.binding is None:
+            self._bind_caches(binding)
         b.session.run_with_iobinding(binding)
-        outs = binding.get_outputs()                    # in binding order: logits, then presents
-        if logits is None:
-            logits = outs[0].numpy()
-        self.past = {past: value for (past, _, _), value in zip(b.caches, outs[1:])}
+        if self.binding is None:
+            outs = binding.get_outputs()                # in binding order: logits, then presents
+            logits = outs[0].numpy() if logits is None else logits
+            if not b.share_buffer:
+                self.past = {past: value for (past, _, _), value in zip(b.caches, outs[1:])}
         self.length += len(tokens)
-        return logits[0, -1].astype(np.float32)       # [V], a copy: the [1, T, V] buffer is released
+        return logits[0, -1].astype(np.float32)       # [V], a copy: the buffer is reused
 
     def cache_shapes(self) -> dict[str, tuple[int, ...]]:
-        """{past input name: shape} of the cache held now, for inspection."""
-        return {name: tuple(value.shape()) for name, value in self.past.items()}
+        """{past input name: shape} of the live cache: [1, kv, W, D] on sliding layers, [1, kv, length, D] on
+        global ones (with shared buffers: the first `length` rows of the preallocated [1, kv, max_len, D]);
+        recurrent states at their fixed shape."""
+        b = self.backend
+        if not b.share_buffer:
+            return {name: tuple(value.shape()) for name, value in self.past.items()}
+        return {past: (1, b.kv_heads, b.window if kind == "sliding" else self.length, b.head_dim)
+                for past, _, kind in b.caches}
 
     def cache_bytes(self) -> int:
         """Bytes of every cache and state tensor held now (what the runtime keeps between steps)."""

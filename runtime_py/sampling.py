@@ -33,9 +33,9 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray) -> int:
         """logits: [V] -> the chosen token id."""
-        logits = np.asarray(logits, dtype=np.float64)
         if self.s.temperature == 0.0:
-            return int(np.argmax(logits))
+            return int(np.argmax(logits))       # on the logits as given: widening to float64 changes no order
+        logits = np.asarray(logits, dtype=np.float64)
         logits = logits / self.s.temperature
         if self.s.top_k:
             kth = np.partition(logits, -self.s.top_k)[-self.s.top_k]

@@ -39,9 +39,13 @@ def _session(folder):
 
 
 def _empty_past(cfg):
-    return {f"past_key_values.{i}.{k}": np.zeros((1, cfg["model"]["decoder"]["num_key_value_heads"], 0,
-                                                 cfg["model"]["decoder"]["head_size"]), np.float32)
-            for i in range(cfg["model"]["decoder"]["num_hidden_layers"]) for k in ("key", "value")}
+    """The first call's past: empty on global layers, window-sized zeros on sliding ones (genai's contract)."""
+    dec = cfg["model"]["decoder"]
+    window = dec.get("sliding_window") or {}
+    return {f"past_key_values.{i}.{k}": np.zeros((1, dec["num_key_value_heads"],
+                                                 window["window_size"] if i in window.get("layers", []) else 0,
+                                                 dec["head_size"]), np.float32)
+            for i in range(dec["num_hidden_layers"]) for k in ("key", "value")}
 
 
 def test_graph_passes_checker_and_uses_fused_ops(artifact):

@@ -25,38 +25,11 @@ import transformers
 import runtime_py
 from runtime_py import Sampling, embedding_prompt, load, shieldgemma_prompt, truncate_embeddings
 
-from oracle import tiny_tokenizer
+from oracle import run_genai_builder, tiny_tokenizer
 
 WINDOW, LAYERS, KV, HEAD = 8, 7, 2, 16
 EMBED_STD, SEED = 0.05, 2      # a seed whose greedy path has no near-ties (margins > 5e-3)
 TEXT = "The quick brown fox jumps over the lazy dog"
-
-
-def _run_genai_builder(hf_dir: Path, out_dir: Path, cache: Path) -> None:
-    """onnxruntime-genai's builder (fp32, CPU), in process. transformers 5 nests Gemma 3's rope thetas in
-    `rope_parameters`; the builder reads the flat fields, so its config loader is patched for the call."""
-    import onnxruntime_genai.models  # noqa: F401  (puts the builder's folder on sys.path)
-    import builder
-
-    original = builder.AutoConfig
-
-    class FlatRopeConfig:
-        @staticmethod
-        def from_pretrained(*args, **kwargs):
-            cfg = original.from_pretrained(*args, **kwargs)
-            rope = getattr(cfg, "rope_parameters", None)
-            if isinstance(rope, dict) and "full_attention" in rope:
-                cfg.rope_theta = rope["full_attention"]["rope_theta"]
-                cfg.rope_local_base_freq = rope["sliding_attention"]["rope_theta"]
-                cfg.rope_parameters = {"rope_type": "default", "rope_theta": cfg.rope_theta}
-            return cfg
-
-    builder.AutoConfig = FlatRopeConfig
-    try:
-        extra = builder.parse_extra_options("", str(hf_dir), str(out_dir), "fp32", "cpu", str(cache), [])
-        builder.create_model("", str(hf_dir), str(out_dir), "fp32", "cpu", str(cache), **extra)
-    finally:
-        builder.AutoConfig = original
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +53,7 @@ def causal(tmp_path_factory):
         for name, p in hf.named_parameters():
             p.normal_(0.0, EMBED_STD if "embed" in name else 0.3)
     hf.save_pretrained(hf_dir)
-    _run_genai_builder(hf_dir, out, root / "cache")
+    run_genai_builder(hf_dir, out, root / "cache")
     (out / "tokenizer.model").write_bytes(proto)
     model = load(out, threads=2)
     prompt = model.tokenizer.encode(TEXT)
