@@ -1,6 +1,7 @@
 """RecurrentGemma (Griffin) artifacts against transformers' RecurrentGemmaForCausalLM on a tiny random
 model (window 8, prompts of 40 tokens): ONNX through a plain onnxruntime session and through
-runtime_py, `validate`, and the point of the architecture, a state whose size does not grow."""
+runtime_py (fp32 and fp16), LiteRT signatures through runtime_py's LiteRT backend, `validate` on
+both, and the point of the architecture, a state whose size does not grow."""
 import json
 
 import numpy as np
