@@ -43,14 +43,15 @@ def _reference_logits(ref, toks):
 
 
 def test_onnx_whole_prompt_with_zero_state_matches_transformers(hf, onnx_artifact):
-    """A plain onnxruntime session: zero recurrent states, empty (window-padded) KV caches."""
+    """A plain onnxruntime session: zero recurrent states, zero KV caches of window length (the
+    sliding-window contract: a past of at least W rows, as onnxruntime-genai's builder output)."""
     ref, _ = hf
     sess = ort.InferenceSession(str(onnx_artifact / "model.onnx"), providers=["CPUExecutionProvider"])
     toks = _tokens(T)
     feed = {"input_ids": toks.numpy(), "attention_mask": np.ones((1, T), np.int64)}
     for arg in sess.get_inputs():
         if arg.name.startswith("past_key_values"):
-            feed[arg.name] = np.zeros((1, 1, 0, 32), np.float32)
+            feed[arg.name] = np.zeros((1, 1, ref.config.attention_window_size, 32), np.float32)
         elif arg.name.endswith(tuple(f"_state_{i}" for i in range(6))):
             feed[arg.name] = np.zeros([1, *arg.shape[1:]], np.float32)
     names = sorted(feed)
