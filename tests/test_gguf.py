@@ -58,9 +58,9 @@ def gguf_tensors(model, family, dense=()) -> dict[str, np.ndarray]:
     return out
 
 
-def write_gguf(path, hp, family, tensors, quantize=False, arch_name=None):
+def write_gguf(path, hp, family, tensors, quantize=False, arch_name=None, qtypes=None):
     """What convert_hf_to_gguf.py writes for `family` from config.json values `hp`, a toy
-    vocabulary, and the tensors (Q8_0/F16 per QUANT if `quantize`)."""
+    vocabulary, and the tensors (if `quantize`: the types of `qtypes`, by tensor key, default QUANT)."""
     w = gguf.GGUFWriter(str(path), arch_name or gguf.MODEL_ARCH_NAMES[ARCHS[family]])
     w.add_context_length(hp["max_position_embeddings"])
     w.add_embedding_length(hp["hidden_size"])
@@ -94,8 +94,10 @@ def write_gguf(path, hp, family, tensors, quantize=False, arch_name=None):
     w.add_bos_token_id(2)
     w.add_eos_token_id(1)
     w.add_pad_token_id(0)
+    w.add_unk_token_id(3)
+    w.add_add_space_prefix(False)
     for name, t in tensors.items():
-        qtype = QUANT.get(name.split(".")[-2], Q.F32) if quantize else Q.F32
+        qtype = (qtypes or QUANT).get(name.split(".")[-2], Q.F32) if quantize else Q.F32
         if qtype == Q.F32:
             w.add_tensor(name, t.astype(np.float32))
         else:

@@ -28,7 +28,7 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
         raise ValueError(f"--context {context} is shorter than the sliding window ({c.sliding_window})")
     embedder = c.embedding_head is not None
     proto = build_embedder(loaded.model) if embedder else build_decoder(loaded.model, context)
-    proto = quantize(proto, r)
+    proto, carried = quantize(proto, r, loaded.stored)
     onnx.checker.check_model(proto)
     with staged_dir(out) as tmp:
         save_model(proto, tmp / "model.onnx")
@@ -38,7 +38,8 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
             loaded.tokenizer.save(tmp / "tokenizer.model")
             write_hf_tokenizer(loaded.tokenizer.model_proto(), tmp, model_max_length=context)
         write_manifest(tmp, source=str(loaded.source), config=c, recipe=recipe, target="onnx",
-                       extra={"context_length": context, "kind": "embedder" if embedder else "causal_lm"})
+                       extra={"context_length": context, "kind": "embedder" if embedder else "causal_lm",
+                              **({"lossless_import": carried} if carried.get("carried") else {})})
     return Path(out)
 
 

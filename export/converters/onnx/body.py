@@ -43,8 +43,10 @@ class Body:
 
     def linear(self, x: str, weights: list[str], node: str) -> str:
         """x @ concat(weights).T — one MatMul for packed projections."""
-        w = np.concatenate([self.w(n) for n in weights], axis=0).T           # [in, out]
-        return self.g.op("MatMul", [x, self.g.init(f"{node}.weight", w)], node)
+        parts = [self.w(n) for n in weights]
+        w = np.concatenate(parts, axis=0).T                                    # [in, out]
+        rows = [(n, p.shape[0]) for n, p in zip(weights, parts)]
+        return self.g.op("MatMul", [x, self.g.init(f"{node}.weight", w, rows_from=rows)], node)
 
     def embed(self, input_ids: str) -> str:
         table = self.g.init("model.embed_tokens.weight", self.w("model.embed_tokens.weight"))

@@ -1,11 +1,14 @@
 """A small ONNX graph builder: named nodes, initializers from numpy, deduplicated constants."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 OPSETS = {"": 23, "com.microsoft": 1}
+ROWS_FROM = "rows_from"      # initializer doc_string key: the checkpoint tensors behind its rows
 
 
 class Graph:
@@ -24,10 +27,15 @@ class Graph:
         self._taken.add(name)
         return name
 
-    def init(self, name: str, array: np.ndarray) -> str:
-        """Add a weight initializer (kept under `name`)."""
+    def init(self, name: str, array: np.ndarray, rows_from: list[tuple[str, int]] | None = None) -> str:
+        """Add a weight initializer (kept under `name`). rows_from: the checkpoint tensors whose rows
+        make up its output dimension, in order, as (name, rows); recorded in the doc_string so that the
+        quantizer can carry a tensor's stored blocks over (export.converters.onnx.quantize)."""
         name = self._unique(name)
-        self.initializers.append(numpy_helper.from_array(np.array(array, order="C", copy=None), name))
+        t = numpy_helper.from_array(np.array(array, order="C", copy=None), name)
+        if rows_from:
+            t.doc_string = json.dumps({ROWS_FROM: rows_from})
+        self.initializers.append(t)
         return name
 
     def const(self, value, dtype=np.int64) -> str:

@@ -17,6 +17,7 @@ onnxruntime's own tools:
   stand-in MatMul that is dropped afterwards."""
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -24,27 +25,89 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ...quantize.recipes import Recipe
+from .graph import ROWS_FROM
 
 TABLE = "model.embed_tokens.weight"
 HEAD = "/lm_head/MatMul"
+HEAD_WEIGHT = "lm_head.MatMul.weight"
 FP32_OPS = ["SkipSimplifiedLayerNormalization", "RMSNormalization"]     # the residual stream's ops
 FP32_IO = ["logits", "embeddings"]
 
 
-def quantize(model: onnx.ModelProto, recipe: Recipe) -> onnx.ModelProto:
-    """Apply `recipe` to a float32 graph from build_decoder / build_embedder (modified in place)."""
+def quantize(model: onnx.ModelProto, recipe: Recipe, stored: dict | None = None) -> tuple[onnx.ModelProto, dict]:
+    """Apply `recipe` to a float32 graph from build_decoder / build_embedder (modified in place).
+    stored: a checkpoint's quantized blocks by parameter name (LoadedModel.stored); the rows of
+    the tensors whose layout matches the recipe's are carried over exactly. -> (model, {"carried":
+    [parameter names], "requantized": [parameter names]})."""
     if recipe.weight_bits == 32 and recipe.embedding_bits == 32:
-        return model
+        return model, {}
     if recipe.weight_bits == 16 and recipe.embedding_bits == 16 and recipe.activations == "fp16":
-        return to_fp16(model)
+        return to_fp16(model), {}
     if recipe.weight_bits not in (4, 8) or recipe.embedding_bits not in (4, 8) or not (
             recipe.block_size and recipe.embedding_block):
         raise ValueError(f"--quant {recipe.name}: the ONNX target builds 4- and 8-bit blockwise weights, not "
                          f"{recipe.weight_bits}-bit / block {recipe.block_size} "
                          f"(embedding {recipe.embedding_bits}-bit / block {recipe.embedding_block})")
+    rows_from = _rows_from(model)
     with _quiet():
         model = quantize_embedding(model, recipe.embedding_bits, recipe.embedding_block, _level(recipe))
-        return _matmul_nbits(model, recipe.weight_bits, recipe.block_size, _level(recipe))
+        model = _matmul_nbits(model, recipe.weight_bits, recipe.block_size, _level(recipe))
+    return model, carry_blocks(model, rows_from, stored or {})
+
+
+def _rows_from(model: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
+    """{weight initializer: [(checkpoint tensor, rows), ...]} recorded by the graph builder; the
+    tied head (built from the table here) is the table's rows."""
+    out = {}
+    for t in model.graph.initializer:
+        if t.doc_string and ROWS_FROM in t.doc_string:
+            out[t.name] = [tuple(p) for p in json.loads(t.doc_string)[ROWS_FROM]]
+        if t.name == TABLE:
+            out[HEAD_WEIGHT] = [(TABLE, t.dims[0])]
+    return out
+
+
+def carry_blocks(model: onnx.ModelProto, rows_from: dict, stored: dict) -> dict:
+    """Overwrite the packed weights and scales of every MatMulNBits row range whose checkpoint tensor
+    is stored in the node's layout (symmetric, same bits, same block) with the stored integers and
+    scales: Q4_0 under int4 / block 32, Q8_0 under int8 / block 32."""
+    inits = {t.name: t for t in model.graph.initializer}
+    carried, requantized = [], []
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits" or len(node.input) != 3:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        bits, block = attrs["bits"], attrs["block_size"]
+        weight = node.input[1].removesuffix(f"_Q{bits}")
+        packed_t, scales_t = inits[node.input[1]], inits[node.input[2]]
+        packed = scales = None
+        start = 0
+        for name, rows in rows_from.get(weight, []):
+            blocks = stored.get(name)
+            if blocks is not None and blocks.matches(bits, block) and blocks.shape[0] == rows:
+                if packed is None:
+                    packed = numpy_helper.to_array(packed_t).copy()
+                    scales = numpy_helper.to_array(scales_t).reshape(attrs["N"], -1).copy()
+                codes, s = blocks.codes_and_scales()                      # [rows, nb, 32], [rows, nb]
+                packed[start:start + rows] = pack_codes(codes, bits).reshape(packed[start:start + rows].shape)
+                scales[start:start + rows] = s
+                carried.append(name)
+            else:
+                requantized.append(name)
+            start += rows
+        if packed is not None:
+            packed_t.CopyFrom(numpy_helper.from_array(packed, packed_t.name))
+            scales_t.CopyFrom(numpy_helper.from_array(scales.reshape(numpy_helper.to_array(scales_t).shape)
+                                                      .astype(numpy_helper.to_array(scales_t).dtype), scales_t.name))
+    return {"carried": sorted(set(carried)), "requantized": sorted(set(requantized) - set(carried))}
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Offset-binary codes uint8 [rows, blocks, block] -> MatMulNBits' packed bytes [rows, blocks,
+    block * bits / 8]: 4-bit element 2i in the low nibble of byte i, 2i + 1 in the high one."""
+    if bits == 8:
+        return codes
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
 
 
 def _level(recipe: Recipe) -> int | None:
@@ -117,7 +180,7 @@ def quantize_embedding(model: onnx.ModelProto, bits: int, block: int, level: int
 
     # The head as x @ table.T, a MatMul with a constant weight that MatMulNBitsQuantizer packs as
     # [V, d / block, block * bits / 8] plus scales [V, d / block]: row v of the table is row v of the blob.
-    weight = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(table_init).T), "lm_head.MatMul.weight")
+    weight = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(table_init).T), HEAD_WEIGHT)
     matmul = helper.make_node("MatMul", [head.input[0] if head else "", weight.name],
                               [head.output[0] if head else "/lm_head/unused"], name=HEAD)
     if tied:

@@ -10,6 +10,7 @@ from torch import nn
 from ..config import GemmaConfig
 from ..gemma import build_model
 from .default import DEFAULT_MODEL, default_model_path
+from .gguf_blocks import StoredBlocks
 from .weights import CheckpointError, assign_weights
 
 
@@ -19,6 +20,9 @@ class LoadedModel:
     config: GemmaConfig
     tokenizer: "Tokenizer | None"  # runtime_py.tokenizer.Tokenizer
     source: Path
+    # Tensors whose stored quantized blocks a matching recipe carries over exactly (GGUF Q4_0/Q8_0),
+    # by parameter name; the model's float weights are their dequantized values.
+    stored: dict[str, "StoredBlocks"] = dataclasses.field(default_factory=dict)
 
 
 def resolve(source: str | Path | None) -> Path:
@@ -40,18 +44,19 @@ def load_model(source: str | Path | None = None, dtype: torch.dtype = torch.floa
         config, tensors = load_hf_folder(path)
         tok_file = path / "tokenizer.model"
         tokenizer = _tokenizer(tok_file.read_bytes()) if tok_file.exists() else None
+        stored = {}
     elif path.suffix == ".gguf":
         from .gguf_loader import load_gguf
         from .gguf_tokenizer import sentencepiece_model_from_gguf
         ckpt = load_gguf(path)
-        config, tensors = ckpt.config, ckpt.dequantized()
+        config, tensors, stored = ckpt.config, ckpt.dequantized(), ckpt.stored_blocks()
         tokenizer = _tokenizer(sentencepiece_model_from_gguf(ckpt.reader))
     else:
         raise CheckpointError(f"--model {path}: not a Hugging Face folder nor a .gguf file")
     with torch.device("meta"):
         model = build_model(config)
     model = assign_weights(model, tensors, str(path), dtype).eval()
-    return LoadedModel(model, config, tokenizer, path)
+    return LoadedModel(model, config, tokenizer, path, stored)
 
 
 def _tokenizer(model_proto: bytes):

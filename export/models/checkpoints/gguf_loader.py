@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..config import EmbeddingHead, GemmaConfig, LayerType, layer_pattern
+from .gguf_blocks import LAYOUTS, StoredBlocks
 from .weights import CheckpointError
 
 
@@ -125,6 +126,14 @@ class GGUFCheckpoint:
         uint8 array [rows, bytes per row] of blocks; norm weights still carry the +1 offset."""
         t = self._tensors[name]
         return t.tensor_type, t.data, self.shape(name)
+
+    def stored_blocks(self) -> dict[str, StoredBlocks]:
+        """The tensors stored in a layout a recipe can carry over losslessly (Q4_0, Q8_0), by our name."""
+        out = {}
+        for name, t in self._tensors.items():
+            if t.tensor_type.name in LAYOUTS and len(self.shape(name)) == 2:
+                out[name] = StoredBlocks(t.tensor_type.name, t.data, self.shape(name))
+        return out
 
     def dequantized(self) -> dict[str, torch.Tensor]:
         """Every tensor as float32 under our names, norm offsets removed."""
