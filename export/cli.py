@@ -125,9 +125,8 @@ def _validate(args) -> int:
 def _qat(args) -> int:
     from .quantize.qat_train import run
     def progress(p):
-        if not args.json:
-            print(f"step {p['step']}/{p['steps']}  KL {p['loss']:.4f}  {p['s_per_step']:.1f} s/step",
-                  file=sys.stderr, flush=True)
+        print(f"step {p['step']}/{p['steps']}  KL {p['loss']:.4f}  {p['s_per_step']:.1f} s/step",
+              file=sys.stderr, flush=True)
     s = run(args.model, args.data, args.steps, args.out, args.recipe, lr=args.lr, seq_len=args.seq_len,
             train_table=args.train_embedding, progress=progress)
     if args.json:

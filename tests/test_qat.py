@@ -35,6 +35,7 @@ def test_fake_quantizers_equal_gguf_quantization(fn, qtype):
         w[1, :32] = 1e-30                                # scale underflows float16
         w[2, :2] = torch.tensor([0.5, -0.5]) * scale * 9  # tie for the largest magnitude: the first wins
         w[3, 5] = -w[3].abs().max() * 3                  # negative extreme
+        w[4, 32:34] = torch.tensor([-0.5, 0.5]) * scale * 9   # ... the negative one first
         assert np.array_equal(fn(w).numpy(), _gguf_values(w, qtype)), (qtype, scale)
 
 
@@ -120,6 +121,27 @@ def test_checkpoint_metadata_and_tokenizer_round_trip(trained):
     assert dataclasses.replace(back.config, rms_eps=loaded.config.rms_eps) == loaded.config
     text = (root / "train.txt").read_text()[:2000]
     assert back.tokenizer.encode(text) == loaded.tokenizer.encode(text)
+
+
+def test_onnx_int4_artifact_carries_the_qat_integers_and_runs_the_simulated_model(trained, tmp_path):
+    """The exporter carries every trained Q4_0 tensor over (no re-quantization), and onnxruntime's
+    int4 artifact computes what QAT simulated: its logits are closer to the fake-quantized model
+    (int8 activations included) than to the same weights with float activations."""
+    import runtime_py
+    from export.converters.onnx import export_onnx
+    root, _, result, _, path = trained
+    loaded = load_model(path)
+    out = export_onnx(loaded, tmp_path / "onnx", "int4", context_length=64)
+    carried = json.loads((out / "manifest.json").read_text())["lossless_import"]
+    assert sorted(carried["carried"]) == sorted(result.types) and carried["requantized"] == []
+    ids = loaded.tokenizer.encode((root / "train.txt").read_text()[-3000:])[:60]
+    art = runtime_py.load(out).logits(ids)
+    x, pos = torch.tensor([ids]), torch.arange(len(ids))
+    with torch.no_grad():
+        weight_only = loaded.model(x, pos)[0][0].numpy()
+        simulated = qat.prepare(loaded.model, qat.Scheme.of(RECIPES["int4"]), False)(x, pos)[0][0].numpy()
+    assert np.abs(art - simulated).max() < np.abs(art - weight_only).max()
+    assert (art.argmax(-1) == simulated.argmax(-1)).mean() >= (art.argmax(-1) == weight_only.argmax(-1)).mean()
 
 
 @pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])

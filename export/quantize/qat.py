@@ -48,18 +48,27 @@ def _blocks(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, BLOCK)                                  # [blocks, 32]
 
 
+def _signed_absmax(b: torch.Tensor) -> torch.Tensor:
+    """[blocks, 32] -> [blocks, 1]: the value of largest magnitude, the first one on ties (numpy's
+    argmax of |x|). From max and min (cheaper than argmax); only blocks whose max and -min tie
+    need the position."""
+    hi, lo = b.amax(-1, keepdim=True), b.amin(-1, keepdim=True)
+    m = torch.where(hi >= -lo, hi, lo)
+    tie = ((hi == -lo) & (hi != 0)).squeeze(-1).nonzero().squeeze(-1)
+    if len(tie):
+        t = b[tie]
+        m[tie] = t.gather(-1, t.abs().argmax(-1, keepdim=True))
+    return m
+
+
 def q4_0_values(w: torch.Tensor) -> torch.Tensor:
-    """float32 w -> the values gguf's Q4_0 quantize + dequantize gives, same shape."""
+    """float32 w -> the values gguf's Q4_0 quantize + dequantize gives, same shape. (In-place steps:
+    this runs over every weight at every training step.)"""
     b = _blocks(w.float())
-    m = b.gather(-1, b.abs().argmax(-1, keepdim=True))          # [blocks, 1] signed max magnitude
-    d = m / -8
+    d = _signed_absmax(b) / -8                                   # [blocks, 1]
     inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
-    q = torch.trunc(b * inv + 8.5).clamp(0, 15)
-    return (d.half().float() * (q - 8)).reshape(w.shape)
-
-
-def _round_half_away(x: torch.Tensor) -> torch.Tensor:
-    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+    q = (b * inv).add_(8.5).trunc_().clamp_(0, 15).sub_(8)
+    return q.mul_(d.half().float()).reshape(w.shape)
 
 
 def q8_0_values(w: torch.Tensor) -> torch.Tensor:
@@ -67,7 +76,9 @@ def q8_0_values(w: torch.Tensor) -> torch.Tensor:
     b = _blocks(w.float())
     d = b.abs().amax(-1, keepdim=True) / 127
     inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
-    return (d.half().float() * _round_half_away(b * inv)).reshape(w.shape)
+    x = b * inv                                                  # round half away from zero:
+    q = x.abs().add_(0.5).floor_().mul_(torch.sign(x))
+    return q.mul_(d.half().float()).reshape(w.shape)
 
 
 def int8_activations(x: torch.Tensor) -> torch.Tensor:

@@ -96,9 +96,10 @@ def train(loaded: LoadedModel, ids: list[int], recipe: Recipe, steps: int, *, lr
     bos = loaded.config.bos_id
     held_batches = list(windows(held, seq_len, bos, None, EVAL_WINDOWS))
     teacher = copy.deepcopy(loaded.model).eval().requires_grad_(False)
+    loaded.stored = {}                            # the source's quantized blocks no longer match the weights
     student = qat.prepare(loaded.model, scheme, train_table).train()
     params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
     before = evaluate(student, teacher, held_batches)
     gen = torch.Generator().manual_seed(seed)
     losses, t0 = [], time.perf_counter()
