@@ -180,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, required=True)
     q.add_argument("--out", required=True, help="checkpoint to write (.gguf)")
     q.add_argument("--recipe", default="int4", help="quantization recipe to train for (default int4)")
-    q.add_argument("--lr", type=float, default=1e-5, help="peak AdamW learning rate (default 1e-5)")
-    q.add_argument("--seq-len", type=int, default=256, help="tokens per training window (default 256)")
+    q.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate (default 1e-4)")
+    q.add_argument("--seq-len", type=int, default=128, help="tokens per training window (default 128)")
     q.add_argument("--train-embedding", action="store_true",
                    help="also train the embedding / tied LM head (default: frozen at its quantized values)")
     q.add_argument("--json", action="store_true")

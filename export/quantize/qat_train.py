@@ -86,8 +86,8 @@ def _lr(step: int, steps: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
 
 
-def train(loaded: LoadedModel, ids: list[int], recipe: Recipe, steps: int, *, lr: float = 1e-5,
-          seq_len: int = 256, train_table: bool = False, seed: int = 0,
+def train(loaded: LoadedModel, ids: list[int], recipe: Recipe, steps: int, *, lr: float = 1e-4,
+          seq_len: int = 128, train_table: bool = False, seed: int = 0,
           progress: Callable[[dict], None] | None = None) -> QATResult:
     """Distil `loaded.model` into its fake-quantized self, in place; on return the model is plain
     again with every quantized weight on its quantization grid."""
@@ -148,7 +148,7 @@ def peak_rss_mb() -> float:
 
 
 def run(model: str | None, data: str | Path, steps: int, out: str | Path, recipe_name: str = "int4", *,
-        lr: float = 1e-5, seq_len: int = 256, train_table: bool = False,
+        lr: float = 1e-4, seq_len: int = 128, train_table: bool = False,
         progress: Callable[[dict], None] | None = None) -> dict:
     """`gemma-export qat`: load, distil, write the checkpoint; returns a summary."""
     from ..models.checkpoints import load_model
