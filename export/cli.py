@@ -127,6 +127,22 @@ def _validate(args) -> int:
     return 0 if report["passed"] else 1
 
 
+def _qat(args) -> int:
+    from .quantize.qat_train import run
+    def progress(p):
+        print(f"step {p['step']}/{p['steps']}  KL {p['loss']:.4f}  {p['s_per_step']:.1f} s/step",
+              file=sys.stderr, flush=True)
+    s = run(args.model, args.data, args.steps, args.out, args.recipe, lr=args.lr, seq_len=args.seq_len,
+            train_table=args.train_embedding, progress=progress)
+    if args.json:
+        print(json.dumps(s, indent=2))
+    else:
+        h = s["held_out"]
+        print(f"wrote {s['checkpoint']} ({s['bytes'] / 1e6:.1f} MB); held-out KL {h['ptq']['kl']:.4f} -> "
+              f"{h['qat']['kl']:.4f}, top-1 {h['ptq']['top1']:.3f} -> {h['qat']['top1']:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .targets import TARGETS
     p = argparse.ArgumentParser(prog="gemma-export", description=__doc__)
@@ -177,6 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     from devices.command import add_parser as add_profile
     add_profile(sub)
+
+    q = sub.add_parser("qat", help="quantization-aware training: distil into fake-quantized weights, save a GGUF")
+    q.add_argument("--model", default=None, help="HF folder, .gguf file (default: bundled Gemma 3 270M)")
+    q.add_argument("--data", required=True, help="UTF-8 training text (its last 10%% is held out)")
+    q.add_argument("--steps", type=int, required=True)
+    q.add_argument("--out", required=True, help="checkpoint to write (.gguf)")
+    q.add_argument("--recipe", default="int4", help="quantization recipe to train for (default int4)")
+    q.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate (default 1e-4)")
+    q.add_argument("--seq-len", type=int, default=128, help="tokens per training window (default 128)")
+    q.add_argument("--train-embedding", action="store_true",
+                   help="also train the embedding / tied LM head (default: frozen at its quantized values)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_qat)
     return p
 
 

@@ -1,0 +1,224 @@
+"""Quantization-aware training, part 1: fake quantization and the module swap.
+
+Weights are fake-quantized to GGUF block formats with llama.cpp's own rounding (gguf-py's
+quants.py, ggml-quants.c `quantize_row_q4_0_ref` / `quantize_row_q8_0_ref`), because the QAT
+checkpoint stores them in those formats and the exporters carry its integers over:
+
+- Q4_0 (int4 symmetric, block 32): m = the block's value of largest magnitude (signed, first one on
+  ties), d = m / -8, q = clip(trunc(x * (1/d) + 8.5), 0, 15), value = fp16(d) * (q - 8). The
+  integers are computed with the float32 d and dequantized with the stored float16 d.
+- Q8_0 (int8 symmetric, block 32): d = max|x| / 127, q = round-half-away(x * (1/d)),
+  value = fp16(d) * q.
+
+Why not torchao's QAT (torchao.quantization.qat, 0.18): its IntxFakeQuantizeConfig derives the
+scale from max|x| / 7.5 (SYMMETRIC) or max(min/qmin, max/qmax) (SYMMETRIC_NO_CLIPPING_ERR) and
+rounds half-to-even with the scale it stores; none of its mappings is Q4_0's signed max / -8 with a
+float32 scale for rounding and a float16 one for values, so the integers it trains would not be the
+ones gguf writes. The fake quantizers here are a few lines and bit-exact with gguf's (tested).
+
+Gradients are straight-through (identity) for weights and activations. Activations entering a
+quantized matmul are fake-quantized to int8 per block of 32 along the input dimension when the
+recipe says so (onnxruntime MatMulNBits accuracy_level 4: scale max|a| / 127, round to nearest).
+
+The swap (gpt-fast style; no model code changes): every nn.Linear of the decoder layers becomes a
+QATLinear (same parameter, so state-dict names are unchanged); the tied embedding / LM head table
+is fake-quantized through a parametrization (the lookup and the head both read `.weight`), or,
+when it is frozen, replaced once by its quantized values; a forward hook on the final norm
+fake-quantizes the LM head's input activations. `finalize` undoes the swap and leaves every
+quantized weight equal to its fake-quantized value."""
+from __future__ import annotations
+
+import dataclasses
+
+import gguf
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .recipes import Recipe
+
+BLOCK = 32
+Q = gguf.GGMLQuantizationType
+
+
+def _blocks(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[-1] % BLOCK:
+        raise ValueError(f"a quantized tensor's last dimension ({x.shape[-1]}) is not a multiple of {BLOCK}")
+    return x.reshape(-1, BLOCK)                                  # [blocks, 32]
+
+
+def _signed_absmax(b: torch.Tensor) -> torch.Tensor:
+    """[blocks, 32] -> [blocks, 1]: the value of largest magnitude, the first one on ties (numpy's
+    argmax of |x|). From max and min (cheaper than argmax); only blocks whose max and -min tie
+    need the position."""
+    hi, lo = b.amax(-1, keepdim=True), b.amin(-1, keepdim=True)
+    m = torch.where(hi >= -lo, hi, lo)
+    tie = ((hi == -lo) & (hi != 0)).squeeze(-1).nonzero().squeeze(-1)
+    if len(tie):
+        t = b[tie]
+        m[tie] = t.gather(-1, t.abs().argmax(-1, keepdim=True))
+    return m
+
+
+def q4_0_values(w: torch.Tensor) -> torch.Tensor:
+    """float32 w -> the values gguf's Q4_0 quantize + dequantize gives, same shape. (In-place steps:
+    this runs over every weight at every training step.)"""
+    b = _blocks(w.float())
+    d = _signed_absmax(b) / -8                                   # [blocks, 1]
+    inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+    q = (b * inv).add_(8.5).trunc_().clamp_(0, 15).sub_(8)
+    return q.mul_(d.half().float()).reshape(w.shape)
+
+
+def q8_0_values(w: torch.Tensor) -> torch.Tensor:
+    """float32 w -> the values gguf's Q8_0 quantize + dequantize gives, same shape."""
+    b = _blocks(w.float())
+    d = b.abs().amax(-1, keepdim=True) / 127
+    inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+    x = b * inv                                                  # round half away from zero:
+    q = x.abs().add_(0.5).floor_().mul_(torch.sign(x))
+    return q.mul_(d.half().float()).reshape(w.shape)
+
+
+def int8_activations(x: torch.Tensor) -> torch.Tensor:
+    """Dynamic int8 activations per block of 32 along the last dimension (MatMulNBits, level 4)."""
+    b = x.reshape(*x.shape[:-1], -1, BLOCK)                      # [..., K / 32, 32]
+    s = b.abs().amax(-1, keepdim=True) / 127
+    inv = torch.where(s == 0, torch.zeros_like(s), 1 / s)
+    return (torch.round(b * inv) * s).reshape(x.shape)
+
+
+# (bits, block) of a recipe -> the GGUF type the checkpoint stores and its fake quantizer.
+FORMATS = {(4, BLOCK): (Q.Q4_0, q4_0_values), (8, BLOCK): (Q.Q8_0, q8_0_values)}
+
+
+class _STE(torch.autograd.Function):
+    """Forward: fn(x) exactly; backward: the identity (straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, x, fn):
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def fake(fn, x: torch.Tensor) -> torch.Tensor:
+    return _STE.apply(x, fn)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scheme:
+    """What QAT simulates for a recipe: the GGUF types of the body and the table, and activations."""
+    body: gguf.GGMLQuantizationType
+    table: gguf.GGMLQuantizationType
+    int8_activations: bool
+
+    @staticmethod
+    def of(recipe: Recipe) -> "Scheme":
+        body = FORMATS.get((recipe.weight_bits, recipe.block_size))
+        table = FORMATS.get((recipe.embedding_bits, recipe.embedding_block))
+        if body is None or table is None or recipe.activations not in ("int8", "fp32"):
+            ok = [f"{b}-bit / block {s}" for b, s in FORMATS]
+            raise ValueError(f"--recipe {recipe.name}: QAT trains {' or '.join(ok)} weights with int8 or float "
+                             f"activations, not {recipe.weight_bits}-bit / block {recipe.block_size} "
+                             f"(embedding {recipe.embedding_bits}-bit / block {recipe.embedding_block}, "
+                             f"activations {recipe.activations})")
+        return Scheme(body[0], table[0], recipe.activations == "int8")
+
+
+def values_fn(qtype: gguf.GGMLQuantizationType):
+    return next(fn for t, fn in FORMATS.values() if t == qtype)
+
+
+class QATLinear(nn.Linear):
+    """nn.Linear with fake-quantized weight (and activations); `weight` is the float latent."""
+
+    def __init__(self, linear: nn.Linear, qtype: gguf.GGMLQuantizationType, act: bool):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        self.qtype, self.fn, self.act = qtype, values_fn(qtype), act
+
+    def forward(self, x):
+        if self.act:
+            x = fake(int8_activations, x)
+        return F.linear(x, fake(self.fn, self.weight), self.bias)
+
+
+class _FakeTable(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, w):
+        return fake(self.fn, w)
+
+
+def quantized_names(model: nn.Module) -> dict[str, gguf.GGMLQuantizationType]:
+    """Parameter name -> GGUF type, for the parameters QAT quantizes (after `prepare`)."""
+    out = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, QATLinear):
+            out[f"{name}.weight"] = mod.qtype
+    out["model.embed_tokens.weight"] = model._qat_table_type
+    return out
+
+
+def prepare(model: nn.Module, scheme: Scheme, train_table: bool) -> nn.Module:
+    """Swap in fake quantization (in place). The table (embedding + tied head) is trained only with
+    `train_table`; otherwise its quantized values are computed once and frozen.
+
+    The latent weights start at their quantized values (the post-training grid points), not at the
+    float weights: weights dequantized from another block format (the bundled Gemma 3 270M is
+    Q5_0 / Q4_K / Q8_0) sit exactly on Q4_0's rounding ties in large numbers (a Q5_0 block's odd
+    levels are Q4_0's half steps), and the first optimizer step of any size would then flip every one
+    of them in the gradient's direction at once: measured on the 270M, a 1e-7 step took KL from 0.42
+    to 9.9. From the grid points an integer changes only after its latent has moved half a step."""
+    if getattr(model.config, "embedding_head", None) is not None:
+        raise ValueError("QAT distills a causal LM's logits; embedding models are not supported")
+    for layer in model.model.layers:
+        for parent in (layer.self_attn, layer.mlp):
+            for cname, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    q = QATLinear(child, scheme.body, scheme.int8_activations)
+                    with torch.no_grad():
+                        q.weight.copy_(q.fn(q.weight))        # latent starts on the grid (see above)
+                    setattr(parent, cname, q)
+    emb = model.model.embed_tokens
+    fn = values_fn(scheme.table)
+    with torch.no_grad():
+        emb.weight = nn.Parameter(fn(emb.weight), requires_grad=train_table)
+    if train_table:
+        parametrize.register_parametrization(emb, "weight", _FakeTable(fn))
+    if scheme.int8_activations:
+        model._qat_hook = model.model.norm.register_forward_hook(lambda m, i, out: fake(int8_activations, out))
+    model._qat_table_type = scheme.table
+    return model
+
+
+@torch.no_grad()
+def finalize(model: nn.Module) -> dict[str, gguf.GGMLQuantizationType]:
+    """Undo `prepare`: plain modules again, each quantized weight replaced by its fake-quantized
+    value. Returns quantized_names (the parameters to store quantized)."""
+    names = quantized_names(model)
+    for layer in model.model.layers:
+        for parent in (layer.self_attn, layer.mlp):
+            for cname, child in list(parent.named_children()):
+                if isinstance(child, QATLinear):
+                    plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                      device="meta")
+                    plain.weight = nn.Parameter(child.fn(child.weight))
+                    plain.bias = child.bias
+                    setattr(parent, cname, plain)
+    emb = model.model.embed_tokens
+    if parametrize.is_parametrized(emb, "weight"):
+        parametrize.remove_parametrizations(emb, "weight", leave_parametrized=True)
+    emb.weight.requires_grad_(True)
+    if hasattr(model, "_qat_hook"):
+        model._qat_hook.remove()
+        del model._qat_hook
+    del model._qat_table_type
+    return names
