@@ -33,6 +33,11 @@ def folder_for(name: str) -> Path:
     return CACHE / (f"{name}@{export_key()}" if name.startswith("ours-") else name)
 
 
+def is_built(name: str) -> bool:
+    out = folder_for(name)
+    return out.exists() and (out.parent / (out.name + ".build.json")).exists()
+
+
 def model_bytes(path: Path) -> int:
     """Bytes of the model files a runtime loads (weights and graph; tokenizers and configs excluded)."""
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]

@@ -131,3 +131,24 @@ def chart(results: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+MARK = "<!-- bench-table -->"
+
+
+def into_readme(text: str, results: dict) -> str:
+    """README text with the block between the two bench-table marks (or after the single one) replaced by
+    the latest table, its date and machine."""
+    m = results["machine"]
+    block = (f"{MARK}\nLatest run: {results['date']}, {m['cpu']} ({m['cores']} cores, {m['mem_gb']} GB, shared with "
+             f"other jobs), {results['threads']} threads, median of {results['rounds']} interleaved round(s); "
+             f"bandwidth {results['roofline']['bandwidth_gb_s']} GB/s.\n\n{_fenced(table(results))}\n{MARK}")
+    head, _, rest = text.partition(MARK)
+    _, found, tail = rest.partition(MARK)
+    return head + block + (tail if found else rest)
+
+
+def _fenced(table_text: str) -> str:
+    """The Markdown table as is, the ratio lines after it in a text block."""
+    rows, _, ratios = table_text.partition("\n\n")
+    return rows + (f"\n\n```text\n{ratios}\n```" if ratios else "")

@@ -32,7 +32,7 @@ def ensure_llama_cpp() -> str | None:
     if not wheels:
         return (f"llama-cpp-python is not installed and no cached {LLAMA_CPP} wheel in "
                 f"{' or '.join(map(str, WHEEL_DIRS))} (see README, Benchmarks)")
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", str(wheels[0])],
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", str(wheels[0]), "diskcache==5.6.3"],
                           capture_output=True, text=True)
     return None if done.returncode == 0 else f"pip install {wheels[0].name} failed: {done.stderr.strip()[-300:]}"
 
@@ -84,8 +84,10 @@ def main(argv=None) -> int:
     ap.add_argument("--lengths", default="128,512", help="prompt lengths in tokens")
     ap.add_argument("--decode", type=int, default=128, help="decode tokens")
     ap.add_argument("--rebuild", action="store_true", help="rebuild our artifacts (peers' stay cached)")
+    ap.add_argument("--no-build", action="store_true", help="skip entries whose artifact is not built yet")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="results folder")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per worker run")
+    ap.add_argument("--readme", action="store_true", help="also put the table in README.md (Benchmarks)")
     args = ap.parse_args(argv)
     rounds = 1 if args.quick else args.rounds
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -97,8 +99,10 @@ def main(argv=None) -> int:
     for e in entries:
         if e.artifact == "gguf":
             g = gguf_path()
-            built[e.key] = {"path": str(g), "bytes": g.stat().st_size, "export_s": 0.0, "export_peak_rss_mb": 0,
-                            "note": "the bundled GGUF, run as is"}
+            built[e.key] = {"path": str(g), "bytes": g.stat().st_size, "export_s": None, "export_peak_rss_mb": None,
+                            "note": "the bundled GGUF, run as is (no export)"}
+        elif args.no_build and not artifacts.is_built(e.artifact):
+            built[e.key] = {"error": f"{e.artifact} is not built (run without --no-build to build it)"}
         else:
             built[e.key] = artifacts.ensure(e.artifact, rebuild=args.rebuild and e.ours, log=say)
         if e.runner == "llama.cpp" and "error" not in built[e.key]:
@@ -138,6 +142,9 @@ def main(argv=None) -> int:
     (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     report.chart(results, out / "latest.png")
     print(report.table(results))
+    if args.readme:
+        readme = ROOT / "README.md"
+        readme.write_text(report.into_readme(readme.read_text(encoding="utf-8"), results), encoding="utf-8")
     return 0
 
 

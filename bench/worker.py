@@ -2,7 +2,8 @@
 
 Loads the artifact, warms up (a short prompt and a few tokens), then for each prompt in the spec measures time to
 first token, prefill and decode rates. Prints one JSON line: {load_s, peak_rss_mb, runs: {prompt_tokens: ...}}.
-Peak RSS is this process's high-water mark (resource.getrusage), loading included.
+Peak RSS is this process's high-water mark (VmHWM in /proc/self/status, loading included; getrusage's maxrss
+would start from the parent's RSS at fork time, which Linux carries across exec).
 """
 from __future__ import annotations
 
@@ -17,6 +18,16 @@ import time
 
 RUNNERS = {"runtime_py": "runtime_py_runner", "llama.cpp": "llamacpp", "onnxruntime-genai": "ogenai",
            "litert-lm": "litertlm", "transformers": "hf_eager"}
+
+
+def peak_rss_mb() -> float:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv: list[str]) -> int:
@@ -40,7 +51,7 @@ def main(argv: list[str]) -> int:
         timed(stream, spec["warmup_ids"], 8)
         for length, ids in spec["prompts"].items():
             runs[length] = dataclasses.asdict(timed(stream, ids, n))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     print(json.dumps({"load_s": round(load_s, 2), "peak_rss_mb": round(peak), "runs": runs}))
     return 0
 
