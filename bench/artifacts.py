@@ -3,10 +3,11 @@
 Each artifact is built by `python -m bench.builders` in a child process (its wall time and peak RSS, children
 included, are the export time and export peak RSS), into a temporary folder renamed into place, with
 `build.json` beside it: {export_s, export_peak_rss_mb, command}. Reruns reuse it. Our own artifacts are keyed by
-the git tree of export/ (a committed change to the exporter rebuilds them; uncommitted changes mark the key dirty).
+the git trees of the code that builds them (a committed change to it rebuilds them; uncommitted ones mark the key dirty).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,21 +22,34 @@ CACHE = ROOT / "bench" / "cache"
 MODEL_SUFFIXES = (".onnx", ".onnx.data", ".tflite", ".litertlm", ".gguf", ".safetensors")
 
 
-def export_key() -> str:
-    """The git tree id of export/ (+ "-dirty" with uncommitted changes there): our artifacts' cache key."""
+def export_key(target: str) -> str:
+    """Our artifacts' cache key: the git trees of what builds a `target` artifact (models, quantization, the
+    target's converter and the shared converter and CLI files), hashed; "-dirty" with uncommitted changes there."""
+    paths = ["export/models", "export/quantize", f"export/converters/{target}", "export/converters/artifact.py",
+             "export/converters/hf_tokenizer.py", "export/cli.py", "export/targets.py"]
+
     def git(*args):
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    tree = git("rev-parse", "HEAD:export")[:10] or "untracked"
-    return tree + ("-dirty" if git("status", "--porcelain", "--", "export") else "")
+    trees = git("rev-parse", *[f"HEAD:{p}" for p in paths])
+    key = hashlib.sha1(trees.encode()).hexdigest()[:10] if trees else "untracked"
+    return key + ("-dirty" if git("status", "--porcelain", "--", *paths) else "")
 
 
 def folder_for(name: str) -> Path:
-    return CACHE / (f"{name}@{export_key()}" if name.startswith("ours-") else name)
+    """bench/cache/<name>, and for ours (ours-<target>-<recipe>) <name>@<export_key(target)>."""
+    return CACHE / (f"{name}@{export_key(name.split('-')[1])}" if name.startswith("ours-") else name)
 
 
 def is_built(name: str) -> bool:
     out = folder_for(name)
     return out.exists() and (out.parent / (out.name + ".build.json")).exists()
+
+
+def last_failure(name: str) -> str | None:
+    """The error of the last failed build of `name` (same cache key), if any."""
+    out = folder_for(name)
+    f = out.parent / (out.name + ".failed.json")
+    return json.loads(f.read_text())["error"] if f.exists() else None
 
 
 def model_bytes(path: Path) -> int:
@@ -83,7 +97,9 @@ def ensure(name: str, rebuild: bool = False, log=print) -> dict:
         log(f"building {name} -> {out} ...")
         code, secs, rss = run_measured(cmd, out.parent / (out.name + ".log"))
         if code != 0:
-            return {"name": name, "error": f"build failed (exit {code}): {failure(out.parent / (out.name + '.log'))}"}
+            error = f"build failed (exit {code}): {failure(out.parent / (out.name + '.log'))}"
+            (out.parent / (out.name + ".failed.json")).write_text(json.dumps({"error": error}) + "\n")
+            return {"name": name, "error": error}
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
         meta = {"export_s": round(secs, 1), "export_peak_rss_mb": round(rss), "command": cmd[2:4]}

@@ -102,7 +102,8 @@ def main(argv=None) -> int:
             built[e.key] = {"path": str(g), "bytes": g.stat().st_size, "export_s": None, "export_peak_rss_mb": None,
                             "note": "the bundled GGUF, run as is (no export)"}
         elif args.no_build and not artifacts.is_built(e.artifact):
-            built[e.key] = {"error": f"{e.artifact} is not built (run without --no-build to build it)"}
+            built[e.key] = {"error": artifacts.last_failure(e.artifact)
+                            or f"{e.artifact} is not built (run without --no-build to build it)"}
         else:
             built[e.key] = artifacts.ensure(e.artifact, rebuild=args.rebuild and e.ours, log=say)
         if e.runner == "llama.cpp" and "error" not in built[e.key]:
