@@ -104,6 +104,9 @@ class OnnxBackend:
                 raise ValueError(f"{self.path}: no output {name!r} (genai_config.json names it)")
         self.cache_dtype = _dtype(self.inputs[self.caches[0][0]], str(self.path))
         self.logits_dtype = _dtype(self.outputs[self.logits_name], str(self.path))
+        # Optional input (ours): logits at the last k positions only; steps need just the last one's.
+        optional = {i.name for i in self.session.get_overridable_initializers()}
+        self.keep_name = "logits_to_keep" if "logits_to_keep" in optional else None
         # onnxruntime-genai's flag: past and present may be one buffer (GroupQueryAttention appends in place).
         # Recurrent states are rewritten whole by ops that may not alias their input and output: not shared.
         self.share_buffer = bool((self.genai.get("search") or {}).get("past_present_share_buffer", False)) \
@@ -182,7 +185,8 @@ class Stepper:
     so GroupQueryAttention writes the new rows in place: window-sized on sliding layers, `max_len` rows on global
     ones (the first `length` rows are live). Otherwise each call's `present.*` outputs are bound as the next
     call's inputs (no copy through numpy, but the graph copies the cache into its new outputs every step).
-    Long inputs are fed in chunks of `prefill_chunk` tokens, which bounds the [T, V] logits buffer.
+    Long inputs are fed in chunks of `prefill_chunk` tokens, which bounds the [T, V] logits buffer of graphs
+    without our optional `logits_to_keep` input (with it, only the last position's logits are computed).
     """
 
     def __init__(self, backend: OnnxBackend, max_len: int, prefill_chunk: int):
@@ -216,8 +220,23 @@ class Stepper:
     def __call__(self, tokens: list[int], start: int) -> np.ndarray:
         tokens = check_step(tokens, start, self.length, self.max_len, self.backend.path, self.backend.context_length)
         for i in range(0, len(tokens), self.chunk):
-            logits = self._run(tokens[i:i + self.chunk])
+            chunk = tokens[i:i + self.chunk]
+            logits = self._run_last(chunk) if len(chunk) > 1 and self.backend.keep_name else self._run(chunk)
         return logits
+
+    def _run_last(self, tokens: list[int]) -> np.ndarray:
+        """A prompt chunk with `logits_to_keep` = 1 (the LM head on the last position only). IOBinding cannot
+        bind an optional input (an overridable initializer), so this runs through run_with_ort_values: the
+        caches come back in new buffers (one copy per chunk), which the kept binding then points to."""
+        b = self.backend
+        feed = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in b.feed(tokens, self.length).items()}
+        feed[b.keep_name] = ort.OrtValue.ortvalue_from_numpy(np.ones(1, np.int64))
+        outs = b.session.run_with_ort_values([b.logits_name] + [p for _, p, _ in b.caches], {**feed, **self.past})
+        self.past = {past: value for (past, _, _), value in zip(b.caches, outs[1:])}
+        if self.binding is not None:
+            self._bind_caches(self.binding)
+        self.length += len(tokens)
+        return outs[0].numpy()[0, -1].astype(np.float32)     # [V]
 
     def _run(self, tokens: list[int]) -> np.ndarray:
         b = self.backend

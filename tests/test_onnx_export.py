@@ -72,6 +72,23 @@ def test_whole_prompt_with_empty_past_matches_transformers(artifact):
 
 
 @torch.no_grad()
+def test_logits_to_keep_returns_the_last_positions(artifact):
+    """The optional logits_to_keep input (default 0: every position) against transformers' full forward."""
+    ref, out = artifact
+    cfg = json.loads((out / "genai_config.json").read_text())
+    toks = _tokens(T)
+    expected = ref(toks).logits[0].numpy()
+    sess = _session(out)
+    assert "logits_to_keep" not in {i.name for i in sess.get_inputs()}      # optional: genai never feeds it
+    for keep in (1, 3, T + 5):
+        feed = {"input_ids": toks.numpy(), "attention_mask": np.ones((1, T), np.int64), **_empty_past(cfg),
+                "logits_to_keep": np.array([keep], np.int64)}
+        logits = sess.run(["logits"], feed)[0][0]
+        assert logits.shape == (min(keep, T), expected.shape[1])
+        assert np.abs(logits - expected[-min(keep, T):]).max() < 1e-4
+
+
+@torch.no_grad()
 def test_chunked_decoding_past_the_window_keeps_window_sized_caches(artifact):
     ref, out = artifact
     cfg = json.loads((out / "genai_config.json").read_text())

@@ -61,17 +61,23 @@ def build_decoder(model, context_length: int) -> onnx.ModelProto:
     for i in range(c.num_layers):
         body.layer(i, attention, lambda i, x: recurrent_block(body, i, x, reset))
     h = body.final_norm()
+    # Optional `logits_to_keep` [1] (transformers' argument): 0 (default) = logits at every position, k > 0 =
+    # the last k. A prompt needs only its last position's, and the tied LM head over the vocabulary (262k rows
+    # for Gemma 3) is most of a prefill's cost otherwise. Slice from -k (-0 = 0: all). [B, T, H] -> [B, T', H]
+    keep = g.input("logits_to_keep", INT64, [1], default=np.array([0], np.int64))
+    h = g.op("Slice", [h, g.op("Neg", [keep], "/lm_head/keep/Neg"), g.const([2**62]), g.const([1])], "/lm_head/keep")
     # Tied LM head: Gemm with transB reads the embedding table in place (no transposed copy).
     flat = g.op("Reshape", [h, g.const([-1, c.hidden_size])], "/lm_head/Reshape")
     logits = g.op("Gemm", [flat, table], "/lm_head/Gemm", transB=1)
-    shape = g.op("Concat", [g.op("Shape", [ids], "/lm_head/Shape"), g.const([c.vocab_size])], "/lm_head/Concat", axis=0)
+    rows = g.op("Shape", [h], "/lm_head/Shape", end=2)                     # [B, T']
+    shape = g.op("Concat", [rows, g.const([c.vocab_size])], "/lm_head/Concat", axis=0)
     logits = g.op("Reshape", [logits, shape], "/lm_head/Reshape_back",
                   outputs=["logits" if c.final_softcap is None else None])
     if c.final_softcap is not None:
         cap = g.const(c.final_softcap, np.float32)
         t = g.op("Tanh", [g.op("Div", [logits, cap], "/lm_head/softcap/Div")], "/lm_head/softcap/Tanh")
         g.op("Mul", [t, cap], "/lm_head/softcap/Mul", outputs=["logits"])
-    g.output("logits", FLOAT, ["batch_size", "sequence_length", c.vocab_size])
+    g.output("logits", FLOAT, ["batch_size", "logits_length", c.vocab_size])
     return g.model(doc=f"Gemma ({c.family}) causal LM exported by gemma-export")
 
 

@@ -58,8 +58,13 @@ class Graph:
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, domain=domain or None, **attrs))
         return outs[0] if len(outs) == 1 else outs
 
-    def input(self, name: str, elem_type: int, shape: list) -> str:
+    def input(self, name: str, elem_type: int, shape: list, default: np.ndarray | None = None) -> str:
+        """A graph input; with `default`, an optional one (an initializer of the same name, which callers
+        may override; onnxruntime lists it among the overridable initializers, not the inputs)."""
         self.inputs.append(helper.make_tensor_value_info(name, elem_type, shape))
+        if default is not None:
+            self._taken.add(name)
+            self.initializers.append(numpy_helper.from_array(np.asarray(default), name))
         return name
 
     def output(self, name: str, elem_type: int, shape: list):

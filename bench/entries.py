@@ -1,0 +1,27 @@
+"""What is benchmarked: (label, runtime, artifact). Artifacts are bench.builders names, or "gguf" (the bundled
+GGUF itself, which llama.cpp runs as is)."""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    key: str
+    label: str
+    runner: str         # bench.worker.RUNNERS key
+    artifact: str       # bench.builders.BUILDERS key or "gguf"
+    ours: bool = False
+    int4: bool = False
+
+
+ENTRIES = (
+    Entry("ours-onnx-int4", "ours: ONNX int4 (runtime_py)", "runtime_py", "ours-onnx-int4", ours=True, int4=True),
+    Entry("ours-litert-int4", "ours: LiteRT int4 (runtime_py)", "runtime_py", "ours-litert-int4", ours=True, int4=True),
+    Entry("ours-litert-fp32", "ours: LiteRT fp32 (runtime_py)", "runtime_py", "ours-litert-fp32", ours=True),
+    Entry("llama.cpp", "llama.cpp Q4_K_M (same GGUF)", "llama.cpp", "gguf", int4=True),
+    Entry("og-int4", "onnxruntime-genai builder int4", "onnxruntime-genai", "og-int4", int4=True),
+    Entry("litertlm-int8", "LiteRT-LM export_hf int8 (wi8_afp32)", "litert-lm", "litertlm-int8"),
+    Entry("litertlm-int4", "LiteRT-LM export_hf int4 (wi4b32_afp32)", "litert-lm", "litertlm-int4", int4=True),
+    Entry("transformers", "transformers fp32 eager", "transformers", "hf"),
+)
