@@ -53,6 +53,10 @@ class OnnxBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = int(threads)
+        # Idle intra-op threads sleep instead of spinning: a decode step is ~360 small operators, each ending in
+        # a barrier, and spinning threads take the cores the other ones need whenever anything else runs
+        # (Gemma 3 270M int4, 2 threads on a shared 2-core box: 35.9 -> 50.6 tok/s).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as e:     # onnxruntime raises its own exception types
