@@ -203,7 +203,6 @@ class LiteRTEmbedder:
         self.signatures = dict(sorted(sigs.items()))              # T -> runner
         self.context_length = max(self.signatures)
         self.vocab_size = None
-        self.prefill_lengths = list(self.signatures)
 
     def embed(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """ids, mask [B, T] (right-padded) -> [B, D] float32, L2-normalised by the graph."""

@@ -49,10 +49,3 @@ class StoredBlocks:
         else:
             codes = (q.view(np.int8).astype(np.int16) + 128).astype(np.uint8)             # [R, nb, 32]
         return codes, scales
-
-    def dequantize(self) -> np.ndarray:
-        codes, scales = self.codes_and_scales()
-        zero = 1 << (self.bits - 1)
-        w = (codes.astype(np.float32) - zero) * scales[..., None]
-        return w.reshape(self.shape)
-
