@@ -17,6 +17,8 @@ def add_parser(sub) -> None:
     p.add_argument("--estimate", action="store_true", help="roofline estimate for a catalogue device, calibrated "
                                                            "on a host profile")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (host: runtime default; adb: 4)")
+    p.add_argument("--no-spin", dest="spin", action="store_false",
+                   help="host, ONNX: idle threads sleep instead of spinning (faster when other jobs share the cores)")
     p.add_argument("--runs", type=int, default=3, help="runs; the median is reported (default 3)")
     p.add_argument("--prompt-lengths", default=",".join(map(str, PROMPT_LENGTHS)),
                    help="prompt lengths for prefill, comma-separated (default 128,512)")
@@ -65,7 +67,7 @@ def host_estimate(artifact: Path, device_name: str, args, host_profile: dict | N
         host_profile = json.loads(Path(args.calibration).read_text())
     if host_profile is None:
         print(f"calibrating on this host: profiling {artifact} ({args.runs} runs)", file=sys.stderr)
-        host_profile = profile_host(artifact, threads=args.threads, runs=args.runs,
+        host_profile = profile_host(artifact, threads=args.threads, runs=args.runs, spin=args.spin,
                                     prompt_lengths=_lengths(args.prompt_lengths), decode_tokens=args.decode_tokens,
                                     on_run=_progress)
     config, weights = config_of(artifact), weight_bytes(artifact)
@@ -85,7 +87,7 @@ def run(args) -> int:
     base = Path(args.out) if args.out else artifact.parent / f"{artifact.name}.profile-{name.replace(':', '-')}"
     if name == "host":
         from .host import profile_host
-        result = profile_host(artifact, threads=args.threads, runs=args.runs,
+        result = profile_host(artifact, threads=args.threads, runs=args.runs, spin=args.spin,
                               prompt_lengths=_lengths(args.prompt_lengths), decode_tokens=args.decode_tokens,
                               on_run=None if args.json else _progress)
     elif name == "adb" or name.startswith("adb:"):

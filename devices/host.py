@@ -67,11 +67,11 @@ def prompt_ids(vocab: int, n: int, seed: int = 0) -> list[int]:
     return [2] + rng.integers(min(16, vocab - 1), vocab, n - 1).tolist()
 
 
-def one_run(artifact: str | Path, threads: int | None, lengths, decode_tokens: int) -> dict:
+def one_run(artifact: str | Path, threads: int | None, lengths, decode_tokens: int, spin: bool = True) -> dict:
     gc.collect()
     reset_peak_rss()
     t0 = time.perf_counter()
-    model = runtime_py.load(artifact, threads=threads)
+    model = runtime_py.load(artifact, threads=threads, spin=spin)
     load_s = time.perf_counter() - t0
     if model.kind != "causal":
         raise ValueError(f"{artifact}: an embedding model; profiling times text generation")
@@ -94,7 +94,8 @@ def one_run(artifact: str | Path, threads: int | None, lengths, decode_tokens: i
 
 
 def profile_host(artifact: str | Path, *, threads: int | None = None, runs: int = 3,
-                 prompt_lengths=PROMPT_LENGTHS, decode_tokens: int = DECODE_TOKENS, on_run=None) -> dict:
+                 prompt_lengths=PROMPT_LENGTHS, decode_tokens: int = DECODE_TOKENS, on_run=None,
+                 spin: bool = True) -> dict:
     """Profile `artifact` on this machine; `on_run(i, run)` is called after each run."""
     if runs < 1:
         raise ValueError(f"--runs {runs}: must be at least 1")
@@ -103,9 +104,9 @@ def profile_host(artifact: str | Path, *, threads: int | None = None, runs: int 
         raise ValueError(f"--prompt-lengths {prompt_lengths}: each must be at least 1")
     results = []
     for i in range(runs):
-        results.append(one_run(artifact, threads, lengths, decode_tokens))
+        results.append(one_run(artifact, threads, lengths, decode_tokens, spin))
         if on_run:
             on_run(i, results[-1])
-    settings = {"threads": threads, "runs": runs, "prompt_lengths": lengths, "decode_tokens": decode_tokens,
-                "runtime": "runtime_py"}
+    settings = {"threads": threads, "spin": spin, "runs": runs, "prompt_lengths": lengths,
+                "decode_tokens": decode_tokens, "runtime": "runtime_py"}
     return summarize(results, artifact=artifact, device=host_info(threads), settings=settings)

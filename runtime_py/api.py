@@ -369,10 +369,12 @@ def _config_from_genai(backend) -> dict:
             "eos_id": eos[0] if isinstance(eos, list) else eos, "pad_id": model.get("pad_token_id")}
 
 
-def load(path: str | Path, threads: int | None = None) -> Model:
+def load(path: str | Path, threads: int | None = None, spin: bool = True) -> Model:
     """Open an artifact: an ONNX folder (model.onnx + genai_config.json and/or manifest.json, tokenizer.model),
     or a LiteRT one (a folder with model.tflite or a .litertlm bundle; a .tflite or .litertlm file).
-    `threads`: intra-op threads (None: the runtime's default)."""
+    `threads`: intra-op threads (None: the runtime's default). `spin` (ONNX): idle threads spin between
+    operators, fastest when the process has its cores to itself; pass False on a machine shared with other
+    busy processes."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
@@ -391,7 +393,7 @@ def load(path: str | Path, threads: int | None = None) -> Model:
         raise ValueError(f"{path}: not a gemma-export artifact folder (no model.onnx, genai_config.json, "
                          f"*.tflite or manifest.json naming a target)")
     from .onnx_backend import OnnxBackend      # here, so a LiteRT-only install needs no onnxruntime
-    backend = OnnxBackend(path, threads)
+    backend = OnnxBackend(path, threads, spin)
     if manifest is not None:
         config = manifest.get("config")
         if not isinstance(config, dict):

@@ -36,7 +36,7 @@ def _dtype(arg, where: str):
 class OnnxBackend:
     """One `model.onnx` in an artifact folder. `kind` is "causal" (stepper/logits) or "embedding" (embed)."""
 
-    def __init__(self, folder: str | Path, threads: int | None = None):
+    def __init__(self, folder: str | Path, threads: int | None = None, spin: bool = True):
         self.folder = Path(folder)
         genai_path = self.folder / "genai_config.json"
         self.genai = read_json(genai_path) if genai_path.exists() else None
@@ -53,10 +53,11 @@ class OnnxBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = int(threads)
-        # Idle intra-op threads sleep instead of spinning: a decode step is ~360 small operators, each ending in
-        # a barrier, and spinning threads take the cores the other ones need whenever anything else runs
-        # (Gemma 3 270M int4, 2 threads on a shared 2-core box: 35.9 -> 50.6 tok/s).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # A decode step is ~360 small operators, each ending in a barrier. Spinning idle threads (onnxruntime's and
+        # onnxruntime-genai's default) wake fastest when the process has the cores to itself (Gemma 3 270M int4,
+        # 2 threads, quiet 2-core box: 60 -> 72.6 tok/s); when other jobs share the cores they take the cores the
+        # working threads need, and `spin=False` is faster (shared box: 35.9 -> 50.6 tok/s).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as e:     # onnxruntime raises its own exception types
