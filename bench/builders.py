@@ -37,11 +37,15 @@ def build_hf(out: Path, deps: dict) -> None:
     AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name).save_pretrained(out)
 
 
-def build_og(out: Path, deps: dict) -> None:
-    """onnxruntime-genai's model builder, int4 for the CPU execution provider (run as the tests run it)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from oracle import run_genai_builder
-    run_genai_builder(deps["hf"], out, out.parent / (out.name + ".hfcache"), precision="int4")
+def build_og(block: int):
+    def build(out: Path, deps: dict) -> None:
+        """onnxruntime-genai's model builder, int4 (block 32 is its default) for the CPU execution provider
+        (run as the tests run it)."""
+        sys.path.insert(0, str(ROOT / "tests"))
+        from oracle import run_genai_builder
+        run_genai_builder(deps["hf"], out, out.parent / (out.name + ".hfcache"), precision="int4",
+                          extra_options=[f"block_size={block}"])
+    return build
 
 
 def _tflite_schema_without_tensorflow() -> None:
@@ -81,10 +85,12 @@ def build_ours(target: str, quant: str):
 # name -> (builder, artifacts it needs). The runner table (bench.runners) says which runtime runs each.
 BUILDERS = {
     "hf": (build_hf, ()),
-    "og-int4": (build_og, ("hf",)),
+    "og-int4": (build_og(32), ("hf",)),
+    "og-int4-b128": (build_og(128), ("hf",)),
     "litertlm-int8": (build_litertlm("dynamic_wi8_afp32"), ("hf",)),
     "litertlm-int4": (build_litertlm("dynamic_wi4b32_afp32"), ("hf",)),
     "ours-onnx-int4": (build_ours("onnx", "int4"), ()),
+    "ours-onnx-int4-b128": (build_ours("onnx", "int4-b128"), ()),
     "ours-litert-int4": (build_ours("litert", "int4"), ()),
     "ours-litert-fp32": (build_ours("litert", "fp32"), ()),
 }

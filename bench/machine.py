@@ -53,9 +53,12 @@ def bandwidth_gb_s(threads: int, mb: int = 256, repeats: int = 5) -> dict:
     return {"copy": round(2 * src.nbytes / copy / 1e9, 2), "read": round(2 * src.nbytes / read / 1e9, 2)}
 
 
-def describe(threads: int) -> dict:
+def describe(threads: int, load_before: tuple[float, ...] = ()) -> dict:
+    """The machine, with the load average (1, 5, 15 min) before the run: other jobs on the cores skew every
+    figure, the peers' and ours unevenly."""
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "mem_gb": mem_total_gb(), "threads": threads,
-            "machine": platform.machine(), "kernel": platform.release()}
+            "machine": platform.machine(), "kernel": platform.release(),
+            "load_before": [round(x, 2) for x in load_before]}
 
 
 def kv_bytes(config: dict, position: int, bytes_per_value: int = 4) -> int:

@@ -19,7 +19,7 @@ def summarize(entries, built, samples, lengths, bandwidth: dict, meta: dict, mod
     rows = []
     for e in entries:
         b = built[e.key]
-        row = {"key": e.key, "label": e.label, "runtime": e.runner, "ours": e.ours, "int4": e.int4}
+        row = {"key": e.key, "label": e.label, "runtime": e.runner, "ours": e.ours, "int4": e.int4, "like": e.like}
         if "error" in b:
             rows.append({**row, "status": f"unavailable: {b['error']}"})
             continue
@@ -64,7 +64,13 @@ def summarize(entries, built, samples, lengths, bandwidth: dict, meta: dict, mod
                 "decode": round(best["decode_tok_s"] / p["decode_tok_s"], 3),
                 **{f"prefill_{L}": round(best["by_prompt_length"][L]["prefill_tok_s"]
                                          / p["by_prompt_length"][L]["prefill_tok_s"], 3) for L in best["by_prompt_length"]}}
-                for p in peers}})
+                for p in peers},
+            # each of ours against the peer with the same weight format (block size): decode and prefill ratios
+            "like_for_like": {r["key"]: {"peer": r["like"], "decode": round(r["decode_tok_s"] / p["decode_tok_s"], 3),
+                                         **{f"prefill_{L}": round(r["by_prompt_length"][L]["prefill_tok_s"]
+                                                                  / p["by_prompt_length"][L]["prefill_tok_s"], 3)
+                                            for L in r["by_prompt_length"]}}
+                              for r in ours for p in peers if p["key"] == r["like"]}})
     return out
 
 
@@ -98,6 +104,9 @@ def table(results: dict) -> str:
         lines.append(f"decode_ratio_vs_fastest_peer {results['decode_ratio_vs_fastest_peer']} "
                      f"({results['fastest_peer_decode']}); prefill_ratio_vs_fastest_peer "
                      f"{results['prefill_ratio_vs_fastest_peer']} ({results['fastest_peer_prefill']})")
+        for k, v in results.get("like_for_like", {}).items():
+            lines.append(f"like for like: {k} / {v['peer']}: " + "  ".join(
+                f"{m} {x:.2f}x" for m, x in v.items() if m != "peer"))
     return "\n".join(lines)
 
 
@@ -140,8 +149,10 @@ def into_readme(text: str, results: dict) -> str:
     """README text with the block between the two bench-table marks (or after the single one) replaced by
     the latest table, its date and machine."""
     m = results["machine"]
-    block = (f"{MARK}\nLatest run: {results['date']}, {m['cpu']} ({m['cores']} cores, {m['mem_gb']} GB, shared with "
-             f"other jobs), {results['threads']} threads, median of {results['rounds']} interleaved round(s); "
+    load = "/".join(f"{x:.1f}" for x in m.get("load_before", [])) or "not recorded"
+    block = (f"{MARK}\nLatest run: {results['date']}, {m['cpu']} ({m['cores']} cores, {m['mem_gb']} GB; load average "
+             f"before the run {load} over 1/5/15 min), {results['threads']} threads, median of {results['rounds']} "
+             f"interleaved round(s); "
              f"bandwidth {results['roofline']['bandwidth_gb_s']} GB/s.\n\n{_fenced(table(results))}\n{MARK}")
     head, _, rest = text.partition(MARK)
     _, found, tail = rest.partition(MARK)

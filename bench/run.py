@@ -11,6 +11,7 @@ import argparse
 import datetime
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -75,6 +76,7 @@ def run_worker(entry, path: str, spec_file: Path, timeout: float) -> dict:
 
 
 def main(argv=None) -> int:
+    load_before = os.getloadavg()
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
                                             f"dec {v['decode_tok_s']:.1f}" for k, v in res["runs"].items())))
     bw = {k: statistics.median(b[k] for b in bandwidth) for k in bandwidth[0]}
     results = report.summarize(entries, built, samples, lengths, bw, {
-        "date": datetime.date.today().isoformat(), "machine": machine.describe(args.threads),
+        "date": datetime.date.today().isoformat(), "machine": machine.describe(args.threads, load_before),
         "threads": args.threads, "rounds": rounds, "decode_tokens": args.decode, "prompt_lengths": lengths},
         json.loads((Path(tok_src["path"]) / "manifest.json").read_text())["config"])
     out = Path(args.out)

@@ -96,7 +96,7 @@ def save_hf_folder(arch: str, path, seed: int = 0, dense=None, tokenizer: bool =
     return model, denses
 
 
-def run_genai_builder(hf_dir, out_dir, cache, precision: str = "fp32") -> None:
+def run_genai_builder(hf_dir, out_dir, cache, precision: str = "fp32", extra_options: list[str] = ()) -> None:
     """onnxruntime-genai's own model builder (CPU), in process: an independent ONNX exporter. transformers 5
     nests Gemma 3's rope thetas in `rope_parameters`; the builder reads the flat fields (else KeyError
     'rope_type'), so its config loader is patched for the call (a config file cannot carry them: transformers
@@ -119,7 +119,8 @@ def run_genai_builder(hf_dir, out_dir, cache, precision: str = "fp32") -> None:
 
     builder.AutoConfig = FlatRopeConfig
     try:
-        extra = builder.parse_extra_options("", str(hf_dir), str(out_dir), precision, "cpu", str(cache), [])
+        extra = builder.parse_extra_options("", str(hf_dir), str(out_dir), precision, "cpu", str(cache),
+                                            list(extra_options))
         builder.create_model("", str(hf_dir), str(out_dir), precision, "cpu", str(cache), **extra)
     finally:
         builder.AutoConfig = original
