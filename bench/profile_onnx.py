@@ -59,17 +59,22 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t
     events = json.load(open(prof.session.end_profiling()))
     runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][1:]   # skip the prefill
-    ops = collections.Counter()
+    ops, heads = collections.Counter(), collections.Counter()
+    start = runs[0]["ts"] if runs else 0                    # decode steps only: the prefill's kernels are left out
     for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
             ops[e["args"].get("op_name", "?")] += e["dur"]
+            if "lm_head" in e["name"] and e["args"].get("op_name") == "MatMulNBits":
+                heads[e["args"].get("op_name", "?")] += e["dur"]
     steps = len(runs) or 1
     in_graph = sum(e["dur"] for e in runs) / steps / 1e3
     print(f"profiled: {wall / args.tokens * 1e3:.2f} ms/token wall, {in_graph:.2f} ms in session.run, "
           f"{wall / args.tokens * 1e3 - in_graph:.2f} ms outside (Python, bindings, pick)")
     total = sum(ops.values())
     for op, us in ops.most_common(15):
-        print(f"  {op:32} {us / (args.tokens + 1) / 1e3:7.3f} ms/step  {100 * us / total:5.1f} %")
+        print(f"  {op:32} {us / steps / 1e3:7.3f} ms/step  {100 * us / total:5.1f} %")
+    for op, us in heads.items():
+        print(f"  of which the LM head {us / steps / 1e3:.3f} ms/step  {100 * us / total:.1f} %")
     return 0
 
 
