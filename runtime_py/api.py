@@ -346,8 +346,11 @@ def _open_litert(path: Path, threads: int | None) -> Model:
         raise ValueError(f"{tok_path if use_folder_tok else bundle}: not a SentencePiece model ({e})") from e
     config = (manifest or {}).get("config") or facts.get("config")
     if not isinstance(config, dict):            # a LiteRT model from another tool: what the signatures say
-        config = {"family": None, "vocab_size": backend.vocab_size, "num_layers": len(backend.caches) // 2,
-                  "max_position": backend.context_length, "bidirectional": False, "embedding_head": None,
+        embedder = backend.kind == "embedding"
+        config = {"family": None, "vocab_size": backend.vocab_size,
+                  "num_layers": None if embedder else len(backend.caches) // 2,
+                  "max_position": backend.context_length, "bidirectional": embedder,
+                  "embedding_head": {} if embedder else None,
                   "bos_id": tokenizer.bos_id if tokenizer else None,
                   "eos_id": tokenizer.eos_id if tokenizer else None, "pad_id": tokenizer.pad_id if tokenizer else None}
     return Model(path, backend, tokenizer, config, manifest)

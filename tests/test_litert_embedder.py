@@ -31,3 +31,10 @@ def test_embeddinggemma_tflite_matches_the_reference_head(tmp_path):
         assert np.abs(got[r] - expected).max() < 1e-5
         assert float(got[r] @ expected) > 0.9999
     assert m.embed("the quick brown fox").shape == (denses[1].shape[0],)
+    # the .tflite alone (no manifest, no tokenizer beside it), as another tool would hand it over
+    bare = tmp_path / "bare" / "model.tflite"
+    bare.parent.mkdir()
+    bare.write_bytes((out / "model.tflite").read_bytes())
+    alone = runtime_py.load(bare)
+    assert alone.kind == "embedding" and alone.manifest is None
+    assert np.abs(alone.backend.embed(ids, mask) - got).max() == 0
