@@ -133,7 +133,7 @@ def _qat(args) -> int:
         print(f"step {p['step']}/{p['steps']}  KL {p['loss']:.4f}  {p['s_per_step']:.1f} s/step",
               file=sys.stderr, flush=True)
     s = run(args.model, args.data, args.steps, args.out, args.recipe, lr=args.lr, seq_len=args.seq_len,
-            train_table=args.train_embedding, progress=progress)
+            train_table=args.train_embedding, teacher=args.teacher, progress=progress)
     if args.json:
         print(json.dumps(s, indent=2))
     else:
@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seq-len", type=int, default=128, help="tokens per training window (default 128)")
     q.add_argument("--train-embedding", action="store_true",
                    help="also train the embedding / tied LM head (default: frozen at its quantized values)")
+    q.add_argument("--teacher", default=None, help="float model to distil (default: --model itself; give the "
+                                                   "original model to resume from a QAT checkpoint)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_qat)
     return p

@@ -170,6 +170,34 @@ def test_cli_qat_from_a_gguf_checkpoint_copies_its_metadata(trained, tmp_path, c
     assert not list(tmp_path.glob(".*partial"))
 
 
+def test_cli_qat_resumes_from_a_checkpoint_against_the_float_teacher(trained, tmp_path, capsys):
+    """From a QAT checkpoint, its own copy is the quantized model (only the int8 activations differ: next to
+    nothing to learn); with --teacher the float model is the target again, and the held-out KL the resumed run
+    starts from is the one the first run ended with (same text, windows and weights)."""
+    root, _, result, _, path = trained
+    common = ["qat", "--model", str(path), "--data", str(root / "train.txt"), "--steps", "1", "--seq-len",
+              str(SEQ), "--json"]
+    assert main(common + ["--out", str(tmp_path / "self.gguf")]) == 0
+    alone = json.loads(capsys.readouterr().out)["held_out"]["ptq"]["kl"]
+    assert main(common + ["--out", str(tmp_path / "resumed.gguf"), "--teacher", str(root / "hf")]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    start = resumed["held_out"]["ptq"]["kl"]
+    assert abs(start - result.after["kl"]) < 1e-3 * result.after["kl"], (start, result.after)
+    assert alone < 0.1 * start
+    assert resumed["teacher"] == str(root / "hf")
+
+
+def test_cli_qat_teacher_of_another_architecture_is_refused(trained, tmp_path, capsys):
+    root = trained[0]
+    save_hf_folder("gemma2", tmp_path / "other")
+    argv = ["qat", "--model", str(root / "hf"), "--data", str(root / "train.txt"), "--steps", "1",
+            "--out", str(tmp_path / "x.gguf"), "--teacher", str(tmp_path / "other")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--teacher {tmp_path / 'other'}" in err and "Traceback" not in err
+    assert not (tmp_path / "x.gguf").exists()
+
+
 @pytest.mark.parametrize("extra, named", [
     (["--recipe", "fp16"], "--recipe fp16"),
     (["--recipe", "int3"], "--recipe int3"),

@@ -87,15 +87,16 @@ def _lr(step: int, steps: int, peak: float) -> float:
 
 
 def train(loaded: LoadedModel, ids: list[int], recipe: Recipe, steps: int, *, lr: float = 1e-4,
-          seq_len: int = 128, train_table: bool = False, seed: int = 0,
+          seq_len: int = 128, train_table: bool = False, seed: int = 0, teacher: torch.nn.Module | None = None,
           progress: Callable[[dict], None] | None = None) -> QATResult:
-    """Distil `loaded.model` into its fake-quantized self, in place; on return the model is plain
-    again with every quantized weight on its quantization grid."""
+    """Distil `teacher` (default: a float copy of `loaded.model`) into the fake-quantized `loaded.model`, in
+    place; on return the model is plain again with every quantized weight on its quantization grid. A separate
+    teacher resumes QAT from a QAT checkpoint (whose own copy would be the quantized model)."""
     scheme = qat.Scheme.of(recipe)
     train_ids, held = split_tokens(ids, seq_len)
     bos = loaded.config.bos_id
     held_batches = list(windows(held, seq_len, bos, None, EVAL_WINDOWS))
-    teacher = copy.deepcopy(loaded.model).eval().requires_grad_(False)
+    teacher = (teacher or copy.deepcopy(loaded.model)).eval().requires_grad_(False)
     loaded.stored = {}                            # the source's quantized blocks no longer match the weights
     student = qat.prepare(loaded.model, scheme, train_table).train()
     params = [p for p in student.parameters() if p.requires_grad]
@@ -148,9 +149,10 @@ def peak_rss_mb() -> float:
 
 
 def run(model: str | None, data: str | Path, steps: int, out: str | Path, recipe_name: str = "int4", *,
-        lr: float = 1e-4, seq_len: int = 128, train_table: bool = False,
+        lr: float = 1e-4, seq_len: int = 128, train_table: bool = False, teacher: str | None = None,
         progress: Callable[[dict], None] | None = None) -> dict:
-    """`gemma-export qat`: load, distil, write the checkpoint; returns a summary."""
+    """`gemma-export qat`: load, distil, write the checkpoint; returns a summary. `teacher`: the float model
+    to distil (default: `model` itself; give the original when `model` is a QAT checkpoint, to resume)."""
     from ..models.checkpoints import load_model
     from .recipes import RECIPES
     if recipe_name not in RECIPES:
@@ -167,12 +169,22 @@ def run(model: str | None, data: str | Path, steps: int, out: str | Path, recipe
     if loaded.tokenizer is None:
         raise ValueError(f"--model {loaded.source}: no tokenizer.model; QAT needs one to read --data")
     ids = loaded.tokenizer.encode(data.read_text(encoding="utf-8"))
+    teacher_model = None
+    if teacher is not None:
+        t = load_model(teacher)
+        shapes = [{n: tuple(p.shape) for n, p in m.named_parameters()} for m in (t.model, loaded.model)]
+        if shapes[0] != shapes[1]:      # same parameters (names and shapes); metadata such as float32 eps may differ
+            diff = sorted(set(shapes[0].items()) ^ set(shapes[1].items()))[:3]
+            raise ValueError(f"--teacher {teacher}: not the architecture of --model {loaded.source} "
+                             f"(parameters differ: {', '.join(f'{n} {s}' for n, s in diff)})")
+        teacher_model = t.model
     load_s = time.perf_counter() - t0
     result = train(loaded, ids, recipe, steps, lr=lr, seq_len=seq_len, train_table=train_table,
-                   progress=progress)
+                   teacher=teacher_model, progress=progress)
     path = save(loaded, result, out, recipe)
     return {"checkpoint": str(path), "bytes": path.stat().st_size, "source": str(loaded.source),
             "recipe": recipe.name, "steps": steps, "seq_len": seq_len, "lr": lr, "train_table": train_table,
+            "teacher": str(teacher) if teacher is not None else str(loaded.source),
             "data_tokens": len(ids), "load_s": round(load_s, 1), "train_s": round(result.seconds, 1),
             "s_per_step": round(result.seconds / steps, 2), "peak_rss_mb": round(peak_rss_mb()),
             "held_out": {"ptq": result.before, "qat": result.after},
