@@ -145,12 +145,8 @@ def test_litert_lm_parser_reads_both_published_layouts():
      "Check failed"),
 ])
 def test_litert_lm_parser_rejects_malformed_output_naming_the_line(edit, named):
-    text = edit((FIXTURES / "litert_lm_main_prefill128.log").read_text())
-    with pytest.raises(RunnerOutputError, match="^litert_lm_main output") as e:
-        parse_litert_lm_benchmark(text)
-    assert named in str(e.value)
-    at = [i for i, ln in enumerate(text.splitlines(), 1) if named in ln]
-    assert not at or f"line {at[0]}:" in str(e.value)
+    _rejected_naming_the_line(parse_litert_lm_benchmark, "litert_lm_main", "litert_lm_main_prefill128.log",
+                              edit, named)
 
 
 @pytest.mark.parametrize("edit, named", [
@@ -160,9 +156,14 @@ def test_litert_lm_parser_rejects_malformed_output_naming_the_line(edit, named):
     (lambda t: "INFO: STARTING!\nERROR: Could not open '/data/local/tmp/x.tflite'.\n", "Could not open"),
 ])
 def test_benchmark_model_parser_rejects_malformed_output(edit, named):
-    text = edit((FIXTURES / "benchmark_model_decode.log").read_text())
-    with pytest.raises(RunnerOutputError, match="^benchmark_model output") as e:
-        parse_benchmark_model(text)
+    _rejected_naming_the_line(parse_benchmark_model, "benchmark_model", "benchmark_model_decode.log", edit, named)
+
+
+def _rejected_naming_the_line(parse, tool: str, fixture: str, edit, named: str) -> None:
+    """`parse` of the fixture edited by `edit` raises an error from `tool` naming the faulty text and its line."""
+    text = edit((FIXTURES / fixture).read_text())
+    with pytest.raises(RunnerOutputError, match=f"^{tool} output") as e:
+        parse(text)
     assert named in str(e.value)
     at = [i for i, ln in enumerate(text.splitlines(), 1) if named in ln]
     assert not at or f"line {at[0]}:" in str(e.value)

@@ -59,14 +59,19 @@ def test_graph_passes_checker_and_uses_fused_ops(artifact):
     assert manifest["files"]["model.onnx"]["bytes"] == (out / "model.onnx").stat().st_size
 
 
-@torch.no_grad()
-def test_whole_prompt_with_empty_past_matches_transformers(artifact):
+def _whole_prompt(artifact):
+    """(transformers' logits [T, V] of a T-token prompt, the ONNX feed of that prompt with an empty past)."""
     ref, out = artifact
     cfg = json.loads((out / "genai_config.json").read_text())
     toks = _tokens(T)
-    expected = ref(toks).logits[0].numpy()
     feed = {"input_ids": toks.numpy(), "attention_mask": np.ones((1, T), np.int64), **_empty_past(cfg)}
-    logits = _session(out).run(["logits"], feed)[0][0]
+    return ref(toks).logits[0].numpy(), feed
+
+
+@torch.no_grad()
+def test_whole_prompt_with_empty_past_matches_transformers(artifact):
+    expected, feed = _whole_prompt(artifact)
+    logits = _session(artifact[1]).run(["logits"], feed)[0][0]
     assert logits.shape == expected.shape
     assert np.abs(logits - expected).max() < 1e-4
 
@@ -74,16 +79,11 @@ def test_whole_prompt_with_empty_past_matches_transformers(artifact):
 @torch.no_grad()
 def test_logits_to_keep_returns_the_last_positions(artifact):
     """The optional logits_to_keep input (default 0: every position) against transformers' full forward."""
-    ref, out = artifact
-    cfg = json.loads((out / "genai_config.json").read_text())
-    toks = _tokens(T)
-    expected = ref(toks).logits[0].numpy()
-    sess = _session(out)
+    expected, feed = _whole_prompt(artifact)
+    sess = _session(artifact[1])
     assert "logits_to_keep" not in {i.name for i in sess.get_inputs()}      # optional: genai never feeds it
     for keep in (1, 3, T + 5):
-        feed = {"input_ids": toks.numpy(), "attention_mask": np.ones((1, T), np.int64), **_empty_past(cfg),
-                "logits_to_keep": np.array([keep], np.int64)}
-        logits = sess.run(["logits"], feed)[0][0]
+        logits = sess.run(["logits"], {**feed, "logits_to_keep": np.array([keep], np.int64)})[0][0]
         assert logits.shape == (min(keep, T), expected.shape[1])
         assert np.abs(logits - expected[-min(keep, T):]).max() < 1e-4
 
