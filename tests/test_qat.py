@@ -5,6 +5,7 @@ import json
 from importlib import resources
 
 import gguf
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -19,24 +20,73 @@ from export.quantize.recipes import RECIPES
 from oracle import save_hf_folder
 
 Q = gguf.GGMLQuantizationType
-STEPS, SEQ, LR = 60, 64, 3e-4
+STEPS, SEQ, LR = 60, 64, 1e-3
 
 
 def _gguf_values(w: torch.Tensor, qtype) -> np.ndarray:
     return gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), qtype), qtype)
 
 
-@pytest.mark.parametrize("fn, qtype", [(qat.q4_0_values, Q.Q4_0), (qat.q8_0_values, Q.Q8_0)])
-def test_fake_quantizers_equal_gguf_quantization(fn, qtype):
+def _edge_cases(scale: float, g: torch.Generator) -> torch.Tensor:
+    w = torch.randn(64, 256, generator=g) * scale
+    w[0, :32] = 0.0                                  # all-zero block
+    w[1, :32] = 1e-30                                # scale underflows float16
+    w[2, :2] = torch.tensor([0.5, -0.5]) * scale * 9  # tie for the largest magnitude
+    w[3, 5] = -w[3].abs().max() * 3                  # negative extreme
+    w[4, 32:34] = torch.tensor([-0.5, 0.5]) * scale * 9   # ... the negative one first
+    w[5, :32] = w[5, :32].abs()                      # all positive
+    w[6, :32] = -w[6, :32].abs()                     # all negative
+    return w
+
+
+def test_q8_0_fake_quantizer_equals_gguf_quantization():
     g = torch.Generator().manual_seed(0)
     for scale in (1e-4, 0.05, 4.0):
-        w = torch.randn(64, 256, generator=g) * scale
-        w[0, :32] = 0.0                                  # all-zero block
-        w[1, :32] = 1e-30                                # scale underflows float16
-        w[2, :2] = torch.tensor([0.5, -0.5]) * scale * 9  # tie for the largest magnitude: the first wins
-        w[3, 5] = -w[3].abs().max() * 3                  # negative extreme
-        w[4, 32:34] = torch.tensor([-0.5, 0.5]) * scale * 9   # ... the negative one first
-        assert np.array_equal(fn(w).numpy(), _gguf_values(w, qtype)), (qtype, scale)
+        w = _edge_cases(scale, g)
+        assert np.array_equal(qat.q8_0_values(w).numpy(), _gguf_values(w, Q.Q8_0)), scale
+
+
+def test_int4_grid_is_what_gguf_stores_and_litert_reads_back():
+    """The int4 grid stored as Q4_0 dequantizes (gguf-py) to the fake-quantized values bit for bit;
+    its scales are positive; ai-edge-quantizer's dequantized-weight recovery (what the LiteRT exporter
+    runs on these tensors) reads every block back to the same values, with scales it stores unchanged
+    (bfloat16 precision); and each weight is within half a step (plus the scale's rounding) of its
+    float."""
+    from ai_edge_quantizer.algorithms.uniform_quantize import dequantized_weight_recovery as rec
+    g = torch.Generator().manual_seed(0)
+    for scale in (1e-4, 0.05, 4.0):
+        w = _edge_cases(scale, g)
+        values = qat.q4_values(w)
+        stored = qat.q4_encode(w.numpy())
+        assert np.array_equal(gguf.quants.dequantize(stored, Q.Q4_0), values.numpy()), scale
+        d = stored.reshape(64, -1, 18)[..., :2].copy().view(np.float16).astype(np.float32)
+        assert (d > 0).all()
+        _, s = rec.get_zp_scale_from_dequantized_symmetric_weights(values.numpy(), 1, 32)   # [64, 8]
+        nonzero = (values.reshape(64, -1, 32) != 0).any(-1)          # an all-zero block reads any scale
+        assert np.array_equal(s.astype(ml_dtypes.bfloat16).astype(np.float32)[nonzero], s[nonzero])
+        ints = np.round(values.numpy().reshape(64, -1, 32) / s[..., None])
+        assert ints.min() >= -8 and ints.max() <= 7
+        assert np.array_equal(ints * s[..., None], values.numpy().reshape(64, -1, 32)), scale
+        b = w.reshape(-1, 32)
+        step = torch.maximum(b.amax(-1, keepdim=True) / 7, b.amin(-1, keepdim=True) / -8).clamp(min=2 ** -14)
+        assert ((b - values.reshape(-1, 32)).abs() <= step * (0.5 + 2 ** -7)).all(), scale
+        assert torch.equal(qat.q4_values(values), values)          # on the grid, it stays
+
+
+def test_litert_cannot_hold_llama_cpp_q4_0_but_holds_the_qat_grid():
+    """llama.cpp's Q4_0 puts a positive extreme at q = -8 under a negative d (+8 |d|): outside the
+    [-8, 7] steps of a positive LiteRT scale, so the exporter must not try to carry such a tensor."""
+    from export.converters.litert.lossless import recoverable
+    from export.models.checkpoints.gguf_blocks import StoredBlocks
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(1))
+    theirs = StoredBlocks("Q4_0", gguf.quants.quantize(w.numpy(), Q.Q4_0), (8, 64))
+    ours = StoredBlocks("Q4_0", qat.q4_encode(w.numpy()), (8, 64))
+    assert (theirs.codes_and_scales()[1] < 0).any()
+    assert not recoverable(*theirs.codes_and_scales())
+    assert recoverable(*ours.codes_and_scales())
+    codes = np.full((1, 1, 32), 8, np.uint8)
+    codes[0, 0, :2] = 8 + np.array([3, -5])                  # magnitudes 0, 3, 5: read as step 2, 3 / 2
+    assert not recoverable(codes, np.ones((1, 1), np.float32))
 
 
 def test_straight_through_gradient_and_finalize_give_grid_values():
@@ -46,7 +96,7 @@ def test_straight_through_gradient_and_finalize_give_grid_values():
     layer(x).sum().backward()
     # d/dW sum(x_q @ W_q^T) = column sums of x_q, identically for every output row (STE)
     assert torch.allclose(layer.weight.grad, layer.weight.grad[:1].expand(32, 64))
-    assert torch.allclose(x.grad, qat.q4_0_values(layer.weight.detach()).sum(0).expand(3, 64), atol=1e-5)
+    assert torch.allclose(x.grad, qat.q4_values(layer.weight.detach()).sum(0).expand(3, 64), atol=1e-5)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -95,13 +145,13 @@ def test_checkpoint_weights_are_the_fake_quantized_weights_qat_ended_with(traine
     assert "model.embed_tokens.weight" in quantized and len(quantized) == 1 + 7 * loaded.config.num_layers
     for name, w in theirs.items():
         assert torch.equal(w, ours[name]), name
-        if name in quantized:                            # gguf's Q4_0 of the latent weight QAT trained
-            assert np.array_equal(w.numpy(), _gguf_values(latent[name], Q.Q4_0)), name
+        if name in quantized:                            # the int4 grid of the latent weight QAT trained
+            assert torch.equal(w, qat.q4_values(latent[name])), name
         else:
             assert torch.allclose(w, latent[name], atol=1e-6), name
 
 
-def test_checkpoint_integers_are_gguf_quantization_of_the_final_weights(trained):
+def test_checkpoint_stores_the_final_weights_exactly_as_q4_0(trained):
     _, loaded, result, _, path = trained
     ckpt = load_gguf(path)
     state = loaded.model.state_dict()
@@ -109,7 +159,8 @@ def test_checkpoint_integers_are_gguf_quantization_of_the_final_weights(trained)
         qtype, data, shape = ckpt.raw(name)
         if name in result.types:
             assert qtype == Q.Q4_0
-            assert np.array_equal(np.asarray(data), gguf.quants.quantize(state[name].numpy(), Q.Q4_0)), name
+            assert np.array_equal(gguf.quants.dequantize(np.asarray(data), Q.Q4_0).reshape(shape),
+                                  state[name].numpy()), name
         else:
             assert qtype == Q.F32 and name.endswith("norm.weight"), name
 
@@ -142,6 +193,51 @@ def test_onnx_int4_artifact_carries_the_qat_integers_and_runs_the_simulated_mode
         simulated = qat.prepare(loaded.model, qat.Scheme.of(RECIPES["int4"]), False)(x, pos)[0][0].numpy()
     assert np.abs(art - simulated).max() < np.abs(art - weight_only).max()
     assert (art.argmax(-1) == simulated.argmax(-1)).mean() >= (art.argmax(-1) == weight_only.argmax(-1)).mean()
+
+
+def _int4_weights(path) -> list[np.ndarray]:
+    """Every distinct INT4 weight of a .tflite as LiteRT reads it: the signed nibbles (element 2i in
+    the low nibble of byte i) times the block's float16 scale."""
+    from ai_edge_litert import schema_py_generated as fb
+    m = fb.Model.GetRootAs(bytearray(path.read_bytes()), 0)
+    out, seen = [], set()
+    for sg in range(m.SubgraphsLength()):
+        g = m.Subgraphs(sg)
+        for i in range(g.TensorsLength()):
+            t = g.Tensors(i)
+            if t.Type() != fb.TensorType.INT4 or t.Buffer() in seen:
+                continue
+            seen.add(t.Buffer())
+            rows, cols = t.ShapeAsNumpy()
+            packed = m.Buffers(t.Buffer()).DataAsNumpy()
+            q = np.empty(packed.size * 2, np.int8)
+            q[0::2], q[1::2] = packed & 0x0F, packed >> 4
+            q = np.where(q > 7, q - 16, q).reshape(rows, cols)
+            details, block = t.Quantization().Details(), fb.BlockwiseQuantization()
+            block.Init(details.Bytes, details.Pos)
+            scales = m.Buffers(g.Tensors(block.Scales()).Buffer()).DataAsNumpy().tobytes()
+            scales = np.frombuffer(scales, np.float16).astype(np.float32).reshape(rows, -1)   # [rows, blocks]
+            out.append(q * np.repeat(scales, block.BlockSize(), axis=1))
+    return out
+
+
+def test_litert_int4_artifact_carries_the_qat_integers(trained, tmp_path):
+    """Every trained tensor reaches the .tflite unchanged: its int4 weights times its stored block
+    scales equal gguf-py's dequantization of the checkpoint bit for bit (ai-edge-quantizer's own
+    min/max int4 would give the blocks whose extreme is negative a scale of max|x| / 7, not / 8)."""
+    import runtime_py
+    from export.converters.litert import export_litert
+    _, _, result, _, path = trained
+    out = export_litert(load_model(path), tmp_path / "litert", "int4", prefill_lengths=(8,), cache_length=32)
+    carried = json.loads((out / "manifest.json").read_text())["lossless_import"]
+    assert sorted(carried["carried"]) == sorted(result.types) and carried["requantized"] == []
+    weights = _int4_weights(out / "model.tflite")
+    ckpt = load_gguf(path)
+    for name in result.types:
+        _, data, shape = ckpt.raw(name)
+        want = gguf.quants.dequantize(np.asarray(data), Q.Q4_0).reshape(shape)
+        assert any(w.shape == want.shape and np.array_equal(w, want) for w in weights), name
+    assert len(runtime_py.load(out).generate([2, 10, 11], max_new_tokens=3, stop_ids=()).token_ids) == 3
 
 
 @pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])

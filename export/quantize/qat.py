@@ -1,20 +1,22 @@
 """Quantization-aware training, part 1: fake quantization and the module swap.
 
-Weights are fake-quantized to GGUF block formats with llama.cpp's own rounding (gguf-py's
-quants.py, ggml-quants.c `quantize_row_q4_0_ref` / `quantize_row_q8_0_ref`), because the QAT
-checkpoint stores them in those formats and the exporters carry its integers over:
+Weights are fake-quantized to the grids the QAT checkpoint stores, so that the exporters carry its
+integers over unchanged on both targets:
 
-- Q4_0 (int4 symmetric, block 32): m = the block's value of largest magnitude (signed, first one on
-  ties), d = m / -8, q = clip(trunc(x * (1/d) + 8.5), 0, 15), value = fp16(d) * (q - 8). The
-  integers are computed with the float32 d and dequantized with the stored float16 d.
-- Q8_0 (int8 symmetric, block 32): d = max|x| / 127, q = round-half-away(x * (1/d)),
-  value = fp16(d) * q.
+- int4, blocks of 32: a positive scale s = max(max(x) / 7, -min(x) / 8) (the smallest that keeps
+  every weight within [-8, 7] steps), rounded to bfloat16 precision (LiteRT's int4 blocks store
+  their scales at bfloat16 precision, as float16) and to float16 (GGUF's Q4_0 stores d as float16),
+  at least 2^-14 (float16's smallest normal); q = clip(round-half-even(x / s), -8, 7); value = s * q.
+  Stored as Q4_0 with d = s and codes q + 8. llama.cpp's own Q4_0 rounding (d = the signed
+  extreme / -8) gives half of all blocks a negative d, whose code 0 means +8|d|: LiteRT's int4
+  (positive scales, [-8, 7]) cannot hold those blocks, this grid fits both.
+- int8, blocks of 32: llama.cpp's Q8_0 (gguf-py's quants.py, ggml-quants.c
+  `quantize_row_q8_0_ref`): d = max|x| / 127, q = round-half-away(x * (1/d)), value = fp16(d) * q.
 
-Why not torchao's QAT (torchao.quantization.qat, 0.18): its IntxFakeQuantizeConfig derives the
-scale from max|x| / 7.5 (SYMMETRIC) or max(min/qmin, max/qmax) (SYMMETRIC_NO_CLIPPING_ERR) and
-rounds half-to-even with the scale it stores; none of its mappings is Q4_0's signed max / -8 with a
-float32 scale for rounding and a float16 one for values, so the integers it trains would not be the
-ones gguf writes. The fake quantizers here are a few lines and bit-exact with gguf's (tested).
+Why not torchao's QAT (torchao.quantization.qat, 0.18): its SYMMETRIC_NO_CLIPPING_ERR mapping derives
+the same max(min / qmin, max / qmax) scale, but keeps it in float32 (or float16) precision: the
+integers it trains would not survive LiteRT's bfloat16 scales. The fake quantizers here are a few
+lines, and tested against gguf-py's dequantization and ai-edge-quantizer's read-back.
 
 Gradients are straight-through (identity) for weights and activations. Activations entering a
 quantized matmul are fake-quantized to int8 per block of 32 along the input dimension when the
@@ -31,11 +33,13 @@ from __future__ import annotations
 import dataclasses
 
 import gguf
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..models.checkpoints.gguf_blocks import pack_q4_0
 from .recipes import Recipe
 
 BLOCK = 32
@@ -48,27 +52,27 @@ def _blocks(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, BLOCK)                                  # [blocks, 32]
 
 
-def _signed_absmax(b: torch.Tensor) -> torch.Tensor:
-    """[blocks, 32] -> [blocks, 1]: the value of largest magnitude, the first one on ties (numpy's
-    argmax of |x|). From max and min (cheaper than argmax); only blocks whose max and -min tie
-    need the position."""
-    hi, lo = b.amax(-1, keepdim=True), b.amin(-1, keepdim=True)
-    m = torch.where(hi >= -lo, hi, lo)
-    tie = ((hi == -lo) & (hi != 0)).squeeze(-1).nonzero().squeeze(-1)
-    if len(tie):
-        t = b[tie]
-        m[tie] = t.gather(-1, t.abs().argmax(-1, keepdim=True))
-    return m
+MIN_SCALE = 2.0 ** -14                # float16's smallest normal: every scale is exact in float16
 
 
-def q4_0_values(w: torch.Tensor) -> torch.Tensor:
-    """float32 w -> the values gguf's Q4_0 quantize + dequantize gives, same shape. (In-place steps:
-    this runs over every weight at every training step.)"""
-    b = _blocks(w.float())
-    d = _signed_absmax(b) / -8                                   # [blocks, 1]
-    inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
-    q = (b * inv).add_(8.5).trunc_().clamp_(0, 15).sub_(8)
-    return q.mul_(d.half().float()).reshape(w.shape)
+def _q4_grid(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[blocks, 32] -> (q [blocks, 32] float in -8..7, s [blocks, 1] > 0): see the module docstring.
+    Idempotent: a block of grid values has its extreme at 7 s or -8 s, so it reads back the same s."""
+    s = torch.maximum(b.amax(-1, keepdim=True) / 7, b.amin(-1, keepdim=True) / -8).clamp_(min=MIN_SCALE)
+    s = s.to(torch.bfloat16).to(torch.float16).float()
+    return (b / s).round_().clamp_(-8, 7), s
+
+
+def q4_values(w: torch.Tensor) -> torch.Tensor:
+    """float32 w -> its int4 grid values (blocks of 32 along the last dimension), same shape."""
+    q, s = _q4_grid(_blocks(w.float()))
+    return q.mul_(s).reshape(w.shape)
+
+
+def q4_encode(w: np.ndarray) -> np.ndarray:
+    """float32 [rows, cols] -> the Q4_0 bytes [rows, cols / 32 * 18] of its int4 grid (q4_values)."""
+    q, s = _q4_grid(_blocks(torch.from_numpy(np.ascontiguousarray(w, np.float32))))
+    return pack_q4_0((q + 8).to(torch.uint8).numpy().reshape(w.shape[0], -1, BLOCK), s.numpy().reshape(w.shape[0], -1))
 
 
 def q8_0_values(w: torch.Tensor) -> torch.Tensor:
@@ -90,7 +94,9 @@ def int8_activations(x: torch.Tensor) -> torch.Tensor:
 
 
 # (bits, block) of a recipe -> the GGUF type the checkpoint stores and its fake quantizer.
-FORMATS = {(4, BLOCK): (Q.Q4_0, q4_0_values), (8, BLOCK): (Q.Q8_0, q8_0_values)}
+FORMATS = {(4, BLOCK): (Q.Q4_0, q4_values), (8, BLOCK): (Q.Q8_0, q8_0_values)}
+# GGUF type -> its encoder where gguf-py's own quantizer is not the grid (write_gguf's `encoders`)
+ENCODERS = {Q.Q4_0: q4_encode}
 
 
 class _STE(torch.autograd.Function):

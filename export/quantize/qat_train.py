@@ -139,6 +139,7 @@ def save(loaded: LoadedModel, result: QATResult, out: str | Path, recipe: Recipe
         proto = (loaded.source / "tokenizer.model").read_bytes()
     state = dict(loaded.model.state_dict())
     return write_gguf(out, loaded.config, state, result.types, source=source, tokenizer_proto=proto,
+                      encoders=qat.ENCODERS,
                       extra={"gemma_export.qat.recipe": recipe.name,
                              "gemma_export.qat.source": loaded.source.name,
                              "gemma_export.qat.steps": str(result.steps)})

@@ -44,8 +44,9 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
     with staged_dir(out) as tmp:
         _save(edge, tmp, r)
         del edge
-        _finish(tmp, r, loaded.tokenizer)
+        carried = _finish(tmp, r, loaded)
         write_manifest(tmp, source=str(loaded.source), config=c, recipe=recipe, target="litert", extra={
+            **({"lossless_import": carried} if carried else {}),
             "kind": "causal_lm", "context_length": context, "prefill_lengths": lengths,
             "signatures": signature_names(lengths), "prefill_logits": prefill_logits,
             "composites": ["odml.rms_norm", "odml.scaled_dot_product_attention"] if composites else [],
@@ -66,13 +67,17 @@ def _save(edge, tmp: Path, r) -> None:
     save_model(edge, tmp / ("model.f32.tflite" if r.quantized else "model.tflite"))
 
 
-def _finish(tmp: Path, r, tokenizer) -> None:
+def _finish(tmp: Path, r, loaded) -> dict:
+    """Quantize (keeping the checkpoint's stored integers where the recipe's layout allows) and add
+    the tokenizer. -> the lossless-import report."""
     gc.collect()
+    carried = {}
     if r.quantized:
-        quantize_tflite(tmp / "model.f32.tflite", tmp / "model.tflite", r)
+        carried = quantize_tflite(tmp / "model.f32.tflite", tmp / "model.tflite", r, loaded.model, loaded.stored)
         (tmp / "model.f32.tflite").unlink()
-    if tokenizer is not None:
-        tokenizer.save(tmp / "tokenizer.model")
+    if loaded.tokenizer is not None:
+        loaded.tokenizer.save(tmp / "tokenizer.model")
+    return carried
 
 
 def _export_embedder(loaded, out, r, lengths, composites: bool) -> Path:
@@ -86,8 +91,9 @@ def _export_embedder(loaded, out, r, lengths, composites: bool) -> Path:
     with staged_dir(out) as tmp:
         _save(edge, tmp, r)
         del edge
-        _finish(tmp, r, loaded.tokenizer)
+        carried = _finish(tmp, r, loaded)
         write_manifest(tmp, source=str(loaded.source), config=c, recipe=r.name, target="litert", extra={
+            **({"lossless_import": carried} if carried else {}),
             "kind": "embedder", "context_length": lengths[-1], "sequence_lengths": lengths,
             "signatures": [f"embed_{t}" for t in lengths],
             "composites": ["odml.rms_norm", "odml.scaled_dot_product_attention"] if composites else []})

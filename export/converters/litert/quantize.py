@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ...quantize.recipes import Recipe
 from .graph import weight_types
+from .lossless import ALGORITHM, carried_scopes
 
 FC, EMBEDDING = "FULLY_CONNECTED", "EMBEDDING_LOOKUP"
 HEAD_REGEX = ".*logits.*"                # the tied LM head's output tensor (`{signature}_logits_output`)
@@ -29,8 +30,10 @@ def _granularity(block: int | None):
     return qtyping.QuantGranularity.CHANNELWISE if block is None else qtyping.QuantGranularity[f"BLOCKWISE_{block}"]
 
 
-def aeq_recipe(r: Recipe) -> list[dict]:
-    """The ai-edge-quantizer recipe (a list of op configs) for our recipe `r` (LiteRT numbers)."""
+def aeq_recipe(r: Recipe, carried: list[tuple[str, str, bool]] = ()) -> list[dict]:
+    """The ai-edge-quantizer recipe (a list of op configs) for our recipe `r` (LiteRT numbers).
+    carried: (scope regex, op name, is the table) of the ops whose stored integers are kept
+    (export.converters.litert.lossless); their configs come last, so they win."""
     from ai_edge_quantizer import qtyping, recipe_manager
     op = qtyping.TFLOperationName
     rm = recipe_manager.RecipeManager()
@@ -41,14 +44,25 @@ def aeq_recipe(r: Recipe) -> list[dict]:
     if r.embedding_bits < 16:
         for regex, name in ((".*", op.EMBEDDING_LOOKUP), (HEAD_REGEX, op.FULLY_CONNECTED)):
             add(regex=regex, operation_name=name, num_bits=r.embedding_bits, granularity=_granularity(r.embedding_block))
+    for regex, name, table in carried:
+        bits, block = (r.embedding_bits, r.embedding_block) if table else (r.weight_bits, r.block_size)
+        add(regex=regex, operation_name=getattr(op, name), num_bits=bits, granularity=_granularity(block),
+            algorithm_key=ALGORITHM)
     return rm.get_quantization_recipe()
 
 
-def quantize_tflite(src: Path, dst: Path, r: Recipe) -> None:
-    """Write `src` quantized by recipe `r` to `dst` and check that every weight was quantized."""
+def quantize_tflite(src: Path, dst: Path, r: Recipe, model=None, stored: dict | None = None) -> dict:
+    """Write `src` quantized by recipe `r` to `dst` and check that every weight was quantized.
+    model, stored: the PyTorch model `src` was converted from and its checkpoint's stored blocks
+    (LoadedModel.stored): stored Q4_0 tensors under an int4 block-32 layout keep their integers.
+    -> the lossless-import report ({} when nothing was carried)."""
     from ai_edge_quantizer import quantizer
+    carried, report = [], {}
+    if stored and model is not None:
+        carried, report = carried_scopes(src, model, stored, r.weight_bits, r.block_size,
+                                         r.embedding_bits, r.embedding_block)
     q = quantizer.Quantizer(str(src))
-    q.load_quantization_recipe(aeq_recipe(r))
+    q.load_quantization_recipe(aeq_recipe(r, carried))
     root = logging.getLogger()
     level = root.level
     try:
@@ -58,6 +72,7 @@ def quantize_tflite(src: Path, dst: Path, r: Recipe) -> None:
     dst.write_bytes(result.quantized_model)
     del result, q
     check_quantized(dst, r)
+    return report if report.get("carried") else {}
 
 
 def check_quantized(path: Path, r: Recipe) -> None:

@@ -49,3 +49,12 @@ class StoredBlocks:
         else:
             codes = (q.view(np.int8).astype(np.int16) + 128).astype(np.uint8)             # [R, nb, 32]
         return codes, scales
+
+
+def pack_q4_0(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The inverse of StoredBlocks.codes_and_scales for Q4_0: codes uint8 [rows, blocks, 32] (q + 8),
+    scales [rows, blocks] (stored as float16) -> the stored bytes uint8 [rows, blocks * 18]."""
+    rows, nb, _ = codes.shape
+    d = scales.astype(np.float16).reshape(rows, nb, 1).view(np.uint8)                 # [R, nb, 2]
+    nibbles = (codes[..., :BLOCK // 2] & 0x0F) | (codes[..., BLOCK // 2:] << 4)      # [R, nb, 16]
+    return np.concatenate([d, nibbles.astype(np.uint8)], axis=-1).reshape(rows, nb * LAYOUTS["Q4_0"][1])

@@ -105,10 +105,12 @@ def _copied_metadata(reader: gguf.GGUFReader) -> list[tuple[str, object, _T]]:
 
 def write_gguf(path: str | Path, config: GemmaConfig, state: dict[str, torch.Tensor],
                types: dict[str, gguf.GGMLQuantizationType], *, source: gguf.GGUFReader | None = None,
-               tokenizer_proto: bytes | None = None, extra: dict[str, str] | None = None) -> Path:
+               tokenizer_proto: bytes | None = None, extra: dict[str, str] | None = None,
+               encoders: dict | None = None) -> Path:
     """Write `state` (our parameter names, float) to `path`: tensors named in `types` quantized to
-    that type with gguf.quants.quantize, the others float32. Metadata: copied from `source` if given,
-    else from `config` and `tokenizer_proto`; `extra` string keys are added."""
+    that type with `encoders[type]` (float32 array -> the type's stored bytes) or else
+    gguf.quants.quantize, the others float32. Metadata: copied from `source` if given, else from
+    `config` and `tokenizer_proto`; `extra` string keys are added."""
     path = Path(path)
     name = arch_name(config)
     defaults = GGUF_ARCHS[name]
@@ -133,7 +135,8 @@ def write_gguf(path: str | Path, config: GemmaConfig, state: dict[str, torch.Ten
         gname = ours_to_gguf(ours, defaults)
         data = tensor.detach().float().contiguous().numpy()
         if ours in types:
-            w.add_tensor(gname, gguf.quants.quantize(data, types[ours]), raw_dtype=types[ours])
+            encode = (encoders or {}).get(types[ours], lambda x, t=types[ours]: gguf.quants.quantize(x, t))
+            w.add_tensor(gname, encode(data), raw_dtype=types[ours])
         else:
             w.add_tensor(gname, data + NORM_OFFSET if gname.endswith("_norm.weight") else data)
 

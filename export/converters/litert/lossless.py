@@ -1,0 +1,100 @@
+"""Lossless import on LiteRT: a checkpoint tensor stored as Q4_0 keeps its integers when the recipe
+quantizes it to int4 in blocks of 32 and LiteRT's int4 can hold its blocks.
+
+ai-edge-quantizer's `dequantized_weight_recovery` algorithm does the work: it reads each block's
+scale back from the dequantized floats (the smallest step between the block's distinct magnitudes)
+and re-derives the integers. This module picks the ops it may run on: those whose weight buffer in
+the float .tflite is, byte for byte, a stored Q4_0 tensor whose every block that algorithm recovers
+exactly (`recoverable` checks it on the stored integers). Every other op keeps the recipe's
+min/max quantization, and the manifest lists it as re-quantized.
+
+Which Q4_0 files qualify: LiteRT's int4 blocks have positive scales, at bfloat16 precision (stored as
+float16), and steps -8..7. `gemma-export qat` writes exactly that grid (export.quantize.qat), so its
+checkpoints carry over bit for bit. llama.cpp's own Q4_0 rounding gives every block whose extreme is
+positive a negative scale, with the extreme at step -8 (+8 |d|), one step past LiteRT's range: such
+tensors (Google's QAT GGUFs among them) are re-quantized on LiteRT, and carried exactly on ONNX."""
+from __future__ import annotations
+
+import hashlib
+import mmap
+import re
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as fb
+
+from .graph import WEIGHT_INPUT, _OP_NAMES
+
+ALGORITHM = "dequantized_weight_recovery"
+
+
+def recoverable(codes: np.ndarray, scales: np.ndarray, bits: int = 4) -> bool:
+    """codes: offset-binary uint8 [rows, blocks, 32], scales [rows, blocks] (StoredBlocks.codes_and_scales).
+    True when the recovery reads every block back exactly: it takes the block's smallest step g
+    between distinct magnitudes (0 included) as the scale, g |d|, so each q must be a multiple of g,
+    and the integers it writes, sign(d) q / g, must fit int4's [-8, 7]. (llama.cpp's own Q4_0 rounding
+    gives a negative d to every block whose extreme is positive, with that extreme at q = -8:
+    +8 |d|, one step past LiteRT's range.)"""
+    top = 1 << (bits - 1)
+    q = codes.astype(np.int16) - top                                      # [R, nb, 32], -8..7
+    mags = np.abs(q)
+    present = [(mags == v).any(-1) for v in range(1, top + 1)]          # [R, nb] each
+    step = np.full(mags.shape[:2], top + 1, np.int16)
+    prev = np.zeros(mags.shape[:2], np.int16)
+    for v, p in enumerate(present, start=1):
+        step = np.where(p, np.minimum(step, v - prev), step)
+        prev = np.where(p, v, prev)
+    if any((p & (v % step != 0)).any() for v, p in enumerate(present, start=1)):
+        return False
+    ints = np.where(scales[..., None] < 0, -q, q) // step[..., None]     # exact: step divides q
+    return bool((ints >= -top).all() and (ints < top).all())
+
+
+def _digest(data) -> bytes:
+    return hashlib.blake2b(memoryview(data), digest_size=16).digest()
+
+
+def carried_scopes(tflite: str | Path, model, stored: dict, bits: int, block: int | None,
+                   embedding_bits: int, embedding_block: int | None) -> tuple[list[tuple[str, str, bool]], dict]:
+    """[(scope regex, op name, weight is the tied table)] for the FULLY_CONNECTED / EMBEDDING_LOOKUP
+    ops whose weight is a stored tensor carried exactly under the recipe's layout (the body's `bits`
+    / `block`; the tied table's); a regex is the op's output names as ai-edge-quantizer's
+    `get_op_scope` joins them. And the report {"carried": [names], "requantized": [names]} over the
+    model's 2-D weights."""
+    params = {name: p for name, p in model.named_parameters() if p.dim() == 2}
+    table = "model.embed_tokens.weight"
+    carry = set()
+    for name, blocks in stored.items():
+        want = (embedding_bits, embedding_block) if name == table else (bits, block)
+        if name in params and blocks.kind == "Q4_0" and blocks.matches(*want) and \
+                tuple(params[name].shape) == blocks.shape and recoverable(*blocks.codes_and_scales()):
+            carry.add(name)
+    by_digest = {_digest(p.detach().contiguous().numpy()): name for name, p in params.items()}
+    scopes_of: dict[str, set[tuple[str, str]]] = {}    # weight's parameter name (or "?") -> {(scope, op)}
+    with open(tflite, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        m = fb.Model.GetRootAs(buf, 0)
+        codes = [max(m.OperatorCodes(i).BuiltinCode(), m.OperatorCodes(i).DeprecatedBuiltinCode())
+                 for i in range(m.OperatorCodesLength())]
+        for s in range(m.SubgraphsLength()):
+            g = m.Subgraphs(s)
+            for j in range(g.OperatorsLength()):
+                op = g.Operators(j)
+                kind = _OP_NAMES.get(codes[op.OpcodeIndex()])
+                if kind not in WEIGHT_INPUT:
+                    continue
+                b = m.Buffers(g.Tensors(op.Inputs(WEIGHT_INPUT[kind])).Buffer())
+                data = buf[b.Offset():b.Offset() + b.Size()] if b.Offset() > 1 else b.DataAsNumpy()
+                name = by_digest.get(_digest(data), "?") if isinstance(data, (bytes, np.ndarray)) else "?"
+                outs = [g.Tensors(op.Outputs(k)).Name().decode() for k in range(op.OutputsLength())]
+                scopes_of.setdefault(name, set()).add((";".join(outs) + ";", kind))
+        del m, g, op, b, data
+    def scopes(names):
+        return {s for n in names for s, _ in scopes_of.get(n, ())}
+    others = scopes(n for n in scopes_of if n not in carry)
+    # one scope string over a carried and a re-quantized weight: a regex can't tell them apart
+    carry = {n for n in carry if not scopes([n]) & others}
+    found = sorted(n for n in scopes_of if n != "?")
+    report = {"carried": sorted(n for n in carry if n in scopes_of),
+              "requantized": [n for n in found if n not in carry]}
+    ops = sorted((f"^{re.escape(s)}$", kind, n == table) for n in carry for s, kind in scopes_of.get(n, ()))
+    return ops, report
