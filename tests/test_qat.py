@@ -266,7 +266,7 @@ def test_cli_qat_from_a_gguf_checkpoint_copies_its_metadata(trained, tmp_path, c
     assert not list(tmp_path.glob(".*partial"))
 
 
-def test_cli_qat_resumes_from_a_checkpoint_against_the_float_teacher(trained, tmp_path, capsys):
+def test_cli_qat_resumes_from_a_checkpoint_against_the_float_teacher(trained, tmp_path, capsys, caplog):
     """From a QAT checkpoint, its own copy is the quantized model (only the int8 activations differ: next to
     nothing to learn); with --teacher the float model is the target again, and the held-out KL the resumed run
     starts from is the one the first run ended with (same text, windows and weights)."""
@@ -281,6 +281,9 @@ def test_cli_qat_resumes_from_a_checkpoint_against_the_float_teacher(trained, tm
     assert abs(start - result.after["kl"]) < 1e-3 * result.after["kl"], (start, result.after)
     assert alone < 0.1 * start
     assert resumed["teacher"] == str(root / "hf")
+    assert "Duplicated key" not in caplog.text          # the source's own QAT keys are replaced, not re-added
+    fields = gguf.GGUFReader(tmp_path / "resumed.gguf").fields
+    assert fields["gemma_export.qat.source"].contents() == path.name
 
 
 def test_cli_qat_teacher_of_another_architecture_is_refused(trained, tmp_path, capsys):

@@ -116,7 +116,7 @@ def write_gguf(path: str | Path, config: GemmaConfig, state: dict[str, torch.Ten
     defaults = GGUF_ARCHS[name]
     w = gguf.GGUFWriter(None, name)
     if source is not None:
-        kvs = _copied_metadata(source)
+        kvs = [kv for kv in _copied_metadata(source) if kv[0] not in (extra or {})]   # ours win
     else:
         kvs = [(k, v, t, None) for k, v, t in _config_metadata(config, name, defaults)]
         if tokenizer_proto is not None:
