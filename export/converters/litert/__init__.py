@@ -2,7 +2,10 @@
 tokenizer.model, manifest.json. Converted with litert-torch from our reference model."""
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
+import sys
 from pathlib import Path
 
 from ...models.config import LayerType
@@ -104,6 +107,22 @@ def signature_names(prefill_lengths) -> list[str]:
     return [f"prefill_{t}" for t in sorted(prefill_lengths)] + ["decode"]
 
 
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """litert-torch prints its conversion progress to standard output (Python's and the C++ side's):
+    send it to standard error, where progress belongs, so that `--json` output stays JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def convert(model, prefill_lengths, cache_length: int, *, composites: bool = True, prefill_logits: bool = True,
             **flags):
     """One litert-torch conversion with every signature -> litert_torch LiteRTModel. `flags` go to
@@ -117,7 +136,7 @@ def convert(model, prefill_lengths, cache_length: int, *, composites: bool = Tru
     model = model.eval()
     config = model.config
     converter = litert_torch.Converter()
-    with torch.no_grad(), marked_composites(model, composites):
+    with torch.no_grad(), marked_composites(model, composites), stdout_to_stderr():
         for t in sorted(prefill_lengths):
             converter.signature(f"prefill_{t}", SignatureModule(model, logits=prefill_logits).eval(),
                                 sample_kwargs=sample_inputs(config, t, cache_length))
@@ -127,7 +146,8 @@ def convert(model, prefill_lengths, cache_length: int, *, composites: bool = Tru
 
 
 def save_model(edge, path: Path):
-    edge.export(str(path))
+    with stdout_to_stderr():
+        edge.export(str(path))
 
 
 def expected_io(config, prefill_lengths, cache_length: int, prefill_logits: bool = True) -> dict:

@@ -25,7 +25,7 @@ class EmbedSignature(nn.Module):
 def convert_embedder(model: nn.Module, lengths, composites: bool = True, **flags):
     import litert_torch
 
-    from . import LOW_MEMORY_FLAGS
+    from . import LOW_MEMORY_FLAGS, stdout_to_stderr
     from .composites import marked_composites
 
     model = model.eval()
@@ -34,4 +34,5 @@ def convert_embedder(model: nn.Module, lengths, composites: bool = True, **flags
         for t in sorted(lengths):
             sample = {"tokens": torch.zeros(1, t, dtype=torch.int32), "mask": torch.ones(1, t, dtype=torch.int32)}
             converter.signature(f"embed_{t}", EmbedSignature(model).eval(), sample_kwargs=sample)
-        return converter.convert(**{**LOW_MEMORY_FLAGS, **flags})
+        with stdout_to_stderr():
+            return converter.convert(**{**LOW_MEMORY_FLAGS, **flags})
