@@ -69,6 +69,8 @@ def carried_scopes(tflite: str | Path, model, stored: dict, bits: int, block: in
         if name in params and blocks.kind == "Q4_0" and blocks.matches(*want) and \
                 tuple(params[name].shape) == blocks.shape and recoverable(*blocks.codes_and_scales()):
             carry.add(name)
+    if not carry:
+        return [], {}
     by_digest = {_digest(p.detach().contiguous().numpy()): name for name, p in params.items()}
     scopes_of: dict[str, set[tuple[str, str]]] = {}    # weight's parameter name (or "?") -> {(scope, op)}
     with open(tflite, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
