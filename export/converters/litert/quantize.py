@@ -6,7 +6,12 @@ ai-edge-quantizer, the library LiteRT's own tools use:
   (dequantized to float before the op);
 - the embedding table is one tensor shared by EMBEDDING_LOOKUP and the tied LM head (a
   FULLY_CONNECTED writing `*logits*`): both ops get the recipe's embedding bits and granularity, so
-  the table stays one tensor.
+  the table stays one tensor;
+- a recipe with `hadamard` uses ai-edge-quantizer's HADAMARD_ROTATION algorithm for all of them: each
+  weight's rows are rotated by a Hadamard matrix along the input dimension (blocks of the largest power
+  of two dividing it) and quantized with OCTAV clipping, and an `aeq.hadamard_rotation` op (in LiteRT's
+  CPU op resolver) rotates the op's input alike at run time -- after the lookup for the table, whose
+  rotated rows are rotated back. The table stays one tensor: the lookup and the head share the config.
 
 ai-edge-quantizer skips a config it does not support without a word (int4 weight-only blockwise,
 int8 blockwise): every FULLY_CONNECTED / EMBEDDING_LOOKUP weight is checked afterwards and a
@@ -35,15 +40,22 @@ def aeq_recipe(r: Recipe, carried: list[tuple[str, str, bool]] = ()) -> list[dic
     carried: (scope regex, op name, is the table) of the ops whose stored integers are kept
     (export.converters.litert.lossless); their configs come last, so they win."""
     from ai_edge_quantizer import qtyping, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
     op = qtyping.TFLOperationName
     rm = recipe_manager.RecipeManager()
-    add = rm.add_dynamic_config if r.activations == "int8" else rm.add_weight_only_config
+    dynamic = r.activations == "int8"
+    if r.hadamard and not dynamic:
+        # the rotation algorithm never inserts a DEQUANTIZE: the kernel would quantize the activations
+        raise ValueError(f"--quant {r.name}: Hadamard rotation needs int8 activations, not {r.activations}")
+    add = rm.add_dynamic_config if dynamic else rm.add_weight_only_config
+    key = AlgorithmName.HADAMARD_ROTATION if r.hadamard else AlgorithmName.MIN_MAX_UNIFORM_QUANT
     if r.weight_bits < 16:
         add(regex=".*", operation_name=op.FULLY_CONNECTED, num_bits=r.weight_bits,
-            granularity=_granularity(r.block_size))
+            granularity=_granularity(r.block_size), algorithm_key=key)
     if r.embedding_bits < 16:
         for regex, name in ((".*", op.EMBEDDING_LOOKUP), (HEAD_REGEX, op.FULLY_CONNECTED)):
-            add(regex=regex, operation_name=name, num_bits=r.embedding_bits, granularity=_granularity(r.embedding_block))
+            add(regex=regex, operation_name=name, num_bits=r.embedding_bits,
+                granularity=_granularity(r.embedding_block), algorithm_key=key)
     for regex, name, table in carried:
         bits, block = (r.embedding_bits, r.embedding_block) if table else (r.weight_bits, r.block_size)
         add(regex=regex, operation_name=getattr(op, name), num_bits=bits, granularity=_granularity(block),
