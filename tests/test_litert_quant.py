@@ -107,9 +107,10 @@ def test_a_recipe_the_quantizer_skips_is_an_error(fp32, tmp_path, monkeypatch):
         quantize_tflite(art / "model.tflite", tmp_path / "c.tflite", recipe("int4-b128", "litert"))
 
 
-def test_int4_export_end_to_end_generates(fp32, tmp_path):
+def test_int4_export_end_to_end_generates(fp32, tmp_path, capfd):
     loaded, art = fp32
     out = export_litert(loaded, tmp_path / "int4", "int4", prefill_lengths=(8,), cache_length=32)
+    assert capfd.readouterr().out == ""         # conversion and quantization progress: stderr (--json stays JSON)
     assert not (out / "model.f32.tflite").exists()
     m, ref = runtime_py.load(out), runtime_py.load(art)
     assert m.manifest["recipe"] == "int4"

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -68,3 +69,19 @@ def write_manifest(folder: Path, *, source: str, config, recipe: str, target: st
                 "source": source, "config": _plain(config), "files": files, **(extra or {})}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """litert-torch and ai-edge-quantizer print progress to standard output (Python's and the C++ side's):
+    send it to standard error, where progress belongs, so that `--json` output stays JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

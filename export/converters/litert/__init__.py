@@ -2,15 +2,12 @@
 tokenizer.model, manifest.json. Converted with litert-torch from our reference model."""
 from __future__ import annotations
 
-import contextlib
 import gc
-import os
-import sys
 from pathlib import Path
 
 from ...models.config import LayerType
 from ...quantize.recipes import recipe as recipe_for
-from ..artifact import staged_dir, write_manifest
+from ..artifact import staged_dir, stdout_to_stderr, write_manifest
 from .quantize import quantize_tflite
 from .signatures import cache_names, cache_shapes
 
@@ -105,22 +102,6 @@ def _export_embedder(loaded, out, r, lengths, composites: bool) -> Path:
 
 def signature_names(prefill_lengths) -> list[str]:
     return [f"prefill_{t}" for t in sorted(prefill_lengths)] + ["decode"]
-
-
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """litert-torch prints its conversion progress to standard output (Python's and the C++ side's):
-    send it to standard error, where progress belongs, so that `--json` output stays JSON."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def convert(model, prefill_lengths, cache_length: int, *, composites: bool = True, prefill_logits: bool = True,

@@ -22,6 +22,7 @@ import logging
 from pathlib import Path
 
 from ...quantize.recipes import Recipe
+from ..artifact import stdout_to_stderr
 from .graph import weight_types
 from .lossless import ALGORITHM, carried_scopes
 
@@ -78,7 +79,8 @@ def quantize_tflite(src: Path, dst: Path, r: Recipe, model=None, stored: dict | 
     root = logging.getLogger()
     level = root.level
     try:
-        result = q.quantize()
+        with stdout_to_stderr():                  # it prints a size summary
+            result = q.quantize()
     finally:
         root.setLevel(level)
     dst.write_bytes(result.quantized_model)
