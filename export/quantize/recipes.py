@@ -61,7 +61,7 @@ class Recipe:
 # greedy 11. int8-wo cannot: that algorithm always feeds the int8 weight to the kernel, which then
 # quantizes the activations, so a weight-only recipe would silently become a dynamic one.
 _INT8_PER_CHANNEL = (("litert", dict(block_size=None, embedding_block=None)),)
-_INT8_ROTATED = (("litert", dict(block_size=None, embedding_block=None, hadamard=True)),)
+_INT8_ROTATED = (("litert", {**dict(_INT8_PER_CHANNEL)["litert"], "hadamard": True}),)
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("fp32", "f32", ("onnx", "litert"), Thresholds(1e-3, 0.999, 1e-4, 64, 0.9999), "float32 weights and activations"),

@@ -17,10 +17,7 @@ def signature_ops(path: str | Path) -> dict[str, collections.Counter]:
     decompositions are separate subgraphs and not counted)."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         model = fb.Model.GetRootAs(buf, 0)
-        codes = []
-        for i in range(model.OperatorCodesLength()):
-            oc = model.OperatorCodes(i)
-            codes.append(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()))
+        codes = _opcodes(model)
         out = {}
         for s in range(model.SignatureDefsLength()):
             sig = model.SignatureDefs(s)
@@ -44,31 +41,40 @@ _TYPE_NAMES = {v: k for k, v in vars(fb.TensorType).items() if not k.startswith(
 WEIGHT_INPUT = {"FULLY_CONNECTED": 1, "EMBEDDING_LOOKUP": 1}
 
 
+def _opcodes(model) -> list[int]:
+    return [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+            for i in range(model.OperatorCodesLength())]
+
+
+def weight_ops(model):
+    """Yield (subgraph, op, op name, weight tensor) for every FULLY_CONNECTED and EMBEDDING_LOOKUP of
+    every signature's subgraph of a flatbuffer `fb.Model` (a weight fed through DEQUANTIZE, as in
+    weight-only recipes: the stored one)."""
+    codes = _opcodes(model)
+    for s in range(model.SignatureDefsLength()):
+        graph = model.Subgraphs(model.SignatureDefs(s).SubgraphIndex())
+        dequantized = {}          # output tensor of a DEQUANTIZE op -> its input
+        for j in range(graph.OperatorsLength()):
+            op = graph.Operators(j)
+            if _OP_NAMES.get(codes[op.OpcodeIndex()]) == "DEQUANTIZE":
+                dequantized[op.Outputs(0)] = op.Inputs(0)
+        for j in range(graph.OperatorsLength()):
+            op = graph.Operators(j)
+            name = _OP_NAMES.get(codes[op.OpcodeIndex()])
+            if name in WEIGHT_INPUT:
+                index = op.Inputs(WEIGHT_INPUT[name])
+                yield graph, op, name, graph.Tensors(dequantized.get(index, index))
+
+
 def weight_types(path: str | Path) -> dict[tuple[str, bool], collections.Counter]:
     """{(op name, is the LM head): Counter of weight dtypes} over every FULLY_CONNECTED and
-    EMBEDDING_LOOKUP of every signature (a weight fed through DEQUANTIZE counts as the stored one);
-    the LM head is the FULLY_CONNECTED writing `*logits*`."""
+    EMBEDDING_LOOKUP of every signature (weight_ops); the LM head is the FULLY_CONNECTED writing
+    `*logits*`."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         model = fb.Model.GetRootAs(buf, 0)
-        codes = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
-                 for i in range(model.OperatorCodesLength())]
         out: dict[tuple[str, bool], collections.Counter] = {}
-        graph = op = weight = None
-        for s in range(model.SignatureDefsLength()):
-            graph = model.Subgraphs(model.SignatureDefs(s).SubgraphIndex())
-            dequantized = {}          # output tensor of a DEQUANTIZE op (weight-only recipes) -> its input
-            for j in range(graph.OperatorsLength()):
-                op = graph.Operators(j)
-                if _OP_NAMES.get(codes[op.OpcodeIndex()]) == "DEQUANTIZE":
-                    dequantized[op.Outputs(0)] = op.Inputs(0)
-            for j in range(graph.OperatorsLength()):
-                op = graph.Operators(j)
-                name = _OP_NAMES.get(codes[op.OpcodeIndex()])
-                if name not in WEIGHT_INPUT:
-                    continue
-                index = op.Inputs(WEIGHT_INPUT[name])
-                weight = graph.Tensors(dequantized.get(index, index))
-                head = name == "FULLY_CONNECTED" and b"logits" in graph.Tensors(op.Outputs(0)).Name()
-                out.setdefault((name, head), collections.Counter())[_TYPE_NAMES[weight.Type()]] += 1
+        for graph, op, name, weight in weight_ops(model):
+            head = name == "FULLY_CONNECTED" and b"logits" in graph.Tensors(op.Outputs(0)).Name()
+            out.setdefault((name, head), collections.Counter())[_TYPE_NAMES[weight.Type()]] += 1
         del model, graph, op, weight
         return out

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
-from .graph import WEIGHT_INPUT, _OP_NAMES
+from .graph import weight_ops
 
 ALGORITHM = "dequantized_weight_recovery"
 
@@ -75,21 +75,14 @@ def carried_scopes(tflite: str | Path, model, stored: dict, bits: int, block: in
     scopes_of: dict[str, set[tuple[str, str]]] = {}    # weight's parameter name (or "?") -> {(scope, op)}
     with open(tflite, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         m = fb.Model.GetRootAs(buf, 0)
-        codes = [max(m.OperatorCodes(i).BuiltinCode(), m.OperatorCodes(i).DeprecatedBuiltinCode())
-                 for i in range(m.OperatorCodesLength())]
-        for s in range(m.SubgraphsLength()):
-            g = m.Subgraphs(s)
-            for j in range(g.OperatorsLength()):
-                op = g.Operators(j)
-                kind = _OP_NAMES.get(codes[op.OpcodeIndex()])
-                if kind not in WEIGHT_INPUT:
-                    continue
-                b = m.Buffers(g.Tensors(op.Inputs(WEIGHT_INPUT[kind])).Buffer())
-                data = buf[b.Offset():b.Offset() + b.Size()] if b.Offset() > 1 else b.DataAsNumpy()
-                name = by_digest.get(_digest(data), "?") if isinstance(data, (bytes, np.ndarray)) else "?"
-                outs = [g.Tensors(op.Outputs(k)).Name().decode() for k in range(op.OutputsLength())]
-                scopes_of.setdefault(name, set()).add((";".join(outs) + ";", kind))
-        del m, g, op, b, data
+        for g, op, kind, weight in weight_ops(m):
+            b = m.Buffers(weight.Buffer())
+            data = buf[b.Offset():b.Offset() + b.Size()] if b.Offset() > 1 else b.DataAsNumpy()
+            name = by_digest.get(_digest(data), "?") if isinstance(data, (bytes, np.ndarray)) else "?"
+            outs = [g.Tensors(op.Outputs(k)).Name().decode() for k in range(op.OutputsLength())]
+            scopes_of.setdefault(name, set()).add((";".join(outs) + ";", kind))
+        del m, g, op, weight, b, data
+
     def scopes(names):
         return {s for n in names for s, _ in scopes_of.get(n, ())}
     others = scopes(n for n in scopes_of if n not in carry)
