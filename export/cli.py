@@ -121,8 +121,9 @@ def _generate_artifact(args, sampling) -> int:
 
 
 def _validate(args) -> int:
+    from .pipeline import user_bar
     from .validate import format_report, validate
-    report = validate(args.artifact, args.model)
+    report = validate(args.artifact, args.model, bar=user_bar(args))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0 if report["passed"] else 1
 
@@ -141,6 +142,16 @@ def _qat(args) -> int:
         print(f"wrote {s['checkpoint']} ({s['bytes'] / 1e6:.1f} MB); held-out KL {h['ptq']['kl']:.4f} -> "
               f"{h['qat']['kl']:.4f}, top-1 {h['ptq']['top1']:.3f} -> {h['qat']['top1']:.3f}")
     return 0
+
+
+def _bar_flags(p) -> None:
+    from .quantize.recipes import FLOOR
+    p.add_argument("--min-top1", type=float, default=None,
+                   help="fail unless the artifact's top-1 agreement with the float model is at least this "
+                        "(default: not checked)")
+    p.add_argument("--max-kl", type=float, default=None,
+                   help="fail unless the KL divergence from the float model is at most this "
+                        f"(default: {FLOOR.max_kl_divergence}, the floor that catches a broken model)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="compare an artifact with its reference PyTorch model")
     v.add_argument("artifact", help="artifact folder (or .litertlm file)")
     v.add_argument("--model", default=None, help="reference checkpoint (default: the manifest's source)")
+    _bar_flags(v)
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_validate)
     e = sub.add_parser("export", help="export a model to a validated deployable artifact "
@@ -180,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prefill", type=_lengths, default=None,
                    help="LiteRT prefill signature lengths, comma-separated (default: the target's)")
     e.add_argument("--no-validate", dest="validate", action="store_false", help="skip the validation step")
+    _bar_flags(e)
     e.add_argument("--profile", action="store_true",
                    help="also profile the artifact on this host and estimate it for the target's devices")
     e.add_argument("--runs", type=int, default=3, help="--profile: runs (median reported)")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 SPINNER = "|/-\\"
 VALIDATION_KEYS = ("passed", "failures", "top1_agreement", "kl_divergence", "max_abs_logit_diff",
-                   "greedy_match_tokens", "perplexity", "reference_perplexity", "embedding_cosine")
+                   "greedy_match_tokens", "greedy_tokens", "perplexity", "reference_perplexity", "embedding_cosine",
+                   "conversion", "quantization")
 
 
 class Progress:
@@ -83,7 +84,6 @@ def run(args) -> int:
     with progress.step("convert", f"{quant}{target.bundle} -> {out}"):
         target.export(loaded, out, recipe, args.context, prefill)
     manifest = json.loads((out / "manifest.json").read_text())
-    del loaded
     summary = {"artifact": str(out), "target": target.name, "format": target.format, "bundle": target.bundle,
                "recipe": recipe, "context": manifest.get("context_length"),
                "prefill": manifest.get("prefill_lengths"), "source": manifest["source"],
@@ -92,9 +92,10 @@ def run(args) -> int:
                "sha256": {name: f["sha256"] for name, f in manifest["files"].items()}, "validation": None}
     if args.validate:
         from .validate import validate
-        with progress.step("validate", "artifact vs the reference model"):
-            report = validate(out, args.model)
+        with progress.step("validate", "artifact vs the simulated recipe and vs the float model"):
+            report = validate(out, loaded=loaded, bar=user_bar(args))   # the model loaded above, not a second copy
         summary["validation"] = {k: report[k] for k in VALIDATION_KEYS if k in report}
+    del loaded
     if args.profile:
         with progress.step("profile", f"this host, {args.runs} runs; estimates for {', '.join(target.devices)}"):
             summary["profile"] = _profile(out, target, args)
@@ -105,6 +106,17 @@ def run(args) -> int:
         Path(summary["report"]["md"]).write_text(markdown(summary))
     print(json.dumps(summary, indent=2) if args.json else text_summary(summary))
     return 0 if summary["validation"] is None or summary["validation"]["passed"] else 1
+
+
+def user_bar(args):
+    """The quantization bar of --min-top1 / --max-kl."""
+    from .quantize.recipes import Bar
+    for flag, v in (("--min-top1", args.min_top1), ("--max-kl", args.max_kl)):
+        if v is not None and not v >= 0:
+            raise ValueError(f"{flag} {v}: must be a number >= 0")
+    if args.min_top1 is not None and args.min_top1 > 1:
+        raise ValueError(f"--min-top1 {args.min_top1}: top-1 agreement is a fraction between 0 and 1")
+    return Bar(min_top1_agreement=args.min_top1, max_kl_divergence=args.max_kl)
 
 
 def _profile(out: Path, target, args) -> dict:
@@ -128,13 +140,8 @@ def text_summary(s: dict) -> str:
              + (f", prefill {s['prefill']}" if s["prefill"] else "")]
     if v is None:
         lines.append("validate  skipped (--no-validate)")
-    elif "top1_agreement" in v:
-        lines.append(f"validate  {'PASSED' if v['passed'] else 'FAILED'}: top-1 {v['top1_agreement']:.4f}, "
-                     f"KL {v['kl_divergence']:.2e}, max |logit diff| {v['max_abs_logit_diff']:.2e}, greedy "
-                     f"{v['greedy_match_tokens']}/64, perplexity {v['perplexity']:.4f} (reference "
-                     f"{v['reference_perplexity']:.4f})")
     else:
-        lines.append(f"validate  {'PASSED' if v['passed'] else 'FAILED'}: embedding cosine {v['embedding_cosine']:.6f}")
+        lines += validation_lines(v)
     lines += [f"          FAIL {f}" for f in (v or {}).get("failures", [])]
     if s.get("profile"):
         h = s["profile"]["host"]
@@ -145,6 +152,27 @@ def text_summary(s: dict) -> str:
     lines.append(f"report    {s['report']['md']}  (steps: " +
                  ", ".join(f"{k} {v} s" for k, v in s["seconds"].items()) + ")")
     return "\n".join(lines)
+
+
+def validation_lines(v: dict) -> list[str]:
+    """The two checks of a validation report, one line each (export.validate)."""
+    conv, quant = v["conversion"], v["quantization"]
+    verdict = lambda ok: "passed" if ok else "FAILED"  # noqa: E731
+    paths = [(p, f) for p, f in conv.items() if isinstance(f, dict) and p != "thresholds"]
+    if "embedding_cosine" in v:
+        conv_text = f"embedding cosine {paths[0][1]['embedding_cosine']:.6f} to the simulated recipe"
+        quant_text = f"embedding cosine {v['embedding_cosine']:.6f} to the float model"
+    else:
+        conv_text = "; ".join(f"{p} top-1 {f['top1_agreement']:.4f}, KL {f['kl_divergence']:.1e}, rel. error "
+                              f"{f['relative_error']:.1e} ({f['positions']} positions)" for p, f in paths) + \
+            " vs the simulated recipe"
+        quant_text = (f"top-1 {v['top1_agreement']:.4f}, KL {v['kl_divergence']:.2e}, perplexity "
+                      f"{v['perplexity']:.4f} (float {v['reference_perplexity']:.4f}), greedy "
+                      f"{v['greedy_match_tokens']}/{v['greedy_tokens']} vs the float model")
+    bar = ", ".join(f"{k} {x}" for k, x in quant["bar"].items())
+    return [f"validate  {'PASSED' if v['passed'] else 'FAILED'}",
+            f"  conversion    {verdict(conv['passed'])}: {conv_text}",
+            f"  quantization  {verdict(quant['passed'])}: {quant_text} (bar: {bar})"]
 
 
 def markdown(s: dict) -> str:

@@ -41,10 +41,12 @@ def test_onnx_targets_run_the_pipeline_and_rerun_byte_identical(hf, tmp_path, ca
     s = json.loads(capsys.readouterr().out)
     assert s["target"] == "web" and s["recipe"] == "fp32" and s["context"] == 384
     assert s["validation"]["passed"] and s["validation"]["top1_agreement"] >= RECIPES["fp32"].thresholds.min_top1_agreement
+    assert s["validation"]["conversion"]["passed"] and s["validation"]["quantization"]["passed"]
     on_disk = {p.name: p.stat().st_size for p in (tmp_path / "a").iterdir() if p.name != "manifest.json"}
     assert s["files"] == on_disk and s["bytes"] == sum(on_disk.values())
     assert json.loads((tmp_path / "a.report.json").read_text()) == s
-    assert "PASSED" in (tmp_path / "a.report.md").read_text()
+    md = (tmp_path / "a.report.md").read_text()
+    assert "PASSED" in md and "conversion    passed" in md and "quantization  passed" in md
     assert main(["--target", "web", "--out", str(tmp_path / "b"), "--no-validate", *args]) == 0
     assert json.loads(capsys.readouterr().out)["validation"] is None
     assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
@@ -55,14 +57,25 @@ def test_a_failed_validation_keeps_the_artifact_and_exits_1(hf, tmp_path, capsys
     monkeypatch.setitem(RECIPES, "fp32", impossible)
     assert main(["--target", "onnx", "--model", str(hf), "--out", str(tmp_path / "x"), "--context", "384"]) == 1
     out = capsys.readouterr().out
-    assert "FAILED" in out and "max |logit diff|" in out and str(tmp_path / "x.report.md") in out
+    assert "FAILED" in out and "conversion    FAILED" in out and "max |logit diff|" in out
+    assert str(tmp_path / "x.report.md") in out
     assert (tmp_path / "x" / "model.onnx").exists() and (tmp_path / "x.report.json").exists()
 
 
 @pytest.mark.parametrize("argv, named", [
     (["--target", "web", "--prefill", "16"], "--prefill"),
     (["--target", "watch"], "--target"),
+    (["--target", "onnx", "--min-top1", "1.5"], "--min-top1"),
+    (["--target", "onnx", "--max-kl", "-1"], "--max-kl"),
 ])
+def test_a_user_bar_fails_the_quantization_check_and_exits_1(hf, tmp_path, capsys):
+    args = ["--target", "onnx", "--model", str(hf), "--out", str(tmp_path / "x"), "--context", "384", "--json"]
+    assert main([*args, "--quant", "int8", "--min-top1", "1.0", "--max-kl", "0"]) == 1
+    v = json.loads(capsys.readouterr().out)["validation"]
+    assert v["conversion"]["passed"] and not v["quantization"]["passed"] and not v["passed"]
+    assert v["quantization"]["bar"]["min_top1_agreement"] == 1.0 and v["quantization"]["bar"]["max_kl_divergence"] == 0
+
+
 def test_bad_pipeline_flags(argv, named, hf, capsys):
     with pytest.raises(SystemExit) if "watch" in argv else contextlib.nullcontext():   # argparse choices exit
         assert main([*argv, "--model", str(hf)]) == 2

@@ -50,7 +50,7 @@ def test_damaged_artifact_fails_with_exit_status_1(tiny_artifact, tmp_path, caps
     onnx.save(model, str(bad / "model.onnx"))
     assert main(["validate", str(bad), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
-    assert report["passed"] is False and report["failures"]
+    assert report["passed"] is False and report["failures"] and report["conversion"]["passed"] is False
 
 
 # --- the real Gemma 3 270M (slow) -------------------------------------------------------------
@@ -99,11 +99,10 @@ def test_real_model_runs_unchanged_in_onnxruntime_genai(real_onnx):
 
 def test_nan_logits_fail_every_check():
     from export.quantize.recipes import RECIPES
-    from export.validate import _check, compare_logits
+    from export.validate import _conversion_check, agreement
     ref = np.random.default_rng(0).normal(size=(6, 10)).astype(np.float32)
     art = ref.copy()
     art[3, 4] = np.nan
-    r = compare_logits(ref, art, [1, 2, 3, 4, 5, 6])
-    r["greedy_match_tokens"] = 64
-    failures = _check(r, RECIPES["fp32"].thresholds)
+    failures = _conversion_check({"prefill": agreement(ref, art)}, RECIPES["fp32"].thresholds)["failures"]
     assert any("logit diff" in f for f in failures) and any("KL" in f for f in failures)
+    assert any("relative logit error" in f for f in failures)
