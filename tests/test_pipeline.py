@@ -62,12 +62,18 @@ def test_a_failed_validation_keeps_the_artifact_and_exits_1(hf, tmp_path, capsys
     assert (tmp_path / "x" / "model.onnx").exists() and (tmp_path / "x.report.json").exists()
 
 
-@pytest.mark.parametrize("argv, named", [
-    (["--target", "web", "--prefill", "16"], "--prefill"),
-    (["--target", "watch"], "--target"),
-    (["--target", "onnx", "--min-top1", "1.5"], "--min-top1"),
-    (["--target", "onnx", "--max-kl", "-1"], "--max-kl"),
-])
+def test_the_pipeline_loads_the_checkpoint_once(hf, tmp_path, capsys, monkeypatch):
+    import export.models.checkpoints as checkpoints
+    import export.validate as validate_module
+    calls, real = [], checkpoints.load_model
+    counting = lambda *a, **k: calls.append(a) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(checkpoints, "load_model", counting)
+    monkeypatch.setattr(validate_module, "load_model", counting)
+    assert main(["--target", "onnx", "--model", str(hf), "--out", str(tmp_path / "x"), "--context", "384",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["validation"]["passed"] and len(calls) == 1
+
+
 def test_a_user_bar_fails_the_quantization_check_and_exits_1(hf, tmp_path, capsys):
     args = ["--target", "onnx", "--model", str(hf), "--out", str(tmp_path / "x"), "--context", "384", "--json"]
     assert main([*args, "--quant", "int8", "--min-top1", "1.0", "--max-kl", "0"]) == 1
@@ -76,6 +82,12 @@ def test_a_user_bar_fails_the_quantization_check_and_exits_1(hf, tmp_path, capsy
     assert v["quantization"]["bar"]["min_top1_agreement"] == 1.0 and v["quantization"]["bar"]["max_kl_divergence"] == 0
 
 
+@pytest.mark.parametrize("argv, named", [
+    (["--target", "web", "--prefill", "16"], "--prefill"),
+    (["--target", "watch"], "--target"),
+    (["--target", "onnx", "--min-top1", "1.5"], "--min-top1"),
+    (["--target", "onnx", "--max-kl", "-1"], "--max-kl"),
+])
 def test_bad_pipeline_flags(argv, named, hf, capsys):
     with pytest.raises(SystemExit) if "watch" in argv else contextlib.nullcontext():   # argparse choices exit
         assert main([*argv, "--model", str(hf)]) == 2
