@@ -205,7 +205,8 @@ def _quantization_check(r: dict, bar: Bar) -> dict:
             bad.append(f"top-1 agreement {r['top1_agreement']:.4f} < {bar.min_top1_agreement}")
         if bar.max_kl_divergence is not None and not r["kl_divergence"] <= bar.max_kl_divergence:
             bad.append(f"KL {r['kl_divergence']:.2e} > {bar.max_kl_divergence}")
-    bars = {k: v for k, v in vars(bar).items() if v is not None}
+    kind = ("min_embedding_cosine",) if "embedding_cosine" in r else ("min_top1_agreement", "max_kl_divergence")
+    bars = {k: v for k, v in vars(bar).items() if v is not None and k in kind}
     return {**figures, "bar": bars, "failures": bad, "passed": not bad}
 
 
