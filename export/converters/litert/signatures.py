@@ -15,16 +15,17 @@ Padded chunks: LiteRT-LM runs a chunk of n < T tokens through `prefill_T` with t
 (tokens 0, input_pos 0). The graph therefore treats input_pos as `start = input_pos[0]` plus the
 count n of leading entries equal to start, start + 1, ...: the model sees contiguous positions
 start..start+T-1 (so padded tokens sit in the future, invisible to real ones), and the caches keep
-only the n real tokens (`_ChunkCache.write`), whatever the padding would have overwritten; the
-recurrent states advance over the n real tokens only (`_ChunkState.real_tokens`).
+only the n real tokens, whatever the padding would have overwritten; the recurrent states advance
+over the n real tokens only (padding.py wraps the reference model for both).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ...models.cache import AttentionCache, RecurrentState
+from ...models.cache import RecurrentState
 from ...models.config import GemmaConfig, LayerType
+from .padding import ChunkCache, padded_recurrence
 
 KV_NAMES = ("kv_cache_k_{i}", "kv_cache_v_{i}")
 STATE_NAMES = ("rg_lru_state_{i}", "conv1d_state_{i}")      # RecurrentState's fields, in order
@@ -53,20 +54,6 @@ def cache_shapes(config: GemmaConfig, cache_length: int) -> dict[str, tuple[int,
     return shapes
 
 
-class _ChunkCache(AttentionCache):
-    """An AttentionCache that keeps only a padded chunk's real tokens (positions before `end`)."""
-
-    def write(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> AttentionCache:
-        return AttentionCache(self.k, self.v).write(positions, k, v, end=self.end)
-
-
-class _ChunkState(RecurrentState):
-    """A RecurrentState that advances over a padded chunk's `real` leading tokens only."""
-
-    def real_tokens(self, length: int) -> torch.Tensor:
-        return self.real
-
-
 class SignatureModule(nn.Module):
     """forward(tokens, input_pos, **kv_caches) -> {"logits", "kv_cache_k_0", "kv_cache_v_0", ...}.
     The output dict's keys become the .tflite output names; the sample kwargs' keys the input names."""
@@ -83,10 +70,12 @@ class SignatureModule(nn.Module):
         real = (input_pos == positions).sum()                          # real tokens, before the padding
         cache = []
         for (a, b), recurrent in zip(self.names, self.recurrent):
-            entry = (_ChunkState if recurrent else _ChunkCache)(caches[a], caches[b])
-            entry.real, entry.end = real, input_pos[0] + real
+            entry = (RecurrentState if recurrent else ChunkCache)(caches[a], caches[b])
+            if not recurrent:
+                entry.end = input_pos[0] + real
             cache.append(entry)
-        logits, new_cache = self.model(tokens, positions, tuple(cache))
+        with padded_recurrence(self.model, real):
+            logits, new_cache = self.model(tokens, positions, tuple(cache))
         out = {"logits": logits} if self.logits else {}
         for (a, b), entry in zip(self.names, new_cache):
             out[a], out[b] = entry
