@@ -10,8 +10,8 @@ from export.models.checkpoints import load_model
 
 from oracle import save_hf_folder
 
-T, CONTEXT = 16, 64          # the signature's length is twice the tiny sliding window (8)
-CHUNKS = (13, 1, 16, 5, 1, 3)
+T, CONTEXT = 16, 64          # the prefill signature's length is twice the tiny sliding window (8)
+CHUNKS = (13, 1, 16, 5, 1, 3, 1, 1)   # each a padded `prefill_16` call, then two `decode` calls
 
 
 @pytest.mark.parametrize("arch", ["gemma2", "gemma3", "recurrentgemma"])
@@ -26,8 +26,9 @@ def test_padded_chunks_leave_the_state_of_their_real_tokens(arch, tmp_path):
     reference = init_cache(c, CONTEXT)
     ids = torch.randint(0, c.vocab_size, (1, sum(CHUNKS)), generator=torch.Generator().manual_seed(0))
     start = 0
-    for n in CHUNKS:
-        tokens, input_pos = torch.zeros(1, T, dtype=torch.int32), torch.zeros(T, dtype=torch.int32)
+    for call, n in enumerate(CHUNKS):
+        length = 1 if call >= len(CHUNKS) - 2 else T
+        tokens, input_pos = torch.zeros(1, length, dtype=torch.int32), torch.zeros(length, dtype=torch.int32)
         tokens[0, :n], input_pos[:n] = ids[0, start:start + n], torch.arange(start, start + n)
         out = signature(tokens, input_pos, **state)
         expected, reference = model(ids[:, start:start + n], torch.arange(start, start + n), reference)

@@ -9,9 +9,10 @@ not see them:
   (AttentionCache.write, slot = position % S) over positions end-T..end-1 (end = start + n) with the
   real rows last and, in front of them, each slot's current content at the position that maps to it:
   every slot the padding would have reached keeps what it held, also when T > S.
-- padded_recurrence(model, n): while active, every RecurrentBlock (export.models.griffin) returns
-  the state after its n-th new token: the RG-LRU's output there (its per-token outputs are its
-  states) and the last K-1 Conv1D inputs up to it (linear_x's output, caught by a forward hook).
+- padded_chunk(model, cache, start, n) gives the model such caches and, while active, has every
+  RecurrentBlock (export.models.griffin) return the state after its n-th new token: the RG-LRU's
+  output there (its per-token outputs are its states) and the last K-1 Conv1D inputs up to it
+  (linear_x's output, caught by a forward hook).
 """
 from __future__ import annotations
 
@@ -29,17 +30,26 @@ class ChunkCache(AttentionCache):
 
     def write(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> AttentionCache:
         T, S = k.shape[2], self.slots
-        real = self.end - positions[0]
+        pad = T - (self.end - positions[0])
         t = torch.arange(T, device=k.device)
         shifted = self.end - T + t                                       # real tokens last
-        rows = torch.where(t < T - real, torch.remainder(shifted, S), S + t - (T - real))   # into (cache, new)
-        return AttentionCache(self.k, self.v).write(shifted, torch.cat((self.k, k), 2).index_select(2, rows),
-                                                    torch.cat((self.v, v), 2).index_select(2, rows))
+        held, new = torch.remainder(shifted, S), torch.clamp(t - pad, min=0)
+        front = (t < pad)[None, None, :, None]
+        return AttentionCache(self.k, self.v).write(
+            shifted, *(torch.where(front, old.index_select(2, held), x.index_select(2, new))
+                       for old, x in ((self.k, k), (self.v, v))))
 
 
 @contextlib.contextmanager
-def padded_recurrence(model: torch.nn.Module, real: torch.Tensor):
-    """Within this block, `model`'s recurrent blocks keep the state after the first `real` new tokens."""
+def padded_chunk(model: torch.nn.Module, cache: tuple, start: torch.Tensor, real: torch.Tensor):
+    """Within this block, `model` run on a chunk at `start` keeps the state after its first `real` tokens:
+    yields `cache` with its attention caches as ChunkCaches; every RecurrentBlock is hooked."""
+    chunk = []
+    for entry in cache:
+        if isinstance(entry, AttentionCache):
+            entry = ChunkCache(*entry)
+            entry.end = start + real
+        chunk.append(entry)
     handles = []
     for block in model.modules():
         if isinstance(block, RecurrentBlock):
@@ -49,7 +59,7 @@ def padded_recurrence(model: torch.nn.Module, real: torch.Tensor):
                         block.register_forward_hook(functools.partial(_state_after_real_tokens, caught=caught,
                                                                       real=real))]
     try:
-        yield
+        yield tuple(chunk)
     finally:
         for handle in handles:
             handle.remove()

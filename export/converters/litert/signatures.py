@@ -23,9 +23,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...models.cache import RecurrentState
+from ...models.cache import AttentionCache, RecurrentState
 from ...models.config import GemmaConfig, LayerType
-from .padding import ChunkCache, padded_recurrence
+from .padding import padded_chunk
 
 KV_NAMES = ("kv_cache_k_{i}", "kv_cache_v_{i}")
 STATE_NAMES = ("rg_lru_state_{i}", "conv1d_state_{i}")      # RecurrentState's fields, in order
@@ -67,15 +67,14 @@ class SignatureModule(nn.Module):
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, **caches: torch.Tensor):
         positions = input_pos[0] + torch.arange(input_pos.shape[0], dtype=input_pos.dtype)
-        real = (input_pos == positions).sum()                          # real tokens, before the padding
-        cache = []
-        for (a, b), recurrent in zip(self.names, self.recurrent):
-            entry = (RecurrentState if recurrent else ChunkCache)(caches[a], caches[b])
-            if not recurrent:
-                entry.end = input_pos[0] + real
-            cache.append(entry)
-        with padded_recurrence(self.model, real):
-            logits, new_cache = self.model(tokens, positions, tuple(cache))
+        cache = tuple((RecurrentState if recurrent else AttentionCache)(caches[a], caches[b])
+                      for (a, b), recurrent in zip(self.names, self.recurrent))
+        if tokens.shape[1] == 1:                                         # decode: one token, never padded
+            logits, new_cache = self.model(tokens, positions, cache)
+        else:
+            real = (input_pos == positions).sum()                        # real tokens, before the padding
+            with padded_chunk(self.model, cache, input_pos[0], real) as chunk:
+                logits, new_cache = self.model(tokens, positions, chunk)
         out = {"logits": logits} if self.logits else {}
         for (a, b), entry in zip(self.names, new_cache):
             out[a], out[b] = entry
