@@ -52,18 +52,17 @@ class Piece:
     """A Graph and Body around one builder; graph outputs are exposed by name, then run."""
 
     def __init__(self, model):
-        self.model, self.c = model, model.config
+        self.c = model.config
         self.g = Graph()
         self.body = Body(self.g, self.c, model.state_dict())
-        self.exposed: list[str] = []
 
     def input(self, name: str, shape: list, elem_type=FLOAT) -> str:
         return self.g.input(name, elem_type, shape)
 
-    def expose(self, value: str, name: str, rank: int = 3):
+    def expose(self, value: str, name: str):
+        """A graph output `name` [B, T, width] with the value of `value`."""
         self.g.op("Identity", [value], f"expose/{name}", outputs=[name])
-        self.g.output(name, FLOAT, [f"{name}_{k}" for k in range(rank)])
-        self.exposed.append(name)
+        self.g.output(name, FLOAT, [f"{name}_{k}" for k in range(3)])
 
     def session(self) -> ort.InferenceSession:
         proto = self.g.model()
