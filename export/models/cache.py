@@ -29,15 +29,13 @@ class AttentionCache(NamedTuple):
         last = start - 1
         return last - torch.remainder(last - j, self.slots)
 
-    def write(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              end: torch.Tensor | None = None) -> "AttentionCache":
+    def write(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> "AttentionCache":
         """Store new keys/values ([B, Hkv, T, D], contiguous positions) at slots position % S; when
-        T > S only the newest S survive. `end` (default start + T) stops the write early: a padded
-        chunk keeps only its real tokens. Written as a gather + select over all slots (no scatter),
+        T > S only the newest S survive. Written as a gather + select over all slots (no scatter),
         which every export target lowers with static shapes."""
         T, S = k.shape[2], self.slots
         start = positions[0]
-        end = start + T if end is None else end
+        end = start + T
         j = torch.arange(S, device=k.device)
         first = start + torch.remainder(j - start, S)                 # first new position landing in slot j
         last = first + S * torch.div(end - 1 - first, S, rounding_mode="floor")   # the newest one
@@ -51,11 +49,6 @@ class RecurrentState(NamedTuple):
     """A Griffin recurrent block's whole memory of the past, the same size at any length."""
     rg_lru: torch.Tensor   # [B, W] RG-LRU hidden state, always float32
     conv1d: torch.Tensor   # [B, K-1, W] the Conv1D's last K-1 inputs, oldest first
-
-    def real_tokens(self, length: int) -> torch.Tensor | None:
-        """How many of `length` new tokens advance the state (the rest are padding); None: all of
-        them. Exporters override this for padded prefill chunks, as they do AttentionCache.write."""
-        return None
 
 
 CacheEntry = Union[AttentionCache, RecurrentState]

@@ -25,10 +25,25 @@ class GemmaBackbone(nn.Module):
         """tokens [B, T]; positions [T], contiguous; cache from init_cache or None (no state kept);
         padding_mask [B, T] bool, True = real token (only without a cache). -> ([B, T, d], cache)."""
         c = self.config
-        x = self.embed_tokens(tokens)
-        x = x * torch.tensor(c.embed_scale, dtype=x.dtype)
+        x = self.embed(tokens)
+        ropes, masks = self.attention_inputs(positions, cache, padding_mask)
+        new_cache = []
+        for i, layer in enumerate(self.layers):
+            t = c.layer_types[i]
+            x, entry = layer(x, ropes.get(t), masks.get(t), positions, None if cache is None else cache[i])
+            new_cache.append(entry)
+        return self.norm(x), (None if cache is None else tuple(new_cache))
 
-        # Masks and RoPE tables are computed once per layer type, not per layer.
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The residual stream's start: embed_tokens(tokens) * embed_scale, [B, T] -> [B, T, d]."""
+        x = self.embed_tokens(tokens)
+        return x * torch.tensor(self.config.embed_scale, dtype=x.dtype)
+
+    def attention_inputs(self, positions: torch.Tensor, cache: Cache | None = None,
+                         padding_mask: torch.Tensor | None = None) -> tuple[dict, dict]:
+        """({layer type: (cos, sin)}, {layer type: bool mask [B or 1, T, S + T]}): what the attention
+        layers of each type are given, computed once per layer type, not per layer."""
+        c = self.config
         masks, ropes = {}, {}
         for i, t in enumerate(c.layer_types):
             if t in masks or t is LayerType.RECURRENT:     # recurrent blocks need neither
@@ -45,13 +60,7 @@ class GemmaBackbone(nn.Module):
             masks[t] = m
             attn = self.layers[i].self_attn
             ropes[t] = rope_tables(positions, c.rotary_dim, attn.rope_base, attn.rope_scale)
-
-        new_cache = []
-        for i, layer in enumerate(self.layers):
-            t = c.layer_types[i]
-            x, entry = layer(x, ropes.get(t), masks.get(t), positions, None if cache is None else cache[i])
-            new_cache.append(entry)
-        return self.norm(x), (None if cache is None else tuple(new_cache))
+        return ropes, masks
 
 
 class GemmaForCausalLM(nn.Module):
@@ -63,11 +72,15 @@ class GemmaForCausalLM(nn.Module):
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: Cache | None = None):
         """-> (logits [B, T, V] in fp32, new cache)."""
         h, cache = self.model(tokens, positions, cache)
-        logits = F.linear(h, self.model.embed_tokens.weight).float()          # tied LM head
+        return self.logits(h), cache
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The tied LM head and the final softcap: h [B, T, d] -> logits [B, T, V] in fp32."""
+        logits = F.linear(h, self.model.embed_tokens.weight).float()
         if self.config.final_softcap is not None:
             cap = self.config.final_softcap
             logits = torch.tanh(logits / cap) * cap
-        return logits, cache
+        return logits
 
 
 class GemmaEmbedder(nn.Module):
@@ -91,6 +104,11 @@ class GemmaEmbedder(nn.Module):
         valid = attention_mask.bool()
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         h, _ = self.model(tokens, positions, None, padding_mask=valid)
+        return self.head(h, valid, dim)
+
+    def head(self, h: torch.Tensor, valid: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+        """Masked mean pooling, the dense layers, L2 normalisation: h [B, T, d], valid bool [B, T]
+        -> [B, dim]."""
         w = valid.unsqueeze(-1).to(h.dtype)
         pooled = (h * w).sum(1) / w.sum(1).clamp(min=1.0)                      # [B, d]
         for dense in self.dense:

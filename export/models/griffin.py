@@ -34,10 +34,9 @@ class RGLRU(nn.Module):
         y = torch.matmul(xb, weight).reshape(B, T, self.blocks, self.block_width) + bias
         return torch.sigmoid(y.reshape(B, T, W))
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, h: torch.Tensor,
-                real: torch.Tensor | None = None):
-        """x [B, T, W]; positions [T]; h [B, W] float32; real: count of leading real tokens (padding
-        after them leaves the state alone). -> (y [B, T, W], h after the last real token)."""
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, h: torch.Tensor):
+        """x [B, T, W]; positions [T]; h [B, W] float32 -> (y [B, T, W]: the state after each token, h after
+        the last one)."""
         reset = (positions == 0)[None, :, None]                                # [1, T, 1]
         log_a = -8.0 * self.gate(x, self.recurrent_gate_weight, self.recurrent_gate_bias) \
             * F.softplus(self.recurrent_param)
@@ -45,10 +44,6 @@ class RGLRU(nn.Module):
         scale = torch.where(reset, torch.ones_like(a), torch.sqrt(1 - torch.exp(2 * log_a)))
         u = x * self.gate(x, self.input_gate_weight, self.input_gate_bias) * scale.to(x.dtype)
         a = torch.where(reset, torch.zeros_like(a), a)
-        if real is not None:                     # padding: a = 1, u = 0 keeps h unchanged
-            pad = (torch.arange(x.shape[1], device=x.device) >= real)[None, :, None]
-            a = torch.where(pad, torch.ones_like(a), a)
-            u = torch.where(pad, torch.zeros_like(u), u)
         a, u = a.float(), u.float()
         ys = []
         for t in range(x.shape[1]):             # the linear scan, in float32
@@ -79,16 +74,11 @@ class RecurrentBlock(nn.Module):
         if state is None:
             past = xs.new_zeros(B, K - 1, xs.shape[-1])
             h0 = xs.new_zeros(B, xs.shape[-1], dtype=torch.float32)
-            real = None
         else:
-            past, h0, real = state.conv1d, state.rg_lru, state.real_tokens(T)
+            past, h0 = state.conv1d, state.rg_lru
         window = torch.cat((past, xs), 1)                                       # [B, K-1+T, W]
         w = self.conv_1d.weight[:, 0]                                           # [W, K]
         conv = self.conv_1d.bias + sum(window[:, k:k + T] * w[:, k] for k in range(K))
-        out, h = self.rg_lru(conv, positions, h0, real)
+        out, h = self.rg_lru(conv, positions, h0)
         out = self.linear_out(out * y)
-        if state is None:
-            return out, None
-        n = T if real is None else real
-        keep = window.index_select(1, n + torch.arange(K - 1, device=x.device))   # last K-1 real inputs
-        return out, RecurrentState(h, keep)
+        return out, (None if state is None else RecurrentState(h, window[:, T:]))     # the last K-1 inputs

@@ -51,20 +51,22 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x.float() * cos + rotated.float() * sin).type_as(x)
 
 
+def visible(config: GemmaConfig, layer_type: LayerType, offset: torch.Tensor) -> torch.Tensor:
+    """Whether a query may see a key `offset` = query position - key position away (bool, offset's
+    shape): causal unless bidirectional, within the sliding window on LOCAL layers."""
+    allowed = torch.ones_like(offset, dtype=torch.bool) if config.bidirectional else offset >= 0
+    if layer_type is LayerType.LOCAL:
+        if config.bidirectional:   # a window centred on the query (transformers: window // 2 + 1 each side)
+            allowed = allowed & (offset.abs() < config.sliding_window // 2 + 1)
+        else:
+            allowed = allowed & (offset < config.sliding_window)
+    return allowed
+
+
 def attention_mask(config: GemmaConfig, layer_type: LayerType, positions: torch.Tensor,
                    key_positions: torch.Tensor) -> torch.Tensor:
     """Which keys each query may see: bool [T, K]. key_positions < 0 marks empty cache slots."""
-    q = positions[:, None]
-    k = key_positions[None, :]
-    allowed = k >= 0
-    if not config.bidirectional:
-        allowed = allowed & (k <= q)
-    if layer_type is LayerType.LOCAL:
-        if config.bidirectional:   # a window centred on the query (transformers: window // 2 + 1 each side)
-            allowed = allowed & ((q - k).abs() < config.sliding_window // 2 + 1)
-        else:
-            allowed = allowed & (q - k < config.sliding_window)
-    return allowed
+    return (key_positions[None, :] >= 0) & visible(config, layer_type, positions[:, None] - key_positions[None, :])
 
 
 class Attention(nn.Module):

@@ -15,8 +15,8 @@ Padded chunks: LiteRT-LM runs a chunk of n < T tokens through `prefill_T` with t
 (tokens 0, input_pos 0). The graph therefore treats input_pos as `start = input_pos[0]` plus the
 count n of leading entries equal to start, start + 1, ...: the model sees contiguous positions
 start..start+T-1 (so padded tokens sit in the future, invisible to real ones), and the caches keep
-only the n real tokens (`_ChunkCache.write`), whatever the padding would have overwritten; the
-recurrent states advance over the n real tokens only (`_ChunkState.real_tokens`).
+only the n real tokens, whatever the padding would have overwritten; the recurrent states advance
+over the n real tokens only (padding.py wraps the reference model for both).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from torch import nn
 
 from ...models.cache import AttentionCache, RecurrentState
 from ...models.config import GemmaConfig, LayerType
+from .padding import padded_chunk
 
 KV_NAMES = ("kv_cache_k_{i}", "kv_cache_v_{i}")
 STATE_NAMES = ("rg_lru_state_{i}", "conv1d_state_{i}")      # RecurrentState's fields, in order
@@ -53,20 +54,6 @@ def cache_shapes(config: GemmaConfig, cache_length: int) -> dict[str, tuple[int,
     return shapes
 
 
-class _ChunkCache(AttentionCache):
-    """An AttentionCache that keeps only a padded chunk's real tokens (positions before `end`)."""
-
-    def write(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> AttentionCache:
-        return AttentionCache(self.k, self.v).write(positions, k, v, end=self.end)
-
-
-class _ChunkState(RecurrentState):
-    """A RecurrentState that advances over a padded chunk's `real` leading tokens only."""
-
-    def real_tokens(self, length: int) -> torch.Tensor:
-        return self.real
-
-
 class SignatureModule(nn.Module):
     """forward(tokens, input_pos, **kv_caches) -> {"logits", "kv_cache_k_0", "kv_cache_v_0", ...}.
     The output dict's keys become the .tflite output names; the sample kwargs' keys the input names."""
@@ -80,13 +67,14 @@ class SignatureModule(nn.Module):
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, **caches: torch.Tensor):
         positions = input_pos[0] + torch.arange(input_pos.shape[0], dtype=input_pos.dtype)
-        real = (input_pos == positions).sum()                          # real tokens, before the padding
-        cache = []
-        for (a, b), recurrent in zip(self.names, self.recurrent):
-            entry = (_ChunkState if recurrent else _ChunkCache)(caches[a], caches[b])
-            entry.real, entry.end = real, input_pos[0] + real
-            cache.append(entry)
-        logits, new_cache = self.model(tokens, positions, tuple(cache))
+        cache = tuple((RecurrentState if recurrent else AttentionCache)(caches[a], caches[b])
+                      for (a, b), recurrent in zip(self.names, self.recurrent))
+        if tokens.shape[1] == 1:                                         # decode: one token, never padded
+            logits, new_cache = self.model(tokens, positions, cache)
+        else:
+            real = (input_pos == positions).sum()                        # real tokens, before the padding
+            with padded_chunk(self.model, cache, input_pos[0], real) as chunk:
+                logits, new_cache = self.model(tokens, positions, chunk)
         out = {"logits": logits} if self.logits else {}
         for (a, b), entry in zip(self.names, new_cache):
             out[a], out[b] = entry

@@ -1,7 +1,8 @@
 """The Gemma body as ONNX: fused RMSNorms (weights stored as 1 + w), packed QKV and gate/up
 projections, q/k norms, and the residual stream carried through SkipSimplifiedLayerNormalization.
 The attention core is supplied by the caller (GroupQueryAttention for causal LMs, plain ops for
-the bidirectional embedder), and so is RecurrentGemma's recurrent block (griffin.py)."""
+the bidirectional embedder), and so is RecurrentGemma's recurrent block (griffin.py).
+Each builder names the reference module it mirrors; tests/test_graph_modules.py holds each against it."""
 from __future__ import annotations
 
 from typing import Callable
@@ -27,11 +28,13 @@ class Body:
         return self.g.init(name, self.w(name) + 1.0)      # Gemma's (1 + w), folded once
 
     def norm(self, x: str, weight: str, node: str) -> str:
+        """Mirrors export.models.layers.RMSNorm (the one whose parameter is `weight`)."""
         return self.g.op("RMSNormalization", [x, self.norm_weight(weight)], node,
                          axis=-1, epsilon=self.c.rms_eps, stash_type=1)
 
     def add_and_norm(self, weight: str, node: str) -> str:
-        """residual += pending (if any), then RMSNorm(residual)."""
+        """residual += pending (if any), then RMSNorm(residual): DecoderLayer's residual add followed by
+        the next RMSNorm (export.models.layers)."""
         if self.pending is None:
             return self.norm(self.residual, weight, node)
         out, self.residual = self.g.op("SkipSimplifiedLayerNormalization",
@@ -42,7 +45,8 @@ class Body:
         return out
 
     def linear(self, x: str, weights: list[str], node: str, bias: bool = False) -> str:
-        """x @ concat(weights).T (+ the concatenated `*.bias`) — one MatMul for packed projections."""
+        """x @ concat(weights).T (+ the concatenated `*.bias`) — one MatMul for packed projections: the
+        nn.Linear modules named by `weights`, side by side."""
         parts = [self.w(n) for n in weights]
         w = np.concatenate(parts, axis=0).T                                    # [in, out]
         rows = [(n, p.shape[0]) for n, p in zip(weights, parts)]
@@ -53,6 +57,8 @@ class Body:
         return self.g.op("Add", [y, self.g.init(f"{node}.bias", b)], f"{node}/Add")
 
     def embed(self, input_ids: str) -> str:
+        """Mirrors GemmaBackbone.embed (export.models.gemma): embed_tokens(ids) * embed_scale, which
+        starts the residual stream. -> the table's initializer (the tied LM head reads it)."""
         table = self.g.init("model.embed_tokens.weight", self.w("model.embed_tokens.weight"))
         x = self.g.op("Gather", [table, input_ids], "/model/embed_tokens/Gather")
         self.residual = self.g.op("Mul", [x, self.g.const(self.c.embed_scale, np.float32)], "/model/embed_tokens/scale")
@@ -60,49 +66,57 @@ class Body:
 
     def layer(self, i: int, attention: Callable[[int, str, str, str], str],
               recurrent: Callable[[int, str], str] | None = None):
-        """attention(i, q, k, v) -> [B, T, H*D] given q [B, T, H*D], k and v [B, T, G*D];
-        recurrent(i, x) -> [B, T, d]: the temporal block of RecurrentGemma's recurrent layers."""
+        """Mirrors export.models.layers.DecoderLayer (model.layers.{i}): its norms around the temporal
+        block and the MLP; the layer's output is residual + pending. attention(i, q, k, v) -> [B, T, H*D]
+        given q [B, T, H*D], k and v [B, T, G*D]; recurrent(i, x) -> [B, T, d]: the temporal block of
+        RecurrentGemma's recurrent layers."""
         c, p, n = self.c, f"model.layers.{i}.", f"/model/layers.{i}"
         h = self.add_and_norm(p + "input_layernorm.weight", f"{n}/input_layernorm")
-        if c.layer_types[i] is LayerType.RECURRENT:
-            self.pending = recurrent(i, h)
-        else:
-            self.attention_block(i, h, attention)
+        out = recurrent(i, h) if c.layer_types[i] is LayerType.RECURRENT else self.attention_block(i, h, attention)
+        if c.sandwich_norms:
+            out = self.norm(out, p + "post_attention_layernorm.weight", f"{n}/post_attention_layernorm")
+        self.pending = out
         pre_ffn = "pre_feedforward_layernorm" if c.sandwich_norms else "post_attention_layernorm"
-        h = self.add_and_norm(p + pre_ffn + ".weight", f"{n}/{pre_ffn}")
-        gate, up = self.g.op("Split", [self.linear(h, [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"],
-                                                   f"{n}/mlp/gate_up_proj/MatMul", c.mlp_bias),
-                                       self.g.const([c.intermediate_size] * 2)], f"{n}/mlp/split", axis=-1, outputs=2)
-        act = self.g.op("Gelu", [gate], f"{n}/mlp/act_fn", approximate="tanh")
-        out = self.linear(self.g.op("Mul", [act, up], f"{n}/mlp/Mul"), [p + "mlp.down_proj.weight"],
-                          f"{n}/mlp/down_proj/MatMul", c.mlp_bias)
+        out = self.mlp(i, self.add_and_norm(p + pre_ffn + ".weight", f"{n}/{pre_ffn}"))
         if c.sandwich_norms:
             out = self.norm(out, p + "post_feedforward_layernorm.weight", f"{n}/post_feedforward_layernorm")
         self.pending = out
 
-    def attention_block(self, i: int, h: str, attention: Callable[[int, str, str, str], str]):
-        c, p, n = self.c, f"model.layers.{i}.", f"/model/layers.{i}"
-        a = p + "self_attn."
-        qkv = self.linear(h, [a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"], f"{n}/attn/qkv_proj/MatMul")
+    def mlp(self, i: int, h: str) -> str:
+        """Mirrors export.models.layers.MLP (model.layers.{i}.mlp): h [B, T, d] -> [B, T, d], gate and up
+        projections packed into one MatMul."""
+        c, p, n = self.c, f"model.layers.{i}.mlp.", f"/model/layers.{i}/mlp"
+        gate, up = self.g.op("Split", [self.linear(h, [p + "gate_proj.weight", p + "up_proj.weight"],
+                                                   f"{n}/gate_up_proj/MatMul", c.mlp_bias),
+                                       self.g.const([c.intermediate_size] * 2)], f"{n}/split", axis=-1, outputs=2)
+        act = self.g.op("Gelu", [gate], f"{n}/act_fn", approximate="tanh")
+        return self.linear(self.g.op("Mul", [act, up], f"{n}/Mul"), [p + "down_proj.weight"],
+                           f"{n}/down_proj/MatMul", c.mlp_bias)
+
+    def attention_block(self, i: int, h: str, attention: Callable[[int, str, str, str], str]) -> str:
+        """Mirrors export.models.layers.Attention (model.layers.{i}.self_attn): h [B, T, d] -> [B, T, d].
+        Packed QKV projection, per-head q/k norms, attention(i, q, k, v) (RoPE, the cache and the core:
+        decoder.CausalAttention or embedder.BidirectionalAttention), o_proj."""
+        c, a, n = self.c, f"model.layers.{i}.self_attn.", f"/model/layers.{i}/attn"
+        qkv = self.linear(h, [a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"], f"{n}/qkv_proj/MatMul")
         q, k, v = self.g.op("Split", [qkv, self.g.const([c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim,
-                                                         c.num_kv_heads * c.head_dim])], f"{n}/attn/qkv_split",
+                                                         c.num_kv_heads * c.head_dim])], f"{n}/qkv_split",
                             axis=-1, outputs=3)
         if c.qk_norm:
-            q = self.head_norm(q, a + "q_norm.weight", c.num_heads, f"{n}/attn/q_norm")
-            k = self.head_norm(k, a + "k_norm.weight", c.num_kv_heads, f"{n}/attn/k_norm")
-        out = self.linear(attention(i, q, k, v), [a + "o_proj.weight"], f"{n}/attn/o_proj/MatMul", c.attn_out_bias)
-        if c.sandwich_norms:
-            out = self.norm(out, p + "post_attention_layernorm.weight", f"{n}/post_attention_layernorm")
-        self.pending = out
+            q = self.head_norm(q, a + "q_norm.weight", c.num_heads, f"{n}/q_norm")
+            k = self.head_norm(k, a + "k_norm.weight", c.num_kv_heads, f"{n}/k_norm")
+        return self.linear(attention(i, q, k, v), [a + "o_proj.weight"], f"{n}/o_proj/MatMul", c.attn_out_bias)
 
     def head_norm(self, x: str, weight: str, heads: int, node: str) -> str:
-        """RMSNorm over each head: [B, T, heads*D] -> [B, T*heads, D] -> norm -> back."""
+        """Mirrors Attention.q_norm / k_norm (export.models.layers.RMSNorm over each head):
+        [B, T, heads*D] -> [B, T*heads, D] -> norm -> back."""
         D = self.c.head_dim
         y = self.g.op("Reshape", [x, self.g.const([0, -1, D])], f"{node}/Reshape")
         y = self.norm(y, weight, node)
         return self.g.op("Reshape", [y, self.g.const([0, -1, heads * D])], f"{node}/Reshape_back")
 
     def final_norm(self) -> str:
+        """The last residual add and GemmaBackbone.norm."""
         return self.add_and_norm("model.norm.weight", "/model/norm")
 
     def rope_cache(self, layer_type: LayerType, length: int) -> tuple[str, str]:

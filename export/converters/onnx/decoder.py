@@ -27,18 +27,36 @@ def build_decoder(model, context_length: int) -> onnx.ModelProto:
     body = Body(g, c, model.state_dict())
     ids = g.input("input_ids", INT64, ["batch_size", "sequence_length"])
     mask = g.input("attention_mask", INT64, ["batch_size", "total_sequence_length"])
+    attention = CausalAttention(body, mask, context_length)
+    reset = reset_mask(g, ids, attention.width) if LayerType.RECURRENT in c.layer_types else None
 
-    # GroupQueryAttention's view of the mask: seqlens_k = tokens so far - 1, total_sequence_length.
-    n = "/model/attn_mask_reformat"
-    total = g.op("ReduceSum", [mask, g.const([1])], f"{n}/ReduceSum", keepdims=0)
-    seqlens_k = g.op("Cast", [g.op("Sub", [total, g.const([1])], f"{n}/Sub")], f"{n}/Sub/Cast", to=onnx.TensorProto.INT32)
-    width = g.op("Gather", [g.op("Shape", [mask], f"{n}/Shape"), g.const(1)], f"{n}/Gather", axis=0)
-    total_len = g.op("Cast", [width], f"{n}/Gather/Cast", to=onnx.TensorProto.INT32)
+    table = body.embed(ids)
+    for i in range(c.num_layers):
+        body.layer(i, attention, lambda i, x: recurrent_block(body, i, x, reset))
+    lm_head(body, body.final_norm(), table)
+    return g.model(doc=f"Gemma ({c.family}) causal LM exported by gemma-export")
 
-    ropes = {t: body.rope_cache(t, context_length) for t in set(c.layer_types) if t is not LayerType.RECURRENT}
-    reset = _reset_mask(g, ids, width) if LayerType.RECURRENT in c.layer_types else None
 
-    def attention(i: int, q: str, k: str, v: str) -> str:
+class CausalAttention:
+    """attention(i, q, k, v) for Body.attention_block: RoPE, the KV cache write and the attention core of
+    export.models.layers.Attention (Attention.project after the projections and norms, Attention.core)
+    as one GroupQueryAttention, with past_key_values.{i}.key/value in and present.{i}.key/value out."""
+
+    def __init__(self, body: Body, mask: str, context_length: int):
+        g, c = body.g, body.c
+        self.g, self.c = g, c
+        # GroupQueryAttention's view of the mask: seqlens_k = tokens so far - 1, total_sequence_length.
+        n = "/model/attn_mask_reformat"
+        total = g.op("ReduceSum", [mask, g.const([1])], f"{n}/ReduceSum", keepdims=0)
+        self.seqlens_k = g.op("Cast", [g.op("Sub", [total, g.const([1])], f"{n}/Sub")], f"{n}/Sub/Cast",
+                              to=onnx.TensorProto.INT32)
+        self.width = g.op("Gather", [g.op("Shape", [mask], f"{n}/Shape"), g.const(1)], f"{n}/Gather", axis=0)
+        self.total_len = g.op("Cast", [self.width], f"{n}/Gather/Cast", to=onnx.TensorProto.INT32)
+        self.ropes = {t: body.rope_cache(t, context_length) for t in set(c.layer_types)
+                      if t is not LayerType.RECURRENT}
+
+    def __call__(self, i: int, q: str, k: str, v: str) -> str:
+        g, c = self.g, self.c
         local = c.layer_types[i] is LayerType.LOCAL
         pn = f"/model/layers.{i}/attn"
         past = [g.input(f"past_key_values.{i}.{kind}", FLOAT,
@@ -53,20 +71,22 @@ def build_decoder(model, context_length: int) -> onnx.ModelProto:
                      local_window_size=c.sliding_window if local else -1)
         if local:
             attrs["sliding_window_cache"] = 1
-        out = g.op("GroupQueryAttention", [q, k, v, *past, seqlens_k, total_len, *ropes[c.layer_types[i]]],
+        out = g.op("GroupQueryAttention", [q, k, v, *past, self.seqlens_k, self.total_len,
+                                           *self.ropes[c.layer_types[i]]],
                    f"{pn}/GroupQueryAttention", domain="com.microsoft", outputs=[None, *present], **attrs)
         return out[0]
 
-    table = body.embed(ids)
-    for i in range(c.num_layers):
-        body.layer(i, attention, lambda i, x: recurrent_block(body, i, x, reset))
-    h = body.final_norm()
-    # Optional `logits_to_keep` [1] (transformers' argument): 0 (default) = logits at every position, k > 0 =
-    # the last k. A prompt needs only its last position's, and the tied LM head over the vocabulary (262k rows
-    # for Gemma 3) is most of a prefill's cost otherwise. Slice from -k (-0 = 0: all). [B, T, H] -> [B, T', H]
+
+def lm_head(body: Body, h: str, table: str) -> str:
+    """Mirrors GemmaForCausalLM.logits (export.models.gemma): the tied LM head and the final softcap,
+    h [B, T, d] -> `logits` [B, T', V]. Optional input `logits_to_keep` [1] (transformers' argument):
+    0 (default) = logits at every position, k > 0 = the last k. A prompt needs only its last position's,
+    and the tied LM head over the vocabulary (262k rows for Gemma 3) is most of a prefill's cost otherwise."""
+    g, c = body.g, body.c
     keep = g.input("logits_to_keep", INT64, [1], default=np.array([0], np.int64))
+    # Slice from -k (-0 = 0: all). [B, T, H] -> [B, T', H]
     h = g.op("Slice", [h, g.op("Neg", [keep], "/lm_head/keep/Neg"), g.const([2**62]), g.const([1])], "/lm_head/keep")
-    # Tied LM head: Gemm with transB reads the embedding table in place (no transposed copy).
+    # Gemm with transB reads the embedding table in place (no transposed copy).
     flat = g.op("Reshape", [h, g.const([-1, c.hidden_size])], "/lm_head/Reshape")
     logits = g.op("Gemm", [flat, table], "/lm_head/Gemm", transB=1)
     rows = g.op("Shape", [h], "/lm_head/Shape", end=2)                     # [B, T']
@@ -76,13 +96,14 @@ def build_decoder(model, context_length: int) -> onnx.ModelProto:
     if c.final_softcap is not None:
         cap = g.const(c.final_softcap, np.float32)
         t = g.op("Tanh", [g.op("Div", [logits, cap], "/lm_head/softcap/Div")], "/lm_head/softcap/Tanh")
-        g.op("Mul", [t, cap], "/lm_head/softcap/Mul", outputs=["logits"])
+        logits = g.op("Mul", [t, cap], "/lm_head/softcap/Mul", outputs=["logits"])
     g.output("logits", FLOAT, ["batch_size", "logits_length", c.vocab_size])
-    return g.model(doc=f"Gemma ({c.family}) causal LM exported by gemma-export")
+    return logits
 
 
-def _reset_mask(g: Graph, ids: str, total: str) -> str:
-    """bool [1, T, 1]: True for the new token at position 0 (where RG-LRU states reset)."""
+def reset_mask(g: Graph, ids: str, total: str) -> str:
+    """bool [1, T, 1]: True for the new token at position 0, where the RG-LRU's state resets (the
+    `positions == 0` of export.models.griffin.RGLRU)."""
     n = "/model/reset"
     T = g.op("Gather", [g.op("Shape", [ids], f"{n}/Shape"), g.const(1)], f"{n}/T", axis=0)
     positions = g.op("Range", [g.op("Sub", [total, T], f"{n}/start"), total, g.const(1)], f"{n}/positions")

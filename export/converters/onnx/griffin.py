@@ -1,5 +1,5 @@
-"""RecurrentGemma's recurrent block as ONNX (the math of export/models/griffin.py), with its state as
-explicit graph inputs/outputs:
+"""RecurrentGemma's recurrent block as ONNX (mirroring export/models/griffin.py module by module), with
+its state as explicit graph inputs/outputs:
   conv1d_state_{i} [B, K-1, W]  ->  present_conv1d_state_{i}   (the Conv1D's last K-1 inputs)
   rg_lru_state_{i} [B, W] fp32   ->  present_rg_lru_state_{i}   (the RG-LRU hidden state)
 The Conv1D is one grouped Conv over (past inputs, new inputs); the RG-LRU's gates are one batched
@@ -24,19 +24,24 @@ def state_names(layers: list[int]) -> list[tuple[str, str]]:
 
 
 def recurrent_block(body: Body, i: int, x: str, reset: str) -> str:
-    """x [B, T, d] (normed) -> [B, T, d]; reset: bool [1, T, 1], True at position 0."""
+    """Mirrors export.models.griffin.RecurrentBlock (model.layers.{i}.recurrent) with its RecurrentState
+    as graph inputs/outputs: x [B, T, d] (normed) -> [B, T, d]; reset: bool [1, T, 1], True at position 0."""
+    p, n = f"model.layers.{i}.recurrent.", f"/model/layers.{i}/recurrent"
+    y = body.g.op("Gelu", [body.linear(x, [p + "linear_y.weight"], f"{n}/linear_y/MatMul", bias=True)],
+                  f"{n}/linear_y/act", approximate="tanh")
+    xs = body.linear(x, [p + "linear_x.weight"], f"{n}/linear_x/MatMul", bias=True)          # [B, T, W]
+    out = body.g.op("Mul", [rg_lru(body, i, conv1d(body, i, xs), reset), y], f"{n}/gated_out")
+    return body.linear(out, [p + "linear_out.weight"], f"{n}/linear_out/MatMul", bias=True)
+
+
+def conv1d(body: Body, i: int, xs: str) -> str:
+    """Mirrors RecurrentBlock.conv_1d (export.models.griffin; a depthwise nn.Conv1d) over the state's K-1
+    past inputs and the T new ones: xs [B, T, W] -> [B, T, W]. State: conv1d_state_{i} [B, K-1, W] ->
+    present_conv1d_state_{i} (the last K-1 inputs)."""
     g, c = body.g, body.c
     p, n = f"model.layers.{i}.recurrent.", f"/model/layers.{i}/recurrent"
-    W, K, H = c.recurrent_width, c.conv1d_width, c.num_heads
-    E = W // H
+    W, K = c.recurrent_width, c.conv1d_width
     conv_past = g.input(STATE_INPUTS[0].format(i=i), FLOAT, ["batch_size", K - 1, W])
-    h_past = g.input(STATE_INPUTS[1].format(i=i), FLOAT, ["batch_size", W])
-
-    y = g.op("Gelu", [body.linear(x, [p + "linear_y.weight"], f"{n}/linear_y/MatMul", bias=True)],
-             f"{n}/linear_y/act", approximate="tanh")
-    xs = body.linear(x, [p + "linear_x.weight"], f"{n}/linear_x/MatMul", bias=True)          # [B, T, W]
-
-    # Conv1D: depthwise over [past K-1 inputs, T new ones] -> T outputs; the last K-1 inputs are the new state.
     window = g.op("Concat", [conv_past, xs], f"{n}/conv_1d/window", axis=1)                  # [B, K-1+T, W]
     g.op("Slice", [window, g.const([-(K - 1)]), g.const([np.iinfo(np.int64).max]), g.const([1])],
          f"{n}/conv_1d/state", outputs=[STATE_OUTPUTS[0].format(i=i)])
@@ -44,32 +49,40 @@ def recurrent_block(body: Body, i: int, x: str, reset: str) -> str:
                          g.init(p + "conv_1d.weight", body.w(p + "conv_1d.weight")),
                          g.init(p + "conv_1d.bias", body.w(p + "conv_1d.bias"))],
                 f"{n}/conv_1d/Conv", group=W, kernel_shape=[K])                                # [B, W, T]
-    conv = g.op("Transpose", [conv], f"{n}/conv_1d/to_time", perm=[0, 2, 1])                  # [B, T, W]
+    g.output(STATE_OUTPUTS[0].format(i=i), FLOAT, ["batch_size", K - 1, W])
+    return g.op("Transpose", [conv], f"{n}/conv_1d/to_time", perm=[0, 2, 1])                  # [B, T, W]
 
-    # Gates: block-diagonal [H, E, E] weights for both, packed to [H, E, 2E]: x [B, T, H, 1, E].
-    lru = p + "rg_lru."
+
+def rg_lru(body: Body, i: int, x: str, reset: str) -> str:
+    """Mirrors export.models.griffin.RGLRU (model.layers.{i}.recurrent.rg_lru): x [B, T, W] -> [B, T, W];
+    reset: bool [1, T, 1], True at position 0. State: rg_lru_state_{i} [B, W] fp32 ->
+    present_rg_lru_state_{i}. Gates: block-diagonal [H, E, E] weights for both, packed to [H, E, 2E];
+    the recurrence an ONNX Scan over time."""
+    g, c = body.g, body.c
+    lru, n = f"model.layers.{i}.recurrent.rg_lru.", f"/model/layers.{i}/recurrent/rg_lru"
+    W, H = c.recurrent_width, c.num_heads
+    E = W // H
+    h_past = g.input(STATE_INPUTS[1].format(i=i), FLOAT, ["batch_size", W])
     w = np.concatenate([body.w(lru + "recurrent_gate_weight"), body.w(lru + "input_gate_weight")], axis=2)
     b = np.concatenate([body.w(lru + "recurrent_gate_bias"), body.w(lru + "input_gate_bias")], axis=1)
-    xb = g.op("Reshape", [conv, g.const([0, 0, H, 1, E])], f"{n}/rg_lru/blocks")
-    gates = g.op("Add", [g.op("MatMul", [xb, g.init(f"{n}/rg_lru/gates.weight", w)], f"{n}/rg_lru/gates/MatMul"),
-                         g.init(f"{n}/rg_lru/gates.bias", b[:, None, :])], f"{n}/rg_lru/gates/Add")
-    gates = g.op("Sigmoid", [gates], f"{n}/rg_lru/gates/Sigmoid")                             # [B, T, H, 1, 2E]
-    r, gi = (g.op("Reshape", [part, g.const([0, 0, W])], f"{n}/rg_lru/{name}")
-             for part, name in zip(g.op("Split", [gates, g.const([E, E])], f"{n}/rg_lru/gates/Split",
+    xb = g.op("Reshape", [x, g.const([0, 0, H, 1, E])], f"{n}/blocks")                       # [B, T, H, 1, E]
+    gates = g.op("Add", [g.op("MatMul", [xb, g.init(f"{n}/gates.weight", w)], f"{n}/gates/MatMul"),
+                         g.init(f"{n}/gates.bias", b[:, None, :])], f"{n}/gates/Add")
+    gates = g.op("Sigmoid", [gates], f"{n}/gates/Sigmoid")                                   # [B, T, H, 1, 2E]
+    r, gi = (g.op("Reshape", [part, g.const([0, 0, W])], f"{n}/{name}")
+             for part, name in zip(g.op("Split", [gates, g.const([E, E])], f"{n}/gates/Split",
                                         axis=-1, outputs=2), ("recurrence_gate", "input_gate")))
     # a = exp(-8 r softplus(c)); -8 softplus(c) is folded into a constant.
     decay = (-8.0 * F.softplus(body.state[lru + "recurrent_param"].detach().float())).numpy()
-    log_a = g.op("Mul", [r, g.init(f"{n}/rg_lru/log_decay", decay)], f"{n}/rg_lru/log_a")
-    a = g.op("Exp", [log_a], f"{n}/rg_lru/a")
+    a = g.op("Exp", [g.op("Mul", [r, g.init(f"{n}/log_decay", decay)], f"{n}/log_a")], f"{n}/a")
     one, zero = g.const(1.0, np.float32), g.const(0.0, np.float32)
-    norm = g.op("Sqrt", [g.op("Sub", [one, g.op("Mul", [a, a], f"{n}/rg_lru/a2")], f"{n}/rg_lru/1-a2")],
-                f"{n}/rg_lru/sqrt")
-    norm = g.op("Where", [reset, one, norm], f"{n}/rg_lru/reset_norm")
-    u = g.op("Mul", [g.op("Mul", [conv, gi], f"{n}/rg_lru/gated"), norm], f"{n}/rg_lru/u")   # [B, T, W]
-    a = g.op("Where", [reset, zero, a], f"{n}/rg_lru/reset_a")
+    norm = g.op("Sqrt", [g.op("Sub", [one, g.op("Mul", [a, a], f"{n}/a2")], f"{n}/1-a2")], f"{n}/sqrt")
+    norm = g.op("Where", [reset, one, norm], f"{n}/reset_norm")
+    u = g.op("Mul", [g.op("Mul", [x, gi], f"{n}/gated"), norm], f"{n}/u")                   # [B, T, W]
+    a = g.op("Where", [reset, zero, a], f"{n}/reset_a")
 
     # h_t = a_t * h_{t-1} + u_t over t, scanning axis 1 of a and u.
-    s = f"{n}/rg_lru/scan"
+    s = f"{n}/scan"
     step = helper.make_graph(
         [helper.make_node("Mul", [f"{s}/a_t", f"{s}/h_prev"], [f"{s}/ah"]),
          helper.make_node("Add", [f"{s}/ah", f"{s}/u_t"], [f"{s}/h"]),
@@ -79,7 +92,5 @@ def recurrent_block(body: Body, i: int, x: str, reset: str) -> str:
         [helper.make_tensor_value_info(f"{s}/{v}", TensorProto.FLOAT, None) for v in ("h", "y_t")])
     _, hs = g.op("Scan", [h_past, a, u], s, num_scan_inputs=2, scan_input_axes=[1, 1], scan_output_axes=[1],
                  body=step, outputs=[STATE_OUTPUTS[1].format(i=i), None])
-    for name, shape in zip(STATE_OUTPUTS, (["batch_size", K - 1, W], ["batch_size", W])):
-        g.output(name.format(i=i), FLOAT, shape)
-    out = g.op("Mul", [hs, y], f"{n}/gated_out")
-    return body.linear(out, [p + "linear_out.weight"], f"{n}/linear_out/MatMul", bias=True)
+    g.output(STATE_OUTPUTS[1].format(i=i), FLOAT, ["batch_size", W])
+    return hs
