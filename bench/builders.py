@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from runtime_py.contract import DEFAULT_CONTEXT, DEFAULT_PREFILL
+
 ROOT = Path(__file__).resolve().parent.parent
-PREFILL_LENGTHS = [32, 128, 512]      # our LiteRT target's signatures; peers' LiteRT exports get the same
-CONTEXT = 4096                        # our exporters' default context; peers get the same cache length
 
 
 def gguf_path() -> Path:
@@ -41,8 +41,7 @@ def build_og(block: int):
     def build(out: Path, deps: dict) -> None:
         """onnxruntime-genai's model builder, int4 (block 32 is its default) for the CPU execution provider
         (run as the tests run it)."""
-        sys.path.insert(0, str(ROOT / "tests"))
-        from oracle import run_genai_builder
+        from .genai_builder import run_genai_builder
         run_genai_builder(deps["hf"], out, out.parent / (out.name + ".hfcache"), precision="int4",
                           extra_options=[f"block_size={block}"])
     return build
@@ -69,7 +68,7 @@ def build_litertlm(recipe: str):
         _tflite_schema_without_tensorflow()
         from litert_torch.generative.export_hf import export as export_hf
         export_hf.export(model=str(deps["hf"]), output_dir=str(out), quantization_recipe=recipe,
-                         prefill_lengths=PREFILL_LENGTHS, cache_length=CONTEXT, bundle_litert_lm=True)
+                         prefill_lengths=list(DEFAULT_PREFILL), cache_length=DEFAULT_CONTEXT, bundle_litert_lm=True)
     return build
 
 

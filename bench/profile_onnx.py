@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 import runtime_py
+from devices.host import prompt_ids
 from runtime_py.onnx_backend import OnnxBackend
 
 
@@ -37,19 +38,12 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", type=int, default=128)
     args = ap.parse_args(argv)
     model = runtime_py.load(args.artifact, threads=args.threads)
-    prompt = [2] + list(range(1000, 1000 + args.prompt - 1))
+    prompt = prompt_ids(model.backend.vocab_size, args.prompt)
     decode_rate(model.backend, prompt[:16], 8)              # warm-up
     rate = decode_rate(model.backend, prompt, args.tokens)
     print(f"decode {rate:.1f} tok/s ({1e3 / rate:.2f} ms/token)")
 
-    import onnxruntime as ort
-    prof = OnnxBackend.__new__(OnnxBackend)
-    prof.__dict__.update(model.backend.__dict__)
-    opts = ort.SessionOptions()
-    opts.enable_profiling = True
-    opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
-    opts.intra_op_num_threads = args.threads
-    prof.session = ort.InferenceSession(str(model.backend.path), opts, providers=["CPUExecutionProvider"])
+    prof = OnnxBackend(model.backend.folder, args.threads, profile_prefix=os.path.join(tempfile.mkdtemp(), "ort"))
     step = prof.stepper(len(prompt) + args.tokens + 1)
     logits, pos = step(prompt, 0), len(prompt)
     t = time.perf_counter()

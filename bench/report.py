@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 
-from .machine import kv_bytes
+from devices.measure import kv_bytes
 
 
 def _median(values):

@@ -17,7 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import artifacts, machine, report
+from devices import measure
+
+from . import artifacts, report
 from .builders import ROOT, gguf_path
 from .entries import ENTRIES
 
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
     samples = {e.key: [] for e in live}
     bandwidth = []
     for r in range(rounds):
-        bandwidth.append(machine.bandwidth_gb_s(args.threads))
+        bandwidth.append(measure.bandwidth_gb_s(args.threads))
         say(f"round {r + 1}/{rounds}: bandwidth {bandwidth[-1]} GB/s")
         for e in live:
             res = run_worker(e, built[e.key]["path"], spec_file, args.timeout)
@@ -137,7 +139,7 @@ def main(argv=None) -> int:
                                             f"dec {v['decode_tok_s']:.1f}" for k, v in res["runs"].items())))
     bw = {k: statistics.median(b[k] for b in bandwidth) for k in bandwidth[0]}
     results = report.summarize(entries, built, samples, lengths, bw, {
-        "date": datetime.date.today().isoformat(), "machine": machine.describe(args.threads, load_before),
+        "date": datetime.date.today().isoformat(), "machine": measure.describe(args.threads, load_before),
         "threads": args.threads, "rounds": rounds, "decode_tokens": args.decode, "prompt_lengths": lengths},
         json.loads((Path(tok_src["path"]) / "manifest.json").read_text())["config"])
     out = Path(args.out)

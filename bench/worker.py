@@ -11,23 +11,14 @@ import dataclasses
 import importlib
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
 
+from devices.measure import peak_rss_mb
+
 RUNNERS = {"runtime_py": "runtime_py_runner", "llama.cpp": "llamacpp", "onnxruntime-genai": "ogenai",
            "litert-lm": "litertlm", "transformers": "hf_eager"}
-
-
-def peak_rss_mb() -> float:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv: list[str]) -> int:

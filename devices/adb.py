@@ -17,6 +17,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from runtime_py.contract import DECODE_SIGNATURE, prefill_signature
+
 from .parsers import parse_benchmark_model, parse_litert_lm_benchmark
 from .profile import summarize
 
@@ -126,7 +128,7 @@ def _signatures(plan: AdbPlan) -> list[str]:
     if missing:
         raise ValueError(f"--prompt-lengths {','.join(map(str, missing))}: {plan.model} has prefill signatures "
                          f"for {have} only")
-    return [f"prefill_{n}" for n in plan.prompt_lengths] + ["decode"]
+    return [prefill_signature(n) for n in plan.prompt_lengths] + [DECODE_SIGNATURE]
 
 
 def _execute(plan: AdbPlan, argv: list[str], log: str, local: Path, parse):

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+from runtime_py.files import read_json
+
 from .host import DECODE_TOKENS, PROMPT_LENGTHS
 
 
@@ -64,7 +66,10 @@ def host_estimate(artifact: Path, device_name: str, args, host_profile: dict | N
     from .host import profile_host
     dev = device(device_name)
     if host_profile is None and args.calibration:
-        host_profile = json.loads(Path(args.calibration).read_text())
+        host_profile = read_json(Path(args.calibration))
+        missing = [k for k in ("settings", "prefill_tok_s", "decode_tok_s") if k not in host_profile]
+        if missing:
+            raise ValueError(f"--calibration {args.calibration}: not a host profile (no {', '.join(missing)})")
     if host_profile is None:
         print(f"calibrating on this host: profiling {artifact} ({args.runs} runs)", file=sys.stderr)
         host_profile = profile_host(artifact, threads=args.threads, runs=args.runs, spin=args.spin,
@@ -72,7 +77,7 @@ def host_estimate(artifact: Path, device_name: str, args, host_profile: dict | N
                                     on_run=_progress)
     config, weights = config_of(artifact), weight_bytes(artifact)
     kv = 2 if manifest_of(artifact).get("recipe") == "fp16" else 4          # bytes per KV cache element
-    cal = calibrate(host_profile, config, weights, measure_host(), kv)
+    cal = calibrate(host_profile, config, weights, measure_host(host_profile["settings"].get("threads")), kv)
     prompt = min(int(n) for n in host_profile["prefill_tok_s"])
     return estimate(dev, config, weights, cal, threads=args.threads or 4, prompt=prompt,
                     decode_tokens=host_profile["settings"]["decode_tokens"], kv_bytes=kv)

@@ -12,11 +12,14 @@ published figures (catalogue 'reference'), the same model predicting those figur
 from __future__ import annotations
 
 import json
+import os
 import time
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from .measure import attended_positions, bandwidth_gb_s, kv_bytes as kv_read
 
 WEIGHT_SUFFIXES = (".onnx", ".data", ".tflite", ".litertlm")
 
@@ -57,11 +60,9 @@ def per_token(config: dict, weights: int, context: float, kv_bytes: int = 4) -> 
     sliding_window, vocab_size)."""
     d, f, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
     h, g, hd = config["num_heads"], config["num_kv_heads"], config["head_dim"]
-    window = config.get("sliding_window") or context
-    spans = [min(context, window) if t == "sliding_attention" else context for t in config["layer_types"]]
-    linear = len(spans) * (d * hd * (2 * h + 2 * g) + 3 * d * f) + v * d       # q,o,k,v, MLP, tied LM head
-    return {"bytes": weights + sum(spans) * 2 * g * hd * kv_bytes,               # every weight + K and V read
-            "flops": 2 * linear + sum(spans) * 4 * h * hd}                        # QK^T and PV
+    linear = len(config["layer_types"]) * (d * hd * (2 * h + 2 * g) + 3 * d * f) + v * d   # q,o,k,v, MLP, LM head
+    return {"bytes": weights + kv_read(config, context, kv_bytes),                # every weight + K and V read
+            "flops": 2 * linear + attended_positions(config, context) * 4 * h * hd}   # QK^T and PV
 
 
 def _best_time(fn, seconds: float, at_least: int = 3) -> float:
@@ -73,13 +74,10 @@ def _best_time(fn, seconds: float, at_least: int = 3) -> float:
     return best
 
 
-def measure_host(seconds: float = 0.5) -> dict:
-    """This machine's copy bandwidth (GB/s, read + write counted) and fp32 matmul throughput (GFLOP/s): the
-    best of repeated numpy copies of 64 MB (past any cache; both buffers touched first) and 1024^2 matmuls."""
-    a = np.ones(16 << 20, np.float32)
-    b = np.zeros_like(a)
-    bandwidth = 2 * a.nbytes / _best_time(lambda: np.copyto(b, a), seconds) / 1e9
-    del a, b
+def measure_host(threads: int | None = None, seconds: float = 0.5) -> dict:
+    """This machine's copy bandwidth (GB/s, read + write counted; devices.measure) with `threads` threads (None:
+    every core) and fp32 matmul throughput (GFLOP/s, the best of repeated 1024^2 matmuls)."""
+    bandwidth = bandwidth_gb_s(threads or os.cpu_count() or 1)["copy"]
     m = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)
     gflops = 2 * 1024 ** 3 / _best_time(lambda: m @ m, seconds) / 1e9
     return {"bandwidth_gbs": round(bandwidth, 2), "gflops": round(gflops, 2)}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -18,47 +17,15 @@ import numpy as np
 
 import runtime_py
 
+from .measure import cpu_model, peak_rss_mb, reset_peak_rss
 from .profile import summarize
 
 PROMPT_LENGTHS = (128, 512)
 DECODE_TOKENS = 128
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> float | None:
-    """The process's peak resident set (VmHWM) in MB, from /proc (None off Linux)."""
-    kb = _status_kb("VmHWM")
-    return None if kb is None else round(kb / 1024, 1)
-
-
 def host_info(threads: int | None) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"name": "host", "cpu": cpu, "cores": os.cpu_count(), "threads": threads or "runtime default"}
+    return {"name": "host", "cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads or "runtime default"}
 
 
 def prompt_ids(vocab: int, n: int, seed: int = 0) -> list[int]:

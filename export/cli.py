@@ -7,6 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+# What library code raises for bad input (a flag, a file, a tensor named in the message); the CLI turns it, and
+# adb's refusals (the user's phone setup), into exit 2. CheckpointError and the runner-output errors are ValueErrors.
+BAD_INPUT = (ValueError, FileNotFoundError)
+
 
 def _models(args) -> int:
     from .models import PRESETS, count_parameters
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     from devices.adb import AdbError
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, AdbError) as e:   # bad input: one clear line, no traceback
+    except BAD_INPUT + (AdbError,) as e:     # one clear line; anything else is a bug and surfaces as a traceback
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
 

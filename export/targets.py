@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
+from runtime_py.contract import DEFAULT_CONTEXT, DEFAULT_PREFILL
+
 # bundle type -> the exporter that writes it: module:function(loaded, out, recipe, ...)
 EXPORTERS = {
     "onnx-folder": "export.converters.onnx:export_onnx",
@@ -30,6 +32,10 @@ class Target:
                prefill: tuple[int, ...] | None = None):
         """Export `loaded` to `out` with this profile, each argument overriding its column."""
         module, func = EXPORTERS[self.bundle].split(":")
+        if self.bundle == "litertlm":       # refused before any conversion work
+            from .converters.litert.bundle import unbundleable
+            if why := unbundleable(loaded.config):
+                raise ValueError(f"--target {self.name}: {why}")
         fn = getattr(importlib.import_module(module), func)
         recipe, context = recipe or self.recipe, context or self.context
         context = min(context, loaded.config.max_position)
@@ -42,23 +48,22 @@ class Target:
         return fn(loaded, out, recipe, prefill_lengths=lengths, cache_length=context)
 
 
-# Prefill lengths 32/128/512: LiteRT-LM picks the largest signature that fits the remaining prompt
-# (litert-community's Gemma 3 builds use 32/128/512/1280). Contexts: 4096 on phones (KV caches of
-# Gemma 3 270M's 3 global layers: 25 MB fp32); 2048 on the web, where a wasm32 heap is capped at 4 GB;
-# 8192 on desktops. Default recipes: int4 where the download and RAM matter (phones, web); fp16 on
-# desktops (passes validation at half fp32's size; int8 misses top-1 by 0.4 pt on Gemma 3 270M).
+# Prefill lengths: the exporters' defaults (runtime_py.contract). Contexts: the default on phones (Gemma 3's
+# few global layers keep the fp32 KV caches small); 2048 on the web, where a wasm32 heap is capped at 4 GB;
+# 8192 on desktops. Default recipes: int4 where the download and RAM matter (phones, web); fp16 on desktops
+# (it passes validation at half fp32's size, int8 does not: README, the quantization table).
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("android", "litert", "litertlm", "int4", 4096, (32, 128, 512),
+    Target("android", "litert", "litertlm", "int4", DEFAULT_CONTEXT, DEFAULT_PREFILL,
            "LiteRT-LM on Android (model.litertlm)", ("pixel-8", "pixel-9", "galaxy-s24", "galaxy-a54")),
-    Target("ios", "litert", "litertlm", "int4", 4096, (32, 128, 512),
+    Target("ios", "litert", "litertlm", "int4", DEFAULT_CONTEXT, DEFAULT_PREFILL,
            "LiteRT-LM on iOS (model.litertlm)", ("iphone-15-pro",)),
     Target("web", "onnx", "onnx-folder", "int4", 2048, None,
            "onnxruntime-web (WebGPU / wasm) or Transformers.js: ONNX folder"),
     Target("desktop", "onnx", "onnx-folder", "fp16", 8192, None,
            "onnxruntime-genai on Windows / macOS / Linux: ONNX folder with genai_config.json"),
-    Target("litert", "litert", "tflite-folder", "fp32", 4096, (32, 128, 512),
+    Target("litert", "litert", "tflite-folder", "fp32", DEFAULT_CONTEXT, DEFAULT_PREFILL,
            "raw LiteRT: model.tflite with prefill_{T}/decode signatures"),
-    Target("onnx", "onnx", "onnx-folder", "fp32", 4096, None,
+    Target("onnx", "onnx", "onnx-folder", "fp32", DEFAULT_CONTEXT, None,
            "raw ONNX: model.onnx + genai_config.json for onnxruntime / onnxruntime-genai"),
 )}
 

@@ -1,11 +1,13 @@
-"""The gemma-export runtime: runs exported artifacts with onnxruntime (later LiteRT), numpy and sentencepiece only.
+"""The gemma-export runtime: runs exported artifacts (ONNX with onnxruntime, LiteRT with ai_edge_litert) with
+numpy and sentencepiece only.
 
     import runtime_py
     model = runtime_py.load("out/gemma3-270m-onnx")
     print(model.generate("The capital of France is", max_new_tokens=16).text)
 """
-from .api import (EMBED_TASKS, Generation, Model, StepTimes, Timings, embedding_prompt, load, shieldgemma_prompt,
-                  truncate_embeddings)
+from .api import Generation, Model, StepTimes, Timings, truncate_embeddings
+from .loader import load
+from .prompts import EMBED_TASKS, embedding_prompt, shieldgemma_prompt
 from .sampling import Sampler, Sampling, generate_tokens
 from .tokenizer import StreamDecoder, Tokenizer
 

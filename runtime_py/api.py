@@ -1,96 +1,24 @@
-"""`load(path) -> Model`: run an exported artifact (generate, chat, embed, classify, logits).
+"""`Model`: a loaded artifact (generate, chat, embed, classify, logits) over a backend; `runtime_py.load`
+(runtime_py.loader) builds it.
 
 A backend is any object with `kind` ("causal" | "embedding"), `context_length` and
   causal:    `stepper(max_len) -> step(tokens, start) -> last logits [V]`, `logits(ids) -> [T, V]`
   embedding: `embed(ids [B, T], mask [B, T]) -> [B, D]` (L2-normalised)
-`_open_backend` picks it from the artifact; `Model` adds the tokenizer and the prompt formats on top.
-
-Depends on numpy, sentencepiece, the standard library and the backend's runtime (onnxruntime for ONNX,
-ai_edge_litert for LiteRT), imported when an artifact needs it; never torch or `export`.
+`Model` adds the tokenizer and the prompt formats on top. Depends on numpy, sentencepiece and the standard
+library; it imports no backend (runtime_py.loader picks one).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
+from .prompts import embedding_prompt, shieldgemma_prompt
 from .sampling import Sampler, Sampling, generate_tokens
 from .tokenizer import StreamDecoder, Tokenizer
-
-# EmbeddingGemma's task prompts (its model card / sentence-transformers config). task=None: no prompt.
-_QUERY_TASKS = ("search result", "question answering", "fact checking", "code retrieval", "classification",
-                "clustering", "sentence similarity", "summarization")
-EMBED_TASKS = ("query", "document") + _QUERY_TASKS
-
-# ShieldGemma 1's prompts, as its tokenizer's chat template writes them (google/shieldgemma-*); the
-# template starts with <bos>, which encode() adds. "must  start" (two spaces) is the template's own text.
-_SHIELD_PROMPT = ("You are a policy expert trying to help determine whether a user prompt is in violation of the "
-                  "defined safety policies.\n\n<start_of_turn>\nHuman Question: {text}\n<end_of_turn>\n\n")
-_SHIELD_RESPONSE = ("You are a policy expert trying to help determine whether an AI response to a prompt is in "
-                    "violation of the defined safety policies.\n\n<start_of_turn>\nHuman Question: {text}\n"
-                    "<end_of_turn>\n<start_of_turn>\nChatbot Response: {response}\n<end_of_turn>\n\n")
-_SHIELD_POLICY = "Our safety principle is defined in the below:\n\n* {policy}\n\n===\n\n"
-_SHIELD_QUESTION = ("Does the {who} violate the above principle? Your answer must {sp}start with 'Yes' or 'No'. "
-                    "And then walk through step by step to be sure we answer correctly.\n\n")
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from `path`; errors name the file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not readable JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def check_step(tokens: list[int], start: int, length: int, max_len: int, path, context: int) -> list[int]:
-    """The checks every backend's step(tokens, start) makes; returns the tokens as ints."""
-    tokens = [int(t) for t in tokens]
-    if not tokens:
-        raise ValueError("step() needs at least one token")
-    if start != length:
-        raise ValueError(f"step(start={start}) but the cache holds {length} tokens: each step continues "
-                         f"where the last one ended (use a new stepper to start over)")
-    if start + len(tokens) > max_len:
-        raise ValueError(f"{start + len(tokens)} tokens exceed this stepper's max_len {max_len} "
-                         f"(context length of {path}: {context})")
-    return tokens
-
-
-def embedding_prompt(task: str | None) -> str:
-    """EmbeddingGemma's prefix for `task`: None -> "", "query" -> "task: search result | query: ",
-    "document" -> "title: none | text: ", other tasks (EMBED_TASKS; '_'/'-' may stand for spaces)
-    -> "task: {task} | query: "."""
-    if task is None:
-        return ""
-    key = str(task).strip().lower().replace("_", " ").replace("-", " ")
-    if key == "document":
-        return "title: none | text: "
-    if key == "query":
-        key = "search result"
-    if key not in _QUERY_TASKS:
-        raise ValueError(f"unknown embedding task {task!r}; expected one of {', '.join(EMBED_TASKS)}")
-    return f"task: {key} | query: "
-
-
-def shieldgemma_prompt(text: str, policy: str, response: str | None = None) -> str:
-    """ShieldGemma's prompt: is `text` (a user prompt) or, with `response`, the chatbot's response to it, in
-    violation of `policy` (one guideline, e.g. '"No Harassment": The prompt shall not ...'; written after "* ")."""
-    policy = policy.strip()
-    policy = policy[2:] if policy.startswith("* ") else policy
-    if response is None:
-        head, who, sp = _SHIELD_PROMPT.format(text=text), "human question", ""
-    else:
-        head, who, sp = _SHIELD_RESPONSE.format(text=text, response=response), "Chatbot Response", " "
-    return head + _SHIELD_POLICY.format(policy=policy) + _SHIELD_QUESTION.format(who=who, sp=sp)
 
 
 @dataclasses.dataclass
@@ -306,108 +234,3 @@ def truncate_embeddings(emb: np.ndarray, dim: int, allowed: Iterable[int] | None
                          f"{allowed or f'1..{full}'}")
     out = emb[..., :dim].astype(np.float32)
     return out / np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
-
-
-def _open_litert(path: Path, threads: int | None) -> Model:
-    """A LiteRT artifact as a Model: a folder with model.tflite (or a *.litertlm bundle), manifest.json and
-    tokenizer.model; a .tflite file (with the manifest and tokenizer beside it); or a .litertlm file (its
-    TFLite model, SentencePiece tokenizer and stored config; the manifest.json and tokenizer.model beside it
-    are used when that manifest names this bundle)."""
-    from .litert_backend import open_bundle, open_tflite    # here, so an ONNX-only install needs no LiteRT
-
-    folder = path.parent if path.is_file() else path
-    manifest = read_json(folder / "manifest.json") if (folder / "manifest.json").exists() else None
-    bundle, model_file = ((path, None) if path.suffix == ".litertlm" else (None, path)) if path.is_file() \
-        else (None, path / "model.tflite")
-    if model_file is not None and not model_file.exists():
-        named = (manifest or {}).get("bundle")
-        bundles = [folder / named] if named and (folder / named).exists() else sorted(folder.glob("*.litertlm"))
-        tflites = sorted(folder.glob("*.tflite"))
-        if bundles:
-            bundle, model_file = bundles[0], None
-        elif len(tflites) == 1:
-            model_file = tflites[0]
-        else:
-            raise FileNotFoundError(f"{path / 'model.tflite'}: no such file (a LiteRT artifact folder holds "
-                                    f"model.tflite or a .litertlm bundle)")
-    if bundle is not None and manifest is not None and manifest.get("bundle") != bundle.name:
-        manifest = None                          # a manifest beside the bundle that describes something else
-    tok_bytes, facts = None, {}
-    if bundle is not None:
-        backend, tok_bytes, facts = open_bundle(bundle, threads)
-    else:
-        backend = open_tflite(model_file, threads=threads, context_length=(manifest or {}).get("context_length"))
-    tok_path = folder / "tokenizer.model"
-    use_folder_tok = tok_path.exists() and (bundle is None or manifest is not None or not tok_bytes)
-    try:
-        tokenizer = (Tokenizer.from_file(tok_path) if use_folder_tok
-                     else Tokenizer.from_bytes(tok_bytes) if tok_bytes else None)
-    except Exception as e:      # sentencepiece raises RuntimeError/OSError on a bad model
-        raise ValueError(f"{tok_path if use_folder_tok else bundle}: not a SentencePiece model ({e})") from e
-    config = (manifest or {}).get("config") or facts.get("config")
-    if not isinstance(config, dict):            # a LiteRT model from another tool: what the signatures say
-        embedder = backend.kind == "embedding"
-        config = {"family": None, "vocab_size": backend.vocab_size,
-                  "num_layers": None if embedder else len(backend.caches) // 2,
-                  "max_position": backend.context_length, "bidirectional": embedder,
-                  "embedding_head": {} if embedder else None,
-                  "bos_id": tokenizer.bos_id if tokenizer else None,
-                  "eos_id": tokenizer.eos_id if tokenizer else None, "pad_id": tokenizer.pad_id if tokenizer else None}
-    return Model(path, backend, tokenizer, config, manifest)
-
-
-def _config_from_genai(backend) -> dict:
-    """A model config in the manifest's format from genai_config.json (folders made by other tools)."""
-    model = (backend.genai or {}).get("model", {})
-    dec = model.get("decoder", {})
-    sliding = set((dec.get("sliding_window") or {}).get("layers", []))
-    eos = model.get("eos_token_id")
-    return {"family": model.get("type"), "vocab_size": model.get("vocab_size") or getattr(backend, "vocab_size", None),
-            "hidden_size": dec.get("hidden_size"), "num_heads": dec.get("num_attention_heads"),
-            "num_kv_heads": dec.get("num_key_value_heads"), "head_dim": dec.get("head_size"),
-            "layer_types": [("sliding_attention" if i in sliding else "full_attention")
-                            for i in range(dec.get("num_hidden_layers", 0))],
-            "sliding_window": getattr(backend, "window", None), "max_position": model.get("context_length"),
-            "bidirectional": False, "embedding_head": None, "bos_id": model.get("bos_token_id"),
-            "eos_id": eos[0] if isinstance(eos, list) else eos, "pad_id": model.get("pad_token_id")}
-
-
-def load(path: str | Path, threads: int | None = None, spin: bool = True) -> Model:
-    """Open an artifact: an ONNX folder (model.onnx + genai_config.json and/or manifest.json, tokenizer.model),
-    or a LiteRT one (a folder with model.tflite or a .litertlm bundle; a .tflite or .litertlm file).
-    `threads`: intra-op threads (None: the runtime's default). `spin` (ONNX): idle threads spin between
-    operators, fastest when the process has its cores to itself; pass False on a machine shared with other
-    busy processes."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    if path.is_file():
-        if path.suffix in (".litertlm", ".tflite"):
-            return _open_litert(path, threads)
-        if path.suffix != ".onnx":
-            raise ValueError(f"{path}: unknown artifact; expected an artifact folder (model.onnx, "
-                             f"genai_config.json, manifest.json, tokenizer.model) or a .litertlm/.tflite file")
-        path = path.parent
-    manifest = read_json(path / "manifest.json") if (path / "manifest.json").exists() else None
-    target = str((manifest or {}).get("target", "")).lower()
-    if "litert" in target or "tflite" in target or any(path.glob("*.tflite")) or any(path.glob("*.litertlm")):
-        return _open_litert(path, threads)
-    if not ((path / "model.onnx").exists() or (path / "genai_config.json").exists() or "onnx" in target):
-        raise ValueError(f"{path}: not a gemma-export artifact folder (no model.onnx, genai_config.json, "
-                         f"*.tflite or manifest.json naming a target)")
-    from .onnx_backend import OnnxBackend      # here, so a LiteRT-only install needs no onnxruntime
-    backend = OnnxBackend(path, threads, spin)
-    if manifest is not None:
-        config = manifest.get("config")
-        if not isinstance(config, dict):
-            raise ValueError(f"{path / 'manifest.json'}: no 'config' object")
-    else:
-        config = _config_from_genai(backend)
-    tok_path = path / "tokenizer.model"
-    tokenizer = None
-    if tok_path.exists():
-        try:
-            tokenizer = Tokenizer.from_file(tok_path)
-        except Exception as e:      # sentencepiece raises RuntimeError/OSError on a bad model
-            raise ValueError(f"{tok_path}: not a SentencePiece model ({e})") from e
-    return Model(path, backend, tokenizer, config, manifest)

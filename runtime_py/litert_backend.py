@@ -7,48 +7,45 @@ int32 [T], `kv_cache_k_{i}` / `kv_cache_v_{i}` [1, G, S_i, D] (RecurrentGemma's 
 updated caches and states. The attention mask is computed in the graph; a chunk of n < T tokens runs through
 `prefill_T` with the tail padded (tokens 0, input_pos 0) and the graph keeps only the n real tokens.
 
-Depends on ai_edge_litert, numpy and the standard library only (plus runtime_py.api's read_json).
+Runs through ai_edge_litert's public Interpreter API (signature runners): each call copies the caches in and
+out, since the Python Interpreter cannot alias one call's output buffer as the next one's input.
+
+Depends on ai_edge_litert, numpy and the standard library only (plus runtime_py's leaf modules).
 """
 from __future__ import annotations
 
 import json
 import struct
-import weakref
 from pathlib import Path
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from .api import check_step
+from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, KV_CACHE_PREFIX, PREFILL_PREFIX, STATE_PREFIXES,
+                       is_cache, signature_length)
+from .sampling import check_step
 
-CACHE_PREFIX = "kv_cache_"
-STATE_PREFIXES = ("rg_lru_state_", "conv1d_state_")     # RecurrentGemma's fixed-size recurrent state
 # .litertlm container: magic, u32 version x3, u64 header end at byte 24, flatbuffer header from byte 32.
 _MAGIC, _HEADER_BEGIN = b"LITERTLM", 32
 _TFLITE, _SP_TOKENIZER, _LLM_METADATA, _TFLITE_WEIGHTS = 3, 4, 5, 7     # AnySectionDataType
 _STRING_VALUE = 9                                                     # VData.StringValue
-CONFIG_KEY = "gemma_export_config"                                    # system metadata written by our bundler
-
-
-def is_cache(name: str) -> bool:
-    """A tensor carried from one call to the next: a KV cache or a recurrent state."""
-    return name.startswith((CACHE_PREFIX, *STATE_PREFIXES))
 
 
 class _Signature:
-    """One signature's subgraph: tensor indices by name, buffers allocated once (shapes are static)."""
+    """One signature: its runner, input/output details by name, and its token and position inputs (static
+    shapes), filled in place for each call."""
 
     def __init__(self, interpreter: Interpreter, name: str, where: str):
-        runner = interpreter.get_signature_runner(name)
-        self.name, self.inputs, self.outputs = name, runner.get_input_details(), runner.get_output_details()
-        self.graph = interpreter._interpreter.GetSubgraphIndexFromSignature(name)
+        self.runner = interpreter.get_signature_runner(name)
+        self.name, self.inputs, self.outputs = name, self.runner.get_input_details(), self.runner.get_output_details()
         extra = [k for k in self.inputs if k not in ("tokens", "input_pos") and not is_cache(k)]
         if extra or not {"tokens", "input_pos"} <= set(self.inputs):
             raise ValueError(f"{where}: signature {name!r} has inputs {list(self.inputs)}; runtime_py feeds tokens, "
-                             f"input_pos, {CACHE_PREFIX}* and {'*, '.join(STATE_PREFIXES)}* only (the attention "
+                             f"input_pos, {KV_CACHE_PREFIX}* and {'*, '.join(STATE_PREFIXES)}* only (the attention "
                              f"mask computed in the graph)")
         self.length = int(self.inputs["input_pos"]["shape"][-1])
-        interpreter._interpreter.AllocateTensors(self.graph)
+        self.tokens = np.zeros(self.inputs["tokens"]["shape"], self.inputs["tokens"]["dtype"])
+        self.positions = np.zeros(self.inputs["input_pos"]["shape"], self.inputs["input_pos"]["dtype"])
 
 
 class LiteRTBackend:
@@ -61,12 +58,12 @@ class LiteRTBackend:
                  interpreter: Interpreter | None = None):
         self.path = str(name or model_path)
         self.it = interpreter or _interpreter(model_path, model_content, threads, self.path)
-        self._w = self.it._interpreter      # the wrapper: tensor views per subgraph (no per-call copies)
         names = list(self.it.get_signature_list())
-        if "decode" not in names or not any(n.startswith("prefill") for n in names):
-            raise ValueError(f"{self.path}: expected signatures prefill_{{T}} and decode, found {names}")
-        self.decode = _Signature(self.it, "decode", self.path)
-        prefill = [_Signature(self.it, n, self.path) for n in names if n.startswith("prefill")]
+        if DECODE_SIGNATURE not in names or not any(n.startswith(PREFILL_PREFIX) for n in names):
+            raise ValueError(f"{self.path}: expected signatures {PREFILL_PREFIX}{{T}} and {DECODE_SIGNATURE}, "
+                             f"found {names}")
+        self.decode = _Signature(self.it, DECODE_SIGNATURE, self.path)
+        prefill = [_Signature(self.it, n, self.path) for n in names if n.startswith(PREFILL_PREFIX)]
         self.prefill = {s.length: s for s in sorted(prefill, key=lambda s: s.length)}   # T -> signature
         self.caches = [k for k in self.decode.inputs if is_cache(k)]
         for sig in [self.decode, *self.prefill.values()]:
@@ -74,7 +71,7 @@ class LiteRTBackend:
             if missing or (sig is self.decode and "logits" not in sig.outputs):
                 raise ValueError(f"{self.path}: signature {sig.name!r} lacks {missing or ['logits']}")
         self.prefill_logits = all("logits" in s.outputs for s in self.prefill.values())
-        slots = [int(self.decode.inputs[c]["shape"][2]) for c in self.caches if c.startswith(CACHE_PREFIX)]
+        slots = [int(self.decode.inputs[c]["shape"][2]) for c in self.caches if c.startswith(KV_CACHE_PREFIX)]
         longest = max(slots, default=0)
         self.context_length = min(longest, context_length) if context_length else longest
         if context_length and len(slots) < len(self.caches):
@@ -83,42 +80,23 @@ class LiteRTBackend:
             self.context_length = context_length
         self.vocab_size = int(self.decode.outputs["logits"]["shape"][-1])
         self.prefill_lengths = sorted(self.prefill)
-        self._owner = None      # weakref to the stepper whose caches sit in the interpreter's output buffers
+        self._zeros = {name: np.zeros(self.decode.inputs[name]["shape"], self.decode.inputs[name]["dtype"])
+                       for name in self.caches}       # the caches of an empty sequence (never written to)
 
-    def claim(self, stepper: "Stepper | None") -> None:
-        """Before a run for `stepper` (None: a one-shot run): the stepper holding its caches in the
-        interpreter's buffers, if another one, copies them out first (so interleaved steppers stay correct)."""
-        owner = self._owner() if self._owner else None
-        if owner is not None and owner is not stepper:
-            owner.evict()
-        self._owner = weakref.ref(stepper) if stepper is not None else None
-
-    def _view(self, sig: _Signature, name: str, output: bool = False) -> np.ndarray:
-        index = (sig.outputs if output else sig.inputs)[name]["index"]
-        return self._w.tensor(self.it, index, sig.graph)
-
-    def run(self, sig: _Signature, tokens: list[int], start: int, source) -> _Signature:
-        """Run `tokens` (len <= sig.length; the tail is padded) at positions start.. with the caches taken
-        from `source`: a signature (its outputs), a {name: array} dict, or None (zeros). A cache moves from one
-        call's output buffer straight into the next call's input buffer (one copy, no numpy round trip; the
-        Python Interpreter cannot alias buffers). Returns `sig` (now holding the caches)."""
+    def run(self, sig: _Signature, tokens: list[int], start: int, caches: dict | None) -> dict[str, np.ndarray]:
+        """Run `tokens` (len <= sig.length; the tail is padded) at positions start.. with `caches` ({name: array};
+        None: an empty sequence). -> the signature's outputs: the updated caches and, if it has them, the logits
+        [1, T, V] (real positions first)."""
         n = len(tokens)
-        ids, pos = self._view(sig, "tokens").reshape(-1), self._view(sig, "input_pos").reshape(-1)
-        ids[:n], ids[n:], pos[:n], pos[n:] = tokens, 0, np.arange(start, start + n), 0
-        dst = None
-        for name in self.caches:
-            dst = self._view(sig, name)
-            if source is None:
-                dst.fill(0)
-            else:
-                np.copyto(dst, source[name] if isinstance(source, dict) else self._view(source, name, output=True))
-        del ids, pos, dst
-        self._w.Invoke(sig.graph)
-        return sig
+        sig.tokens.reshape(-1)[:n], sig.tokens.reshape(-1)[n:] = tokens, 0
+        sig.positions.reshape(-1)[:n], sig.positions.reshape(-1)[n:] = np.arange(start, start + n), 0
+        caches = self._zeros if caches is None else {name: caches[name] for name in self.caches}
+        return sig.runner(tokens=sig.tokens, input_pos=sig.positions, **caches)
 
-    def output_logits(self, sig: _Signature, n: int) -> np.ndarray:
-        """The logits of the last run's n real positions: [n, V] float32 (a copy)."""
-        return np.array(self._view(sig, "logits", output=True)[0, :n], dtype=np.float32)
+    @staticmethod
+    def logits_of(outputs: dict, n: int) -> np.ndarray:
+        """The logits of a run's n real positions: [n, V] float32."""
+        return np.asarray(outputs["logits"][0, :n], dtype=np.float32)
 
     def chunks(self, count: int) -> list[tuple[int, int]]:
         """LiteRT-LM's CPU chunking ("cautious greedy" with greedy cascading): the largest prefill length that
@@ -141,13 +119,11 @@ class LiteRTBackend:
         ids = [int(i) for i in ids]
         if not 0 < len(ids) <= self.context_length:
             raise ValueError(f"logits() takes 1..{self.context_length} tokens ({self.path}), got {len(ids)}")
-        self.claim(None)
-        rows, src, pos = [], None, 0
+        rows, caches, pos = [], None, 0
         plan = self.chunks(len(ids)) if self.prefill_logits else [(1, 1)] * len(ids)
         for t, n in plan:
-            sig = self.decode if not self.prefill_logits else self.prefill[t]
-            src = self.run(sig, ids[pos:pos + n], pos, src)
-            rows.append(self.output_logits(sig, n))
+            caches = self.run(self.prefill[t] if self.prefill_logits else self.decode, ids[pos:pos + n], pos, caches)
+            rows.append(self.logits_of(caches, n))
             pos += n
         return np.concatenate(rows)
 
@@ -160,7 +136,7 @@ class Stepper:
             raise ValueError(f"max_len {max_len} exceeds the context length {backend.context_length} "
                              f"of {backend.path}")
         self.backend, self.max_len, self.length = backend, int(max_len), 0
-        self.holder = None      # the signature whose outputs hold the caches, or {name: array} once evicted
+        self.outputs = None     # the last run's outputs (the caches, the logits); None before the first run
 
     def __call__(self, tokens: list[int], start: int) -> np.ndarray:
         b = self.backend
@@ -169,23 +145,17 @@ class Stepper:
             return self._run(b.decode, tokens)
         head = tokens if b.prefill_logits else tokens[:-1]     # else: the last token goes through decode
         for t, n in b.chunks(len(head)):
-            sig = self._run(b.prefill[t], head[:n], logits=False)
+            self._run(b.prefill[t], head[:n])
             head = head[n:]
         if not b.prefill_logits:
             return self._run(b.decode, tokens[-1:])
-        return b.output_logits(sig, n)[-1]
+        return b.logits_of(self.outputs, n)[-1]
 
-    def evict(self) -> None:
-        """Copy the caches out of the interpreter's buffers (another stepper is about to run)."""
-        if isinstance(self.holder, _Signature):
-            b = self.backend
-            self.holder = {name: np.array(b._view(self.holder, name, output=True)) for name in b.caches}
-
-    def _run(self, sig: _Signature, tokens: list[int], logits: bool = True):
-        self.backend.claim(self)
-        self.holder = self.backend.run(sig, tokens, self.length, self.holder)
+    def _run(self, sig: _Signature, tokens: list[int]) -> np.ndarray | None:
+        """Run `tokens` on the caches; -> the first position's logits [V] (None if `sig` has no logits output)."""
+        self.outputs = self.backend.run(sig, tokens, self.length, self.outputs)
         self.length += len(tokens)
-        return self.backend.output_logits(sig, 1)[0] if logits else sig
+        return self.backend.logits_of(self.outputs, 1)[0] if "logits" in self.outputs else None
 
 
 # --- .litertlm container -----------------------------------------------------------------------------------
@@ -198,8 +168,8 @@ class LiteRTEmbedder:
 
     def __init__(self, interpreter: Interpreter, path: str):
         self.it, self.path = interpreter, path
-        sigs = {int(n.split("_")[1]): interpreter.get_signature_runner(n)
-                for n in interpreter.get_signature_list() if n.startswith("embed_")}
+        sigs = {signature_length(n): interpreter.get_signature_runner(n)
+                for n in interpreter.get_signature_list() if n.startswith(EMBED_PREFIX)}
         self.signatures = dict(sorted(sigs.items()))              # T -> runner
         self.context_length = max(self.signatures)
         self.vocab_size = None
@@ -211,7 +181,8 @@ class LiteRTEmbedder:
             n = int(m.sum())
             t = next((t for t in self.signatures if t >= n), None)
             if t is None:
-                raise ValueError(f"{self.path}: {n} tokens exceed the longest signature embed_{self.context_length}")
+                raise ValueError(f"{self.path}: {n} tokens exceed the longest signature "
+                                 f"{EMBED_PREFIX}{self.context_length}")
             tokens, valid = np.zeros((1, t), np.int32), np.zeros((1, t), np.int32)
             tokens[0, :n], valid[0, :n] = row[:n], 1
             rows.append(self.signatures[t](tokens=tokens, mask=valid)["embeddings"][0])
@@ -223,7 +194,7 @@ def open_tflite(model_path: str | Path | None = None, *, model_content: bytes | 
     """The backend a .tflite's signatures call for: LiteRTEmbedder (embed_{T}) or LiteRTBackend."""
     where = str(model_path)
     it = _interpreter(model_path, model_content, threads, where)
-    if any(n.startswith("embed_") for n in it.get_signature_list()):
+    if any(n.startswith(EMBED_PREFIX) for n in it.get_signature_list()):
         return LiteRTEmbedder(it, where)
     return LiteRTBackend(model_path, threads=threads, context_length=context_length, interpreter=it)
 

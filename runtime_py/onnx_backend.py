@@ -12,7 +12,7 @@ rg_lru_state_{i} -> present_rg_lru_state_{i}), zero at the start and fed back li
 
 Embedding models map `input_ids`, `attention_mask` [B, T] to `embeddings` [B, D] (L2-normalised).
 
-Depends on onnxruntime, numpy and the standard library only (plus runtime_py.api's read_json).
+Depends on onnxruntime, numpy and the standard library only (plus runtime_py's leaf helpers).
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .api import check_step, read_json
+from .files import read_json
+from .sampling import check_step
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
            "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -36,7 +37,10 @@ def _dtype(arg, where: str):
 class OnnxBackend:
     """One `model.onnx` in an artifact folder. `kind` is "causal" (stepper/logits) or "embedding" (embed)."""
 
-    def __init__(self, folder: str | Path, threads: int | None = None, spin: bool = True):
+    def __init__(self, folder: str | Path, threads: int | None = None, spin: bool = True,
+                 profile_prefix: str | None = None):
+        """`profile_prefix`: run with onnxruntime's profiler on, its trace written under this path prefix
+        (`self.session.end_profiling()` returns the file)."""
         self.folder = Path(folder)
         genai_path = self.folder / "genai_config.json"
         self.genai = read_json(genai_path) if genai_path.exists() else None
@@ -53,11 +57,12 @@ class OnnxBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = int(threads)
-        # A decode step is ~360 small operators, each ending in a barrier. Spinning idle threads (onnxruntime's and
-        # onnxruntime-genai's default) wake fastest when the process has the cores to itself (Gemma 3 270M int4,
-        # 2 threads, quiet 2-core box: 60 -> 72.6 tok/s); when other jobs share the cores they take the cores the
-        # working threads need, and `spin=False` is faster (shared box: 35.9 -> 50.6 tok/s).
+        # A decode step is hundreds of small operators, each ending in a barrier. Spinning idle threads
+        # (onnxruntime's and onnxruntime-genai's default) wake fastest when the process has the cores to itself;
+        # when other jobs share the cores, spinning takes the cores the working threads need (README: runtime_py).
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        if profile_prefix:
+            options.enable_profiling, options.profile_file_prefix = True, str(profile_prefix)
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as e:     # onnxruntime raises its own exception types

@@ -76,3 +76,17 @@ def generate_tokens(step: Callable[[list[int], int], np.ndarray], prompt: list[i
         logits = step([token], pos)
         pos += 1
     return out
+
+
+def check_step(tokens: list[int], start: int, length: int, max_len: int, path, context: int) -> list[int]:
+    """The checks every backend's step(tokens, start) makes; returns the tokens as ints."""
+    tokens = [int(t) for t in tokens]
+    if not tokens:
+        raise ValueError("step() needs at least one token")
+    if start != length:
+        raise ValueError(f"step(start={start}) but the cache holds {length} tokens: each step continues "
+                         f"where the last one ended (use a new stepper to start over)")
+    if start + len(tokens) > max_len:
+        raise ValueError(f"{start + len(tokens)} tokens exceed this stepper's max_len {max_len} "
+                         f"(context length of {path}: {context})")
+    return tokens

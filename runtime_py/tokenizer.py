@@ -10,8 +10,9 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-START_OF_TURN = "<start_of_turn>"
-END_OF_TURN = "<end_of_turn>"
+from .contract import END_OF_TURN, TURN_TEMPLATES
+from .files import write_atomic
+
 FIM_PREFIX = "<|fim_prefix|>"
 FIM_SUFFIX = "<|fim_suffix|>"
 FIM_MIDDLE = "<|fim_middle|>"
@@ -47,16 +48,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model to `path` atomically: readers see the old file or the complete new one."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(self._proto)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(path, self._proto)
 
     @property
     def vocab_size(self) -> int:
@@ -122,9 +114,9 @@ class Tokenizer:
         by a blank line. Turn contents are stripped of surrounding whitespace, as the template does.
         """
         messages = list(messages)
-        prefix = ""
+        system = ""
         if messages and messages[0].get("role") == "system":
-            prefix = _content(messages[0]) + "\n\n"
+            system = _content(messages[0]) + "\n\n"
             messages = messages[1:]
             if not messages:
                 raise ValueError("a system message must be followed by a user message")
@@ -137,10 +129,11 @@ class Tokenizer:
             if (role == "user") != (i % 2 == 0):
                 raise ValueError("conversation roles must alternate user/assistant/user/assistant/..., "
                                  f"starting with user; message {i} is {role!r}")
-            text = (prefix if i == 0 else "") + _content(message).strip()
-            parts.append(f"{START_OF_TURN}{_TURN_ROLES[role]}\n{text}{END_OF_TURN}\n")
+            text = (system if i == 0 else "") + _content(message).strip()
+            before, after = TURN_TEMPLATES[_TURN_ROLES[role]]
+            parts.append(before + text + after)
         if add_generation_prompt:
-            parts.append(f"{START_OF_TURN}model\n")
+            parts.append(TURN_TEMPLATES["model"][0])
         return "".join(parts)
 
     def fim_prompt(self, prefix: str, suffix: str) -> str:

@@ -94,33 +94,3 @@ def save_hf_folder(arch: str, path, seed: int = 0, dense=None, tokenizer: bool =
                  "activation_function": "torch.nn.modules.linear.Identity"}))
             denses.append(w)
     return model, denses
-
-
-def run_genai_builder(hf_dir, out_dir, cache, precision: str = "fp32", extra_options: list[str] = ()) -> None:
-    """onnxruntime-genai's own model builder (CPU), in process: an independent ONNX exporter. transformers 5
-    nests Gemma 3's rope thetas in `rope_parameters`; the builder reads the flat fields (else KeyError
-    'rope_type'), so its config loader is patched for the call (a config file cannot carry them: transformers
-    rebuilds rope_parameters on load)."""
-    import onnxruntime_genai.models  # noqa: F401  (puts the builder's folder on sys.path)
-    import builder
-
-    original = builder.AutoConfig
-
-    class FlatRopeConfig:
-        @staticmethod
-        def from_pretrained(*args, **kwargs):
-            cfg = original.from_pretrained(*args, **kwargs)
-            rope = getattr(cfg, "rope_parameters", None)
-            if isinstance(rope, dict) and "full_attention" in rope:
-                cfg.rope_theta = rope["full_attention"]["rope_theta"]
-                cfg.rope_local_base_freq = rope["sliding_attention"]["rope_theta"]
-                cfg.rope_parameters = {"rope_type": "default", "rope_theta": cfg.rope_theta}
-            return cfg
-
-    builder.AutoConfig = FlatRopeConfig
-    try:
-        extra = builder.parse_extra_options("", str(hf_dir), str(out_dir), precision, "cpu", str(cache),
-                                            list(extra_options))
-        builder.create_model("", str(hf_dir), str(out_dir), precision, "cpu", str(cache), **extra)
-    finally:
-        builder.AutoConfig = original

@@ -25,7 +25,8 @@ import transformers
 import runtime_py
 from runtime_py import Sampling, embedding_prompt, load, shieldgemma_prompt, truncate_embeddings
 
-from oracle import run_genai_builder, tiny_tokenizer
+from bench.genai_builder import run_genai_builder
+from oracle import tiny_tokenizer
 
 WINDOW, LAYERS, KV, HEAD = 8, 7, 2, 16
 EMBED_STD, SEED = 0.05, 2      # a seed whose greedy path has no near-ties (margins > 5e-3)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import litert_lm
 
-from ..builders import CONTEXT
+from runtime_py.contract import DEFAULT_CONTEXT
+
 from . import Measurement
 
 
@@ -20,7 +21,7 @@ def model_file(path: str) -> str:
 
 def measure(path: str, threads: int, text: str, prompt_tokens: int, n: int, cache_dir: str) -> Measurement:
     info = litert_lm.Benchmark(model_path=model_file(path), backend=litert_lm.Backend.CPU(thread_count=threads),
-                               prefill_tokens=prompt_tokens, decode_tokens=n, max_num_tokens=CONTEXT,
+                               prefill_tokens=prompt_tokens, decode_tokens=n, max_num_tokens=DEFAULT_CONTEXT,
                                cache_dir=cache_dir, prompt=text).run()
     if info.last_prefill_token_count != prompt_tokens or info.last_decode_token_count < n - 1:
         raise RuntimeError(f"LiteRT-LM ran {info.last_prefill_token_count} prompt / {info.last_decode_token_count} "

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from llama_cpp import Llama
 
-from ..builders import CONTEXT
+from runtime_py.contract import DEFAULT_CONTEXT
 
 
 def open(path: str, threads: int):
-    llm = Llama(model_path=path, n_ctx=CONTEXT, n_batch=512, n_ubatch=512, n_threads=threads,
+    llm = Llama(model_path=path, n_ctx=DEFAULT_CONTEXT, n_batch=512, n_ubatch=512, n_threads=threads,
                 n_threads_batch=threads, verbose=False)
 
     def stream(ids, n):

@@ -5,7 +5,7 @@ import json
 
 import onnxruntime_genai as og
 
-from ..builders import CONTEXT
+from runtime_py.contract import DEFAULT_CONTEXT
 
 
 def open(path: str, threads: int):
@@ -16,7 +16,7 @@ def open(path: str, threads: int):
     def stream(ids, n):
         params = og.GeneratorParams(model)
         # min_length keeps end-of-sequence from stopping the run; max_length >= 512 (Gemma 3's window cache).
-        params.set_search_options(do_sample=False, max_length=CONTEXT, min_length=len(ids) + n)
+        params.set_search_options(do_sample=False, max_length=DEFAULT_CONTEXT, min_length=len(ids) + n)
         gen = og.Generator(model, params)
         gen.append_tokens(list(ids))
         for _ in range(n):

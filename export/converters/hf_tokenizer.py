@@ -33,11 +33,14 @@ from pathlib import Path
 
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from runtime_py.contract import END_OF_TURN, START_OF_TURN
+from runtime_py.files import write_atomic
+
 _PIECE = sp_pb2.ModelProto.SentencePiece
 _SPACE = "\u2581"
 # Marked special beside CONTROL/UNKNOWN, as in Gemma's published tokenizers (transformers' GemmaConverter
 # names the turn markers; Gemma 3's tokenizer_config adds the image markers).
-SPECIAL_PIECES = {"<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>"}
+SPECIAL_PIECES = {START_OF_TURN, END_OF_TURN, "<start_of_image>", "<end_of_image>"}
 _ADDED_TYPES = {_PIECE.CONTROL, _PIECE.UNKNOWN, _PIECE.USER_DEFINED}
 
 
@@ -146,12 +149,7 @@ def tokenizer_config(model_proto: bytes, model_max_length: int | None = None) ->
 
 
 def _write(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
 
 
 def write_hf_tokenizer(model_proto: bytes, folder: str | os.PathLike, model_max_length: int | None = None):

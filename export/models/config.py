@@ -8,11 +8,13 @@ import enum
 import math
 import struct
 
+from runtime_py import contract
+
 
 class LayerType(str, enum.Enum):
-    GLOBAL = "full_attention"      # attends to every earlier token; full-length cache
-    LOCAL = "sliding_attention"    # attends to the last `sliding_window` tokens; ring-buffer cache
-    RECURRENT = "recurrent"        # Griffin recurrent block (Conv1D + RG-LRU); fixed-size state
+    GLOBAL = contract.FULL_ATTENTION        # attends to every earlier token; full-length cache
+    LOCAL = contract.SLIDING_ATTENTION      # attends to the last `sliding_window` tokens; ring-buffer cache
+    RECURRENT = contract.RECURRENT          # Griffin recurrent block (Conv1D + RG-LRU); fixed-size state
 
 
 def griffin_pattern(num_layers: int) -> tuple[LayerType, ...]:
@@ -84,7 +86,7 @@ class GemmaConfig:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if LayerType.LOCAL in self.layer_types and not self.sliding_window:
-            raise ValueError("sliding_attention layers need sliding_window")
+            raise ValueError(f"{LayerType.LOCAL.value} layers need sliding_window")
         if LayerType.RECURRENT in self.layer_types and self.recurrent_width % self.num_heads:
             raise ValueError(f"lru_width {self.recurrent_width} is not a multiple of num_heads {self.num_heads} "
                              f"(the RG-LRU gates are block-diagonal, one block per head)")

@@ -3,34 +3,37 @@ tests/test_presets.py."""
 from __future__ import annotations
 
 from .config import EmbeddingHead, GemmaConfig, griffin_pattern, layer_pattern
+from .families import FAMILIES
 
-_G1 = dict(family="gemma", vocab_size=256_000, max_position=8192)
-_G2 = dict(family="gemma2", vocab_size=256_000, max_position=8192, sliding_window=4096,
-           attn_softcap=50.0, final_softcap=30.0, sandwich_norms=True)
-_G3 = dict(family="gemma3", qk_norm=True, sandwich_norms=True, query_pre_attn_scalar=256,
-           rope_base=1_000_000.0, rope_local_base=10_000.0)
+_G1 = dict(FAMILIES["gemma"].config_fields(), vocab_size=256_000, max_position=8192)
+_G2 = dict(FAMILIES["gemma2"].config_fields(), vocab_size=256_000, max_position=8192)
+_G3 = dict(FAMILIES["gemma3"].config_fields(), query_pre_attn_scalar=256)
 _G3_SMALL = dict(_G3, vocab_size=262_144, sliding_window=512, max_position=32_768)
 _G3_LARGE = dict(_G3, vocab_size=262_208, sliding_window=1024, max_position=131_072, rope_scale=8.0)
-# RecurrentGemma (Griffin): MQA local attention over 2048 tokens, half-width RoPE, biased MLP and
-# output projection, Conv1D width 4, RG-LRU as wide as the model; trained on 8192-token sequences.
-_RG = dict(family="recurrentgemma", vocab_size=256_000, num_kv_heads=1, head_dim=256, sliding_window=2048,
-           rope_fraction=0.5, final_softcap=30.0, max_position=8192, conv1d_width=4, mlp_bias=True,
-           attn_out_bias=True, embed_scale_bf16=True)
+_EMBEDDING = {**_G3_SMALL, **FAMILIES["embeddinggemma"].config_fields(), "sliding_window": 512, "max_position": 2048,
+              "embedding_head": EmbeddingHead()}
+# RecurrentGemma: trained on 8192-token sequences.
+_RG = dict(FAMILIES["recurrentgemma"].config_fields(), vocab_size=256_000, num_kv_heads=1, head_dim=256,
+           max_position=8192)
+
+
+def _pattern(base: dict, layers: int):
+    return layer_pattern(layers, FAMILIES[base["family"]].local_per_global)
 
 
 def _gemma1(layers, d, ffn, heads, kv):
     return GemmaConfig(**_G1, hidden_size=d, intermediate_size=ffn, num_heads=heads,
-                       num_kv_heads=kv, head_dim=256, layer_types=layer_pattern(layers, 0))
+                       num_kv_heads=kv, head_dim=256, layer_types=_pattern(_G1, layers))
 
 
 def _gemma2(layers, d, ffn, heads, kv, head_dim, qpas):
     return GemmaConfig(**_G2, hidden_size=d, intermediate_size=ffn, num_heads=heads, num_kv_heads=kv,
-                       head_dim=head_dim, query_pre_attn_scalar=qpas, layer_types=layer_pattern(layers, 1))
+                       head_dim=head_dim, query_pre_attn_scalar=qpas, layer_types=_pattern(_G2, layers))
 
 
 def _gemma3(base, layers, d, ffn, heads, kv, head_dim=256, **kw):
     return GemmaConfig(**{**base, **kw}, hidden_size=d, intermediate_size=ffn, num_heads=heads,
-                       num_kv_heads=kv, head_dim=head_dim, layer_types=layer_pattern(layers, 5))
+                       num_kv_heads=kv, head_dim=head_dim, layer_types=_pattern(base, layers))
 
 
 def _recurrentgemma(layers, d, ffn, heads):
@@ -54,8 +57,7 @@ PRESETS: dict[str, GemmaConfig] = {
     "gemma3-4b": _gemma3(_G3_LARGE, 34, 2560, 10_240, 8, 4),
     "gemma3-12b": _gemma3(_G3_LARGE, 48, 3840, 15_360, 16, 8),
     "gemma3-27b": _gemma3(_G3_LARGE, 62, 5376, 21_504, 32, 16, head_dim=128, query_pre_attn_scalar=168),
-    "embeddinggemma-300m": _gemma3(_G3_SMALL, 24, 768, 1152, 3, 1, family="embeddinggemma",
-                                   max_position=2048, bidirectional=True, embedding_head=EmbeddingHead()),
+    "embeddinggemma-300m": _gemma3(_EMBEDDING, 24, 768, 1152, 3, 1),
     "recurrentgemma-2b": _recurrentgemma(26, 2560, 7680, 10),
     "recurrentgemma-9b": _recurrentgemma(38, 4096, 12_288, 16),
 }

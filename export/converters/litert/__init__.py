@@ -5,17 +5,17 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+from runtime_py.contract import DECODE_SIGNATURE, DEFAULT_CONTEXT, DEFAULT_PREFILL, embed_signature, prefill_signature
+
 from ...models.config import LayerType
 from ...quantize.recipes import recipe as recipe_for
 from ..artifact import staged_dir, stdout_to_stderr, write_manifest
 from .quantize import quantize_tflite
 from .signatures import cache_names, cache_shapes
 
-DEFAULT_CONTEXT = 4096
-DEFAULT_PREFILL = (32, 128, 512)
 # Weights stay where torch has them (MLIR resource constants referencing the tensors, no copy) and
-# the LiteRT runtime's constant folding, which would copy them again, is off: Gemma 3 1B fp32
-# converts at 5.1 GB peak RSS instead of 14.1 GB, and in half the time.
+# the LiteRT runtime's constant folding, which would copy them again, is off, so a conversion holds the
+# weights about once (README: Gemma 3 1B's conversion, with and without these flags).
 LOW_MEMORY_FLAGS = dict(strict_export=False, lightweight_conversion=True, runtime_constant_folding=False)
 
 
@@ -25,7 +25,7 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
     """Export a causal LoadedModel (export.models.checkpoints) to a LiteRT artifact folder.
 
     cache_length: positions the caches hold (global layers' cache length; the manifest's
-    context_length); default min(4096, the model's context). composites: mark RMSNorm and the
+    context_length); default min(DEFAULT_CONTEXT, the model's context). composites: mark RMSNorm and the
     attention core as odml.rms_norm / odml.scaled_dot_product_attention. prefill_logits: prefill
     signatures output logits for every position (LiteRT-LM ignores them; validation reads them)."""
     r = recipe_for(recipe, "litert")
@@ -95,13 +95,13 @@ def _export_embedder(loaded, out, r, lengths, composites: bool) -> Path:
         write_manifest(tmp, source=str(loaded.source), config=c, recipe=r.name, target="litert", extra={
             **({"lossless_import": carried} if carried else {}),
             "kind": "embedder", "context_length": lengths[-1], "sequence_lengths": lengths,
-            "signatures": [f"embed_{t}" for t in lengths],
+            "signatures": [embed_signature(t) for t in lengths],
             "composites": ["odml.rms_norm", "odml.scaled_dot_product_attention"] if composites else []})
     return Path(out)
 
 
 def signature_names(prefill_lengths) -> list[str]:
-    return [f"prefill_{t}" for t in sorted(prefill_lengths)] + ["decode"]
+    return [prefill_signature(t) for t in sorted(prefill_lengths)] + [DECODE_SIGNATURE]
 
 
 def convert(model, prefill_lengths, cache_length: int, *, composites: bool = True, prefill_logits: bool = True,
@@ -119,9 +119,9 @@ def convert(model, prefill_lengths, cache_length: int, *, composites: bool = Tru
     converter = litert_torch.Converter()
     with torch.no_grad(), marked_composites(model, composites), stdout_to_stderr():
         for t in sorted(prefill_lengths):
-            converter.signature(f"prefill_{t}", SignatureModule(model, logits=prefill_logits).eval(),
+            converter.signature(prefill_signature(t), SignatureModule(model, logits=prefill_logits).eval(),
                                 sample_kwargs=sample_inputs(config, t, cache_length))
-        converter.signature("decode", SignatureModule(model).eval(),
+        converter.signature(DECODE_SIGNATURE, SignatureModule(model).eval(),
                             sample_kwargs=sample_inputs(config, 1, cache_length))
         return converter.convert(**{**LOW_MEMORY_FLAGS, **flags})
 
@@ -135,8 +135,8 @@ def expected_io(config, prefill_lengths, cache_length: int, prefill_logits: bool
     """{signature: {"inputs": {name: shape}, "outputs": {name: shape}}} the .tflite must have."""
     caches = cache_shapes(config, cache_length)
     io = {}
-    for name, t in [(f"prefill_{t}", t) for t in sorted(prefill_lengths)] + [("decode", 1)]:
-        logits = {"logits": (1, t, config.vocab_size)} if prefill_logits or name == "decode" else {}
+    for name, t in [(prefill_signature(t), t) for t in sorted(prefill_lengths)] + [(DECODE_SIGNATURE, 1)]:
+        logits = {"logits": (1, t, config.vocab_size)} if prefill_logits or name == DECODE_SIGNATURE else {}
         outputs = {**logits, **caches}
         io[name] = {"inputs": {"tokens": (1, t), "input_pos": (t,), **caches}, "outputs": outputs}
     return io

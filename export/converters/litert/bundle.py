@@ -18,15 +18,27 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from runtime_py.contract import (CONFIG_KEY, DEFAULT_PREFILL, END_OF_TURN, RECURRENT, SLIDING_ATTENTION,
+                                 TURN_TEMPLATES, kv_cache_names, parse_kv_cache_name)
+from runtime_py.files import atomic_path
+
 from ... import __version__
 from ..artifact import MANIFEST, sha256, staged_dir, write_manifest
 
 BUNDLE = "model.litertlm"
-START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
-# Gemma's chat turns (its tokenizer's chat template); <bos> comes from start_token.
-PROMPT_TEMPLATES = {"user": (f"{START_OF_TURN}user\n", f"{END_OF_TURN}\n"),
-                    "model": (f"{START_OF_TURN}model\n", f"{END_OF_TURN}\n")}
-CONFIG_KEY = "gemma_export_config"       # system metadata: our manifest's config + LiteRT facts, JSON
+
+
+def unbundleable(config) -> str | None:
+    """Why a .litertlm bundle cannot hold a model (None: it can); config: a GemmaConfig or a manifest's config."""
+    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key)
+    family = get("family")
+    if get("embedding_head") is not None:
+        return (f"a {family} embedding model has no .litertlm bundle yet (LiteRT-LM bundles hold text generators); "
+                f"use --target litert (embed_{{T}} signatures, run by runtime_py)")
+    if RECURRENT in (get("layer_types") or ()):
+        return (f"a {family} model has recurrent state tensors, which LiteRT-LM has no buffer type for; use "
+                f"--target litert and run it with runtime_py")
+    return None
 
 
 def llm_metadata(config: dict, tokenizer_proto: bytes, max_tokens: int):
@@ -49,7 +61,7 @@ def llm_metadata(config: dict, tokenizer_proto: bytes, max_tokens: int):
     meta.start_token.token_ids.ids.append(int(bos))
     for token in stops:
         meta.stop_tokens.add().token_ids.ids.append(token)
-    for role, (prefix, suffix) in PROMPT_TEMPLATES.items():
+    for role, (prefix, suffix) in TURN_TEMPLATES.items():      # <bos> comes from start_token
         affixes = getattr(meta.prompt_templates, role)
         affixes.prefix, affixes.suffix = prefix, suffix
     meta.max_num_tokens = int(max_tokens)
@@ -73,8 +85,8 @@ def executor_metadata(config: dict, cache_names: list[str]):
     layer_types = config.get("layer_types") or []
     meta = executor_metadata_pb2.ExecutorMetadata()
     for name in cache_names:
-        kv, layer = name.split("_")[2], int(name.split("_")[3])         # kv_cache_{k|v}_{i}
-        is_global = layer >= len(layer_types) or layer_types[layer] != "sliding_attention"
+        kv, layer = parse_kv_cache_name(name)
+        is_global = layer >= len(layer_types) or layer_types[layer] != SLIDING_ATTENTION
         state = meta.llm_executor_metadata.state_buffers.add()
         state.prefill_input_name = state.prefill_output_name = name
         state.decode_input_name = state.decode_output_name = name
@@ -117,43 +129,37 @@ def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int 
                                     f"model.tflite, tokenizer.model and {MANIFEST})")
     manifest = json.loads((folder / MANIFEST).read_text())
     config, context = manifest.get("config") or {}, int(manifest.get("context_length") or 0)
-    if manifest.get("recurrent_state"):
-        raise ValueError(f"{folder / MANIFEST}: a {config.get('family')} model has recurrent state tensors, which "
-                         f"LiteRT-LM has no buffer type for; run {model.name} with runtime_py instead")
+    if why := unbundleable(config):
+        raise ValueError(f"{folder / MANIFEST}: {why}")
     max_tokens = int(max_tokens or context)
     if max_tokens < 1 or (context and max_tokens > context):
         raise ValueError(f"max_tokens {max_tokens}: must be between 1 and the artifact's context length {context}")
     meta = llm_metadata(config, tok.read_bytes(), max_tokens)
     names = (manifest.get("kv_cache") or {}).get("names") or [
-        f"kv_cache_{kv}_{i}" for i in range(len(config.get("layer_types") or [])) for kv in "kv"]
+        name for i in range(len(config.get("layer_types") or [])) for name in kv_cache_names(i)]
     executor = executor_metadata(config, names)
     facts = {"config": config, "context_length": context, "prefill_lengths": manifest.get("prefill_lengths"),
              "recipe": manifest.get("recipe"), "source": manifest.get("source")}
     system = {"Authors": "gemma-export", "tool": "gemma-export", "tool_version": __version__,
               CONFIG_KEY: json.dumps(facts, sort_keys=True, separators=(",", ":"))}
 
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.tmp")
     meta_file = out_file.with_name(f".{out_file.name}.{os.getpid()}.llm_metadata.pb")
     exec_file = out_file.with_name(f".{out_file.name}.{os.getpid()}.executor_metadata.pb")
     try:
-        meta_file.write_bytes(meta.SerializeToString())
-        exec_file.write_bytes(executor.SerializeToString())
-        builder = LitertLmFileBuilder()
-        for key, value in system.items():
-            builder.add_system_metadata(Metadata(key=key, value=value, dtype=DType.STRING))
-        builder.add_llm_metadata(str(meta_file))
-        builder.add_executor_metadata(str(exec_file))
-        builder.add_sentencepiece_tokenizer(str(tok))
-        builder.add_tflite_model(str(model), TfLiteModelType.PREFILL_DECODE)
-        with open(tmp, "wb") as f, _reproducible_system_metadata(system, meta_file, exec_file, tok, model):
-            builder.build(f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.chmod(0o644)
-        os.replace(tmp, out_file)
+        with atomic_path(out_file) as tmp:
+            meta_file.write_bytes(meta.SerializeToString())
+            exec_file.write_bytes(executor.SerializeToString())
+            builder = LitertLmFileBuilder()
+            for key, value in system.items():
+                builder.add_system_metadata(Metadata(key=key, value=value, dtype=DType.STRING))
+            builder.add_llm_metadata(str(meta_file))
+            builder.add_executor_metadata(str(exec_file))
+            builder.add_sentencepiece_tokenizer(str(tok))
+            builder.add_tflite_model(str(model), TfLiteModelType.PREFILL_DECODE)
+            with open(tmp, "wb") as f, _reproducible_system_metadata(system, meta_file, exec_file, tok, model):
+                builder.build(f)
+            tmp.chmod(0o644)
     finally:
-        tmp.unlink(missing_ok=True)
         meta_file.unlink(missing_ok=True)
         exec_file.unlink(missing_ok=True)
     return out_file
@@ -163,8 +169,10 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
                     cache_length: int | None = None) -> Path:
     """Export a causal LoadedModel to `out_dir`: model.litertlm (+ tokenizer.model and manifest.json beside
     it). The LiteRT artifact is converted into a temporary folder first, then bundled."""
-    from . import DEFAULT_PREFILL, export_litert
+    from . import export_litert
 
+    if why := unbundleable(loaded.config):
+        raise ValueError(f"{loaded.source}: {why}")
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.source}: a .litertlm bundle needs the model's tokenizer (tokenizer.model)")
     out_dir = Path(out_dir)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from runtime_py.contract import embed_signature
+
 DEFAULT_LENGTHS = (128, 512, 2048)
 
 
@@ -33,6 +35,6 @@ def convert_embedder(model: nn.Module, lengths, composites: bool = True, **flags
     with torch.no_grad(), marked_composites(model, composites):
         for t in sorted(lengths):
             sample = {"tokens": torch.zeros(1, t, dtype=torch.int32), "mask": torch.ones(1, t, dtype=torch.int32)}
-            converter.signature(f"embed_{t}", EmbedSignature(model).eval(), sample_kwargs=sample)
+            converter.signature(embed_signature(t), EmbedSignature(model).eval(), sample_kwargs=sample)
         with stdout_to_stderr():
             return converter.convert(**{**LOW_MEMORY_FLAGS, **flags})

@@ -6,35 +6,45 @@ from __future__ import annotations
 import collections
 import mmap
 from pathlib import Path
+from typing import Callable
 
 from ai_edge_litert import schema_py_generated as fb
 
 _OP_NAMES = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
 
 
+def read_model(path: str | Path, read: Callable):
+    """read(model, buf) on the .tflite at `path`: `model` is its flatbuffer `fb.Model` over the file's memory
+    map `buf`. Every flatbuffer object `read` makes dies when it returns (its frame goes), so the map can
+    close; `read` returns plain values only."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        return read(fb.Model.GetRootAs(buf, 0), buf)
+
+
 def signature_ops(path: str | Path) -> dict[str, collections.Counter]:
     """{signature name: Counter of op names} over each signature's main subgraph (composite
     decompositions are separate subgraphs and not counted)."""
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        model = fb.Model.GetRootAs(buf, 0)
-        codes = _opcodes(model)
-        out = {}
-        for s in range(model.SignatureDefsLength()):
-            sig = model.SignatureDefs(s)
-            graph = model.Subgraphs(sig.SubgraphIndex())
-            ops = collections.Counter()
-            for j in range(graph.OperatorsLength()):
-                op = graph.Operators(j)
-                name = _OP_NAMES.get(codes[op.OpcodeIndex()], str(codes[op.OpcodeIndex()]))
-                if op.BuiltinOptions2Type() == fb.BuiltinOptions2.StableHLOCompositeOptions:
-                    table = op.BuiltinOptions2()
-                    opts = fb.StableHLOCompositeOptions()
-                    opts.Init(table.Bytes, table.Pos)
-                    name = f"{name}:{opts.Name().decode()}"
-                ops[name] += 1
-            out[sig.SignatureKey().decode()] = ops
-        del model, sig, graph, op
-        return out
+    return read_model(path, _signature_ops)
+
+
+def _signature_ops(model, buf) -> dict[str, collections.Counter]:
+    codes = _opcodes(model)
+    out = {}
+    for s in range(model.SignatureDefsLength()):
+        sig = model.SignatureDefs(s)
+        graph = model.Subgraphs(sig.SubgraphIndex())
+        ops = collections.Counter()
+        for j in range(graph.OperatorsLength()):
+            op = graph.Operators(j)
+            name = _OP_NAMES.get(codes[op.OpcodeIndex()], str(codes[op.OpcodeIndex()]))
+            if op.BuiltinOptions2Type() == fb.BuiltinOptions2.StableHLOCompositeOptions:
+                table = op.BuiltinOptions2()
+                opts = fb.StableHLOCompositeOptions()
+                opts.Init(table.Bytes, table.Pos)
+                name = f"{name}:{opts.Name().decode()}"
+            ops[name] += 1
+        out[sig.SignatureKey().decode()] = ops
+    return out
 
 
 _TYPE_NAMES = {v: k for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
@@ -70,11 +80,12 @@ def weight_types(path: str | Path) -> dict[tuple[str, bool], collections.Counter
     """{(op name, is the LM head): Counter of weight dtypes} over every FULLY_CONNECTED and
     EMBEDDING_LOOKUP of every signature (weight_ops); the LM head is the FULLY_CONNECTED writing
     `*logits*`."""
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        model = fb.Model.GetRootAs(buf, 0)
-        out: dict[tuple[str, bool], collections.Counter] = {}
-        for graph, op, name, weight in weight_ops(model):
-            head = name == "FULLY_CONNECTED" and b"logits" in graph.Tensors(op.Outputs(0)).Name()
-            out.setdefault((name, head), collections.Counter())[_TYPE_NAMES[weight.Type()]] += 1
-        del model, graph, op, weight
-        return out
+    return read_model(path, _weight_types)
+
+
+def _weight_types(model, buf) -> dict[tuple[str, bool], collections.Counter]:
+    out: dict[tuple[str, bool], collections.Counter] = {}
+    for graph, op, name, weight in weight_ops(model):
+        head = name == "FULLY_CONNECTED" and b"logits" in graph.Tensors(op.Outputs(0)).Name()
+        out.setdefault((name, head), collections.Counter())[_TYPE_NAMES[weight.Type()]] += 1
+    return out

@@ -16,14 +16,12 @@ tensors (Google's QAT GGUFs among them) are re-quantized on LiteRT, and carried 
 from __future__ import annotations
 
 import hashlib
-import mmap
 import re
 from pathlib import Path
 
 import numpy as np
-from ai_edge_litert import schema_py_generated as fb
 
-from .graph import weight_ops
+from .graph import read_model, weight_ops
 
 ALGORITHM = "dequantized_weight_recovery"
 
@@ -72,16 +70,7 @@ def carried_scopes(tflite: str | Path, model, stored: dict, bits: int, block: in
     if not carry:
         return [], {}
     by_digest = {_digest(p.detach().contiguous().numpy()): name for name, p in params.items()}
-    scopes_of: dict[str, set[tuple[str, str]]] = {}    # weight's parameter name (or "?") -> {(scope, op)}
-    with open(tflite, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        m = fb.Model.GetRootAs(buf, 0)
-        for g, op, kind, weight in weight_ops(m):
-            b = m.Buffers(weight.Buffer())
-            data = buf[b.Offset():b.Offset() + b.Size()] if b.Offset() > 1 else b.DataAsNumpy()
-            name = by_digest.get(_digest(data), "?") if isinstance(data, (bytes, np.ndarray)) else "?"
-            outs = [g.Tensors(op.Outputs(k)).Name().decode() for k in range(op.OutputsLength())]
-            scopes_of.setdefault(name, set()).add((";".join(outs) + ";", kind))
-        del m, g, op, weight, b, data
+    scopes_of = read_model(tflite, lambda m, buf: _weight_scopes(m, buf, by_digest))
 
     def scopes(names):
         return {s for n in names for s, _ in scopes_of.get(n, ())}
@@ -93,3 +82,15 @@ def carried_scopes(tflite: str | Path, model, stored: dict, bits: int, block: in
               "requantized": [n for n in found if n not in carry]}
     ops = sorted((f"^{re.escape(s)}$", kind, n == table) for n in carry for s, kind in scopes_of.get(n, ()))
     return ops, report
+
+
+def _weight_scopes(m, buf, by_digest: dict[bytes, str]) -> dict[str, set[tuple[str, str]]]:
+    """weight's parameter name (by the digest of its buffer; "?" when none matches) -> {(op scope, op name)}."""
+    scopes_of: dict[str, set[tuple[str, str]]] = {}
+    for g, op, kind, weight in weight_ops(m):
+        b = m.Buffers(weight.Buffer())
+        data = buf[b.Offset():b.Offset() + b.Size()] if b.Offset() > 1 else b.DataAsNumpy()
+        name = by_digest.get(_digest(data), "?") if isinstance(data, (bytes, np.ndarray)) else "?"
+        outs = [g.Tensors(op.Outputs(k)).Name().decode() for k in range(op.OutputsLength())]
+        scopes_of.setdefault(name, set()).add((";".join(outs) + ";", kind))
+    return scopes_of

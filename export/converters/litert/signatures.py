@@ -23,17 +23,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from runtime_py.contract import kv_cache_names, state_names
+
 from ...models.cache import AttentionCache, RecurrentState
 from ...models.config import GemmaConfig, LayerType
 from .padding import padded_chunk
 
-KV_NAMES = ("kv_cache_k_{i}", "kv_cache_v_{i}")
-STATE_NAMES = ("rg_lru_state_{i}", "conv1d_state_{i}")      # RecurrentState's fields, in order
-
 
 def _layer_names(config: GemmaConfig, i: int) -> tuple[str, str]:
-    names = STATE_NAMES if config.layer_types[i] is LayerType.RECURRENT else KV_NAMES
-    return tuple(n.format(i=i) for n in names)
+    """A layer's two carried tensors, in the order of its cache entry's fields (AttentionCache: k, v;
+    RecurrentState: rg_lru, conv1d)."""
+    return state_names(i) if config.layer_types[i] is LayerType.RECURRENT else kv_cache_names(i)
 
 
 def cache_names(config: GemmaConfig) -> list[str]:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import onnx
 
+from runtime_py.contract import DEFAULT_CONTEXT
+
 from ..artifact import staged_dir, write_manifest
 from ...quantize.recipes import recipe as recipe_for
 from ..hf_tokenizer import write_hf_tokenizer
@@ -17,7 +19,6 @@ from .genai_config import genai_config, genai_supported
 from .quantize import quantize
 
 MAX_INLINE_BYTES = 1 << 30     # above this, weights go to model.onnx.data (protobuf caps at 2 GB)
-DEFAULT_CONTEXT = 4096
 
 
 def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: int | None = None) -> Path:

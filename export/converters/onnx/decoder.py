@@ -7,13 +7,15 @@ rows ([B, G, P >= W, D], zeros on the first call), as onnxruntime-genai's own bu
 (GroupQueryAttention rejects less: "KV cache capacity ... must be at least local_window_size"). The past goes
 to GroupQueryAttention untouched, so a caller binding one buffer as both past and present (genai's
 past_present_share_buffer, runtime_py) has the new rows written in place; zero-padding a shorter past
-in the graph copied every sliding cache on every step (Gemma 3 270M int4: 11 % of decode time).
+in the graph copied every sliding cache on every step.
 RecurrentGemma adds its recurrent layers' states (griffin.py) and has KV caches on its attention
 layers only."""
 from __future__ import annotations
 
 import numpy as np
 import onnx
+
+from runtime_py.contract import ONNX_PAST_NAMES, ONNX_PRESENT_NAMES
 
 from ...models.config import GemmaConfig, LayerType
 from .body import Body
@@ -59,10 +61,10 @@ class CausalAttention:
         g, c = self.g, self.c
         local = c.layer_types[i] is LayerType.LOCAL
         pn = f"/model/layers.{i}/attn"
-        past = [g.input(f"past_key_values.{i}.{kind}", FLOAT,
+        past = [g.input(name % i, FLOAT,
                         ["batch_size", c.num_kv_heads, "past_sliding_length" if local else "past_sequence_length",
-                         c.head_dim]) for kind in ("key", "value")]
-        present = [f"present.{i}.key", f"present.{i}.value"]
+                         c.head_dim]) for name in ONNX_PAST_NAMES]
+        present = [name % i for name in ONNX_PRESENT_NAMES]
         for name in present:
             g.output(name, FLOAT, ["batch_size", c.num_kv_heads,
                                    "total_sliding_length" if local else "total_sequence_length", c.head_dim])

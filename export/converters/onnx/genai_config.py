@@ -7,6 +7,8 @@ stored in manifest.json as `runtime_config` for runtime_py instead of a genai_co
 onnxruntime-genai would try and fail to run."""
 from __future__ import annotations
 
+from runtime_py.contract import ONNX_PAST_NAMES, ONNX_PRESENT_NAMES
+
 from ...models.config import GemmaConfig, LayerType
 from .griffin import state_names
 
@@ -27,9 +29,9 @@ def genai_config(c: GemmaConfig, context_length: int, filename: str = "model.onn
         "num_hidden_layers": c.num_layers,
         "num_key_value_heads": c.num_kv_heads,
         "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
-                   "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
-        "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
-                    "present_value_names": "present.%d.value"},
+                   "past_key_names": ONNX_PAST_NAMES[0], "past_value_names": ONNX_PAST_NAMES[1]},
+        "outputs": {"logits": "logits", "present_key_names": ONNX_PRESENT_NAMES[0],
+                    "present_value_names": ONNX_PRESENT_NAMES[1]},
     }
     local = [i for i, t in enumerate(c.layer_types) if t is LayerType.LOCAL]
     if local:

@@ -10,11 +10,13 @@ import numpy as np
 import torch.nn.functional as F
 from onnx import TensorProto, helper
 
+from runtime_py.contract import CONV1D_STATE, ONNX_PRESENT_PREFIX, RG_LRU_STATE
+
 from .body import Body
 from .graph import FLOAT
 
-STATE_INPUTS = ("conv1d_state_{i}", "rg_lru_state_{i}")
-STATE_OUTPUTS = ("present_conv1d_state_{i}", "present_rg_lru_state_{i}")
+STATE_INPUTS = (CONV1D_STATE, RG_LRU_STATE)                      # graph order
+STATE_OUTPUTS = tuple(ONNX_PRESENT_PREFIX + name for name in STATE_INPUTS)
 
 
 def state_names(layers: list[int]) -> list[tuple[str, str]]:

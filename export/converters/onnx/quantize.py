@@ -3,13 +3,13 @@ onnxruntime's own tools:
 
 - fp16: onnxruntime.transformers' float16 converter, with the residual stream and the RMS norms
   (SkipSimplifiedLayerNormalization, RMSNormalization) kept float32: Gemma 2/3's residual outgrows
-  float16 (Gemma 3 270M reaches 1.0e5 > 65504 and every logit turns NaN). KV caches become float16;
+  float16's range (65504) and every logit turns NaN. KV caches become float16;
   logits / embeddings and RecurrentGemma's RG-LRU state and scan stay float32.
 - int4 / int8: MatMulNBitsQuantizer (symmetric blockwise weights -> MatMulNBits; accuracy_level 4
   quantizes the activations to int8 at run time, per block of the weights' block size).
   Not quantize_dynamic (per-channel weights, DynamicQuantizeMatMul): its activations are quantized
-  per tensor, and Gemma's outlier channels then cost Gemma 3 270M top-1 0.79 / KL 0.21 against
-  MatMulNBits' 0.976 / 0.0035 at int8.
+  per tensor, and Gemma's outlier channels then cost far more fidelity than MatMulNBits' per-block
+  activations (README: the quantization section, int8).
 - The embedding table, shared with the tied LM head: the head is expressed as a MatMul over the
   transposed table so that MatMulNBitsQuantizer packs it, and the embedding lookup becomes a
   GatherBlockQuantized over the same packed blob and scales (as onnxruntime-genai's builder does), so

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from runtime_py.files import atomic_path
+
 DEFAULT_MODEL = "gemma3-270m"   # the name users may pass instead of a path
 
 
@@ -18,10 +20,6 @@ def default_model_path() -> Path:
     target = pkg.default_output_path(os.environ.get("GEMMA_EXPORT_CACHE"))
     if target.exists():
         return pkg.assemble(target)          # verifies the sha256 of the existing file
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.partial")
-    try:
+    with atomic_path(target) as tmp:
         pkg.assemble(tmp, overwrite=True)    # checks the sha256 before we publish it
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target

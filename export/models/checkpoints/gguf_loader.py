@@ -8,11 +8,10 @@ llama.cpp conventions undone here (convert_hf_to_gguf.py, llama-model.cpp):
   `pre_feedforward_layernorm` in Gemma 2/3 (whose `post_attention_norm` is HF `post_attention_layernorm`);
 - the tied LM head is absent, or present as `output` equal to `token_embd`;
 - what the metadata omits (local rope base, sliding pattern, query_pre_attn_scalar, softcaps of old
-  files) comes from the per-architecture defaults llama.cpp hard-codes, tabulated in GGUF_ARCHS;
+  files) comes from the per-architecture defaults llama.cpp hard-codes, tabulated in families.py;
   query_pre_attn_scalar is head_dim except at the 27B sizes, where llama.cpp uses hidden / heads."""
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -21,34 +20,10 @@ import numpy as np
 import torch
 
 from ..config import EmbeddingHead, GemmaConfig, LayerType, layer_pattern
+from ..families import GGUF_ARCHS, Family, special_token_ids
 from .gguf_blocks import LAYOUTS, StoredBlocks
 from .weights import CheckpointError
 
-
-@dataclasses.dataclass(frozen=True)
-class ArchDefaults:
-    """What llama.cpp assumes for an architecture when the metadata does not say."""
-    family: str                                # GemmaConfig.family
-    local_per_global: int                      # sliding layers per global one (llama.cpp swa_pattern - 1)
-    rope_local_base: float | None = None       # LOCAL-layer rope base (None: the global base)
-    qk_norm: bool = False
-    sandwich_norms: bool = True
-    ffn_norm: str = "pre_feedforward_layernorm"   # our name for blk.N.ffn_norm
-    attn_softcap: float | None = None          # when {arch}.attn_logit_softcapping is absent
-    final_softcap: float | None = None         # when {arch}.final_logit_softcapping is absent
-    sliding_window: int | None = None          # when {arch}.attention.sliding_window is absent
-    wide_scale_layers: int | None = None       # the 27B's block count: query_pre_attn_scalar = hidden/heads
-    bidirectional: bool = False
-
-
-GGUF_ARCHS: dict[str, ArchDefaults] = {
-    "gemma": ArchDefaults("gemma", 0, sandwich_norms=False, ffn_norm="post_attention_layernorm"),
-    "gemma2": ArchDefaults("gemma2", 1, attn_softcap=50.0, final_softcap=30.0, sliding_window=4096,
-                           wide_scale_layers=46),
-    "gemma3": ArchDefaults("gemma3", 5, rope_local_base=10_000.0, qk_norm=True, wide_scale_layers=62),
-    "gemma-embedding": ArchDefaults("embeddinggemma", 5, rope_local_base=10_000.0, qk_norm=True,
-                                    bidirectional=True),
-}
 LLAMA_CPP_ROPE_BASE = 10_000.0         # llama.cpp's rope base when {arch}.rope.freq_base is absent
 
 # GGUF tensor name -> our name. Block tensors are "blk.{i}.<key>.weight"; ffn_norm is per family.
@@ -79,14 +54,14 @@ _BLOCK = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
 _ROWS = 16_384
 
 
-def gguf_to_ours(name: str, arch: ArchDefaults) -> str | None:
+def gguf_to_ours(name: str, arch: Family) -> str | None:
     """Our parameter name for a GGUF tensor name; None if the name is not one we know."""
     if name in GLOBAL_TENSORS:
         return GLOBAL_TENSORS[name]
     m = _BLOCK.fullmatch(name)
     if m is None or m.group(2) not in BLOCK_TENSORS:
         return None
-    return f"model.layers.{m.group(1)}.{BLOCK_TENSORS[m.group(2)] or arch.ffn_norm}.weight"
+    return f"model.layers.{m.group(1)}.{BLOCK_TENSORS[m.group(2)] or arch.gguf_ffn_norm}.weight"
 
 
 class GGUFCheckpoint:
@@ -152,7 +127,7 @@ class GGUFCheckpoint:
             w -= NORM_OFFSET
         return torch.from_numpy(w)
 
-    def _config(self, arch_name: str, arch: ArchDefaults) -> GemmaConfig:
+    def _config(self, arch_name: str, arch: Family) -> GemmaConfig:
         key = lambda k, default=...: _field(self.reader, self.path, f"{arch_name}.{k}", default)  # noqa: E731
         if "model.embed_tokens.weight" not in self._tensors:
             raise CheckpointError(f"{self.path}: missing tensor token_embd.weight")
@@ -180,7 +155,7 @@ class GGUFCheckpoint:
             layer_types=layer_types, sliding_window=window, rope_base=rope_base,
             rope_local_base=float(key("rope.freq_base_swa", arch.rope_local_base or rope_base)),
             rope_scale=float(key("rope.scaling.factor", 1.0)) if scaling == "linear" else 1.0,
-            query_pre_attn_scalar=d // heads if n == arch.wide_scale_layers else head_dim,
+            query_pre_attn_scalar=d // heads if n == arch.gguf_wide_scale_layers else head_dim,
             attn_softcap=key("attn_logit_softcapping", arch.attn_softcap),
             final_softcap=key("final_logit_softcapping", arch.final_softcap),
             qk_norm=arch.qk_norm, sandwich_norms=arch.sandwich_norms,
@@ -188,9 +163,7 @@ class GGUFCheckpoint:
             bidirectional=arch.bidirectional,
             embedding_head=self._embedding_head(arch_name) if arch.bidirectional else None,
         )
-        for ours, theirs in (("bos_id", "bos_token_id"), ("eos_id", "eos_token_id"), ("pad_id", "padding_token_id")):
-            if (value := _field(self.reader, self.path, f"tokenizer.ggml.{theirs}", None)) is not None:
-                kw[ours] = value
+        kw.update(special_token_ids(lambda k: _field(self.reader, self.path, k, None), "gguf"))
         try:
             return GemmaConfig(**kw)
         except ValueError as e:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import gguf
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from ..families import SPECIAL_TOKENS
+
 _T = gguf.GGUFValueType
 _INTS = {_T.UINT8, _T.INT8, _T.UINT16, _T.INT16, _T.UINT32, _T.INT32, _T.UINT64, _T.INT64}
 _FLOATS = {_T.FLOAT32, _T.FLOAT64}
@@ -90,11 +92,11 @@ def sentencepiece_model_from_gguf(reader: gguf.GGUFReader) -> bytes:
         if len(values) != len(tokens):
             raise ValueError(f"GGUF field {key!r} has {len(values)} entries for {len(tokens)} tokens")
     n = len(tokens)
-    bos = _token_id(reader, "tokenizer.ggml.bos_token_id", n)
-    eos = _token_id(reader, "tokenizer.ggml.eos_token_id", n)
+    bos = _token_id(reader, SPECIAL_TOKENS["bos_id"][1], n)
+    eos = _token_id(reader, SPECIAL_TOKENS["eos_id"][1], n)
     unk = _token_id(reader, "tokenizer.ggml.unknown_token_id", n,
                     default=types.index(2) if 2 in types else _REQUIRED)
-    pad = _token_id(reader, "tokenizer.ggml.padding_token_id", n, default=-1)
+    pad = _token_id(reader, SPECIAL_TOKENS["pad_id"][1], n, default=-1)
     # llama.cpp's default for a SentencePiece vocabulary that does not say (older Llama files).
     add_space_prefix = _value(reader, "tokenizer.ggml.add_space_prefix", {_T.BOOL}, default=True)
 

@@ -5,7 +5,6 @@ source GGUF, or written from our config and a SentencePiece `tokenizer.model` (H
 The file is written beside its destination and renamed into place."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import gguf
@@ -13,8 +12,11 @@ import numpy as np
 import torch
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from runtime_py.files import atomic_path
+
 from ..config import GemmaConfig, LayerType
-from .gguf_loader import BLOCK_TENSORS, GGUF_ARCHS, GLOBAL_TENSORS, NORM_OFFSET, ArchDefaults, gguf_to_ours
+from ..families import GGUF_ARCHS, SPECIAL_TOKENS, Family
+from .gguf_loader import BLOCK_TENSORS, GLOBAL_TENSORS, NORM_OFFSET, gguf_to_ours
 
 _T = gguf.GGUFValueType
 _OWN_KEYS = {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture", "general.file_type"}
@@ -29,7 +31,7 @@ def arch_name(config: GemmaConfig) -> str:
     return names[0]
 
 
-def ours_to_gguf(name: str, arch: ArchDefaults) -> str:
+def ours_to_gguf(name: str, arch: Family) -> str:
     """The GGUF tensor name of one of our parameter names (gguf_to_ours inverted)."""
     glob = {v: k for k, v in GLOBAL_TENSORS.items()}
     if name in glob:
@@ -39,17 +41,17 @@ def ours_to_gguf(name: str, arch: ArchDefaults) -> str:
     # ffn_norm first: in Gemma 1 it is HF post_attention_layernorm, which post_attention_norm also names
     keys = sorted(BLOCK_TENSORS, key=lambda k: k != "ffn_norm")
     for key in keys:
-        if prefix == "model" and f"{BLOCK_TENSORS[key] or arch.ffn_norm}.weight" == suffix:
+        if prefix == "model" and f"{BLOCK_TENSORS[key] or arch.gguf_ffn_norm}.weight" == suffix:
             gname = f"blk.{layer}.{key}.weight"
             if gguf_to_ours(gname, arch) == name:
                 return gname
     raise ValueError(f"tensor {name} has no GGUF name")
 
 
-def _config_metadata(config: GemmaConfig, arch: str, defaults: ArchDefaults) -> list[tuple[str, object, _T]]:
+def _config_metadata(config: GemmaConfig, arch: str, defaults: Family) -> list[tuple[str, object, _T]]:
     """The metadata gguf_loader reads a GemmaConfig from (keys under `arch.`)."""
     c = config
-    wide = c.num_layers == defaults.wide_scale_layers
+    wide = c.num_layers == defaults.gguf_wide_scale_layers
     derived = c.hidden_size // c.num_heads if wide else c.head_dim
     if (c.query_pre_attn_scalar or c.head_dim) != derived:
         raise ValueError(f"query_pre_attn_scalar {c.query_pre_attn_scalar} cannot be expressed in GGUF metadata "
@@ -84,13 +86,13 @@ def _tokenizer_metadata(proto: bytes, config: GemmaConfig) -> list[tuple[str, ob
           ("tokenizer.ggml.tokens", [p.piece for p in m.pieces], _T.STRING),
           ("tokenizer.ggml.scores", [p.score for p in m.pieces], _T.FLOAT32),
           ("tokenizer.ggml.token_type", [int(p.type) for p in m.pieces], _T.INT32),
-          ("tokenizer.ggml.bos_token_id", config.bos_id, _T.UINT32),
-          ("tokenizer.ggml.eos_token_id", config.eos_id, _T.UINT32),
+          (SPECIAL_TOKENS["bos_id"][1], config.bos_id, _T.UINT32),
+          (SPECIAL_TOKENS["eos_id"][1], config.eos_id, _T.UINT32),
           ("tokenizer.ggml.unknown_token_id", spec.unk_id, _T.UINT32),
           ("tokenizer.ggml.add_bos_token", True, _T.BOOL),
           ("tokenizer.ggml.add_space_prefix", m.normalizer_spec.add_dummy_prefix, _T.BOOL)]
     if config.pad_id >= 0:
-        kv.append(("tokenizer.ggml.padding_token_id", config.pad_id, _T.UINT32))
+        kv.append((SPECIAL_TOKENS["pad_id"][1], config.pad_id, _T.UINT32))
     return kv
 
 
@@ -140,16 +142,11 @@ def write_gguf(path: str | Path, config: GemmaConfig, state: dict[str, torch.Ten
         else:
             w.add_tensor(gname, data + NORM_OFFSET if gname.endswith("_norm.weight") else data)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
+    with atomic_path(path) as tmp:
         w.write_header_to_file(tmp)
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

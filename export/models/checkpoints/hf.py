@@ -9,26 +9,9 @@ import torch
 from safetensors import safe_open
 
 from ..config import EmbeddingHead, GemmaConfig, LayerType, layer_pattern
-from .recurrentgemma import RECURRENT_ARCH, recurrentgemma_config, rename_recurrentgemma
+from ..families import FAMILIES, HF_ARCHITECTURES, Family, special_token_ids
+from .recurrentgemma import recurrentgemma_config, rename_recurrentgemma
 from .weights import CheckpointError
-
-# architectures[0] -> family; everything else is refused with the list below.
-ARCHITECTURES = {
-    "GemmaForCausalLM": "gemma",
-    "Gemma2ForCausalLM": "gemma2",
-    "Gemma3ForCausalLM": "gemma3",
-    "Gemma3ForConditionalGeneration": "gemma3",   # text decoder only; vision tensors are skipped
-    "Gemma3TextModel": "embeddinggemma",          # EmbeddingGemma (bidirectional, sentence-transformers head)
-    RECURRENT_ARCH: "recurrentgemma",             # Griffin; read by recurrentgemma.py
-}
-# What transformers assumes when config.json leaves it out: local layers per global layer, global
-# RoPE base, local RoPE base (None: the same as the global one).
-FAMILY_DEFAULTS = {
-    "gemma": dict(pattern=0, rope=10_000.0, local_rope=None),
-    "gemma2": dict(pattern=1, rope=10_000.0, local_rope=None),
-    "gemma3": dict(pattern=5, rope=1_000_000.0, local_rope=10_000.0),
-    "embeddinggemma": dict(pattern=5, rope=1_000_000.0, local_rope=10_000.0),
-}
 
 # Checkpoint-name prefix -> our prefix, tried in order; None = tensor not part of the text model.
 PREFIXES = (
@@ -48,15 +31,15 @@ DENSE_FOLDERS = ("2_Dense", "3_Dense")
 def config_from_hf(cfg: dict, source: str = "config.json") -> GemmaConfig:
     archs = cfg.get("architectures") or []
     arch = archs[0] if archs else None
-    if arch not in ARCHITECTURES:
+    if arch not in HF_ARCHITECTURES:
         raise CheckpointError(f"{source}: architecture {arch!r} is not supported; supported: "
-                              f"{', '.join(ARCHITECTURES)} (PaliGemma is not yet)")
-    family = ARCHITECTURES[arch]
-    if family == "recurrentgemma":
+                              f"{', '.join(HF_ARCHITECTURES)} (PaliGemma is not yet)")
+    family = HF_ARCHITECTURES[arch]
+    if family.family == "recurrentgemma":
         return recurrentgemma_config(cfg, source)
     text = cfg.get("text_config", cfg) if arch == "Gemma3ForConditionalGeneration" else cfg
-    if family == "gemma3" and text.get("use_bidirectional_attention"):
-        family = "embeddinggemma"
+    if family.family == "gemma3" and text.get("use_bidirectional_attention"):
+        family = FAMILIES["embeddinggemma"]
     try:
         n = text["num_hidden_layers"]
         d = text["hidden_size"]
@@ -76,35 +59,28 @@ def config_from_hf(cfg: dict, source: str = "config.json") -> GemmaConfig:
             raise CheckpointError(f"{source}: layer_types has {len(kw['layer_types'])} entries, "
                                   f"num_hidden_layers is {n}")
     else:
-        kw["layer_types"] = layer_pattern(n, text.get("sliding_window_pattern", FAMILY_DEFAULTS[family]["pattern"] + 1) - 1)
-    if family != "gemma":
-        kw.update(sliding_window=text.get("sliding_window"), query_pre_attn_scalar=text.get("query_pre_attn_scalar"),
-                  attn_softcap=text.get("attn_logit_softcapping"), final_softcap=text.get("final_logit_softcapping"),
-                  sandwich_norms=True)
+        kw["layer_types"] = layer_pattern(n, text.get("sliding_window_pattern", family.local_per_global + 1) - 1)
+    kw.update(sliding_window=text.get("sliding_window", family.sliding_window),
+              query_pre_attn_scalar=text.get("query_pre_attn_scalar"),
+              attn_softcap=text.get("attn_logit_softcapping", family.attn_softcap),
+              final_softcap=text.get("final_logit_softcapping", family.final_softcap),
+              sandwich_norms=family.sandwich_norms, qk_norm=family.qk_norm, bidirectional=family.bidirectional)
     kw.update(_rope(text, family))
-    if family in ("gemma3", "embeddinggemma"):
-        kw["qk_norm"] = True
-    if family == "embeddinggemma":
-        kw.update(bidirectional=True, embedding_head=EmbeddingHead())
-    for ours, theirs in (("bos_id", "bos_token_id"), ("eos_id", "eos_token_id"), ("pad_id", "pad_token_id")):
-        value = text.get(theirs, cfg.get(theirs))
-        if isinstance(value, list):
-            value = value[0]
-        if value is not None:
-            kw[ours] = value
-    return GemmaConfig(family=family, **kw)
+    if family.bidirectional:
+        kw["embedding_head"] = EmbeddingHead()
+    kw.update(special_token_ids(lambda key: text.get(key, cfg.get(key)), "hf"))
+    return GemmaConfig(family=family.family, **kw)
 
 
-def _rope(text: dict, family: str) -> dict:
+def _rope(text: dict, family: Family) -> dict:
     """RoPE bases and linear scaling from transformers 4 (rope_theta, rope_local_base_freq,
     rope_scaling) or transformers 5 (rope_parameters, optionally per layer type) keys."""
     params = text.get("rope_parameters") or {}
     per_type = {t.value: params[t.value] for t in LayerType if isinstance(params.get(t.value), dict)}
     glob = per_type.get(LayerType.GLOBAL.value, params)
     local = per_type.get(LayerType.LOCAL.value, {})
-    defaults = FAMILY_DEFAULTS[family]
-    base = glob.get("rope_theta", text.get("rope_theta", defaults["rope"]))
-    local_base = local.get("rope_theta", text.get("rope_local_base_freq", defaults["local_rope"] or base))
+    base = glob.get("rope_theta", text.get("rope_theta", family.rope_base))
+    local_base = local.get("rope_theta", text.get("rope_local_base_freq", family.rope_local_base or base))
     scaling = text.get("rope_scaling") or glob
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type not in ("default", "linear"):

@@ -3,9 +3,10 @@ tensor-name table from RecurrentGemmaForCausalLM's names to ours."""
 from __future__ import annotations
 
 from ..config import GemmaConfig, LayerType
+from ..families import FAMILIES, special_token_ids
 from .weights import CheckpointError
 
-RECURRENT_ARCH = "RecurrentGemmaForCausalLM"
+_FAMILY = FAMILIES["recurrentgemma"]
 
 # block_types entries -> our layer types (repeated over num_hidden_layers, as transformers does).
 BLOCK_TYPES = {"recurrent": LayerType.RECURRENT, "attention": LayerType.LOCAL}
@@ -39,26 +40,23 @@ def recurrentgemma_config(cfg: dict, source: str) -> GemmaConfig:
         rope_type = rope.get("rope_type", "default")
         if rope_type != "default":
             raise CheckpointError(f"{source}: rope type {rope_type!r} is not supported (default)")
-        base = float(rope.get("rope_theta", cfg.get("rope_theta", 10_000.0)))
+        base = float(rope.get("rope_theta", cfg.get("rope_theta", _FAMILY.rope_base)))
         head_dim = cfg.get("head_dim") or d // heads
         kw = dict(
-            family="recurrentgemma", vocab_size=cfg["vocab_size"], hidden_size=d,
+            _FAMILY.config_fields(), vocab_size=cfg["vocab_size"], hidden_size=d,
             intermediate_size=cfg["intermediate_size"] // 2,     # transformers' MLP is half as wide
             num_heads=heads, num_kv_heads=cfg.get("num_key_value_heads") or heads, head_dim=head_dim,
             layer_types=tuple(BLOCK_TYPES[b] for b in (block_types * n)[:n]),
-            sliding_window=cfg.get("attention_window_size", 2048), rope_base=base, rope_local_base=base,
-            rope_fraction=float(rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 0.5))),
-            final_softcap=cfg.get("logits_soft_cap", 30.0), rms_eps=cfg.get("rms_norm_eps", 1e-6),
+            sliding_window=cfg.get("attention_window_size", _FAMILY.sliding_window), rope_base=base,
+            rope_local_base=base,
+            rope_fraction=float(rope.get("partial_rotary_factor",
+                                         cfg.get("partial_rotary_factor", _FAMILY.rope_fraction))),
+            final_softcap=cfg.get("logits_soft_cap", _FAMILY.final_softcap), rms_eps=cfg.get("rms_norm_eps", 1e-6),
             max_position=cfg.get("max_position_embeddings", 8192), lru_width=cfg.get("lru_width") or d,
-            conv1d_width=cfg.get("conv1d_width", 4), mlp_bias=True, attn_out_bias=True, embed_scale_bf16=True)
+            conv1d_width=cfg.get("conv1d_width", _FAMILY.conv1d_width))
     except KeyError as e:
         raise CheckpointError(f"{source}: missing key {e.args[0]!r}") from None
-    for ours, theirs in (("bos_id", "bos_token_id"), ("eos_id", "eos_token_id"), ("pad_id", "pad_token_id")):
-        value = cfg.get(theirs)
-        if isinstance(value, list):
-            value = value[0]
-        if value is not None:
-            kw[ours] = value
+    kw.update(special_token_ids(cfg.get, "hf"))
     return GemmaConfig(**kw)
 
 

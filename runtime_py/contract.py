@@ -1,0 +1,75 @@
+"""The artifact contract: the names and defaults that gemma-export's exporters write and runtime_py reads.
+
+This is the lower layer's copy of every such fact; `export/` imports it from here and repeats none of it.
+Standard library only (runtime_py never imports torch or `export`).
+"""
+from __future__ import annotations
+
+# Default positions the KV caches hold (the exporters' --context; targets may override it).
+DEFAULT_CONTEXT = 4096
+# Default LiteRT prefill signature lengths: LiteRT-LM runs a prompt through the largest one that fits the
+# remaining tokens (litert-community's Gemma 3 builds use 32/128/512/1280).
+DEFAULT_PREFILL = (32, 128, 512)
+
+# Layer types, as transformers writes them in config.json `layer_types` and our manifests' model config.
+FULL_ATTENTION = "full_attention"          # attends to every earlier token; full-length cache
+SLIDING_ATTENTION = "sliding_attention"    # attends to the last `sliding_window` tokens; ring-buffer cache
+RECURRENT = "recurrent"                    # Griffin recurrent block (Conv1D + RG-LRU); fixed-size state
+
+# Gemma's chat turns (its tokenizer's chat template); <bos> is not part of them.
+START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
+# role as written in the prompt -> (text before the turn's content, text after it)
+TURN_TEMPLATES = {role: (f"{START_OF_TURN}{role}\n", f"{END_OF_TURN}\n") for role in ("user", "model")}
+
+# .litertlm system metadata key our bundler writes: the manifest's model config and LiteRT facts, as JSON.
+CONFIG_KEY = "gemma_export_config"
+
+# --- ONNX (onnxruntime-genai's decoder contract; genai_config.json names these patterns) --------------------
+ONNX_PAST_NAMES = ("past_key_values.%d.key", "past_key_values.%d.value")
+ONNX_PRESENT_NAMES = ("present.%d.key", "present.%d.value")
+ONNX_PRESENT_PREFIX = "present_"           # a recurrent state's output: this prefix + its input name
+
+# --- LiteRT signatures (LiteRT-LM's names) -------------------------------------------------------------------
+DECODE_SIGNATURE = "decode"
+PREFILL_PREFIX = "prefill_"                # prefill_{T}: T new tokens
+EMBED_PREFIX = "embed_"                    # embed_{T}: an EmbeddingGemma sequence padded to T tokens
+KV_CACHE_PREFIX = "kv_cache_"              # kv_cache_k_{i}, kv_cache_v_{i}
+
+# --- recurrent state (RecurrentGemma), the same input names on both formats ---------------------------------
+RG_LRU_STATE = "rg_lru_state_{i}"          # [B, lru_width] float32: the RG-LRU hidden state
+CONV1D_STATE = "conv1d_state_{i}"          # [B, conv1d_width - 1, lru_width]: the Conv1D's last inputs
+STATE_PREFIXES = tuple(name.split("{")[0] for name in (RG_LRU_STATE, CONV1D_STATE))
+
+
+def prefill_signature(length: int) -> str:
+    return f"{PREFILL_PREFIX}{length}"
+
+
+def embed_signature(length: int) -> str:
+    return f"{EMBED_PREFIX}{length}"
+
+
+def signature_length(name: str) -> int:
+    """T of `prefill_{T}` / `embed_{T}`."""
+    return int(name.rsplit("_", 1)[1])
+
+
+def kv_cache_names(layer: int) -> tuple[str, str]:
+    """The LiteRT key and value cache names of a layer."""
+    return f"{KV_CACHE_PREFIX}k_{layer}", f"{KV_CACHE_PREFIX}v_{layer}"
+
+
+def parse_kv_cache_name(name: str) -> tuple[str, int]:
+    """kv_cache_{k|v}_{i} -> ("k" | "v", i)."""
+    kind, layer = name[len(KV_CACHE_PREFIX):].split("_")
+    return kind, int(layer)
+
+
+def state_names(layer: int) -> tuple[str, str]:
+    """A recurrent layer's state inputs (rg_lru_state_{i}, conv1d_state_{i})."""
+    return RG_LRU_STATE.format(i=layer), CONV1D_STATE.format(i=layer)
+
+
+def is_cache(name: str) -> bool:
+    """A LiteRT tensor carried from one call to the next: a KV cache or a recurrent state."""
+    return name.startswith((KV_CACHE_PREFIX, *STATE_PREFIXES))
