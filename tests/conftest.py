@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-REAL_FIXTURES = {"real_gguf", "real_tokenizer_proto", "real_model", "real_onnx", "real_onnx_int4"}
+REAL_FIXTURES = {"real_gguf", "real_gguf_reader", "real_tokenizer_proto", "real_model", "real_onnx", "real_onnx_int4"}
 
 
 def pytest_configure(config):
@@ -78,12 +78,17 @@ def real_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_tokenizer_proto(real_gguf) -> bytes:
-    """The SentencePiece model rebuilt from the bundled GGUF's vocabulary."""
+def real_gguf_reader(real_gguf):
+    """gguf-py's reader of the bundled GGUF (parsing its 262k-token vocabulary takes seconds)."""
     import gguf
+    return gguf.GGUFReader(real_gguf)
 
+
+@pytest.fixture(scope="session")
+def real_tokenizer_proto(real_gguf_reader) -> bytes:
+    """The SentencePiece model rebuilt from the bundled GGUF's vocabulary."""
     from export.models.checkpoints.gguf_tokenizer import sentencepiece_model_from_gguf
-    return sentencepiece_model_from_gguf(gguf.GGUFReader(real_gguf))
+    return sentencepiece_model_from_gguf(real_gguf_reader)
 
 
 @pytest.fixture(scope="session")

@@ -40,8 +40,8 @@ TEXTS = [MIXED, "", " ", "  leading and trailing  ", "\n\n\n", "<start_of_image>
 
 
 @pytest.fixture(scope="module")
-def reader(real_gguf):
-    return gguf.GGUFReader(real_gguf)
+def reader(real_gguf_reader):
+    return real_gguf_reader
 
 
 @pytest.fixture(scope="module")
