@@ -1,4 +1,149 @@
+"""What the whole suite shares, built once per session: the real Gemma 3 270M read once (and handed to
+every load of the bundled model: the CLI, the pipeline, validate), its fp32 and int4 ONNX artifacts
+exported once; one tiny random model per architecture; the tiny LiteRT conversions. Tests that use the
+real model are marked `slow` (`pytest -m "not slow"` leaves them out; CI runs everything)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+REAL_FIXTURES = {"real_gguf", "real_gguf_reader", "real_tokenizer_proto", "real_model", "real_onnx", "real_onnx_int4"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: uses the real Gemma 3 270M (the bundled GGUF); CI runs them too")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if REAL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+# --- tiny random models -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory):
+    """tiny_hf(arch, tokenizer=False) -> (path, ref, denses): oracle.save_hf_folder's model of `arch`, saved
+    once per session. The folder is shared: copy it before editing it; load it with load_model for a model
+    of your own (the transformers reference `ref` is shared too: run it, never change it)."""
+    from oracle import save_hf_folder
+    root, built = tmp_path_factory.mktemp("tiny"), {}
+
+    def get(arch: str, tokenizer: bool = False):
+        if (arch, tokenizer) not in built:
+            path = root / f"{arch}{'-tokenizer' if tokenizer else ''}"
+            ref, denses = save_hf_folder(arch, path, tokenizer=tokenizer)
+            built[arch, tokenizer] = SimpleNamespace(path=path, ref=ref, denses=denses)
+        return built[arch, tokenizer]
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_litert(tiny_hf, tmp_path_factory):
+    """tiny_litert(arch) -> (folder, hf, ref, prefill, context): the fp32 LiteRT artifact of tiny_hf(arch,
+    tokenizer=True), converted once (litert-torch conversions are the suite's slowest tiny step) with the
+    prefill lengths of oracle.LITERT_PREFILL and oracle.LITERT_CONTEXT. Read-only."""
+    from export.converters.litert import export_litert
+    from export.models.checkpoints import load_model
+    from oracle import LITERT_CONTEXT, LITERT_PREFILL
+    built = {}
+
+    def get(arch: str):
+        if arch not in built:
+            hf = tiny_hf(arch, tokenizer=True)
+            out = export_litert(load_model(hf.path), tmp_path_factory.mktemp(f"litert-{arch}") / "litert",
+                                prefill_lengths=LITERT_PREFILL[arch], cache_length=LITERT_CONTEXT)
+            built[arch] = SimpleNamespace(folder=out, hf=hf.path, ref=hf.ref, prefill=LITERT_PREFILL[arch],
+                                          context=LITERT_CONTEXT)
+        return built[arch]
+    return get
+
+
+# --- the real Gemma 3 270M --------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def real_gguf() -> Path:
+    """The bundled GGUF file."""
+    from export.models.checkpoints.default import default_model_path
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def real_gguf_reader(real_gguf):
+    """gguf-py's reader of the bundled GGUF (parsing its 262k-token vocabulary takes seconds)."""
+    import gguf
+    return gguf.GGUFReader(real_gguf)
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer_proto(real_gguf_reader) -> bytes:
+    """The SentencePiece model rebuilt from the bundled GGUF's vocabulary."""
+    from export.models.checkpoints.gguf_tokenizer import sentencepiece_model_from_gguf
+    return sentencepiece_model_from_gguf(real_gguf_reader)
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The bundled Gemma 3 270M as load_model() gives it, read once. While the session lasts, every
+    load_model() of the bundled model in float32 (by the CLI, the pipeline, validate) returns this same
+    object: nothing in them changes a model they are given."""
+    import torch
+
+    import export.models.checkpoints as checkpoints
+    original = checkpoints.load_model
+    loaded = original()
+
+    def load_model(source=None, dtype=torch.float32):
+        if dtype == torch.float32 and checkpoints.resolve(source) == loaded.source:
+            return loaded
+        return original(source, dtype)
+    patch = pytest.MonkeyPatch()
+    for module in [m for m in list(sys.modules.values()) if getattr(m, "load_model", None) is original]:
+        patch.setattr(module, "load_model", load_model)        # imported by name before the session began
+    yield loaded
+    patch.undo()
+
+
+def run_cli(argv: list[str]) -> tuple[int, dict]:
+    """export.cli.main in this process with --json: (exit status, the JSON it printed)."""
+    from export.cli import main
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main([*argv, "--json"])
+    return status, json.loads(out.getvalue())
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """run_cli: the CLI in this process (for fixtures, which cannot use capsys)."""
+    return run_cli
+
+
+def _real_export(real_model, tmp_path_factory, recipe: str) -> Path:
+    """`gemma-export --target onnx --quant RECIPE --no-validate` on the bundled model: the CLI end to end
+    (in this process, so the model is not read again)."""
+    out = tmp_path_factory.mktemp("real") / f"gemma3-270m-onnx-{recipe}"
+    status, summary = run_cli(["--target", "onnx", "--quant", recipe, "--out", str(out), "--no-validate"])
+    assert status == 0 and summary["artifact"] == str(out) and summary["source"] == str(real_model.source)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_onnx(real_model, tmp_path_factory) -> Path:
+    """The bundled model's fp32 ONNX artifact, exported once."""
+    return _real_export(real_model, tmp_path_factory, "fp32")
+
+
+@pytest.fixture(scope="session")
+def real_onnx_int4(real_model, tmp_path_factory) -> Path:
+    """The bundled model's int4 ONNX artifact, exported once."""
+    return _real_export(real_model, tmp_path_factory, "int4")

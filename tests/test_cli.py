@@ -4,31 +4,24 @@ import json
 import pytest
 
 from export.cli import main
-from export.models import PRESETS, count_parameters
 
-from oracle import save_hf_folder
+from oracle import PUBLISHED_PARAMETERS
 
 
-def test_models_json_lists_every_preset_with_its_count(capsys):
+def test_models_json_lists_every_preset_with_its_published_count(capsys):
     assert main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {r["name"]: r["parameters"] for r in rows} == {n: count_parameters(c) for n, c in PRESETS.items()}
+    assert {r["name"]: r["parameters"] for r in rows} == PUBLISHED_PARAMETERS
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    save_hf_folder("gemma3", root / "hf", tokenizer=True)
-    return root
-
-
-def test_generate_json_on_checkpoint_and_on_its_onnx_artifact_agree(tiny, capsys):
-    args = ["--prompt", "The quick brown fox", "--max-new-tokens", "12", "--json"]
-    assert main(["generate", "--model", str(tiny / "hf"), *args]) == 0
+def test_generate_json_on_checkpoint_and_on_its_onnx_artifact_agree(tiny_hf, tmp_path, capsys):
+    hf = tiny_hf("gemma3", tokenizer=True).path
+    args = ["--prompt", "Yes, no, maybe.", "--max-new-tokens", "12", "--json"]     # no stop token within 12
+    assert main(["generate", "--model", str(hf), *args]) == 0
     ref = json.loads(capsys.readouterr().out)
-    assert main(["--target", "onnx", "--model", str(tiny / "hf"), "--out", str(tiny / "onnx"), "--context", "64"]) == 0
+    assert main(["--target", "onnx", "--model", str(hf), "--out", str(tmp_path / "onnx"), "--context", "64"]) == 0
     capsys.readouterr()
-    assert main(["generate", "--model", str(tiny / "onnx"), *args]) == 0
+    assert main(["generate", "--model", str(tmp_path / "onnx"), *args]) == 0
     art = json.loads(capsys.readouterr().out)
     assert len(ref["token_ids"]) == 12 and ref["token_ids"] == art["token_ids"] and ref["text"] == art["text"]
 

@@ -18,14 +18,10 @@ from export.quantize import simulate as S
 from export.quantize.recipes import Bar
 from export.validate import validate
 
-from oracle import save_hf_folder
-
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("conv")
-    save_hf_folder("gemma3", root / "hf", tokenizer=True)
-    return load_model(root / "hf")
+def tiny(tiny_hf):
+    return load_model(tiny_hf("gemma3", tokenizer=True).path)
 
 
 @pytest.fixture(scope="module")

@@ -17,16 +17,13 @@ from export.converters.onnx import export_onnx
 from export.models import PRESETS, count_parameters
 from export.models.checkpoints import load_model
 
-from oracle import save_hf_folder
-
 PROFILE = ["--prompt-lengths", "16,48", "--decode-tokens", "8", "--runs", "2"]
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    root = tmp_path_factory.mktemp("host")
-    save_hf_folder("gemma3", root / "hf", tokenizer=True)
-    return export_onnx(load_model(root / "hf"), root / "tiny-onnx", context_length=128)
+def artifact(tiny_hf, tmp_path_factory):
+    hf = tiny_hf("gemma3", tokenizer=True).path
+    return export_onnx(load_model(hf), tmp_path_factory.mktemp("host") / "tiny-onnx", context_length=128)
 
 
 @pytest.fixture(scope="module")

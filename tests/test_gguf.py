@@ -1,4 +1,4 @@
-"""The GGUF loader. Tiny GGUFs are written here the way llama.cpp's convert_hf_to_gguf.py writes
+"""The GGUF loader. Tiny GGUFs are written (oracle.py) the way llama.cpp's convert_hf_to_gguf.py writes
 them (gguf-py's own tensor-name map, +1 on every norm weight, no q/k permutation, the same
 metadata keys), some tensors Q8_0/F16. Two oracles: transformers' GGUF reader (gemma2, gemma3),
 and the source transformers model itself (every family, unquantized files). Then the real
@@ -16,102 +16,15 @@ from export.models import PRESETS, build_model, preset
 from export.models.checkpoints.gguf_loader import load_gguf
 from export.models.checkpoints.weights import CheckpointError, assign_weights
 
-from oracle import COMMON, TINY
+from oracle import ARCHS, gguf_tensors, hf_model, tokens, write_gguf, write_tiny
 
-ARCHS = {"gemma": gguf.MODEL_ARCH.GEMMA, "gemma2": gguf.MODEL_ARCH.GEMMA2, "gemma3": gguf.MODEL_ARCH.GEMMA3,
-         "embeddinggemma": gguf.MODEL_ARCH.GEMMA_EMBEDDING}
-# GGUF tensor kind -> stored type in the quantized tiny files (the rest stays F32, like norms)
-QUANT = {"token_embd": Q.Q8_0, "attn_q": Q.Q8_0, "attn_k": Q.Q8_0, "attn_v": Q.F16,
-         "ffn_gate": Q.Q8_0, "ffn_up": Q.Q8_0, "ffn_down": Q.Q8_0}
 # Settings that transformers' GGUF reader cannot take from the file, chosen equal to its defaults
 # (query_pre_attn_scalar 256 = head_dim, gemma2 softcaps 50/30) so both readers build the same model.
 HF_READABLE = dict(head_dim=256, query_pre_attn_scalar=256)
+# A GGUF of Gemma 3 carries no per-layer sliding pattern: both readers take llama.cpp's default (5 sliding
+# layers per global one), so the source model has that pattern too, over 7 layers.
+DEFAULT_PATTERN = dict(num_hidden_layers=7, layer_types=None)
 T = 20   # the tiny sliding window is 8
-
-
-def tiny(family, seed=0, **overrides):
-    """oracle.py's tiny model with config overrides; every weight random (norms too)."""
-    name, cls, extra = TINY[family]
-    cfg = cls(**{**COMMON, **extra, **overrides}, architectures=[name])
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    model = getattr(tf, name)(cfg).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.normal_(0.0, 0.5 if "norm" in n else 0.08)
-    return model
-
-
-def gguf_tensors(model, family, dense=()) -> dict[str, np.ndarray]:
-    """convert_hf_to_gguf.py's tensors: gguf-py names, `norm.weight` + 1, lm_head dropped."""
-    names = gguf.get_tensor_name_map(ARCHS[family], model.config.num_hidden_layers)
-    out = {}
-    for hf_name, w in model.state_dict().items():
-        if hf_name == "lm_head.weight":
-            continue
-        if family == "embeddinggemma":                     # Gemma3TextModel has no "model." prefix
-            hf_name = "model." + hf_name
-        w = w.float().numpy() + (1.0 if hf_name.endswith("norm.weight") else 0.0)
-        out[names.get_name(hf_name.removesuffix(".weight")) + ".weight"] = w
-    for i, w in enumerate(dense):
-        out[f"dense_{i + 2}.weight"] = w.numpy()
-    return out
-
-
-def write_gguf(path, hp, family, tensors, quantize=False, arch_name=None, qtypes=None):
-    """What convert_hf_to_gguf.py writes for `family` from config.json values `hp`, a toy
-    vocabulary, and the tensors (if `quantize`: the types of `qtypes`, by tensor key, default QUANT)."""
-    w = gguf.GGUFWriter(str(path), arch_name or gguf.MODEL_ARCH_NAMES[ARCHS[family]])
-    w.add_context_length(hp["max_position_embeddings"])
-    w.add_embedding_length(hp["hidden_size"])
-    w.add_block_count(hp["num_hidden_layers"])
-    w.add_feed_forward_length(hp["intermediate_size"])
-    w.add_head_count(hp["num_attention_heads"])
-    w.add_head_count_kv(hp["num_key_value_heads"])
-    w.add_layer_norm_rms_eps(hp["rms_norm_eps"])
-    w.add_key_length(hp["head_dim"])
-    w.add_value_length(hp["head_dim"])
-    if family == "gemma2":
-        w.add_attn_logit_softcapping(hp["attn_logit_softcapping"])
-        w.add_final_logit_softcapping(hp["final_logit_softcapping"])
-        w.add_sliding_window(hp["sliding_window"])
-    if family in ("gemma3", "embeddinggemma"):
-        rope = hp["rope_parameters"].get("full_attention", hp["rope_parameters"])
-        w.add_rope_freq_base(rope["rope_theta"])
-        if rope.get("rope_type") == "linear":
-            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            w.add_rope_scaling_factor(rope["factor"])
-        if hp.get("final_logit_softcapping"):
-            w.add_final_logit_softcapping(hp["final_logit_softcapping"])
-        w.add_sliding_window(hp["sliding_window"])
-    if family == "embeddinggemma":
-        w.add_pooling_type(gguf.PoolingType.MEAN)
-    vocab = len(tensors["token_embd.weight"])
-    w.add_tokenizer_model("llama")
-    w.add_token_list([f"<t{i}>" for i in range(vocab)])
-    w.add_token_scores([0.0] * vocab)
-    w.add_token_types([1] * vocab)
-    w.add_bos_token_id(2)
-    w.add_eos_token_id(1)
-    w.add_pad_token_id(0)
-    w.add_unk_token_id(3)
-    w.add_add_space_prefix(False)
-    for name, t in tensors.items():
-        qtype = (qtypes or QUANT).get(name.split(".")[-2], Q.F32) if quantize else Q.F32
-        if qtype == Q.F32:
-            w.add_tensor(name, t.astype(np.float32))
-        else:
-            w.add_tensor(name, gguf.quants.quantize(t.astype(np.float32), qtype), raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
-def write_tiny(path, model, family, dense=(), **kw):
-    """A tiny transformers model as llama.cpp converts it (to_dict() gives config.json's values)."""
-    return write_gguf(path, model.config.to_dict(), family, gguf_tensors(model, family, dense), **kw)
 
 
 def ours(path):
@@ -121,18 +34,14 @@ def ours(path):
     return assign_weights(model, ckpt.dequantized(), str(path)).eval()
 
 
-def _tokens(n, vocab=160, seed=1):
-    return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
-
-
 # --- tiny files: transformers' GGUF reader as the oracle --------------------------------------
 
 @torch.no_grad()
 @pytest.mark.parametrize("family", ["gemma2", "gemma3"])
 def test_quantized_tiny_gguf_matches_transformers_gguf_reader(family, tmp_path):
     overrides = dict(HF_READABLE, attn_logit_softcapping=50.0, final_logit_softcapping=30.0) \
-        if family == "gemma2" else dict(HF_READABLE, rope_parameters=None)
-    src = tiny(family, **overrides)
+        if family == "gemma2" else dict(HF_READABLE, rope_parameters=None, **DEFAULT_PATTERN)
+    src = hf_model(family, **overrides)
     write_tiny(tmp_path / "m.gguf", src, family, quantize=True)
     ref = tf.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32,
                                                   attn_implementation="eager").eval()
@@ -142,7 +51,7 @@ def test_quantized_tiny_gguf_matches_transformers_gguf_reader(family, tmp_path):
     assert qtype == Q.Q8_0 and blocks.dtype == np.uint8 and shape == (96, 64)
     up = torch.from_numpy(gguf.quants.dequantize(blocks, qtype)).view(shape)
     assert torch.equal(up, ckpt.dequantized()["model.layers.0.mlp.up_proj.weight"])
-    toks = _tokens(T)
+    toks = tokens(T)
     got, _ = ours(tmp_path / "m.gguf")(toks, torch.arange(T))
     assert (got - ref(toks).logits).abs().max().item() < 1e-4
     # and the file really is quantized: the source model differs by the rounding
@@ -154,28 +63,28 @@ def test_quantized_tiny_gguf_matches_transformers_gguf_reader(family, tmp_path):
 CAUSAL = {
     "gemma": {},                                        # ffn_norm is the pre-MLP post_attention_layernorm
     "gemma2": dict(query_pre_attn_scalar=16),           # llama.cpp scales by head_dim (16); softcaps 3/2
-    "gemma3": {},                                       # linear rope scaling 8 on global layers
+    "gemma3": DEFAULT_PATTERN,                          # linear rope scaling 8 on global layers
 }
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("family", CAUSAL)
 def test_tiny_gguf_matches_source_model(family, tmp_path):
-    src = tiny(family, **CAUSAL[family])
+    src = hf_model(family, **CAUSAL[family])
     path = write_tiny(tmp_path / "m.gguf", src, family)
-    toks = _tokens(T)
+    toks = tokens(T)
     got, _ = ours(path)(toks, torch.arange(T))
     assert (got - src(toks).logits).abs().max().item() < 1e-4
 
 
 @torch.no_grad()
 def test_tiny_embeddinggemma_gguf_matches_source_model(tmp_path):
-    src = tiny("embeddinggemma")
+    src = hf_model("embeddinggemma", **DEFAULT_PATTERN)
     g = torch.Generator().manual_seed(5)
     dense = (torch.randn(128, 64, generator=g) * 0.1, torch.randn(64, 128, generator=g) * 0.1)
     path = write_tiny(tmp_path / "m.gguf", src, "embeddinggemma", dense)
     model = ours(path)
-    toks = _tokens(T)
+    toks = tokens(T)
     mask = torch.ones_like(toks)
     pooled = src(input_ids=toks, attention_mask=mask).last_hidden_state.mean(1)
     expected = torch.nn.functional.normalize(pooled @ dense[0].T @ dense[1].T, dim=-1)
@@ -210,7 +119,7 @@ def test_metadata_of_every_preset_reads_back_as_the_preset(name, tmp_path):
 
 @pytest.fixture()
 def gemma3_tensors():
-    src = tiny("gemma3")
+    src = hf_model("gemma3")
     return src.config.to_dict(), gguf_tensors(src, "gemma3")
 
 
@@ -252,26 +161,23 @@ def test_not_a_gguf_is_named(tmp_path):
         load_gguf(path)
 
 
-# --- the real Gemma 3 270M GGUF (slow: ~20 s to open, ~40 s for transformers to read) -----------
+# --- the real Gemma 3 270M GGUF (slow: transformers takes ~40 s to read it) ------------------------
 
 @pytest.fixture(scope="module")
-def real():
-    from export.models.checkpoints.default import default_model_path
-    path = default_model_path()
+def hf_real(real_model):
+    path = real_model.source
     t0 = time.perf_counter()
-    model = ours(path)
-    t1 = time.perf_counter()
     ref = tf.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
-    print(f"\nload: ours {t1 - t0:.1f} s, transformers {time.perf_counter() - t1:.1f} s")
-    return model, ref
+    print(f"\nload: transformers {time.perf_counter() - t0:.1f} s")
+    return ref
 
 
 @torch.no_grad()
-def test_real_gguf_matches_transformers(real):
+def test_real_gguf_matches_transformers(real_model, hf_real):
     """A random 300-token block seen twice (601 tokens > the 512 window): logits within 1e-3 of
     transformers, and the second copy predicted by induction (wrong rope/q-k layout breaks it)."""
-    model, ref = real
-    block = _tokens(300, vocab=30_000, seed=0)[0] + 1000
+    model, ref = real_model.model, hf_real
+    block = tokens(300, vocab=30_000, seed=0)[0] + 1000
     toks = torch.cat([torch.tensor([model.config.bos_id]), block, block])[None]
     got, _ = model(toks, torch.arange(toks.shape[1]))
     diff = (got - ref(toks).logits).abs().max().item()
@@ -283,18 +189,12 @@ def test_real_gguf_matches_transformers(real):
 
 
 @torch.no_grad()
-def test_real_greedy_continuation_matches_transformers_through_the_cli(real):
+def test_real_greedy_continuation_matches_transformers_through_the_cli(real_model, hf_real, cli):
     """`gemma-export generate --json` on the bundled model: 32 greedy tokens equal to transformers'."""
-    import json
-    import subprocess
-    import sys
-    _, ref = real
     prompt = [2, 818, 5279, 529, 7001, 563]                     # <bos>The capital of France is
-    expected = ref.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)[0, 6:].tolist()
-    out = subprocess.run([sys.executable, "-m", "export.cli", "generate", "--prompt", "The capital of France is",
-                          "--max-new-tokens", "32", "--json"], capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout)
+    expected = hf_real.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)[0, 6:].tolist()
+    status, result = cli(["generate", "--prompt", "The capital of France is", "--max-new-tokens", "32"])
     print(f"\n{result['text']!r}")
-    assert result["prompt_tokens"] == len(prompt)
+    assert status == 0 and result["prompt_tokens"] == len(prompt)
     assert result["token_ids"] == expected
     assert "France" in result["text"]

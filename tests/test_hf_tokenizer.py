@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 
-import gguf
 import pytest
 import sentencepiece as spm
 
 from export.converters.hf_tokenizer import tokenizer_config, tokenizer_json, write_hf_tokenizer
-from export.models.checkpoints.default import default_model_path
-from export.models.checkpoints.gguf_tokenizer import sentencepiece_model_from_gguf
 
 MIXED = (
     "The quick brown fox, naïve café résumé. \n"
@@ -29,8 +26,8 @@ SPECIAL = ("<start_of_turn>", "<end_of_turn>")   # marked special: onnxruntime-g
 
 
 @pytest.fixture(scope="module")
-def proto():
-    return sentencepiece_model_from_gguf(gguf.GGUFReader(default_model_path()))
+def proto(real_tokenizer_proto):
+    return real_tokenizer_proto
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,12 @@ import runtime_py
 from export.converters.litert import export_litert
 from export.models.checkpoints import load_model
 
-from oracle import save_hf_folder
-
 
 @torch.no_grad()
-def test_embeddinggemma_tflite_matches_the_reference_head(tmp_path):
-    ref, denses = save_hf_folder("embeddinggemma", tmp_path / "hf", tokenizer=True)
-    out = export_litert(load_model(tmp_path / "hf"), tmp_path / "litert", prefill_lengths=(16, 48))
+def test_embeddinggemma_tflite_matches_the_reference_head(tiny_hf, tmp_path):
+    hf = tiny_hf("embeddinggemma", tokenizer=True)
+    ref, denses = hf.ref, hf.denses
+    out = export_litert(load_model(hf.path), tmp_path / "litert", prefill_lengths=(16, 48))
     m = runtime_py.load(out)
     assert m.kind == "embedding"
     vocab = ref.config.vocab_size

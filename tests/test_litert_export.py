@@ -8,34 +8,28 @@ import numpy as np
 import pytest
 import torch
 
-from export.converters.litert import expected_io, export_litert
+from export.converters.litert import export_litert
 from export.converters.litert.graph import signature_ops
-from export.models import LayerType
 from export.models.checkpoints import load_model
 
-from oracle import TINY, save_hf_folder
+from oracle import LITERT_CONTEXT as CONTEXT
+from oracle import LITERT_PREFILL, hf_greedy, litert_io, save_hf_folder, tokens
 
 # RecurrentGemma (recurrent states beside the caches) is tested in test_recurrentgemma_export.py.
-CAUSAL = [a for a in TINY if a not in ("embeddinggemma", "recurrentgemma")]
-# Chunks longer than the window (16 > 8) only matter with sliding layers; one signature fewer saves time.
-PREFILL = {"gemma": (8,), "gemma-mha": (8,), "gemma2": (8, 16), "gemma3": (8, 16)}
-CONTEXT = 64
-WINDOW = 8                       # the tiny models' sliding window
+CAUSAL = list(LITERT_PREFILL)
 VOCAB = 384                      # save_hf_folder(tokenizer=True)
 
 
 @pytest.fixture(scope="module", params=CAUSAL)
-def artifact(request, tmp_path_factory):
+def artifact(request, tiny_litert):
     from ai_edge_litert.interpreter import Interpreter
-    root = tmp_path_factory.mktemp(request.param)
-    ref, _ = save_hf_folder(request.param, root / "hf", tokenizer=True)
-    loaded = load_model(root / "hf")
-    out = export_litert(loaded, root / "litert", prefill_lengths=PREFILL[request.param], cache_length=CONTEXT)
-    return ref, loaded, out, Interpreter(model_path=str(out / "model.tflite")), PREFILL[request.param]
+    art = tiny_litert(request.param)
+    loaded = load_model(art.hf)
+    return art.ref, loaded, art.folder, Interpreter(model_path=str(art.folder / "model.tflite")), art.prefill
 
 
 def _tokens(n, seed=1):
-    return torch.randint(0, VOCAB, (1, n), generator=torch.Generator().manual_seed(seed))
+    return tokens(n, VOCAB, seed)
 
 
 class Runner:
@@ -68,9 +62,10 @@ class Runner:
 
 
 def test_signatures_names_and_shapes(artifact):
-    _, loaded, out, it, lengths = artifact
-    c = loaded.config
-    want = expected_io(c, lengths, CONTEXT)
+    """Names and shapes as LiteRT-LM's contract and transformers' config of the model say (oracle.litert_io:
+    sliding caches hold the window, global ones the context)."""
+    ref, loaded, out, it, lengths = artifact
+    want = litert_io(ref.config, lengths, CONTEXT)
     assert set(it.get_signature_list()) == set(want) == {f"prefill_{t}" for t in lengths} | {"decode"}
     for name, io in want.items():
         runner = it.get_signature_runner(name)
@@ -79,14 +74,12 @@ def test_signatures_names_and_shapes(artifact):
         assert {k: tuple(v["shape"]) for k, v in outputs.items()} == io["outputs"]
         assert inputs["tokens"]["dtype"] == inputs["input_pos"]["dtype"] == np.int32
         assert all(v["dtype"] == np.float32 for k, v in {**inputs, **outputs}.items() if k.startswith("kv_cache"))
-        for i, t in enumerate(c.layer_types):        # sliding caches hold the window, global ones the context
-            assert inputs[f"kv_cache_k_{i}"]["shape"][2] == (WINDOW if t is LayerType.LOCAL else CONTEXT)
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["target"], manifest["recipe"], manifest["context_length"]) == ("litert", "fp32", CONTEXT)
     assert manifest["prefill_lengths"] == list(lengths)
     assert set(manifest["files"]) == {"model.tflite", "tokenizer.model"}
     assert manifest["files"]["model.tflite"]["bytes"] == (out / "model.tflite").stat().st_size
-    assert (out / "tokenizer.model").read_bytes() == (out.parent / "hf" / "tokenizer.model").read_bytes()
+    assert (out / "tokenizer.model").read_bytes() == (loaded.source / "tokenizer.model").read_bytes()
 
 
 def test_graph_has_composites_and_no_scatter(artifact):
@@ -120,20 +113,16 @@ def test_chunked_prefill_and_decode_match_transformers(artifact):
     assert np.abs(np.concatenate(got) - expected).max() < 1e-4
 
 
-@torch.no_grad()
 def test_greedy_decoding_matches_transformers(artifact):
     ref, _, _, it, lengths = artifact
     prompt = _tokens(11, seed=3)
-    seq = prompt
-    for _ in range(24):           # oracle: transformers' full forward re-run per token (not .generate)
-        seq = torch.cat([seq, ref(seq).logits[:, -1:].argmax(-1)], 1)
     run = Runner(it, lengths)
     logits = run.prefill(prompt[0].numpy())[-1]
     got = []
     for _ in range(24):
         got.append(int(logits.argmax()))
         logits = run.run("decode", [got[-1]])[-1]
-    assert got == seq[0, 11:].tolist()
+    assert got == hf_greedy(ref, prompt, 24)
 
 
 def test_rejects_what_it_cannot_export(tmp_path):

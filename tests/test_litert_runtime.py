@@ -1,7 +1,7 @@
 """runtime_py on LiteRT artifacts, against independent references.
 
-One tiny random Gemma 3 (7 layers, sliding window 8, a SentencePiece vocabulary trained here) is exported once
-with export_litert (prefill_8, prefill_16, decode; context 64) and bundled into a .litertlm. References:
+The suite's tiny random Gemma 3 LiteRT artifact (conftest.tiny_litert: 3 layers, sliding window 8, a SentencePiece
+vocabulary trained here; prefill_8, prefill_16, decode; context 64) is bundled into a .litertlm. References:
 transformers' repeated full forward passes (not .generate, whose tiny sliding caches are unreliable), and the
 real LiteRT-LM engine (litert_lm) running the same bundle.
 """
@@ -15,33 +15,21 @@ import pytest
 import torch
 
 import runtime_py
-from export.converters.litert import export_litert
 from export.converters.litert.bundle import BUNDLE, build_litertlm, export_litertlm
 from export.models.checkpoints import load_model
 
-from oracle import save_hf_folder
+from oracle import LITERT_CONTEXT, LITERT_PREFILL, hf_greedy
 
-PREFILL, CONTEXT, WINDOW = (8, 16), 64, 8
+PREFILL, CONTEXT = LITERT_PREFILL["gemma3"], LITERT_CONTEXT          # (8, 16), 64
 TEXTS = ["The quick brown fox jumps over the lazy dog",                                # 18 tokens
          "Yes, no, maybe. Is this a question? Yes it is. No it is not. Hello world! The old cat"]  # 41
 
 
 @pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    root = tmp_path_factory.mktemp("litert_runtime")
-    ref, _ = save_hf_folder("gemma3", root / "hf", tokenizer=True)
-    loaded = load_model(root / "hf")
-    folder = export_litert(loaded, root / "litert", prefill_lengths=PREFILL, cache_length=CONTEXT)
-    bundle = build_litertlm(folder, root / "bundle" / BUNDLE)
-    return {"root": root, "ref": ref, "loaded": loaded, "folder": folder, "bundle": bundle}
-
-
-@torch.no_grad()
-def _greedy_oracle(ref, prompt: list[int], n: int) -> list[int]:
-    seq = torch.tensor([prompt])
-    for _ in range(n):
-        seq = torch.cat([seq, ref(seq).logits[:, -1:].argmax(-1)], 1)
-    return seq[0, len(prompt):].tolist()
+def art(tiny_litert, tmp_path_factory):
+    shared = tiny_litert("gemma3")
+    bundle = build_litertlm(shared.folder, tmp_path_factory.mktemp("litert_runtime") / "bundle" / BUNDLE)
+    return {"ref": shared.ref, "loaded": load_model(shared.hf), "folder": shared.folder, "bundle": bundle}
 
 
 def _ids(n: int, seed: int = 1) -> list[int]:
@@ -54,7 +42,7 @@ def test_greedy_and_logits_match_transformers(art):
     assert model.backend.context_length == CONTEXT and model.backend.prefill_lengths == list(PREFILL)
     prompt = _ids(11, seed=3)
     got = model.generate(prompt, max_new_tokens=24, stop_ids=[])         # 35 tokens: far past the window
-    assert got.token_ids == _greedy_oracle(art["ref"], prompt, 24)
+    assert got.token_ids == hf_greedy(art["ref"], prompt, 24)
     ids = _ids(40)
     with torch.no_grad():
         expected = art["ref"](torch.tensor([ids])).logits[0].numpy()
@@ -122,7 +110,7 @@ def test_prefill_without_logits_goes_through_decode(art):
     model = runtime_py.load(art["folder"])
     model.backend.prefill_logits = False
     prompt = _ids(21, seed=7)
-    assert model.generate(prompt, max_new_tokens=6, stop_ids=[]).token_ids == _greedy_oracle(art["ref"], prompt, 6)
+    assert model.generate(prompt, max_new_tokens=6, stop_ids=[]).token_ids == hf_greedy(art["ref"], prompt, 6)
     with torch.no_grad():
         expected = art["ref"](torch.tensor([prompt])).logits[0].numpy()
     assert np.abs(model.logits(prompt) - expected).max() < 1e-4
@@ -139,7 +127,7 @@ def test_bundle_loads_in_runtime_with_the_same_greedy_ids(art, tmp_path, monkeyp
         b = bundled.generate(text, max_new_tokens=64)
         assert (a.token_ids, a.text, a.finish_reason) == (b.token_ids, b.text, b.finish_reason)
     prompt = _ids(11, seed=3)
-    assert bundled.generate(prompt, 24, stop_ids=[]).token_ids == _greedy_oracle(art["ref"], prompt, 24)
+    assert bundled.generate(prompt, 24, stop_ids=[]).token_ids == hf_greedy(art["ref"], prompt, 24)
 
     # export_litertlm (what --target android / ios ship), with the conversion replaced by a copy of the artifact
     import export.converters.litert as litert_target
@@ -186,7 +174,7 @@ def test_litert_lm_engine_runs_the_bundle_like_runtime_py(art, tmp_path):
     """THE reference: Google's LiteRT-LM engine runs the bundle (greedy, CPU) and its text equals ours -- for a
     prompt longer than the sliding window that it chunks over both prefill lengths, and through the bundle's
     Gemma prompt templates (chat)."""
-    litert_lm = pytest.importorskip("litert_lm")
+    import litert_lm
     ours = runtime_py.load(art["bundle"])
     engine = litert_lm.Engine(str(art["bundle"]), backend=litert_lm.Backend.CPU(), max_num_tokens=CONTEXT,
                               cache_dir=str(tmp_path), activation_data_type=litert_lm.ActivationDataType.FLOAT32)

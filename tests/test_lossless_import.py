@@ -16,7 +16,7 @@ from export.converters.onnx import export_onnx
 from export.models.checkpoints import load_model
 from export.models.checkpoints.gguf_loader import load_gguf
 
-from test_gguf import gguf_tensors, tiny, write_gguf
+from oracle import gguf_tensors, hf_model, write_gguf
 
 # every matrix Q4_0 (int4 blocks of 32), the tied embedding Q8_0 (int8 blocks of 32): the `mixed` layout
 QTYPES = {k: Q.Q4_0 for k in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
@@ -26,7 +26,7 @@ QTYPES["token_embd"] = Q.Q8_0
 @pytest.fixture(scope="module")
 def gguf_file(tmp_path_factory):
     root = tmp_path_factory.mktemp("lossless")
-    src = tiny("gemma3", intermediate_size=128)
+    src = hf_model("gemma3", intermediate_size=128)
     path = write_gguf(root / "m.gguf", src.config.to_dict(), "gemma3", gguf_tensors(src, "gemma3"),
                       quantize=True, qtypes=QTYPES)
     return path

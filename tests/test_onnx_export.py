@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from export.converters.onnx import export_onnx
 from export.models.checkpoints import load_model
 
-from oracle import TINY, save_hf_folder
+from oracle import TINY, hf_greedy, save_hf_folder, tokens
 
 # onnxruntime-genai's contract (genai_config.json, its generator); RecurrentGemma, which it cannot
 # run, is tested through runtime_py in test_recurrentgemma_export.py.
@@ -23,15 +23,13 @@ T = 40   # the tiny sliding window is 8
 
 
 @pytest.fixture(scope="module", params=CAUSAL)
-def artifact(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(request.param)
-    ref, _ = save_hf_folder(request.param, root / "hf")
-    out = export_onnx(load_model(root / "hf"), root / "onnx", context_length=64)
-    return ref, out
+def artifact(request, tiny_hf, tmp_path_factory):
+    hf = tiny_hf(request.param)
+    return hf.ref, export_onnx(load_model(hf.path), tmp_path_factory.mktemp(request.param) / "onnx", context_length=64)
 
 
-def _tokens(n, seed=1, batch=1):
-    return torch.randint(0, 160, (batch, n), generator=torch.Generator().manual_seed(seed))
+def _tokens(n, seed=1):
+    return tokens(n, 160, seed)
 
 
 def _session(folder):
@@ -112,13 +110,9 @@ def test_chunked_decoding_past_the_window_keeps_window_sized_caches(artifact):
     assert np.abs(np.concatenate(outs) - expected).max() < 1e-4
 
 
-@torch.no_grad()
 def test_onnxruntime_genai_greedy_matches_transformers(artifact):
     ref, out = artifact
     prompt = _tokens(12, seed=3)
-    seq = prompt
-    for _ in range(30):     # oracle: transformers' forward re-run per token
-        seq = torch.cat([seq, ref(seq).logits[:, -1:].argmax(-1)], 1)
     model = og.Model(str(out))
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=42, do_sample=False)
@@ -128,13 +122,14 @@ def test_onnxruntime_genai_greedy_matches_transformers(artifact):
     while not gen.is_done():
         gen.generate_next_token()
         got.append(int(gen.get_next_tokens()[0]))
-    assert got == seq[0, 12:].tolist()
+    assert got == hf_greedy(ref, prompt, 30)
 
 
 @torch.no_grad()
-def test_embeddinggemma_embeddings_match_the_reference_head(tmp_path):
-    ref, denses = save_hf_folder("embeddinggemma", tmp_path / "hf")
-    out = export_onnx(load_model(tmp_path / "hf"), tmp_path / "onnx")
+def test_embeddinggemma_embeddings_match_the_reference_head(tiny_hf, tmp_path):
+    hf = tiny_hf("embeddinggemma")
+    ref, denses = hf.ref, hf.denses
+    out = export_onnx(load_model(hf.path), tmp_path / "onnx")
     toks = torch.cat([_tokens(T), _tokens(T, seed=2)])
     mask = torch.ones(2, T, dtype=torch.long)
     mask[1, 29:] = 0

@@ -7,21 +7,20 @@ import torch
 from export.models import EmbeddingHead, init_cache
 from export.models.checkpoints import load_model
 
-from oracle import TINY, save_hf_folder
+from oracle import TINY, hf_greedy, tokens
 
 CAUSAL = [a for a in TINY if a != "embeddinggemma"]
 T = 40   # the tiny sliding window is 8
 
 
 @pytest.fixture(scope="module", params=CAUSAL)
-def pair(request, tmp_path_factory):
-    path = tmp_path_factory.mktemp(request.param)
-    ref, _ = save_hf_folder(request.param, path)
-    return ref, load_model(path).model
+def pair(request, tiny_hf):
+    hf = tiny_hf(request.param)
+    return hf.ref, load_model(hf.path).model
 
 
 def _tokens(n, seed=1):
-    return torch.randint(0, 160, (1, n), generator=torch.Generator().manual_seed(seed))
+    return tokens(n, 160, seed)
 
 
 @torch.no_grad()
@@ -69,19 +68,15 @@ def test_greedy_generation_matches_transformers(pair):
     from export.models.generate import generate
     ref, ours = pair
     prompt = _tokens(12, seed=3)
-    # Oracle: transformers' full forward, re-run per token (its own `generate` disagrees with its
-    # forward for tiny Gemma 2 models with a sliding cache in 5.23, so it is not used here).
-    seq = prompt
-    for _ in range(30):
-        seq = torch.cat([seq, ref(seq).logits[:, -1:].argmax(-1)], 1)
-    assert generate(ours, prompt[0].tolist(), 30) == seq[0, 12:].tolist()
+    assert generate(ours, prompt[0].tolist(), 30) == hf_greedy(ref, prompt, 30)
 
 
 @torch.no_grad()
-def test_embeddinggemma_matches_transformers_and_sentence_transformers_head(tmp_path):
+def test_embeddinggemma_matches_transformers_and_sentence_transformers_head(tiny_hf):
     import torch.nn.functional as F
-    ref, denses = save_hf_folder("embeddinggemma", tmp_path)
-    ours = load_model(tmp_path).model
+    hf = tiny_hf("embeddinggemma")
+    ref, denses = hf.ref, hf.denses
+    ours = load_model(hf.path).model
     toks = _tokens(T)
     mask = torch.ones(2, T, dtype=torch.long)
     mask[1, 29:] = 0                                   # second row padded

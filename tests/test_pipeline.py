@@ -8,10 +8,20 @@ import json
 import pytest
 
 from export.cli import main
-from export.quantize.recipes import RECIPES, Thresholds
-from export.targets import TARGETS
+from export.quantize.recipes import RECIPES, Thresholds, recipe
 
 from oracle import save_hf_folder
+
+# The deployment profiles as the README documents them (format, bundle, default recipe, context, prefill
+# lengths; None where it states none).
+DOCUMENTED = {
+    "android": ("litert", "litertlm", "int4", 4096, [32, 128, 512]),
+    "ios": ("litert", "litertlm", "int4", 4096, [32, 128, 512]),
+    "web": ("onnx", "onnx-folder", "int4", 2048, None),
+    "desktop": ("onnx", "onnx-folder", "fp16", 8192, None),
+    "litert": ("litert", "tflite-folder", "fp32", None, [32, 128, 512]),
+    "onnx": ("onnx", "onnx-folder", "fp32", None, None),
+}
 
 
 def _digests(folder):
@@ -20,19 +30,19 @@ def _digests(folder):
 
 
 @pytest.fixture(scope="module")
-def hf(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    save_hf_folder("gemma3", root / "hf", tokenizer=True)
-    return root / "hf"
+def hf(tiny_hf):
+    return tiny_hf("gemma3", tokenizer=True).path
 
 
-def test_targets_lists_every_profile(capsys):
+def test_targets_lists_every_documented_profile(capsys):
     assert main(["targets", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows.keys() == TARGETS.keys()
-    for name, t in TARGETS.items():
-        assert (rows[name]["format"], rows[name]["recipe"], rows[name]["context"]) == (t.format, t.recipe, t.context)
-        assert t.recipe in RECIPES                    # every default names a real recipe
+    assert rows.keys() == DOCUMENTED.keys()
+    for name, documented in DOCUMENTED.items():
+        row = rows[name]
+        listed = (row["format"], row["bundle"], row["recipe"], row["context"], row["prefill"])
+        assert all(d is None or d == x for d, x in zip(documented, listed)), (name, listed)
+        recipe(row["recipe"], row["format"])          # every default is a recipe its format can build
 
 
 def test_onnx_targets_run_the_pipeline_and_rerun_byte_identical(hf, tmp_path, capsys):
@@ -94,9 +104,12 @@ def test_bad_pipeline_flags(argv, named, hf, capsys):
     assert named in capsys.readouterr().err
 
 
-def test_android_with_an_fp32_override_builds_a_validated_litertlm_twice_byte_identical(hf, tmp_path, capfd):
+def test_android_with_an_fp32_override_builds_a_validated_litertlm_twice_byte_identical(tmp_path, capfd):
+    # Two conversions, whose time grows with the layers: a Gemma 3 of two (one sliding, one global).
+    save_hf_folder("gemma3", tmp_path / "hf", tokenizer=True, num_hidden_layers=2,
+                   layer_types=["sliding_attention", "full_attention"])
     # capfd: standard output at the file-descriptor level, where litert-torch's C++ side writes too: JSON only
-    args = ["--model", str(hf), "--quant", "fp32", "--context", "320", "--prefill", "32", "--json"]
+    args = ["--model", str(tmp_path / "hf"), "--quant", "fp32", "--context", "320", "--prefill", "32", "--json"]
     assert main(["--target", "android", "--out", str(tmp_path / "a"), *args]) == 0
     out = capfd.readouterr().out
     s = json.loads(out)

@@ -3,33 +3,8 @@ import pytest
 
 from export.models import PRESETS, count_parameters, preset
 
-# Published counts of the real checkpoints (safetensors totals). Gemma 3 4B/12B/27B are the
-# multimodal checkpoints' totals minus the SigLIP tower (416,866,032) and the projector
-# (1152 * d + 1152): their text decoders are what the presets describe.
-SIGLIP = 416_866_032
-REAL = {
-    "gemma-2b": 2_506_172_416,
-    "gemma-7b": 8_537_680_896,
-    "codegemma-2b": 2_506_172_416,
-    "codegemma-7b": 8_537_680_896,
-    "gemma2-2b": 2_614_341_888,
-    "gemma2-9b": 9_241_705_984,
-    "gemma2-27b": 27_227_128_320,
-    "shieldgemma-2b": 2_614_341_888,
-    "shieldgemma-9b": 9_241_705_984,
-    "shieldgemma-27b": 27_227_128_320,
-    "gemma3-270m": 268_098_176,
-    "gemma3-1b": 999_885_952,
-    "gemma3-4b": 4_300_079_472 - SIGLIP - (1152 * 2560 + 1152),
-    "gemma3-12b": 12_187_325_040 - SIGLIP - (1152 * 3840 + 1152),
-    "gemma3-27b": 27_432_406_640 - SIGLIP - (1152 * 5376 + 1152),
-    "embeddinggemma-300m": 307_581_696,   # with the 768->3072->768 dense head
-    # RecurrentGemma: transformers' RecurrentGemmaForCausalLM built from the published config.json
-    # of google/recurrentgemma-2b and -9b (test below); the 9B's bf16 shards (19.25 GB with an
-    # untied copy of the 256000 x 4096 embedding) agree.
-    "recurrentgemma-2b": 2_682_862_080,
-    "recurrentgemma-9b": 8_579_977_216,
-}
+from oracle import PUBLISHED_PARAMETERS as REAL
+
 # The published config.json fields of the RecurrentGemma checkpoints.
 RECURRENTGEMMA_CONFIGS = {
     "recurrentgemma-2b": dict(hidden_size=2560, intermediate_size=15_360, num_attention_heads=10, num_hidden_layers=26,

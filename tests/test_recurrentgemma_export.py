@@ -14,27 +14,27 @@ from export.converters.onnx import export_onnx
 from export.models.checkpoints import load_model
 from export.validate import validate
 
-from oracle import save_hf_folder
+from oracle import hf_greedy, litert_io, save_hf_folder, tokens
 
 T = 40   # the tiny attention window is 8
 VOCAB = 384
 
 
 @pytest.fixture(scope="module")
-def hf(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recurrentgemma")
-    ref, _ = save_hf_folder("recurrentgemma", root / "hf", tokenizer=True)
-    return ref, root
+def hf(tiny_hf, tmp_path_factory):
+    """(transformers' model, a folder for the artifacts, the Hugging Face folder)."""
+    tiny = tiny_hf("recurrentgemma", tokenizer=True)
+    return tiny.ref, tmp_path_factory.mktemp("recurrentgemma"), tiny.path
 
 
 @pytest.fixture(scope="module")
 def onnx_artifact(hf):
-    ref, root = hf
-    return export_onnx(load_model(root / "hf"), root / "onnx", context_length=256)
+    _, root, path = hf
+    return export_onnx(load_model(path), root / "onnx", context_length=256)
 
 
 def _tokens(n, seed=1):
-    return torch.randint(0, VOCAB, (1, n), generator=torch.Generator().manual_seed(seed))
+    return tokens(n, VOCAB, seed)
 
 
 @torch.no_grad()
@@ -45,7 +45,7 @@ def _reference_logits(ref, toks):
 def test_onnx_whole_prompt_with_zero_state_matches_transformers(hf, onnx_artifact):
     """A plain onnxruntime session: zero recurrent states, zero KV caches of window length (the
     sliding-window contract: a past of at least W rows, as onnxruntime-genai's builder output)."""
-    ref, _ = hf
+    ref = hf[0]
     sess = ort.InferenceSession(str(onnx_artifact / "model.onnx"), providers=["CPUExecutionProvider"])
     toks = _tokens(T)
     feed = {"input_ids": toks.numpy(), "attention_mask": np.ones((1, T), np.int64)}
@@ -67,7 +67,7 @@ def test_onnx_whole_prompt_with_zero_state_matches_transformers(hf, onnx_artifac
 def test_onnx_runtime_py_chunked_decoding_past_the_window(hf, onnx_artifact):
     """runtime_py's stepper, prefill chunks of 7 and single steps, against the full forward pass;
     the attention caches stay window-sized and every recurrent state keeps its shape."""
-    ref, _ = hf
+    ref = hf[0]
     toks = _tokens(T)
     expected = _reference_logits(ref, toks)
     model = runtime_py.load(onnx_artifact)
@@ -92,15 +92,10 @@ def test_onnx_artifact_says_onnxruntime_genai_cannot_run_it(onnx_artifact):
     assert decoder["kv_layers"] == [2, 5] and ["rg_lru_state_0", "present_rg_lru_state_0"] in decoder["states"]
 
 
-@torch.no_grad()
 def test_onnx_generate_matches_transformers_greedy(hf, onnx_artifact):
-    ref, _ = hf
     prompt = _tokens(12, seed=3)
-    seq = prompt
-    for _ in range(30):       # oracle: transformers' full forward re-run per token
-        seq = torch.cat([seq, ref(seq).logits[:, -1:].argmax(-1)], 1)
     got = runtime_py.load(onnx_artifact).generate(prompt[0].tolist(), 30, stop_ids=()).token_ids
-    assert got == seq[0, 12:].tolist()
+    assert got == hf_greedy(hf[0], prompt, 30)
 
 
 def test_onnx_validate_passes_fp32_thresholds(onnx_artifact):
@@ -112,8 +107,8 @@ def test_onnx_validate_passes_fp32_thresholds(onnx_artifact):
 
 def test_onnx_fp16_keeps_the_rg_lru_state_and_scan_in_fp32(hf):
     import onnx
-    _, root = hf
-    out = export_onnx(load_model(root / "hf"), root / "onnx-fp16", recipe="fp16", context_length=256)
+    _, root, path = hf
+    out = export_onnx(load_model(path), root / "onnx-fp16", recipe="fp16", context_length=256)
     graph = onnx.load(str(out / "model.onnx")).graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output]}
     assert types["rg_lru_state_0"] == types["present_rg_lru_state_4"] == onnx.TensorProto.FLOAT
@@ -141,12 +136,11 @@ def litert_artifact(tmp_path_factory):
 
 
 def test_litert_signatures_carry_the_state_beside_the_caches(litert_artifact):
+    """Names and shapes from LiteRT-LM's contract and transformers' config (oracle.litert_io)."""
     from ai_edge_litert.interpreter import Interpreter
-
-    from export.converters.litert import expected_io
-    _, out = litert_artifact
+    ref, out = litert_artifact
     it = Interpreter(model_path=str(out / "model.tflite"))
-    want = expected_io(load_model(out.parent / "hf").config, (PREFILL,), LITERT_CONTEXT)
+    want = litert_io(ref.config, (PREFILL,), LITERT_CONTEXT)
     assert set(it.get_signature_list()) == set(want) == {f"prefill_{PREFILL}", "decode"}
     for name, io in want.items():
         runner = it.get_signature_runner(name)

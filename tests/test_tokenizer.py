@@ -5,7 +5,6 @@ from __future__ import annotations
 import gguf
 import pytest
 
-from export.models.checkpoints.default import default_model_path
 from export.models.checkpoints.gguf_tokenizer import sentencepiece_model_from_gguf
 from runtime_py.tokenizer import StreamDecoder, Tokenizer
 
@@ -41,24 +40,19 @@ TEXTS = [MIXED, "", " ", "  leading and trailing  ", "\n\n\n", "<start_of_image>
 
 
 @pytest.fixture(scope="module")
-def gguf_path():
-    return default_model_path()
+def reader(real_gguf_reader):
+    return real_gguf_reader
 
 
 @pytest.fixture(scope="module")
-def reader(gguf_path):
-    return gguf.GGUFReader(gguf_path)
+def tok(real_tokenizer_proto):
+    return Tokenizer.from_bytes(real_tokenizer_proto)
 
 
 @pytest.fixture(scope="module")
-def tok(reader):
-    return Tokenizer.from_bytes(sentencepiece_model_from_gguf(reader))
-
-
-@pytest.fixture(scope="module")
-def hf(gguf_path):
+def hf(real_gguf):
     import transformers
-    return transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    return transformers.AutoTokenizer.from_pretrained(str(real_gguf.parent), gguf_file=real_gguf.name)
 
 
 # ---------------------------------------------------------------- the real Gemma 3 vocabulary

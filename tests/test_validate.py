@@ -2,8 +2,6 @@
 window, a damaged artifact fails (exit status 1), and the real Gemma 3 270M goes through
 export -> onnxruntime-genai (with its own tokenizer) -> validate."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -15,14 +13,11 @@ from export.converters.onnx import export_onnx
 from export.models.checkpoints import load_model
 from export.validate import validate
 
-from oracle import save_hf_folder
-
 
 @pytest.fixture(scope="module", params=["gemma", "gemma2", "gemma3", "embeddinggemma"])
-def tiny_artifact(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(request.param)
-    save_hf_folder(request.param, root / "hf", tokenizer=True)
-    return export_onnx(load_model(root / "hf"), root / "onnx", context_length=256)
+def tiny_artifact(request, tiny_hf, tmp_path_factory):
+    hf = tiny_hf(request.param, tokenizer=True).path
+    return export_onnx(load_model(hf), tmp_path_factory.mktemp(request.param) / "onnx", context_length=256)
 
 
 def test_fp32_artifact_passes(tiny_artifact):
@@ -55,19 +50,10 @@ def test_damaged_artifact_fails_with_exit_status_1(tiny_artifact, tmp_path, caps
 
 # --- the real Gemma 3 270M (slow) -------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def real_onnx(tmp_path_factory):
-    out = tmp_path_factory.mktemp("real") / "gemma3-270m-onnx"
-    subprocess.run([sys.executable, "-m", "export.cli", "--target", "onnx", "--out", str(out)], check=True)
-    return out
-
-
-def test_real_model_onnx_validates(real_onnx):
-    out = subprocess.run([sys.executable, "-m", "export.cli", "validate", str(real_onnx), "--json"],
-                         capture_output=True, text=True)
-    report = json.loads(out.stdout)
+def test_real_model_onnx_validates(real_onnx, cli):
+    status, report = cli(["validate", str(real_onnx)])
     print("\n" + json.dumps(report, indent=1))
-    assert out.returncode == 0 and report["passed"]
+    assert status == 0 and report["passed"]
     assert report["max_abs_logit_diff"] <= 1e-3
     assert report["greedy_match_tokens"] == 64 and report["greedy_prompt_tokens"] > 512
 
