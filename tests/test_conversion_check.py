@@ -49,9 +49,10 @@ def _edit_init(model, name, fn):
 
 
 def _swap_past(model):
-    """Layer 0's attention reads layer 1's cache (and 1 reads 0's); each still writes its own."""
-    nodes = {n.name: n for n in model.graph.node if n.op_type == "GroupQueryAttention"}
-    a, b = nodes["/model/layers.0/attn/GroupQueryAttention"], nodes["/model/layers.1/attn/GroupQueryAttention"]
+    """Two attention layers of one kind (same cache shape): each reads the other's cache, writes its own."""
+    shapes = {i.name: str(i.type.tensor_type.shape) for i in model.graph.input}
+    nodes = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
+    a, b = next((a, b) for k, a in enumerate(nodes) for b in nodes[k + 1:] if shapes[a.input[3]] == shapes[b.input[3]])
     for k in (3, 4):
         a.input[k], b.input[k] = b.input[k], a.input[k]
 
