@@ -15,16 +15,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-REAL_FIXTURES = {"real_gguf", "real_gguf_reader", "real_tokenizer_proto", "real_model", "real_onnx", "real_onnx_int4"}
-
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: uses the real Gemma 3 270M (the bundled GGUF); CI runs them too")
 
 
 def pytest_collection_modifyitems(items):
+    """Every fixture of the real model builds on `real_gguf`: a test that reaches it is slow."""
     for item in items:
-        if REAL_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if "real_gguf" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
 
 
@@ -92,7 +90,7 @@ def real_tokenizer_proto(real_gguf_reader) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def real_model():
+def real_model(real_gguf):
     """The bundled Gemma 3 270M as load_model() gives it, read once. While the session lasts, every
     load_model() of the bundled model in float32 (by the CLI, the pipeline, validate) returns this same
     object: nothing in them changes a model they are given."""
@@ -100,7 +98,7 @@ def real_model():
 
     import export.models.checkpoints as checkpoints
     original = checkpoints.load_model
-    loaded = original()
+    loaded = original(real_gguf)
 
     def load_model(source=None, dtype=torch.float32):
         if dtype == torch.float32 and checkpoints.resolve(source) == loaded.source:

@@ -113,6 +113,14 @@ def litert_io(cfg, prefill_lengths, context: int) -> dict:
             for name, t in [*((f"prefill_{t}", t) for t in prefill_lengths), ("decode", 1)]}
 
 
+def matrix_parameters(model) -> tuple[int, int]:
+    """(decoder linear weights, embedding table) parameter counts of a transformers model: what a recipe
+    quantizes (the table is tied to the LM head and stored once)."""
+    body = sum(m.weight.numel() for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and ".layers." in f".{n}")
+    return body, model.get_input_embeddings().weight.numel()
+
+
 def rtn(w: torch.Tensor, bits: int, block: int | None) -> torch.Tensor:
     """Symmetric round-to-nearest of `w` [rows, cols] per block of `block` columns (None: a whole row),
     as onnxruntime's MatMulNBits quantizer and llama.cpp's Q4_0 define it: the block's value of largest

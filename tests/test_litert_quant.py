@@ -1,6 +1,7 @@
-"""LiteRT quantization through ai-edge-quantizer: every recipe the LiteRT target accepts shrinks the model as
-its bits say, stays close to the float model's logits (LiteRT's own interpreter on both), and a recipe the
-quantizer would silently skip is an error, not a float artifact."""
+"""LiteRT quantization through ai-edge-quantizer: every recipe the LiteRT target accepts stores the model's
+matrices at its bits, stays close to the float model's logits (LiteRT's own interpreter on both), and a recipe
+the quantizer would silently skip is an error, not a float artifact."""
+import collections
 import dataclasses
 
 import numpy as np
@@ -14,16 +15,46 @@ from export.converters.litert.quantize import quantize_tflite
 from export.models.checkpoints import load_model
 from export.quantize.recipes import RECIPES, recipe
 
+from oracle import matrix_parameters
+
 # int4-b128 needs rows of whole 128-blocks: the tiny model is 64 wide (tested as an error below)
 LITERT = [n for n, r in RECIPES.items() if "litert" in r.targets and r.quantized and r.block_size != 128]
 
 
 @pytest.fixture(scope="module")
-def fp32(tiny_hf, tmp_path_factory):
-    """The tiny Gemma 3 with a small graph (one prefill signature, context 32): the size bounds below take
-    the weights to be most of the file."""
-    loaded = load_model(tiny_hf("gemma3", tokenizer=True).path)
-    return loaded, export_litert(loaded, tmp_path_factory.mktemp("lq") / "fp32", prefill_lengths=(8,), cache_length=32)
+def fp32(tiny_litert):
+    """The suite's tiny Gemma 3 fp32 .tflite (conftest.tiny_litert), its model and transformers' model."""
+    art = tiny_litert("gemma3")
+    return load_model(art.hf), art.folder, art.ref
+
+
+def stored_bytes(path) -> collections.Counter:
+    """Bytes of a .tflite's constant buffers by tensor type (FLOAT32, INT8, INT4, ...), each buffer once."""
+    from ai_edge_litert import schema_py_generated as fb
+    m = fb.Model.GetRootAs(bytearray(path.read_bytes()), 0)
+    names = {v: k for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
+    buffers = {}
+    for sg in range(m.SubgraphsLength()):
+        g = m.Subgraphs(sg)
+        for i in range(g.TensorsLength()):
+            t = g.Tensors(i)
+            data = m.Buffers(t.Buffer())
+            buffers[t.Buffer()] = (names[t.Type()], data.DataLength() or data.Size())
+    out = collections.Counter()
+    for kind, n in buffers.values():
+        out[kind] += n
+    return out
+
+
+def matrices_at_their_bits(path, ref, r) -> None:
+    """The model's matrices (transformers' count: linear weights, the table tied to the LM head) are stored
+    once, at the recipe's bits: int8 one byte each, int4 half a byte."""
+    body, table = matrix_parameters(ref)
+    want = collections.Counter()
+    want[f"INT{r.weight_bits}"] += body * r.weight_bits // 8
+    want[f"INT{r.embedding_bits}"] += table * r.embedding_bits // 8
+    stored = stored_bytes(path)
+    assert {k: stored[k] for k in ("INT4", "INT8")} == {k: want[k] for k in ("INT4", "INT8")}, stored
 
 
 def _decode_logits(path, steps=12):
@@ -40,18 +71,16 @@ def _decode_logits(path, steps=12):
 
 
 @pytest.mark.parametrize("name", LITERT)
-def test_recipe_shrinks_and_stays_close(fp32, tmp_path, name):
-    _, art = fp32
+def test_recipe_stores_the_matrices_at_its_bits_and_stays_close(fp32, tmp_path, name):
+    _, art, hf = fp32
     r = recipe(name, "litert")
     dst = tmp_path / "model.tflite"
     quantize_tflite(art / "model.tflite", dst, r)
     ref, got = _decode_logits(art / "model.tflite"), _decode_logits(dst)
     rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
     assert 1e-6 < rel < (0.1 if r.weight_bits == 8 else 0.6), rel         # quantized, and not broken
-    # size: the linear weights and the table at the recipe's bits (+ scales); the rest (rope tables,
-    # norms, the graph) is float and the same in both
-    float_size, size = (art / "model.tflite").stat().st_size, dst.stat().st_size
-    assert size < float_size * (0.75 if r.weight_bits == 8 else 0.65)
+    matrices_at_their_bits(dst, hf, r)
+    assert dst.stat().st_size < (art / "model.tflite").stat().st_size
 
 
 def test_int8_rotation_spreads_outliers(fp32, tmp_path):
@@ -91,7 +120,7 @@ def test_a_recipe_the_quantizer_skips_is_an_error(fp32, tmp_path, monkeypatch):
     (weight-only int4 blockwise; a block wider than the rows) are errors too."""
     from ai_edge_quantizer import recipe as aeq
     import export.converters.litert.quantize as lq
-    _, art = fp32
+    art = fp32[1]
     blockwise_int8 = dataclasses.replace(RECIPES["int8"], overrides=())      # block 32, as on ONNX
     with monkeypatch.context() as m:
         m.setattr(lq, "aeq_recipe", lambda r, carried=(): aeq.dynamic_wi8b32_afp32())
@@ -105,7 +134,7 @@ def test_a_recipe_the_quantizer_skips_is_an_error(fp32, tmp_path, monkeypatch):
 
 
 def test_int4_export_end_to_end_generates(fp32, tmp_path, capfd):
-    loaded, art = fp32
+    loaded, _, hf = fp32
     out = export_litert(loaded, tmp_path / "int4", "int4", prefill_lengths=(8,), cache_length=32)
     assert capfd.readouterr().out == ""         # conversion and quantization progress: stderr (--json stays JSON)
     assert not (out / "model.f32.tflite").exists()
@@ -113,4 +142,4 @@ def test_int4_export_end_to_end_generates(fp32, tmp_path, capfd):
     assert m.manifest["recipe"] == "int4"
     g = m.generate([2, 10, 11, 12], max_new_tokens=6, stop_ids=())
     assert len(g.token_ids) == 6
-    assert (out / "model.tflite").stat().st_size < 0.65 * (art / "model.tflite").stat().st_size
+    matrices_at_their_bits(out / "model.tflite", hf, recipe("int4", "litert"))

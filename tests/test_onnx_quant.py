@@ -21,20 +21,12 @@ from export.quantize import recipes
 from export.quantize.recipes import RECIPES, Recipe, Thresholds, recipe
 from export.validate import validate
 
-from oracle import hf_model, hf_rounded, rtn, save_hf_folder, tiny_tokenizer
+from oracle import hf_model, hf_rounded, matrix_parameters, rtn, save_hf_folder, tiny_tokenizer
 
 QUANTIZED = [n for n in RECIPES if n != "fp32"]
 IDS = [2] + list(range(10, 74))
 CONTEXT = 256
 LINEARS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
-
-
-def matrix_parameters(model) -> tuple[int, int]:
-    """(decoder linear weights, embedding table) parameter counts of a transformers model: what a recipe
-    quantizes (the table is tied to the LM head and stored once)."""
-    body = sum(m.weight.numel() for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and ".layers." in f".{n}")
-    return body, model.get_input_embeddings().weight.numel()
 
 
 def expected_bytes(r: Recipe, fp32_bytes: int, body: int, table: int, rope: int = 0) -> float:
