@@ -69,18 +69,26 @@ def run(args) -> int:
 
     target = target_for(args.target)
     recipe = args.quant or target.recipe
-    recipe_for(recipe, target.format)                   # an unsupported combination fails before any work
+    resolved = recipe_for(recipe, target.format)        # an unsupported combination fails before any work
+    calibration = _gptq_calibration(args, resolved)
     prefill = tuple(args.prefill) if args.prefill else None
     if prefill and target.format == "onnx":
         raise ValueError(f"--prefill: --target {target.name} builds ONNX, which has no prefill signatures")
-    steps = ["load", "convert", *(["validate"] if args.validate else []), *(["profile"] if args.profile else []),
+    steps = ["load", *(["gptq"] if calibration is not None else []), "convert", *(["validate"] if args.validate else []), *(["profile"] if args.profile else []),
              "report"]
     progress = Progress(steps, quiet=args.json)
     with progress.step("load", str(args.model or "bundled Gemma 3 270M")):
         loaded = load_model(args.model)
     out = Path(args.out) if args.out else default_out(loaded, target.name, recipe)
     quant = "" if recipe == "fp32" else f"quantize {recipe} + "
-    with progress.step("convert", f"{quant}{target.bundle} -> {out}"):
+    rounded = {}
+    if calibration is not None:
+        from .quantize.gptq import gptq_blocks
+        with progress.step("gptq", f"int4 rounding calibrated on {calibration[0]}"):
+            rounded = gptq_blocks(loaded, resolved, calibration[1], **calibration[2])
+        loaded.stored = {**loaded.stored, **rounded}
+        loaded.rounding = {**rounded.info, "calibration": calibration[0]}
+    with progress.step("convert", f"{quant}{target.bundle} -> {out}"), _weights_of(loaded, rounded):
         target.export(loaded, out, recipe, args.context, prefill)
     manifest = json.loads((out / "manifest.json").read_text())
     del loaded
@@ -105,6 +113,38 @@ def run(args) -> int:
         Path(summary["report"]["md"]).write_text(markdown(summary))
     print(json.dumps(summary, indent=2) if args.json else text_summary(summary))
     return 0 if summary["validation"] is None or summary["validation"]["passed"] else 1
+
+
+def _gptq_calibration(args, recipe) -> tuple[str, str | None, dict] | None:
+    """(what the calibration text is, its text or None for the bundled one, gptq_blocks' keyword
+    arguments) when the export rounds with GPTQ (--gptq, or the recipe's default), else None; bad
+    input fails here, before any work."""
+    gptq = getattr(args, "gptq", None)
+    if gptq is None:
+        gptq = recipe.rounding == "gptq"
+    calibration, tokens = getattr(args, "calibration", None), getattr(args, "calibration_tokens", None)
+    if not gptq:
+        if calibration is not None or tokens is not None:
+            raise ValueError("--calibration / --calibration-tokens: only used with --gptq")
+        return None
+    from .quantize.gptq import check_recipe
+    check_recipe(recipe)
+    kwargs = {} if tokens is None else {"tokens": tokens}
+    if calibration is None:
+        return "the bundled training text (export/data/qat_train.txt)", None, kwargs
+    path = Path(calibration)
+    if not path.is_file():
+        raise ValueError(f"--calibration {calibration}: no such file")
+    return str(path), path.read_text(encoding="utf-8"), kwargs
+
+
+def _weights_of(loaded, rounded: dict):
+    """The model holding the rounded weights during the conversion (the LiteRT lossless import reads
+    them from the float model), or nothing to do."""
+    if not rounded:
+        return contextlib.nullcontext()
+    from .quantize.gptq import quantized_weights
+    return quantized_weights(loaded, rounded)
 
 
 def _profile(out: Path, target, args) -> dict:
