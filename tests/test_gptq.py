@@ -79,9 +79,22 @@ def test_every_linear_and_the_table_lie_on_the_grid(blocks):
         assert np.array_equal(steps, np.round(steps)) and steps.min() >= -8 and steps.max() <= 7, name
         assert np.array_equal(values, b.dequantized()), name
         assert recoverable(*b.codes_and_scales()), name
-    # the table rounded to nearest by default: the grid rule restated
-    assert np.array_equal(gguf.quants.dequantize(out[gptq.TABLE].data, Q4_0).reshape(out[gptq.TABLE].shape),
-                          _grid_rtn(params[gptq.TABLE].detach().numpy()))
+
+
+def test_round_to_nearest_is_the_grid_rule_and_the_scale_search_never_worse():
+    """Without the search, rounding to nearest is the grid rule restated; with it, each block's scale
+    is still on the grid and its squared error is at most the rule's."""
+    w = torch.randn(96, 256, generator=torch.Generator().manual_seed(3)) * 0.05
+    w[0, :32] = 0.0
+    w[1, 5] = 0.9                                                # an outlier the search may clip
+    rule = gptq.rtn_blocks(w, search=False)
+    assert np.array_equal(gguf.quants.dequantize(rule.data, Q4_0).reshape(w.shape), _grid_rtn(w.numpy()))
+    searched = gptq.rtn_blocks(w, search=True)
+    s = _scales(searched)
+    assert (s > 0).all() and np.array_equal(s.astype(ml_dtypes.bfloat16).astype(np.float32), s)
+    err = lambda b: ((gguf.quants.dequantize(b.data, Q4_0).reshape(-1, 32) - w.numpy().reshape(-1, 32)) ** 2).sum(-1)  # noqa: E731
+    assert (err(searched) <= err(rule)).all() and err(searched).sum() < err(rule).sum()
+    assert recoverable(*searched.codes_and_scales())
 
 
 @pytest.mark.parametrize("act_order", [False, True])
@@ -99,16 +112,20 @@ def test_gptq_beats_round_to_nearest_on_a_linear_with_correlated_inputs(act_orde
     assert err < 0.6 * err_rtn, (err, err_rtn)
 
 
-def test_gptq_head_rounds_the_table_by_its_outputs(tiny):
-    """table="gptq": the table is rounded as the LM head over the final norm's outputs; its blocks
-    stay on the grid and differ from rounding to nearest."""
+def test_table_rounded_by_the_head_or_to_nearest(tiny, blocks):
+    """By default the table is rounded by GPTQ as the LM head over the final norm's outputs (not to
+    nearest); table="rtn" without the scale search gives the grid rule; the mixed recipe (int8 table)
+    leaves the table to the exporter."""
     root, text = tiny
-    loaded = load_model(root / "hf")
-    out = gptq.gptq_blocks(loaded, recipe("int4", "onnx"), text, tokens=TOKENS, options=gptq.Options(table="gptq"))
-    b = out[gptq.TABLE]
-    assert recoverable(*b.codes_and_scales()) and (_scales(b) > 0).all()
-    assert not np.array_equal(b.dequantized(), _grid_rtn(loaded.model.model.embed_tokens.weight.detach().numpy()))
+    loaded, out = blocks
+    table = loaded.model.model.embed_tokens.weight.detach()
     assert out.info["table"] == "gptq"
+    assert not np.array_equal(out[gptq.TABLE].dequantized(), gptq.rtn_blocks(table, search=True).dequantized())
+    rtn = gptq.gptq_blocks(loaded, recipe("int4", "onnx"), text, tokens=TOKENS,
+                           options=gptq.Options(table="rtn", scale_search=False))
+    assert np.array_equal(rtn[gptq.TABLE].dequantized(), _grid_rtn(table.numpy()))
+    mixed = gptq.gptq_blocks(loaded, recipe("mixed", "onnx"), text, tokens=TOKENS)
+    assert gptq.TABLE not in mixed and set(mixed) == set(out) - {gptq.TABLE}
 
 
 def test_quantized_weights_sets_and_restores(blocks):

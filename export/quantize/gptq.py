@@ -64,10 +64,10 @@ TABLE = "model.embed_tokens.weight"
 @dataclasses.dataclass(frozen=True)
 class Options:
     act_order: bool = False
-    table: str = "rtn"                      # "rtn" or "gptq": how the tied embedding / LM head is rounded
+    table: str = "gptq"                     # "rtn" or "gptq": how the tied embedding / LM head is rounded
     int8_activations: bool | None = None    # None: as the recipe's kernels do
     sequential: bool = True                 # within a layer, each linear's H after the ones before it are quantized
-    scale_search: bool = False              # each block's scale: the grid rule's, or the best of it shrunk by SHRINK
+    scale_search: bool = True               # each block's scale: the best of the grid rule's shrunk by SHRINK, or the rule's
 
 
 def default_calibration_text() -> str:
@@ -180,6 +180,17 @@ def to_blocks(q: torch.Tensor, s: torch.Tensor) -> StoredBlocks:
     R, C = q.shape
     codes = (q + 8).to(torch.uint8).numpy().reshape(R, C // BLOCK, BLOCK)
     return StoredBlocks("Q4_0", pack_q4_0(codes, s.numpy()), (R, C))
+
+
+def rtn_blocks(w: torch.Tensor, search: bool = False) -> StoredBlocks:
+    """w [R, C] rounded to nearest on the grid (block scales as `block_scales` picks them)."""
+    qs, ss = [], []
+    for r in range(0, len(w), HEAD_ROWS):
+        b = w[r:r + HEAD_ROWS].float().reshape(-1, BLOCK)
+        s = block_scales(b, search)[:, None]
+        qs.append(qat.q4_round(b, s).reshape(-1, w.shape[1]))
+        ss.append(s.reshape(-1, w.shape[1] // BLOCK))
+    return to_blocks(torch.cat(qs), torch.cat(ss))
 
 
 class GPTQBlocks(dict):
@@ -319,9 +330,10 @@ def gptq_blocks(loaded: LoadedModel, recipe: Recipe, calibration_text: str | Non
     out, t0 = GPTQBlocks(), time.perf_counter()
     try:
         if table:       # the layers see the lookup of the int4 table, rounded to nearest
-            params[TABLE].data = qat.q4_values(saved[TABLE])
+            nearest = rtn_blocks(saved[TABLE], options.scale_search)
+            params[TABLE].data = torch.from_numpy(nearest.dequantized())
             if options.table == "rtn":
-                out[TABLE] = StoredBlocks("Q4_0", qat.q4_encode(saved[TABLE].numpy()), tuple(saved[TABLE].shape))
+                out[TABLE] = nearest
         cal = _Calibration(model, batches)
         layers = model.model.layers
         for i, layer in enumerate(layers):
