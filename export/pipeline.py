@@ -97,7 +97,8 @@ def run(args) -> int:
                "prefill": manifest.get("prefill_lengths"), "source": manifest["source"],
                "files": {name: f["bytes"] for name, f in manifest["files"].items()},
                "bytes": sum(f["bytes"] for f in manifest["files"].values()),
-               "sha256": {name: f["sha256"] for name, f in manifest["files"].items()}, "validation": None}
+               "sha256": {name: f["sha256"] for name, f in manifest["files"].items()}, "validation": None,
+               **({"rounding": manifest["rounding"]} if "rounding" in manifest else {})}
     if args.validate:
         from .validate import validate
         with progress.step("validate", "artifact vs the reference model"):

@@ -8,11 +8,13 @@ calibration text, with every earlier layer already quantized), GPTQ minimises ||
 one input column at a time: with H = 2 X^T X (damped by 1 % of its mean diagonal) and U the upper
 Cholesky factor of H^-1, column j is rounded to the grid and its error, divided by U[j, j], is
 spread over the columns not yet rounded (times U[j, j+1:]); updates to columns beyond the current
-batch of 128 are applied once per batch (lazy batch updates). A block's scale is the grid's rule
-(max(max / 7, -min / 8), bfloat16 precision) applied to the block's error-updated weights when the
-column loop reaches its first column. With act-order the columns are visited by decreasing H
-diagonal and the scales are fixed beforehand from the original weights, so each block of 32
-contiguous input columns still has one scale. The result is integers and scales, handed to the
+batch of 128 are applied once per batch (lazy batch updates). A block's scale is chosen from the
+block's error-updated weights when the column loop reaches its first column: the grid's rule
+(max(max / 7, -min / 8), bfloat16 precision), or with `scale_search` (the default) whichever of that
+scale shrunk by 0-25 % (clipping the extremes) rounds the block to nearest with the least squared
+error; any positive bfloat16 scale with steps -8..7 is on the grid. With act-order the columns are
+visited by decreasing H diagonal and the scales are fixed beforehand from the original weights, so
+each block of 32 contiguous input columns still has one scale. The result is integers and scales, handed to the
 exporters as Q4_0 `StoredBlocks` (what `LoadedModel.stored` holds), which both carry over bit for
 bit: ONNX writes them into MatMulNBits / GatherBlockQuantized, LiteRT reads them back with
 ai-edge-quantizer's dequantized-weight recovery from the float weights, which `quantized_weights`
@@ -23,8 +25,9 @@ share an input and one H; o; gate/up; down): each group's H comes from a forward
 with the groups before it already quantized. With `int8_activations` (recipes whose kernels quantize
 activations: onnxruntime's MatMulNBits per block of 32) the quantized linears' inputs are rounded
 likewise in those passes, and H is taken over the rounded inputs. The tied embedding / LM head table
-is rounded to nearest on the grid (`table="rtn"`), or by GPTQ as the head over the final norm's
-outputs (`table="gptq"`).
+is rounded by GPTQ as the head over the final norm's outputs (`table="gptq"`, the default, with more
+damping: HEAD_DAMP), or to nearest (`table="rtn"`); the layers' calibration inputs come from its
+lookup rounded to nearest.
 
 Why not a library: none found produces this grid on CPU. torchao 0.18's GPTQ (prototype) rounds
 int4 asymmetrically with zero points through mslk (a GPU kernel package) and its int8 per row;
@@ -53,6 +56,9 @@ from .recipes import Recipe
 
 BLOCK = qat.BLOCK
 DAMP = 0.01                 # of the mean diagonal of H, added to its diagonal
+# The tied table's H (the head's inputs) also stands in for the embedding lookup, which is best
+# rounded to nearest: a larger damping moves its GPTQ towards that.
+HEAD_DAMP = 0.3
 LAZY = 128                  # columns per lazy batch update; a multiple of BLOCK
 DEFAULT_TOKENS = 8192
 SEQ_LEN = 512
@@ -83,13 +89,13 @@ def check_recipe(recipe: Recipe) -> None:
                          f"{recipe.block_size}")
 
 
-def _inverse_factor(h: torch.Tensor) -> torch.Tensor:
+def _inverse_factor(h: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
     """H -> the upper Cholesky factor of (H + damping)^-1, in float32 (the damping keeps it well
     conditioned; float64 doubles the time of the largest layers for no measurable gain)."""
     h = h.float().clone()
     dead = h.diagonal() == 0                 # inputs never seen: any value of the weight is as good
     h[dead, dead] = 1
-    h.diagonal().add_(DAMP * h.diagonal().mean())
+    h.diagonal().add_(damp * h.diagonal().mean())
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
 
@@ -147,7 +153,7 @@ def _round_columns(w: torch.Tensor, u: torch.Tensor, scales: torch.Tensor | None
 
 
 def gptq_matrix(w: torch.Tensor, h: torch.Tensor, act_order: bool = False, rows: int | None = None,
-                search: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                search: bool = False, damp: float = DAMP) -> tuple[torch.Tensor, torch.Tensor]:
     """w [R, C] (C a multiple of 32), h [C, C] = sum of x x^T over the calibration inputs ->
     (q [R, C] float steps in -8..7, s [R, C / 32] scales): w ~ q * s per block of 32 columns.
     rows: process this many rows at a time (rows are independent given H)."""
@@ -156,7 +162,7 @@ def gptq_matrix(w: torch.Tensor, h: torch.Tensor, act_order: bool = False, rows:
         raise ValueError(f"GPTQ: {C} input columns are not whole blocks of {BLOCK}")
     perm = torch.argsort(h.diagonal(), descending=True, stable=True) if act_order else None
     with _one_thread():
-        return _gptq_rows(w, _inverse_factor(h[perm][:, perm] if act_order else h), perm, rows or R, search)
+        return _gptq_rows(w, _inverse_factor(h[perm][:, perm] if act_order else h, damp), perm, rows or R, search)
 
 
 def _gptq_rows(w, u, perm, rows, search):
@@ -363,13 +369,14 @@ def gptq_blocks(loaded: LoadedModel, recipe: Recipe, calibration_text: str | Non
                 x = qat.int8_activations(x) if act else x
                 h += (x.T @ x).double()
             out[TABLE] = to_blocks(*gptq_matrix(saved[TABLE], h, options.act_order, HEAD_ROWS,
-                                                          options.scale_search))
+                                                          options.scale_search, HEAD_DAMP))
     finally:
         for n, p in params.items():
             p.data = saved[n]
     out.info = {"method": "gptq", "calibration_tokens": count * seq, "calibration_windows": count,
                 "window": seq, "act_order": options.act_order, "table": options.table if table else None,
-                "int8_activations": act, "sequential": options.sequential, "scale_search": options.scale_search, "damping": DAMP,
+                "int8_activations": act, "sequential": options.sequential, "scale_search": options.scale_search,
+                "damping": DAMP, **({"head_damping": HEAD_DAMP} if table and options.table == "gptq" else {}),
                 "seconds": round(time.perf_counter() - t0, 1)}
     return out
 
