@@ -195,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--context", type=int, default=None, help="context length (default: the target's)")
     e.add_argument("--prefill", type=_lengths, default=None,
                    help="LiteRT prefill signature lengths, comma-separated (default: the target's)")
+    e.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
+                   help="round int4 weights with GPTQ (error-compensating, calibrated on a text) on the grid both "
+                        "formats store exactly, instead of to nearest (default: the recipe's; int4 / mixed, blocks of 32)")
+    e.add_argument("--calibration", default=None, metavar="FILE",
+                   help="--gptq: UTF-8 calibration text (default: the bundled training text, not the validation text)")
+    e.add_argument("--calibration-tokens", type=int, default=None, metavar="N",
+                   help="--gptq: calibration tokens, in windows of 512 (default 8192)")
     e.add_argument("--no-validate", dest="validate", action="store_false", help="skip the validation step")
     _bar_flags(e)
     e.add_argument("--profile", action="store_true",

@@ -6,6 +6,7 @@ the artifact. A failed validation keeps the artifact (it is valid output) and ex
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import sys
@@ -70,18 +71,27 @@ def run(args) -> int:
 
     target = target_for(args.target)
     recipe = args.quant or target.recipe
-    recipe_for(recipe, target.format)                   # an unsupported combination fails before any work
+    resolved = recipe_for(recipe, target.format)        # an unsupported combination fails before any work
+    calibration = _gptq_calibration(args, resolved)
     prefill = tuple(args.prefill) if args.prefill else None
     if prefill and target.format == "onnx":
         raise ValueError(f"--prefill: --target {target.name} builds ONNX, which has no prefill signatures")
-    steps = ["load", "convert", *(["validate"] if args.validate else []), *(["profile"] if args.profile else []),
+    steps = ["load", *(["gptq"] if calibration is not None else []), "convert", *(["validate"] if args.validate else []), *(["profile"] if args.profile else []),
              "report"]
     progress = Progress(steps, quiet=args.json)
     with progress.step("load", str(args.model or "bundled Gemma 3 270M")):
         loaded = load_model(args.model)
     out = Path(args.out) if args.out else default_out(loaded, target.name, recipe)
     quant = "" if recipe == "fp32" else f"quantize {recipe} + "
-    with progress.step("convert", f"{quant}{target.bundle} -> {out}"):
+    rounded = {}
+    if calibration is not None:
+        from .quantize.gptq import gptq_blocks
+        with progress.step("gptq", f"int4 rounding calibrated on {calibration[0]}"):
+            rounded = gptq_blocks(loaded, resolved, calibration[1], **calibration[2])
+        # a new LoadedModel around the same model: the caller's (possibly shared) one is left as it was
+        loaded = dataclasses.replace(loaded, stored={**loaded.stored, **rounded},
+                                     rounding={**rounded.info, "calibration": calibration[0]})
+    with progress.step("convert", f"{quant}{target.bundle} -> {out}"), _weights_of(loaded, rounded):
         target.export(loaded, out, recipe, args.context, prefill)
     manifest = json.loads((out / "manifest.json").read_text())
     summary = {"artifact": str(out), "target": target.name, "format": target.format, "bundle": target.bundle,
@@ -89,7 +99,8 @@ def run(args) -> int:
                "prefill": manifest.get("prefill_lengths"), "source": manifest["source"],
                "files": {name: f["bytes"] for name, f in manifest["files"].items()},
                "bytes": sum(f["bytes"] for f in manifest["files"].values()),
-               "sha256": {name: f["sha256"] for name, f in manifest["files"].items()}, "validation": None}
+               "sha256": {name: f["sha256"] for name, f in manifest["files"].items()}, "validation": None,
+               **({"rounding": manifest["rounding"]} if "rounding" in manifest else {})}
     if args.validate:
         from .validate import validate
         with progress.step("validate", "artifact vs the simulated recipe and vs the float model"):
@@ -117,6 +128,38 @@ def user_bar(args):
     if args.min_top1 is not None and args.min_top1 > 1:
         raise ValueError(f"--min-top1 {args.min_top1}: top-1 agreement is a fraction between 0 and 1")
     return Bar(min_top1_agreement=args.min_top1, max_kl_divergence=args.max_kl)
+
+
+def _gptq_calibration(args, recipe) -> tuple[str, str | None, dict] | None:
+    """(what the calibration text is, its text or None for the bundled one, gptq_blocks' keyword
+    arguments) when the export rounds with GPTQ (--gptq, or the recipe's default), else None; bad
+    input fails here, before any work."""
+    gptq = getattr(args, "gptq", None)
+    if gptq is None:
+        gptq = recipe.rounding == "gptq"
+    calibration, tokens = getattr(args, "calibration", None), getattr(args, "calibration_tokens", None)
+    if not gptq:
+        if calibration is not None or tokens is not None:
+            raise ValueError("--calibration / --calibration-tokens: only used with --gptq")
+        return None
+    from .quantize.gptq import check_recipe
+    check_recipe(recipe)
+    kwargs = {} if tokens is None else {"tokens": tokens}
+    if calibration is None:
+        return "the bundled training text (export/data/qat_train.txt)", None, kwargs
+    path = Path(calibration)
+    if not path.is_file():
+        raise ValueError(f"--calibration {calibration}: no such file")
+    return str(path), path.read_text(encoding="utf-8"), kwargs
+
+
+def _weights_of(loaded, rounded: dict):
+    """The model holding the rounded weights during the conversion (the LiteRT lossless import reads
+    them from the float model), or nothing to do."""
+    if not rounded:
+        return contextlib.nullcontext()
+    from .quantize.gptq import quantized_weights
+    return quantized_weights(loaded, rounded)
 
 
 def _profile(out: Path, target, args) -> dict:

@@ -117,6 +117,8 @@ def validate(folder: str | Path, model_source: str | None = None, *, loaded=None
     ref = loaded if loaded is not None else load_model(model_source or manifest["source"])
     c = ref.config
     carried = (manifest.get("lossless_import") or {}).get("carried", [])
+    if any(n not in ref.stored for n in carried):
+        ref = _rounded_again(ref, recipe, manifest, folder)
     sim = simulate(ref.model, recipe, fmt, ref.stored, carried)
     report = {"artifact": str(folder), "recipe": recipe.name, "format": fmt, "source": str(ref.source)}
     with torch.inference_mode():
@@ -133,6 +135,28 @@ def validate(folder: str | Path, model_source: str | None = None, *, loaded=None
                          [f"quantization: {f}" for f in report["quantization"]["failures"]]
     report["passed"] = not report["failures"]
     return report
+
+
+def _rounded_again(ref, recipe, manifest: dict, folder: Path):
+    """The reference with the blocks the export computed itself (GPTQ, manifest `rounding`) computed
+    again, so that the simulation holds what the artifact should: GPTQ is deterministic given its text."""
+    import dataclasses
+
+    from .quantize.gptq import Options, gptq_blocks
+    r = manifest.get("rounding") or {}
+    if r.get("method") != "gptq":
+        raise ValueError(f"{folder / 'manifest.json'}: carried tensors that {ref.source} does not store; "
+                         f"validate with the checkpoint it was exported from (--model)")
+    source = str(r.get("calibration", ""))
+    if not source.startswith("the bundled") and not Path(source).is_file():
+        raise ValueError(f"{folder / 'manifest.json'}: GPTQ calibration text {source!r} not found; validate where "
+                         f"it is, or let the export validate (gemma-export --target ...)")
+    text = None if source.startswith("the bundled") else Path(source).read_text(encoding="utf-8")
+    fields = {f.name for f in dataclasses.fields(Options)}
+    options = Options(**{k: v for k, v in r.items() if k in fields and k != "table"},
+                      **({"table": r["table"]} if r.get("table") else {}))
+    blocks = gptq_blocks(ref, recipe, text, tokens=r.get("calibration_tokens", 0), options=options)
+    return dataclasses.replace(ref, stored={**ref.stored, **blocks})
 
 
 def _logits(art, model, sim, context: int) -> tuple[dict, dict]:

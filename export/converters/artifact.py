@@ -71,6 +71,17 @@ def write_manifest(folder: Path, *, source: str, config, recipe: str, target: st
     return manifest
 
 
+def import_record(loaded, carried: dict) -> dict:
+    """manifest.json entries for the stored blocks carried into the artifact (`lossless_import`: the
+    exporter's report) and for how the blocks not read from the checkpoint were rounded (`rounding`,
+    LoadedModel.rounding, also inside the import report)."""
+    rounding = getattr(loaded, "rounding", None) or {}
+    out = {"rounding": rounding} if rounding else {}
+    if carried.get("carried"):
+        out["lossless_import"] = {**carried, **out}
+    return out
+
+
 @contextlib.contextmanager
 def stdout_to_stderr():
     """litert-torch and ai-edge-quantizer print progress to standard output (Python's and the C++ side's):

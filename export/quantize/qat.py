@@ -55,12 +55,26 @@ def _blocks(x: torch.Tensor) -> torch.Tensor:
 MIN_SCALE = 2.0 ** -14                # float16's smallest normal: every scale is exact in float16
 
 
+def grid_scale(s: torch.Tensor) -> torch.Tensor:
+    """Positive scales -> the nearest a block of the int4 grid can store (bfloat16 precision, >= 2^-14)."""
+    return s.clamp(min=MIN_SCALE).to(torch.bfloat16).to(torch.float16).float()
+
+
+def q4_scale(b: torch.Tensor) -> torch.Tensor:
+    """[..., 32] -> the int4 grid's block scale [..., 1] > 0 (see the module docstring)."""
+    return grid_scale(torch.maximum(b.amax(-1, keepdim=True) / 7, b.amin(-1, keepdim=True) / -8))
+
+
+def q4_round(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The int4 steps (float, -8..7) of x under scale s (broadcast): round half to even, clipped."""
+    return (x / s).round_().clamp_(-8, 7)
+
+
 def _q4_grid(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[blocks, 32] -> (q [blocks, 32] float in -8..7, s [blocks, 1] > 0): see the module docstring.
     Idempotent: a block of grid values has its extreme at 7 s or -8 s, so it reads back the same s."""
-    s = torch.maximum(b.amax(-1, keepdim=True) / 7, b.amin(-1, keepdim=True) / -8).clamp_(min=MIN_SCALE)
-    s = s.to(torch.bfloat16).to(torch.float16).float()
-    return (b / s).round_().clamp_(-8, 7), s
+    s = q4_scale(b)
+    return q4_round(b, s), s
 
 
 def q4_values(w: torch.Tensor) -> torch.Tensor:

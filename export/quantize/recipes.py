@@ -62,6 +62,9 @@ class Recipe:
     # Per-format differences forced by a library, as (format, {field: value}) pairs; each is
     # explained where the recipe is defined. `recipe(name, format)` returns the resolved recipe.
     overrides: tuple[tuple[str, dict], ...] = ()
+    # How int4 weights are rounded by default: "rtn" (to nearest) or "gptq" (export.quantize.gptq;
+    # `--gptq` / `--no-gptq` override it).
+    rounding: str = "rtn"
 
     def for_format(self, fmt: str) -> "Recipe":
         changes = dict(self.overrides).get(fmt)

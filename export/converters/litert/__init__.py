@@ -9,7 +9,7 @@ from runtime_py.contract import DECODE_SIGNATURE, DEFAULT_CONTEXT, DEFAULT_PREFI
 
 from ...models.config import LayerType
 from ...quantize.recipes import recipe as recipe_for
-from ..artifact import staged_dir, stdout_to_stderr, write_manifest
+from ..artifact import import_record, staged_dir, stdout_to_stderr, write_manifest
 from .quantize import quantize_tflite
 from .signatures import cache_names, cache_shapes
 
@@ -46,7 +46,7 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
         del edge
         carried = _finish(tmp, r, loaded)
         write_manifest(tmp, source=str(loaded.source), config=c, recipe=recipe, target="litert", extra={
-            **({"lossless_import": carried} if carried else {}),
+            **import_record(loaded, carried),
             "kind": "causal_lm", "context_length": context, "prefill_lengths": lengths,
             "signatures": signature_names(lengths), "prefill_logits": prefill_logits,
             "composites": ["odml.rms_norm", "odml.scaled_dot_product_attention"] if composites else [],
@@ -93,7 +93,7 @@ def _export_embedder(loaded, out, r, lengths, composites: bool) -> Path:
         del edge
         carried = _finish(tmp, r, loaded)
         write_manifest(tmp, source=str(loaded.source), config=c, recipe=r.name, target="litert", extra={
-            **({"lossless_import": carried} if carried else {}),
+            **import_record(loaded, carried),
             "kind": "embedder", "context_length": lengths[-1], "sequence_lengths": lengths,
             "signatures": [embed_signature(t) for t in lengths],
             "composites": ["odml.rms_norm", "odml.scaled_dot_product_attention"] if composites else []})

@@ -10,7 +10,7 @@ import onnx
 
 from runtime_py.contract import DEFAULT_CONTEXT
 
-from ..artifact import staged_dir, write_manifest
+from ..artifact import import_record, staged_dir, write_manifest
 from ...quantize.recipes import recipe as recipe_for
 from ..hf_tokenizer import write_hf_tokenizer
 from .decoder import build_decoder
@@ -47,8 +47,7 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
         if loaded.tokenizer is not None:
             loaded.tokenizer.save(tmp / "tokenizer.model")
             write_hf_tokenizer(loaded.tokenizer.model_proto(), tmp, model_max_length=context)
-        if carried.get("carried"):
-            extra["lossless_import"] = carried
+        extra.update(import_record(loaded, carried))
         write_manifest(tmp, source=str(loaded.source), config=c, recipe=recipe, target="onnx", extra=extra)
     return Path(out)
 

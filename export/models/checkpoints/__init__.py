@@ -23,6 +23,9 @@ class LoadedModel:
     # Tensors whose stored quantized blocks a matching recipe carries over exactly (GGUF Q4_0/Q8_0),
     # by parameter name; the model's float weights are their dequantized values.
     stored: dict[str, "StoredBlocks"] = dataclasses.field(default_factory=dict)
+    # How the `stored` blocks not read from the checkpoint were rounded (export.quantize.gptq's info),
+    # recorded in the artifact's manifest; empty: none were.
+    rounding: dict = dataclasses.field(default_factory=dict)
 
 
 def resolve(source: str | Path | None) -> Path:

@@ -50,6 +50,12 @@ class StoredBlocks:
             codes = (q.view(np.int8).astype(np.int16) + 128).astype(np.uint8)             # [R, nb, 32]
         return codes, scales
 
+    def dequantized(self) -> np.ndarray:
+        """float32 [rows, cols]: scale * (code - zero point), exact in float32."""
+        codes, scales = self.codes_and_scales()
+        steps = codes.astype(np.float32) - (1 << (self.bits - 1))
+        return (steps * scales[..., None]).reshape(self.shape)
+
 
 def pack_q4_0(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """The inverse of StoredBlocks.codes_and_scales for Q4_0: codes uint8 [rows, blocks, 32] (q + 8),
