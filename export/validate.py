@@ -164,7 +164,8 @@ def _logits(art, model, sim, context: int) -> tuple[dict, dict]:
     ids = validation_ids(art.tokenizer, c.sliding_window, context)
     positions = torch.arange(len(ids))
     ref_logits = model(torch.tensor([ids]), positions)[0][0].numpy()
-    sim_logits = sim(torch.tensor([ids]), positions)[0][0].numpy()
+    # a float recipe's simulation is the reference itself: its logits are not computed twice
+    sim_logits = ref_logits if sim is model else sim(torch.tensor([ids]), positions)[0][0].numpy()
     art_logits = art.logits(ids)
     figures = {**compare_logits(ref_logits, art_logits, ids), "tokens": len(ids)}
     # past the window when the context allows; a short-context artifact greedy-decodes what fits
