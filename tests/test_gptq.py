@@ -81,6 +81,23 @@ def test_every_linear_and_the_table_lie_on_the_grid(blocks):
         assert recoverable(*b.codes_and_scales()), name
 
 
+def test_a_block_the_litert_recovery_would_misread_gets_a_unit_step():
+    """Steps with magnitudes 0, 2 and 5 read back as a step of 2 (5 / 2 is no integer): the weight
+    nearest to one step becomes +-1, and every other block is left alone."""
+    q = torch.zeros(2, 64)
+    q[0, :3] = torch.tensor([2.0, -5.0, 2.0])
+    q[1, :3] = torch.tensor([1.0, -5.0, 2.0])
+    s = torch.full((2, 2), 0.01)
+    w = torch.randn(2, 64, generator=torch.Generator().manual_seed(4)) * 0.001 + q * 0.01   # within 0.3 steps
+    w[0, 7] = 0.0093                                            # the nearest to +1 step in the bad block
+    fixed = gptq.recoverable(q, s, w)
+    assert fixed[0, 7] == 1 and torch.equal(fixed[0, :7], q[0, :7]) and torch.equal(fixed[0, 8:], q[0, 8:])
+    assert torch.equal(fixed[1], q[1])
+    codes = (fixed + 8).to(torch.uint8).numpy().reshape(2, 2, 32)
+    assert recoverable(codes, s.numpy()) and not recoverable((q + 8).to(torch.uint8).numpy().reshape(2, 2, 32),
+                                                            s.numpy())
+
+
 def test_round_to_nearest_is_the_grid_rule_and_the_scale_search_never_worse():
     """Without the search, rounding to nearest is the grid rule restated; with it, each block's scale
     is still on the grid and its squared error is at most the rule's."""

@@ -162,7 +162,25 @@ def gptq_matrix(w: torch.Tensor, h: torch.Tensor, act_order: bool = False, rows:
         raise ValueError(f"GPTQ: {C} input columns are not whole blocks of {BLOCK}")
     perm = torch.argsort(h.diagonal(), descending=True, stable=True) if act_order else None
     with _one_thread():
-        return _gptq_rows(w, _inverse_factor(h[perm][:, perm] if act_order else h, damp), perm, rows or R, search)
+        q, s = _gptq_rows(w, _inverse_factor(h[perm][:, perm] if act_order else h, damp), perm, rows or R, search)
+    return recoverable(q, s, w), s
+
+
+def recoverable(q: torch.Tensor, s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """q with every block LiteRT's lossless import reads back exactly (export.quantize.qat.recovery_step):
+    in the rare block whose magnitudes skip (say 0, 2 and 5, read as a step of 2), the one weight
+    nearest to it becomes +-1 step, so the block's smallest gap is 1."""
+    b = q.reshape(-1, BLOCK)
+    bad = torch.from_numpy((b.abs().numpy().astype(np.int16) % qat.recovery_step(b.numpy())[:, None]).any(-1))
+    if not bad.any():
+        return q
+    b = b.clone()
+    x = (w.float().reshape(-1, BLOCK) / s.reshape(-1, 1))[bad]            # the weights in steps
+    one = torch.where(x < 0, -1.0, 1.0)
+    pick = ((x - one).abs() - (x - b[bad]).abs()).argmin(-1)
+    rows = bad.nonzero()[:, 0]
+    b[rows, pick] = one[torch.arange(len(rows)), pick]
+    return b.reshape(q.shape)
 
 
 def _gptq_rows(w, u, perm, rows, search):

@@ -70,6 +70,21 @@ def q4_round(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return (x / s).round_().clamp_(-8, 7)
 
 
+def recovery_step(q: np.ndarray, top: int = 8) -> np.ndarray:
+    """Integer steps [..., block] (|q| <= top) -> per block the step ai-edge-quantizer's
+    dequantized-weight recovery reads the scale as (in units of the block's scale): the smallest gap
+    between the distinct magnitudes present, 0 included (top + 1 for an all-zero block). The block
+    is read back exactly when every q is a multiple of it."""
+    mags = np.abs(q)
+    step = np.full(mags.shape[:-1], top + 1, np.int16)
+    prev = np.zeros(mags.shape[:-1], np.int16)
+    for v in range(1, top + 1):
+        p = (mags == v).any(-1)
+        step = np.where(p, np.minimum(step, v - prev), step)
+        prev = np.where(p, v, prev)
+    return step
+
+
 def _q4_grid(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[blocks, 32] -> (q [blocks, 32] float in -8..7, s [blocks, 1] > 0): see the module docstring.
     Idempotent: a block of grid values has its extreme at 7 s or -8 s, so it reads back the same s."""

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...quantize.qat import recovery_step
 from .graph import read_model, weight_ops
 
 ALGORITHM = "dequantized_weight_recovery"
@@ -35,14 +36,8 @@ def recoverable(codes: np.ndarray, scales: np.ndarray, bits: int = 4) -> bool:
     +8 |d|, one step past LiteRT's range.)"""
     top = 1 << (bits - 1)
     q = codes.astype(np.int16) - top                                      # [R, nb, 32], -8..7
-    mags = np.abs(q)
-    present = [(mags == v).any(-1) for v in range(1, top + 1)]          # [R, nb] each
-    step = np.full(mags.shape[:2], top + 1, np.int16)
-    prev = np.zeros(mags.shape[:2], np.int16)
-    for v, p in enumerate(present, start=1):
-        step = np.where(p, np.minimum(step, v - prev), step)
-        prev = np.where(p, v, prev)
-    if any((p & (v % step != 0)).any() for v, p in enumerate(present, start=1)):
+    step = recovery_step(q, top)
+    if (np.abs(q) % step[..., None]).any():
         return False
     ints = np.where(scales[..., None] < 0, -q, q) // step[..., None]     # exact: step divides q
     return bool((ints >= -top).all() and (ints < top).all())
