@@ -76,8 +76,8 @@ def run(args) -> int:
     prefill = tuple(args.prefill) if args.prefill else None
     if prefill and target.format == "onnx":
         raise ValueError(f"--prefill: --target {target.name} builds ONNX, which has no prefill signatures")
-    steps = ["load", *(["gptq"] if calibration is not None else []), "convert", *(["validate"] if args.validate else []), *(["profile"] if args.profile else []),
-             "report"]
+    steps = ["load", *(["gptq"] if calibration is not None else []), "convert",
+             *(["validate"] if args.validate else []), *(["profile"] if args.profile else []), "report"]
     progress = Progress(steps, quiet=args.json)
     with progress.step("load", str(args.model or "bundled Gemma 3 270M")):
         loaded = load_model(args.model)
@@ -142,8 +142,10 @@ def _gptq_calibration(args, recipe) -> tuple[str, str | None, dict] | None:
         if calibration is not None or tokens is not None:
             raise ValueError("--calibration / --calibration-tokens: only used with --gptq")
         return None
-    from .quantize.gptq import check_recipe
+    from .quantize.gptq import MIN_TOKENS, check_recipe
     check_recipe(recipe)
+    if tokens is not None and tokens < MIN_TOKENS:
+        raise ValueError(f"--calibration-tokens {tokens}: GPTQ needs at least {MIN_TOKENS}")
     kwargs = {} if tokens is None else {"tokens": tokens}
     if calibration is None:
         return "the bundled training text (export/data/qat_train.txt)", None, kwargs

@@ -206,6 +206,7 @@ def test_litert_artifact_carries_every_gptq_tensor_bit_for_bit(tiny, blocks, tmp
     (["--quant", "int8", "--gptq"], "--gptq"),
     (["--quant", "int4", "--gptq", "--calibration", "/nonexistent.txt"], "--calibration /nonexistent.txt"),
     (["--quant", "int4", "--no-gptq", "--calibration", "/nonexistent.txt"], "--calibration"),
+    (["--quant", "int4", "--gptq", "--calibration-tokens", "3"], "--calibration-tokens 3"),
 ])
 def test_cli_refuses_gptq_it_cannot_do(tiny, tmp_path, capsys, extra, named):
     root, _ = tiny

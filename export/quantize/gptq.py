@@ -61,6 +61,7 @@ DAMP = 0.01                 # of the mean diagonal of H, added to its diagonal
 HEAD_DAMP = 0.3
 LAZY = 128                  # columns per lazy batch update; a multiple of BLOCK
 DEFAULT_TOKENS = 8192
+MIN_TOKENS = 2 * BLOCK
 SEQ_LEN = 512
 BATCH = 8                   # calibration windows per forward pass
 HEAD_ROWS = 16384           # table rows per GPTQ chunk of the head (rows are independent)
@@ -341,8 +342,8 @@ def gptq_blocks(loaded: LoadedModel, recipe: Recipe, calibration_text: str | Non
     if options.table not in ("rtn", "gptq"):
         raise ValueError(f"GPTQ table rounding {options.table!r}: 'rtn' or 'gptq'")
     ids = loaded.tokenizer.encode(default_calibration_text() if calibration_text is None else calibration_text)
-    if len(ids) < 2 * BLOCK or tokens < 2 * BLOCK:
-        raise ValueError(f"--calibration: {len(ids)} tokens of text, {tokens} asked; GPTQ needs at least {2 * BLOCK}")
+    if len(ids) < MIN_TOKENS or tokens < MIN_TOKENS:
+        raise ValueError(f"--calibration: {len(ids)} tokens of text, {tokens} asked; GPTQ needs at least {MIN_TOKENS}")
     seq = min(SEQ_LEN, c.max_position, len(ids), tokens)
     count = max(1, tokens // seq)
     wins = list(windows(torch.tensor(ids), seq, c.bos_id, None, count))
