@@ -41,6 +41,7 @@ from torch.nn.utils import parametrize
 
 from ..models.checkpoints.gguf_blocks import pack_q4_0
 from .recipes import Recipe
+from .simulate import mlas_activations
 
 BLOCK = 32
 Q = gguf.GGMLQuantizationType
@@ -115,11 +116,9 @@ def q8_0_values(w: torch.Tensor) -> torch.Tensor:
 
 
 def int8_activations(x: torch.Tensor) -> torch.Tensor:
-    """Dynamic int8 activations per block of 32 along the last dimension (MatMulNBits, level 4)."""
-    b = x.reshape(*x.shape[:-1], -1, BLOCK)                      # [..., K / 32, 32]
-    s = b.abs().amax(-1, keepdim=True) / 127
-    inv = torch.where(s == 0, torch.zeros_like(s), 1 / s)
-    return (torch.round(b * inv) * s).reshape(x.shape)
+    """Dynamic int8 activations per block of 32 along the last dimension (MatMulNBits, level 4):
+    the rounding the conversion check simulates (export.quantize.simulate)."""
+    return mlas_activations(x, BLOCK).to(x.dtype)
 
 
 # (bits, block) of a recipe -> the GGUF type the checkpoint stores and its fake quantizer.
