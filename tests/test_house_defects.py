@@ -20,6 +20,7 @@ from export.cli import main
 from export.converters.litert.graph import signature_ops, weight_types
 from export.converters.litert.lossless import carried_scopes
 from export.models.checkpoints.gguf_blocks import BLOCK, StoredBlocks, pack_q4_0
+from export.quantize.recipes import recipe
 
 from oracle import save_hf_folder
 
@@ -58,7 +59,7 @@ def test_lossless_scopes_of_a_model_without_weight_ops(opless_tflite):
     model.w = torch.nn.Linear(cols, rows, bias=False)
     with torch.no_grad():
         model.w.weight.copy_(torch.from_numpy((q * 0.5).reshape(rows, cols)))
-    ops, report = carried_scopes(opless_tflite, model, stored, 4, BLOCK, 4, BLOCK)
+    ops, report = carried_scopes(opless_tflite, model, stored, recipe("int4", "onnx"))
     assert ops == [] and report == {"carried": [], "requantized": []}
 
 

@@ -44,6 +44,28 @@ FLOOR = Bar(max_kl_divergence=3.0, min_embedding_cosine=0.9)
 
 
 @dataclasses.dataclass(frozen=True)
+class Layout:
+    """How an artifact stores one weight and feeds its matmul."""
+    bits: int                   # 4, 8: integers; 16: float16 weight with float activations
+    block: int | None           # scale per block of this many inputs; None: per output channel
+    activations: str            # "int8" (quantized at run time by the kernel) or "fp32"
+    hadamard: bool = False      # inputs and weight rows Hadamard-rotated (LiteRT)
+
+
+# What `--quant auto` chooses among, per weight, and how each format stores the choice: onnxruntime's
+# MatMulNBits (int4 / int8 blocks, int8 activations per block) or a float16 initializer; ai-edge-quantizer's
+# int4 blocks and int8 per channel (rotated, as the fixed recipes do: XNNPACK quantizes activations per
+# row, which Gemma's outlier channels punish unrotated) or float16 weights (FLOAT_CASTING).
+# In order of size; the auto planner starts every weight at the first.
+CHOICES: dict[str, dict[str, Layout]] = {
+    "int4-b128": {"onnx": Layout(4, 128, "int8"), "litert": Layout(4, 128, "int8", True)},
+    "int4": {"onnx": Layout(4, 32, "int8"), "litert": Layout(4, 32, "int8", True)},
+    "int8": {"onnx": Layout(8, 32, "int8"), "litert": Layout(8, None, "int8", True)},
+    "fp16": {"onnx": Layout(16, None, "fp32"), "litert": Layout(16, None, "fp32")},
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class Recipe:
     name: str
     suffix: str
@@ -65,14 +87,37 @@ class Recipe:
     # How int4 weights are rounded by default: "rtn" (to nearest) or "gptq" (export.quantize.gptq;
     # `--gptq` / `--no-gptq` override it).
     rounding: str = "rtn"
+    # A per-weight plan (`--quant auto`): (parameter name, CHOICES key, its Layout in this recipe's
+    # format); weights it does not name follow the fields above.
+    plan: tuple[tuple[str, str, Layout], ...] = ()
+
+    def layout(self, name: str, table: bool) -> Layout | None:
+        """How weight `name` (the tied embedding / LM head table when `table`) is stored; None: float32."""
+        for n, _, lay in self.plan:
+            if n == name:
+                return lay
+        bits, block = (self.embedding_bits, self.embedding_block) if table else (self.weight_bits, self.block_size)
+        if bits >= 32:
+            return None
+        act = "int8" if self.activations == "int8" else "fp32"
+        return Layout(bits, block, act if bits < 16 else "fp32", self.hadamard and bits < 16)
+
+    def choices(self) -> dict[str, str]:
+        """The plan as {parameter name: choice} (what manifest.json records)."""
+        return {n: c for n, c, _ in self.plan}
 
     def for_format(self, fmt: str) -> "Recipe":
         changes = dict(self.overrides).get(fmt)
         return dataclasses.replace(self, overrides=(), **changes) if changes else self
 
     @property
+    def float32(self) -> bool:
+        """Every weight stays float32 (the artifact computes what the reference model does)."""
+        return self.weight_bits >= 32 and self.embedding_bits >= 32 and not self.plan
+
+    @property
     def quantized(self) -> bool:
-        return self.weight_bits < 16 or self.embedding_bits < 16
+        return self.weight_bits < 16 or self.embedding_bits < 16 or bool(self.plan)
 
 
 # Why the per-format differences (figures: README, "Quantization recipes"):
@@ -133,9 +178,27 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
 )}
 
 
-def recipe(name: str, target: str) -> Recipe:
+AUTO = "auto"
+
+
+def planned(choices: dict[str, str], fmt: str, base: str = "int4") -> Recipe:
+    """The `--quant auto` recipe for format `fmt`: `base`'s numbers for anything `choices` ({parameter
+    name: CHOICES key}) does not name."""
+    bad = sorted({c for c in choices.values() if c not in CHOICES})
+    if bad:
+        raise ValueError(f"plan: unknown choice(s) {bad}; known: {', '.join(CHOICES)}")
+    plan = tuple((n, c, CHOICES[c][fmt]) for n, c in sorted(choices.items()))
+    return dataclasses.replace(RECIPES[base].for_format(fmt), name=AUTO, suffix=AUTO, plan=plan,
+                               description="per-weight plan chosen for a fidelity bar (--quant auto)")
+
+
+def recipe(name: "str | Recipe", target: str) -> Recipe:
     """The recipe `name` as format `target` builds it, checked against what `target` supports
-    (before any work is done)."""
+    (before any work is done). A Recipe (a planned one) is taken as already resolved."""
+    if isinstance(name, Recipe):
+        return name
+    if name == AUTO:
+        raise ValueError("--quant auto needs a bar to plan for: --min-top1 X")
     if name not in RECIPES:
         raise ValueError(f"--quant {name}: unknown recipe; known: {', '.join(RECIPES)}")
     r = RECIPES[name]

@@ -193,14 +193,10 @@ class SimEmbedding(nn.Module):
         return F.embedding(tokens, self.rows)
 
 
-def plans(recipe: Recipe, fmt: str) -> tuple[Plan | None, Plan | None]:
-    """(body plan, table plan) of a format-resolved recipe; None where it stays float32."""
-    act = "int8" if recipe.activations == "int8" else "fp32"
-    body = None if recipe.weight_bits >= 32 else Plan(fmt, recipe.weight_bits, recipe.block_size, act,
-                                                      recipe.hadamard)
-    table = None if recipe.embedding_bits >= 32 else Plan(fmt, recipe.embedding_bits, recipe.embedding_block,
-                                                          act, recipe.hadamard)
-    return body, table
+def plan_of(recipe: Recipe, fmt: str, name: str, table: bool = False) -> Plan | None:
+    """How format `fmt` runs weight `name` under a format-resolved recipe; None where it stays float32."""
+    lay = recipe.layout(name, table)
+    return None if lay is None else Plan(fmt, lay.bits, lay.block, lay.activations, lay.hadamard)
 
 
 def stored_values(blocks) -> torch.Tensor:
@@ -215,24 +211,24 @@ def simulate(model: nn.Module, recipe: Recipe, fmt: str, stored: dict | None = N
              carried: list[str] = ()) -> nn.Module:
     """A copy of `model` computing what `recipe` (resolved for `fmt`: recipe(name, fmt)) makes of it.
     carried: the parameter names the artifact holds as the checkpoint's stored blocks (`stored`)."""
-    body, table = plans(recipe, fmt)
-    if body is None and table is None:
+    if recipe.float32:
         return model
     # a copy that shares the float parameters (only the swapped weights are new tensors)
     sim = copy.deepcopy(model, memo={id(p): p for p in model.parameters()}).eval()
     stored, carried = stored or {}, set(carried)
-    if body is not None:
-        for name, mod in list(sim.named_modules()):
-            for cname, child in list(mod.named_children()):
-                if not isinstance(child, nn.Linear):
-                    continue
-                full = f"{name}.{cname}.weight" if name else f"{cname}.weight"
-                if full in carried:     # stored integers, never rotated (export.converters.litert.lossless)
-                    w, plan = stored_values(stored[full]), dataclasses.replace(body, rotate=False)
-                else:
-                    w, plan = body.weight(child.weight), body
-                setattr(mod, cname, SimLinear(w, child.bias, plan if plan.activations == "int8" or plan.rotate
-                                              else None))
+    for name, mod in list(sim.named_modules()):
+        for cname, child in list(mod.named_children()):
+            full = f"{name}.{cname}.weight" if name else f"{cname}.weight"
+            plan = plan_of(recipe, fmt, full) if isinstance(child, nn.Linear) else None
+            if plan is None:
+                continue
+            if full in carried:     # stored integers, never rotated (export.converters.litert.lossless)
+                w, plan = stored_values(stored[full]), dataclasses.replace(plan, rotate=False)
+            else:
+                w = plan.weight(child.weight)
+            setattr(mod, cname, SimLinear(w, child.bias, plan if plan.activations == "int8" or plan.rotate
+                                          else None))
+    table = plan_of(recipe, fmt, TABLE, table=True)
     if table is not None and hasattr(sim, "model") and hasattr(sim.model, "embed_tokens"):
         _swap_table(sim, table, stored.get(TABLE) if TABLE in carried else None)
     return sim
@@ -253,5 +249,5 @@ def _swap_table(sim: nn.Module, plan: Plan, carried_blocks) -> None:
         sim.model.norm.register_forward_hook(lambda m, i, out: plan.inputs(out).to(out.dtype))
 
 
-__all__ = ["simulate", "plans", "Plan", "mlas_values", "aeq_values", "mlas_activations", "xnnpack_activations",
+__all__ = ["simulate", "plan_of", "Plan", "mlas_values", "aeq_values", "mlas_activations", "xnnpack_activations",
            "hadamard", "rotate", "stored_values"]

@@ -47,25 +47,22 @@ def _digest(data) -> bytes:
     return hashlib.blake2b(memoryview(data), digest_size=16).digest()
 
 
-def carried_scopes(tflite: str | Path, model, stored: dict, bits: int, block: int | None,
-                   embedding_bits: int, embedding_block: int | None) -> tuple[list[tuple[str, str, bool]], dict]:
-    """[(scope regex, op name, weight is the tied table)] for the FULLY_CONNECTED / EMBEDDING_LOOKUP
-    ops whose weight is a stored tensor carried exactly under the recipe's layout (the body's `bits`
-    / `block`; the tied table's); a regex is the op's output names as ai-edge-quantizer's
+def carried_scopes(tflite: str | Path, model, stored: dict, recipe) -> tuple[list[tuple], dict]:
+    """[(scope regex, op name, the weight's Layout under `recipe`)] for the FULLY_CONNECTED / EMBEDDING_LOOKUP
+    ops whose weight is a stored tensor carried exactly under the recipe's layout for it; a regex is the op's output names as ai-edge-quantizer's
     `get_op_scope` joins them. And the report {"carried": [names], "requantized": [names]} over the
     model's 2-D weights."""
     params = {name: p for name, p in model.named_parameters() if p.dim() == 2}
     table = "model.embed_tokens.weight"
     carry = set()
     for name, blocks in stored.items():
-        want = (embedding_bits, embedding_block) if name == table else (bits, block)
-        if name in params and blocks.kind == "Q4_0" and blocks.matches(*want) and \
+        lay = recipe.layout(name, table=name == table)
+        if name in params and lay is not None and blocks.kind == "Q4_0" and blocks.matches(lay.bits, lay.block) and \
                 tuple(params[name].shape) == blocks.shape and recoverable(*blocks.codes_and_scales()):
             carry.add(name)
     if not carry:
         return [], {}
-    by_digest = {_digest(p.detach().contiguous().numpy()): name for name, p in params.items()}
-    scopes_of = read_model(tflite, lambda m, buf: _weight_scopes(m, buf, by_digest))
+    scopes_of = weight_scopes(tflite, model)
 
     def scopes(names):
         return {s for n in names for s, _ in scopes_of.get(n, ())}
@@ -75,8 +72,19 @@ def carried_scopes(tflite: str | Path, model, stored: dict, bits: int, block: in
     found = sorted(n for n in scopes_of if n != "?")
     report = {"carried": sorted(n for n in carry if n in scopes_of),
               "requantized": [n for n in found if n not in carry]}
-    ops = sorted((f"^{re.escape(s)}$", kind, n == table) for n in carry for s, kind in scopes_of.get(n, ()))
+    ops = sorted(((f"^{re.escape(s)}$", kind, recipe.layout(n, table=n == table))
+                  for n in carry for s, kind in scopes_of.get(n, ())), key=lambda o: o[:2])
     return ops, report
+
+
+def weight_scopes(tflite: str | Path, model) -> dict[str, set[tuple[str, str]]]:
+    """{parameter name of `model` ("?" for a weight that is none): {(op scope, op name)}} over the
+    FULLY_CONNECTED / EMBEDDING_LOOKUP ops of the float .tflite converted from it; a weight is
+    recognised by its buffer's bytes, a scope is the op's output names as ai-edge-quantizer's
+    `get_op_scope` joins them."""
+    by_digest = {_digest(p.detach().contiguous().numpy()): name for name, p in model.named_parameters()
+                 if p.dim() == 2}
+    return read_model(tflite, lambda m, buf: _weight_scopes(m, buf, by_digest))
 
 
 def _weight_scopes(m, buf, by_digest: dict[bytes, str]) -> dict[str, set[tuple[str, str]]]:

@@ -18,13 +18,15 @@ int8 blockwise): every FULLY_CONNECTED / EMBEDDING_LOOKUP weight is checked afte
 float one left behind is an error, not a silently float artifact."""
 from __future__ import annotations
 
+import collections
 import logging
+import re
 from pathlib import Path
 
-from ...quantize.recipes import Recipe
+from ...quantize.recipes import Layout, Recipe
 from ..artifact import stdout_to_stderr
 from .graph import weight_types
-from .lossless import ALGORITHM, carried_scopes
+from .lossless import ALGORITHM, carried_scopes, weight_scopes
 
 FC, EMBEDDING = "FULLY_CONNECTED", "EMBEDDING_LOOKUP"
 HEAD_REGEX = ".*logits.*"                # the tied LM head's output tensor (`{signature}_logits_output`)
@@ -36,32 +38,45 @@ def _granularity(block: int | None):
     return qtyping.QuantGranularity.CHANNELWISE if block is None else qtyping.QuantGranularity[f"BLOCKWISE_{block}"]
 
 
-def aeq_recipe(r: Recipe, carried: list[tuple[str, str, bool]] = ()) -> list[dict]:
+def aeq_recipe(r: Recipe, carried: list[tuple[str, str, Layout]] = (),
+               planned: list[tuple[str, str, Layout]] = ()) -> list[dict]:
     """The ai-edge-quantizer recipe (a list of op configs) for our recipe `r` (LiteRT numbers).
-    carried: (scope regex, op name, is the table) of the ops whose stored integers are kept
-    (export.converters.litert.lossless); their configs come last, so they win."""
-    from ai_edge_quantizer import qtyping, recipe_manager
-    from ai_edge_quantizer.algorithm_manager import AlgorithmName
-    op = qtyping.TFLOperationName
+    carried: (scope regex, op name, layout) of the ops whose stored integers are kept
+    (export.converters.litert.lossless); planned: the same for the ops a per-weight plan names. Later configs win: the recipe's own, then the plan's, then the carried ones."""
+    from ai_edge_quantizer import recipe_manager
     rm = recipe_manager.RecipeManager()
-    dynamic = r.activations == "int8"
-    if r.hadamard and not dynamic:
-        # the rotation algorithm never inserts a DEQUANTIZE: the kernel would quantize the activations
-        raise ValueError(f"--quant {r.name}: Hadamard rotation needs int8 activations, not {r.activations}")
-    add = rm.add_dynamic_config if dynamic else rm.add_weight_only_config
-    key = AlgorithmName.HADAMARD_ROTATION if r.hadamard else AlgorithmName.MIN_MAX_UNIFORM_QUANT
-    if r.weight_bits < 16:
-        add(regex=".*", operation_name=op.FULLY_CONNECTED, num_bits=r.weight_bits,
-            granularity=_granularity(r.block_size), algorithm_key=key)
-    if r.embedding_bits < 16:
-        for regex, name in ((".*", op.EMBEDDING_LOOKUP), (HEAD_REGEX, op.FULLY_CONNECTED)):
-            add(regex=regex, operation_name=name, num_bits=r.embedding_bits,
-                granularity=_granularity(r.embedding_block), algorithm_key=key)
-    for regex, name, table in carried:
-        bits, block = (r.embedding_bits, r.embedding_block) if table else (r.weight_bits, r.block_size)
-        add(regex=regex, operation_name=getattr(op, name), num_bits=bits, granularity=_granularity(block),
-            algorithm_key=ALGORITHM)
+    body, table = r.layout("", table=False), r.layout("", table=True)
+    for lay in (body, table, *(lay for *_, lay in planned)):
+        if lay is not None and lay.hadamard and lay.activations != "int8":
+            # the rotation algorithm never inserts a DEQUANTIZE: the kernel would quantize the activations
+            raise ValueError(f"--quant {r.name}: Hadamard rotation needs int8 activations, not {lay.activations}")
+    if body is not None:
+        _add(rm, ".*", FC, body)
+    if table is not None:
+        for regex, name in ((".*", EMBEDDING), (HEAD_REGEX, FC)):
+            _add(rm, regex, name, table)
+    for regex, name, lay in planned:
+        _add(rm, regex, name, lay)
+    for regex, name, lay in carried:
+        _add(rm, regex, name, lay, algorithm=ALGORITHM)
     return rm.get_quantization_recipe()
+
+
+def _add(rm, regex: str, op_name: str, lay: Layout, algorithm: str | None = None) -> None:
+    """One op config: int8 / int4 weights (dynamic int8 activations or weight-only; rotated where the
+    layout says so), or float16 weights (FLOAT_CASTING, float activations)."""
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    op = getattr(qtyping.TFLOperationName, op_name)
+    if lay.bits == 16:
+        rm.add_weight_only_config(regex=regex, operation_name=op, num_bits=16,
+                                  algorithm_key=algorithm or AlgorithmName.FLOAT_CASTING)
+        return
+    dynamic = lay.activations == "int8"
+    add = rm.add_dynamic_config if dynamic else rm.add_weight_only_config
+    key = AlgorithmName.HADAMARD_ROTATION if lay.hadamard else AlgorithmName.MIN_MAX_UNIFORM_QUANT
+    add(regex=regex, operation_name=op, num_bits=lay.bits, granularity=_granularity(lay.block),
+        algorithm_key=algorithm or key)
 
 
 def quantize_tflite(src: Path, dst: Path, r: Recipe, model=None, stored: dict | None = None) -> dict:
@@ -70,12 +85,15 @@ def quantize_tflite(src: Path, dst: Path, r: Recipe, model=None, stored: dict | 
     (LoadedModel.stored): stored Q4_0 tensors under an int4 block-32 layout keep their integers.
     -> the lossless-import report ({} when nothing was carried)."""
     from ai_edge_quantizer import quantizer
-    carried, report = [], {}
+    carried, report, planned = [], {}, []
     if stored and model is not None:
-        carried, report = carried_scopes(src, model, stored, r.weight_bits, r.block_size,
-                                         r.embedding_bits, r.embedding_block)
+        carried, report = carried_scopes(src, model, stored, r)
+    if r.plan:
+        if model is None:
+            raise ValueError(f"--quant {r.name}: a per-weight plan needs the model {src} was converted from")
+        planned = planned_scopes(r, weight_scopes(src, model))
     q = quantizer.Quantizer(str(src))
-    q.load_quantization_recipe(aeq_recipe(r, carried))
+    q.load_quantization_recipe(aeq_recipe(r, carried, planned))
     root = logging.getLogger()
     level = root.level
     try:
@@ -85,16 +103,36 @@ def quantize_tflite(src: Path, dst: Path, r: Recipe, model=None, stored: dict | 
         root.setLevel(level)
     dst.write_bytes(result.quantized_model)
     del result, q
-    check_quantized(dst, r)
+    check_quantized(dst, r, planned)
     return report if report.get("carried") else {}
 
 
-def check_quantized(path: Path, r: Recipe) -> None:
-    """Every FULLY_CONNECTED / EMBEDDING_LOOKUP weight has the dtype `r` asks for."""
+def planned_scopes(r: Recipe, scopes_of: dict) -> list[tuple[str, str, Layout]]:
+    """(scope regex, op name, layout) of every op whose weight the plan of `r` names."""
+    out = []
+    for name, _, lay in r.plan:
+        if name not in scopes_of:
+            raise ValueError(f"--quant {r.name}: the plan names {name}, which no LiteRT op uses")
+        out += [(f"^{re.escape(scope)}$", kind, lay) for scope, kind in sorted(scopes_of[name])]
+    return out
+
+
+def _dtype(lay: Layout | None) -> str:
+    return _DTYPE.get(lay.bits, "FLOAT16" if lay.bits == 16 else "FLOAT32") if lay else "FLOAT32"
+
+
+def check_quantized(path: Path, r: Recipe, planned: list[tuple[str, str, Layout]] = ()) -> None:
+    """Every FULLY_CONNECTED / EMBEDDING_LOOKUP weight has the dtype `r` asks for (with a plan: as many
+    weights of each dtype, per op kind, as the plan's ops ask for)."""
     bad = []
-    for (op, is_head), dtypes in weight_types(path).items():
-        bits = r.embedding_bits if (op == EMBEDDING or is_head) else r.weight_bits
-        want = _DTYPE.get(bits, "FLOAT32")
+    got = weight_types(path)
+    if planned:
+        want = collections.Counter((kind, "logits" in regex, _dtype(lay)) for regex, kind, lay in planned)
+        have = collections.Counter({(op, head, d): n for (op, head), ds in got.items() for d, n in ds.items()})
+        if want != have:
+            bad.append(f"per-op dtypes {dict(have)} where the plan asks for {dict(want)}")
+    for (op, is_head), dtypes in ([] if planned else got.items()):
+        want = _dtype(r.layout("", table=op == EMBEDDING or is_head))
         wrong = {d: n for d, n in dtypes.items() if d != want}
         if wrong:
             bad.append(f"{op}{' (LM head)' if is_head else ''}: {wrong} where {want} was asked")

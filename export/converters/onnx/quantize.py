@@ -40,20 +40,67 @@ def quantize(model: onnx.ModelProto, recipe: Recipe, stored: dict | None = None)
     stored: a checkpoint's quantized blocks by parameter name (LoadedModel.stored); the rows of
     the tensors whose layout matches the recipe's are carried over exactly. -> (model, {"carried":
     [parameter names], "requantized": [parameter names]})."""
-    if recipe.weight_bits == 32 and recipe.embedding_bits == 32:
+    if recipe.float32:
         return model, {}
-    if recipe.weight_bits == 16 and recipe.embedding_bits == 16 and recipe.activations == "fp16":
+    if recipe.weight_bits == 16 and recipe.embedding_bits == 16 and recipe.activations == "fp16" and not recipe.plan:
         return to_fp16(model), {}
-    if recipe.weight_bits not in (4, 8) or recipe.embedding_bits not in (4, 8) or not (
-            recipe.block_size and recipe.embedding_block):
-        raise ValueError(f"--quant {recipe.name}: the ONNX target builds 4- and 8-bit blockwise weights, not "
-                         f"{recipe.weight_bits}-bit / block {recipe.block_size} "
-                         f"(embedding {recipe.embedding_bits}-bit / block {recipe.embedding_block})")
     rows_from = _rows_from(model)
+    nodes = _node_layouts(model, recipe, rows_from)
+    table = recipe.layout(TABLE, table=True)
+    for what, lay in [(TABLE, table), *nodes.items()]:
+        if lay is None or (lay.bits in (4, 8) and lay.block) or (lay.bits == 16 and what != TABLE):
+            continue
+        raise ValueError(f"--quant {recipe.name}: the ONNX target stores {what} as 4- or 8-bit blocks or "
+                         f"float16 (body only), not {lay.bits}-bit / block {lay.block}")
     with _quiet():
-        model = quantize_embedding(model, recipe.embedding_bits, recipe.embedding_block, _level(recipe))
-        model = _matmul_nbits(model, recipe.weight_bits, recipe.block_size, _level(recipe))
+        if table is not None:
+            model = quantize_embedding(model, table.bits, table.block, _level(table))
+        for lay in sorted({lay for lay in nodes.values() if lay is not None and lay.bits < 16},
+                          key=lambda x: (x.bits, x.block or 0, x.activations)):
+            model = _matmul_nbits(model, lay.bits, lay.block, _level(lay),
+                                  exclude=[n for n, other in nodes.items() if other != lay])
+    _half_weights(model, [n for n, lay in nodes.items() if lay is not None and lay.bits == 16])
     return model, carry_blocks(model, rows_from, stored or {})
+
+
+def _node_layouts(model: onnx.ModelProto, recipe: Recipe, rows_from: dict) -> dict:
+    """{MatMul node name: Layout or None (float32)} over the MatMuls with a constant weight; a packed
+    weight's checkpoint tensors must share one layout."""
+    inits = {t.name for t in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in inits or node.input[1] == TABLE:
+            continue
+        names = [n for n, _ in rows_from.get(node.input[1], [])] or [node.input[1]]
+        lays = {recipe.layout(n, table=False) for n in names}
+        if len(lays) > 1:
+            raise ValueError(f"--quant {recipe.name}: {', '.join(names)} are one packed MatMul ({node.name}) "
+                             f"and need one layout, not {len(lays)}")
+        out[node.name] = lays.pop()
+    return out
+
+
+def _half_weights(model: onnx.ModelProto, node_names: list[str]) -> None:
+    """Store these MatMuls' weights as float16, cast back to float32 in the graph (the activations stay float32)."""
+    if not node_names:
+        return
+    g = model.graph
+    wanted = set(node_names)
+    inits = {t.name: t for t in g.initializer}
+    nodes = []
+    for node in g.node:
+        if node.name in wanted:
+            w = inits[node.input[1]]
+            half = numpy_helper.from_array(numpy_helper.to_array(w).astype(np.float16), w.name + "_fp16")
+            half.doc_string = w.doc_string
+            w.CopyFrom(half)
+            cast = helper.make_node("Cast", [half.name], [half.name + "_fp32"], name=f"{node.name}/Cast",
+                                    to=onnx.TensorProto.FLOAT)
+            node.input[1] = cast.output[0]
+            nodes.append(cast)
+        nodes.append(node)
+    del g.node[:]
+    g.node.extend(nodes)
 
 
 def _rows_from(model: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
@@ -111,9 +158,9 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
 
 
-def _level(recipe: Recipe) -> int | None:
+def _level(layout) -> int | None:
     """MatMulNBits accuracy_level: 4 quantizes activations to int8 per block; unset keeps float."""
-    return 4 if recipe.activations == "int8" else None
+    return 4 if layout.activations == "int8" else None
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
