@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--target", required=True, choices=list(TARGETS), help="deployment profile (gemma-export targets)")
     e.add_argument("--model", default=None, help="HF folder, .gguf file (default: bundled Gemma 3 270M)")
     e.add_argument("--out", default=None, help="artifact folder (default: out/<model>-<target>-<quant>)")
-    e.add_argument("--quant", default=None, help="quantization recipe (default: the target's)")
+    e.add_argument("--quant", default=None, help="quantization recipe (default: the target's); `auto` with "
+                                                 "--min-top1 X: the smallest per-weight plan reaching X")
     e.add_argument("--context", type=int, default=None, help="context length (default: the target's)")
     e.add_argument("--prefill", type=_lengths, default=None,
                    help="LiteRT prefill signature lengths, comma-separated (default: the target's)")
@@ -199,7 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="round int4 weights with GPTQ (error-compensating, calibrated on a text) on the grid both "
                         "formats store exactly, instead of to nearest (default: the recipe's; int4 / mixed, blocks of 32)")
     e.add_argument("--calibration", default=None, metavar="FILE",
-                   help="--gptq: UTF-8 calibration text (default: the bundled training text, not the validation text)")
+                   help="--gptq / --quant auto: UTF-8 calibration text (default: the bundled training text, not "
+                        "the validation text)")
+    e.add_argument("--max-mb", type=float, default=None, metavar="M",
+                   help="--quant auto: the largest artifact weights to plan (refused, with the best of each, when "
+                        "--min-top1 cannot be reached within it)")
     e.add_argument("--calibration-tokens", type=int, default=None, metavar="N",
                    help="--gptq: calibration tokens, in windows of 512 (default 8192)")
     e.add_argument("--no-validate", dest="validate", action="store_false", help="skip the validation step")

@@ -28,6 +28,11 @@ class Progress:
         self.live = not quiet and getattr(self.stream, "isatty", lambda: False)()
         self.seconds: dict[str, float] = {}
 
+    def note(self, text: str) -> None:
+        """A line of progress inside the running step (not on a live terminal line: it would be overwritten)."""
+        if not self.quiet and not self.live:
+            print(f"      {text}", file=self.stream, flush=True)
+
     @contextlib.contextmanager
     def step(self, name: str, detail: str = ""):
         label = f"[{self.steps.index(name) + 1}/{len(self.steps)}] {name}{': ' + detail if detail else ''}"
@@ -71,18 +76,29 @@ def run(args) -> int:
 
     target = target_for(args.target)
     recipe = args.quant or target.recipe
-    resolved = recipe_for(recipe, target.format)        # an unsupported combination fails before any work
-    calibration = _gptq_calibration(args, resolved)
+    auto = _auto_request(args, recipe)
+    # an unsupported combination fails before any work (auto: checked as the int4 recipe it starts from)
+    resolved = recipe_for("int4" if auto else recipe, target.format)
+    calibration = _gptq_calibration(args, resolved, auto is not None)
     prefill = tuple(args.prefill) if args.prefill else None
     if prefill and target.format == "onnx":
         raise ValueError(f"--prefill: --target {target.name} builds ONNX, which has no prefill signatures")
-    steps = ["load", *(["gptq"] if calibration is not None else []), "convert",
+    steps = ["load", *(["plan"] if auto else []), *(["gptq"] if calibration is not None else []), "convert",
              *(["validate"] if args.validate else []), *(["profile"] if args.profile else []), "report"]
     progress = Progress(steps, quiet=args.json)
     with progress.step("load", str(args.model or "bundled Gemma 3 270M")):
         loaded = load_model(args.model)
     out = Path(args.out) if args.out else default_out(loaded, target.name, recipe)
     quant = "" if recipe == "fp32" else f"quantize {recipe} + "
+    plan_report = None
+    if auto is not None:
+        from .quantize.auto import plan_for
+        with progress.step("plan", f"the smallest per-weight plan reaching top-1 {auto['min_top1']:g} on "
+                                   f"{auto['calibration'][0]}"):
+            resolved, plan_report = plan_for(loaded, target.format, auto["min_top1"], auto["max_mb"],
+                                             auto["calibration"][1], progress=progress.note)
+            plan_report["calibration"] = auto["calibration"][0]
+        recipe = resolved
     rounded = {}
     if calibration is not None:
         from .quantize.gptq import gptq_blocks
@@ -95,7 +111,7 @@ def run(args) -> int:
         target.export(loaded, out, recipe, args.context, prefill)
     manifest = json.loads((out / "manifest.json").read_text())
     summary = {"artifact": str(out), "target": target.name, "format": target.format, "bundle": target.bundle,
-               "recipe": recipe, "context": manifest.get("context_length"),
+               "recipe": manifest["recipe"], **({"plan": plan_report} if plan_report else {}), "context": manifest.get("context_length"),
                "prefill": manifest.get("prefill_lengths"), "source": manifest["source"],
                "files": {name: f["bytes"] for name, f in manifest["files"].items()},
                "bytes": sum(f["bytes"] for f in manifest["files"].values()),
@@ -130,29 +146,56 @@ def user_bar(args):
     return Bar(min_top1_agreement=args.min_top1, max_kl_divergence=args.max_kl)
 
 
-def _gptq_calibration(args, recipe) -> tuple[str, str | None, dict] | None:
+def _auto_request(args, recipe: str) -> dict | None:
+    """--quant auto's bar, size cap and calibration text, checked before any work; None for other recipes."""
+    from .quantize.recipes import AUTO
+    max_mb = getattr(args, "max_mb", None)
+    if recipe != AUTO:
+        if max_mb is not None:
+            raise ValueError("--max-mb: only used with --quant auto")
+        return None
+    if args.min_top1 is None:
+        raise ValueError("--quant auto: needs the bar to plan for, --min-top1 X (e.g. 0.9)")
+    if not 0 < args.min_top1 <= 1:
+        raise ValueError(f"--min-top1 {args.min_top1}: top-1 agreement is a fraction between 0 and 1")
+    if max_mb is not None and not max_mb > 0:
+        raise ValueError(f"--max-mb {max_mb}: must be a positive number of megabytes")
+    if getattr(args, "gptq", None):
+        raise ValueError("--gptq: not combined with --quant auto (its int4 weights are rounded to nearest)")
+    if getattr(args, "calibration_tokens", None) is not None:
+        raise ValueError("--calibration-tokens: only used with --gptq")
+    return {"min_top1": args.min_top1, "max_mb": max_mb, "calibration": _calibration_text(args)}
+
+
+def _calibration_text(args) -> tuple[str, str | None]:
+    """(what the calibration text is, its text or None for the bundled one)."""
+    calibration = getattr(args, "calibration", None)
+    if calibration is None:
+        return "the bundled training text (export/data/qat_train.txt)", None
+    path = Path(calibration)
+    if not path.is_file():
+        raise ValueError(f"--calibration {calibration}: no such file")
+    return str(path), path.read_text(encoding="utf-8")
+
+
+def _gptq_calibration(args, recipe, auto: bool = False) -> tuple[str, str | None, dict] | None:
     """(what the calibration text is, its text or None for the bundled one, gptq_blocks' keyword
     arguments) when the export rounds with GPTQ (--gptq, or the recipe's default), else None; bad
     input fails here, before any work."""
     gptq = getattr(args, "gptq", None)
     if gptq is None:
-        gptq = recipe.rounding == "gptq"
+        gptq = recipe.rounding == "gptq" and not auto
     calibration, tokens = getattr(args, "calibration", None), getattr(args, "calibration_tokens", None)
     if not gptq:
-        if calibration is not None or tokens is not None:
-            raise ValueError("--calibration / --calibration-tokens: only used with --gptq")
+        if (calibration is not None and not auto) or tokens is not None:
+            raise ValueError("--calibration / --calibration-tokens: only used with --gptq or --quant auto")
         return None
     from .quantize.gptq import MIN_TOKENS, check_recipe
     check_recipe(recipe)
     if tokens is not None and tokens < MIN_TOKENS:
         raise ValueError(f"--calibration-tokens {tokens}: GPTQ needs at least {MIN_TOKENS}")
     kwargs = {} if tokens is None else {"tokens": tokens}
-    if calibration is None:
-        return "the bundled training text (export/data/qat_train.txt)", None, kwargs
-    path = Path(calibration)
-    if not path.is_file():
-        raise ValueError(f"--calibration {calibration}: no such file")
-    return str(path), path.read_text(encoding="utf-8"), kwargs
+    return (*_calibration_text(args), kwargs)
 
 
 def _weights_of(loaded, rounded: dict):
@@ -183,6 +226,11 @@ def text_summary(s: dict) -> str:
              ", ".join(f"{n} {b / 1e6:.1f} MB" for n, b in s["files"].items() if b > 1e5) + ")",
              f"target    {s['target']} ({s['format']}, {s['bundle']}), recipe {s['recipe']}, context {s['context']}"
              + (f", prefill {s['prefill']}" if s["prefill"] else "")]
+    if s.get("plan"):
+        pl = s["plan"]
+        lines.append(f"plan      " + ", ".join(f"{n} {c}" for c, n in pl["weights_per_choice"].items()) +
+                     f" weights (table {pl['table']}); calibration top-1 {pl['calibration_top1']:.3f} "
+                     f"(bar {pl['min_top1']:g}), {pl['plans_measured']} plans measured in {pl['seconds']:.0f} s")
     if v is None:
         lines.append("validate  skipped (--no-validate)")
     else:

@@ -21,7 +21,7 @@ import torch
 
 from .models.checkpoints import load_model
 from .models.generate import generate
-from .quantize.recipes import FLOOR, RECIPES, Bar, recipe as recipe_for
+from .quantize.recipes import AUTO, FLOOR, RECIPES, Bar, planned, recipe as recipe_for
 from .quantize.simulate import simulate
 
 GREEDY_TOKENS = 64
@@ -110,10 +110,15 @@ def validate(folder: str | Path, model_source: str | None = None, *, loaded=None
     art = runtime_py.load(folder)
     manifest = art.manifest or {}
     fmt = FORMATS.get(str(manifest.get("target", "")))
-    if manifest.get("recipe") not in RECIPES or fmt is None:
+    if (manifest.get("recipe") not in RECIPES and manifest.get("recipe") != AUTO) or fmt is None:
         raise ValueError(f"{folder / 'manifest.json'}: unknown recipe {manifest.get('recipe')!r} or target "
                          f"{manifest.get('target')!r}")
-    recipe = recipe_for(manifest["recipe"], fmt)
+    if manifest["recipe"] == AUTO:
+        if not isinstance(manifest.get("plan"), dict):
+            raise ValueError(f"{folder / 'manifest.json'}: recipe auto without its per-weight plan")
+        recipe = planned(manifest["plan"], fmt)
+    else:
+        recipe = recipe_for(manifest["recipe"], fmt)
     ref = loaded if loaded is not None else load_model(model_source or manifest["source"])
     c = ref.config
     carried = (manifest.get("lossless_import") or {}).get("carried", [])

@@ -61,12 +61,15 @@ def _plain(obj):
     return obj
 
 
-def write_manifest(folder: Path, *, source: str, config, recipe: str, target: str, extra: dict | None = None):
-    """manifest.json over every file already in `folder` (no timestamps: re-exports are identical)."""
+def write_manifest(folder: Path, *, source: str, config, recipe, target: str, extra: dict | None = None):
+    """manifest.json over every file already in `folder` (no timestamps: re-exports are identical).
+    recipe: its name, or the Recipe (a planned one's per-weight choices go in as `plan`)."""
     files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    manifest = {"tool": "gemma-export", "tool_version": __version__, "target": target, "recipe": recipe,
-                "source": source, "config": _plain(config), "files": files, **(extra or {})}
+    plan = {"plan": recipe.choices()} if getattr(recipe, "plan", None) else {}
+    manifest = {"tool": "gemma-export", "tool_version": __version__, "target": target,
+                "recipe": getattr(recipe, "name", recipe), "source": source, "config": _plain(config),
+                "files": files, **(extra or {}), **plan}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 

@@ -45,7 +45,7 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
         _save(edge, tmp, r)
         del edge
         carried = _finish(tmp, r, loaded)
-        write_manifest(tmp, source=str(loaded.source), config=c, recipe=recipe, target="litert", extra={
+        write_manifest(tmp, source=str(loaded.source), config=c, recipe=r, target="litert", extra={
             **import_record(loaded, carried),
             "kind": "causal_lm", "context_length": context, "prefill_lengths": lengths,
             "signatures": signature_names(lengths), "prefill_logits": prefill_logits,
@@ -92,7 +92,7 @@ def _export_embedder(loaded, out, r, lengths, composites: bool) -> Path:
         _save(edge, tmp, r)
         del edge
         carried = _finish(tmp, r, loaded)
-        write_manifest(tmp, source=str(loaded.source), config=c, recipe=r.name, target="litert", extra={
+        write_manifest(tmp, source=str(loaded.source), config=c, recipe=r, target="litert", extra={
             **import_record(loaded, carried),
             "kind": "embedder", "context_length": lengths[-1], "sequence_lengths": lengths,
             "signatures": [embed_signature(t) for t in lengths],

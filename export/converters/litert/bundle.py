@@ -185,7 +185,7 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
             build_litertlm(litert, tmp / BUNDLE)
             shutil.copyfile(litert / "tokenizer.model", tmp / "tokenizer.model")
             extra = {k: v for k, v in inner.items()
-                     if k not in ("tool", "tool_version", "target", "recipe", "source", "config", "files")}
+                     if k not in ("tool", "tool_version", "target", "recipe", "source", "config", "files", "plan")}
             write_manifest(tmp, source=str(loaded.source), config=loaded.config, recipe=recipe,
                            target="litertlm", extra={**extra, "bundle": BUNDLE, "tflite": {
                                "bytes": inner["files"]["model.tflite"]["bytes"],

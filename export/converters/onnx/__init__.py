@@ -48,7 +48,7 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
             loaded.tokenizer.save(tmp / "tokenizer.model")
             write_hf_tokenizer(loaded.tokenizer.model_proto(), tmp, model_max_length=context)
         extra.update(import_record(loaded, carried))
-        write_manifest(tmp, source=str(loaded.source), config=c, recipe=recipe, target="onnx", extra=extra)
+        write_manifest(tmp, source=str(loaded.source), config=c, recipe=r, target="onnx", extra=extra)
     return Path(out)
 
 
