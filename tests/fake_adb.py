@@ -47,7 +47,7 @@ elif cmd == "shell" and len(argv) == 2:
     line = argv[1]
     if line == "getprop ro.product.model":
         print("Pixel 8")
-    elif re.fullmatch(r"(mkdir -p|rm -rf) /data/local/tmp/gemma-export", line):
+    elif re.fullmatch(r"(mkdir -p|rm -rf) /data/local/tmp/gemma-export/run-\d+-[0-9a-f]+", line):
         pass
     elif line.startswith("chmod 755 "):
         if line.split()[-1] not in state["files"]:
