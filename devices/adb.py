@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from runtime_py.contract import DECODE_SIGNATURE, prefill_signature
+from runtime_py.files import read_json
 
 from .parsers import parse_benchmark_model, parse_litert_lm_benchmark
 from .profile import summarize
@@ -139,9 +140,8 @@ def _run(argv: list[str], check: bool = True, timeout: float = COMMAND_TIMEOUT) 
 
 
 def _signatures(plan: AdbPlan) -> list[str]:
-    import json
     manifest = plan.model.parent / "manifest.json"
-    have = json.loads(manifest.read_text()).get("prefill_lengths") if manifest.exists() else None
+    have = read_json(manifest).get("prefill_lengths") if manifest.exists() else None
     missing = [n for n in plan.prompt_lengths if have is not None and n not in have]
     if missing:
         raise ValueError(f"--prompt-lengths {','.join(map(str, missing))}: {plan.model} has prefill signatures "

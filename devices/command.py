@@ -50,7 +50,7 @@ def _progress(i, run) -> None:
 
 def manifest_of(artifact: Path) -> dict:
     manifest = (artifact if artifact.is_dir() else artifact.parent) / "manifest.json"
-    return json.loads(manifest.read_text()) if manifest.exists() else {}
+    return read_json(manifest) if manifest.exists() else {}
 
 
 def config_of(artifact: Path) -> dict:

@@ -117,13 +117,10 @@ class Tokenizer:
     def encode_text(self, text: str) -> list[int]:
         """Token ids of text from a user (no <bos>): special pieces written in it (<start_of_turn>, <unusedN>,
         ...: SPECIAL_PIECE) are spelled as ordinary text, never their own ids, so a message cannot forge turns."""
-        ids, at = [], 0
-        for m in SPECIAL_PIECE.finditer(text):
-            if m.group() in self:
-                ids += self._sp.encode(text[at:m.start()]) + self._sp.encode(m.group()[0]) + \
-                    self._sp.encode(m.group()[1:])
-                at = m.end()
-        return ids + self._sp.encode(text[at:])
+        # cut each such piece after its "<": SentencePiece matches a piece only whole, and the text around the
+        # cut still merges as ordinary text does
+        cuts = [m.start() + 1 for m in SPECIAL_PIECE.finditer(text) if m.group() in self]
+        return [i for a, b in zip([0, *cuts], [*cuts, len(text)]) for i in self._sp.encode(text[a:b])]
 
     def chat_ids(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         """<bos> + chat_prompt(messages) as token ids, the messages' contents encoded by encode_text: the

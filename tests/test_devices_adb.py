@@ -183,3 +183,29 @@ def test_absl_durations():
         [3723.5, 0.4265, 850e-6, 12e-9, 0.0, -2.0])
     with pytest.raises(ValueError):
         absl_duration_s("12 s")
+
+
+def test_a_hanging_runner_times_out_and_the_phone_is_cleaned(phone, tmp_path, capsys, monkeypatch):
+    import devices.adb
+    monkeypatch.setattr(devices.adb, "RUN_TIMEOUT", 1)
+    monkeypatch.setenv("FAKE_ADB_HANG", "1")
+    art = tmp_path / "m.litertlm"
+    art.write_bytes(b"LITERTLM")
+    runner = tmp_path / "litert_lm_main"
+    runner.write_bytes(b"\x7fELF")
+    assert main(["profile", str(art), "--device", "adb:R5CW71ABCDE", "--runner", str(runner), "--runs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "did not finish in 1 s" in err and "Traceback" not in err
+    remote = _remote(phone())
+    assert phone()[-1] == ["adb", "-s", "R5CW71ABCDE", "shell", f"rm -rf {remote}"]      # only this run's folder
+
+
+def test_two_runs_on_one_phone_use_two_remote_folders(phone, tmp_path, capsys):
+    art = tmp_path / "m.litertlm"
+    art.write_bytes(b"LITERTLM" + bytes(64))
+    runner = tmp_path / "litert_lm_main"
+    runner.write_bytes(b"\x7fELF")
+    argv = ["profile", str(art), "--device", "adb:R5CW71ABCDE", "--runner", str(runner), "--runs", "1", "--json"]
+    assert main(argv) == 0 and main(argv) == 0
+    made = [c[-1] for c in phone() if c[-1].startswith("mkdir -p ")]
+    assert len(made) == 2 and made[0] != made[1]

@@ -165,13 +165,13 @@ def run(model: str | None, data: str | Path, steps: int, out: str | Path, recipe
     """`gemma-export qat`: load, distil, write the checkpoint; returns a summary. `teacher`: the float model
     to distil (default: `model` itself; give the original when `model` is a QAT checkpoint, to resume).
     An existing `out` is replaced only when `gemma-export qat` wrote it, or with `force`."""
-    from ..converters.output import check_out
+    from ..converters.output import check_out, sweep_stale
     from ..models.checkpoints import load_model, resolve
     from .recipes import RECIPES
     if Path(out).suffix != ".gguf":
         raise ValueError(f"--out {out}: the checkpoint is a GGUF file; name it *.gguf")
-    check_out(out, force=force, reads=(resolve(model), teacher and resolve(teacher), data), file=True,
-              ours=_is_qat_checkpoint)
+    sweep_stale(check_out(out, force=force, reads=(resolve(model), teacher and resolve(teacher), data), file=True,
+                          ours=_is_qat_checkpoint))      # and the temporary files of killed runs beside it
     if recipe_name not in RECIPES:
         raise ValueError(f"--recipe {recipe_name}: unknown recipe; known: {', '.join(RECIPES)}")
     recipe = RECIPES[recipe_name]
