@@ -19,9 +19,12 @@ import re
 import shutil
 from pathlib import Path
 
+from runtime_py.files import sibling as stage_name
+
 MANIFEST = "manifest.json"
 TOOL = "gemma-export"               # manifest.json "tool": what marks a folder as ours
-TAGS = ("partial", "old", "work")   # staging: the new artifact, the previous one set aside, scratch space
+TAGS = ("partial", "old", "work")   # staging (runtime_py.files.sibling names): the new artifact (or a file being
+                                    # written atomically), the previous one set aside, scratch space
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 
@@ -53,7 +56,8 @@ def check_out(out: str | os.PathLike, *, force: bool = False, reads: tuple = (),
     if path.is_symlink():
         raise ValueError(f"{flag} {out}: is a symbolic link; give the path it points to ({os.path.realpath(path)})")
     if path.exists() and path.is_dir() == file:
-        raise ValueError(f"{flag} {out}: is a {'folder' if file else 'file'}; the output is a {'file' if file else 'folder'}")
+        have, want = ("folder", "file") if file else ("file", "folder")
+        raise ValueError(f"{flag} {out}: is a {have}; the output is a {want}")
     if path.exists() and not force:
         kind = "file" if file else "folder"
         empty = not file and not any(path.iterdir())
@@ -64,10 +68,6 @@ def check_out(out: str | os.PathLike, *, force: bool = False, reads: tuple = (),
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {out}: cannot write in {parent}")
     return path
-
-
-def stage_name(out: Path, tag: str, pid: int | None = None) -> Path:
-    return out.with_name(f".{out.name}.{pid or os.getpid()}.{tag}")
 
 
 def _alive(pid: int) -> bool:
