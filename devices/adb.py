@@ -11,18 +11,26 @@ litert_lm_main runs once per prompt length and run (`--benchmark --benchmark_pre
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import re
+import secrets
 import shlex
 import subprocess
 import tempfile
 from pathlib import Path
 
 from runtime_py.contract import DECODE_SIGNATURE, prefill_signature
+from runtime_py.files import read_json
 
 from .parsers import parse_benchmark_model, parse_litert_lm_benchmark
 from .profile import summarize
 
-REMOTE_DIR = "/data/local/tmp/gemma-export"
+REMOTE_DIR = "/data/local/tmp/gemma-export"     # each run works in its own folder under it (run-PID-RANDOM)
+COMMAND_TIMEOUT = 60            # seconds for a device command (getprop, mkdir, chmod, rm, pull of a log)
+PUSH_TIMEOUT = (60, 1e6)        # a push: this many seconds plus one per this many bytes (USB 2 at its slowest)
+RUN_TIMEOUT = 1800              # one runner invocation on the phone
 RUNNERS = {".litertlm": "litert_lm_main", ".tflite": "benchmark_model"}
 BACKENDS = ("cpu", "gpu")
 
@@ -39,6 +47,7 @@ class AdbPlan:
     runs: int = 3
     prompt_lengths: tuple[int, ...] = (128, 512)
     decode_tokens: int = 128
+    remote_dir: str = REMOTE_DIR   # this run's own folder on the phone (two runs on one phone never share one)
 
     @property
     def tool(self) -> str:
@@ -48,7 +57,7 @@ class AdbPlan:
         return ["adb", *(["-s", self.serial] if self.serial else []), *args]
 
     def remote(self, name: str) -> str:
-        return f"{REMOTE_DIR}/{name}"
+        return f"{self.remote_dir}/{name}"
 
     def runner_argv(self, prompt_length: int | None = None, signature: str | None = None) -> list[str]:
         """The runner's command line on the phone (one prompt length for litert_lm_main, one signature for
@@ -100,20 +109,30 @@ def make_plan(artifact, runner, *, serial=None, backend="cpu", threads=None, tas
         raise FileNotFoundError(f"--runner {runner}: no such file")
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    if serial is not None and not re.fullmatch(r"[\w.:-]+", serial):
+        raise ValueError(f"--device adb:{serial}: not a device serial (letters, digits, '.', ':', '-', '_')")
     lengths = tuple(sorted({int(n) for n in prompt_lengths}))
+    if not lengths or lengths[0] < 1 or int(runs) < 1 or int(decode_tokens) < 1 or (threads is not None and threads < 1):
+        raise ValueError("--prompt-lengths, --runs, --decode-tokens and --threads must be positive")
+    if taskset not in (None, "", "none") and not re.fullmatch(r"[0-9a-fA-F]+", taskset):
+        raise ValueError(f"--taskset {taskset}: expected a hexadecimal CPU mask or none")
     return AdbPlan(artifact, model, runner, serial, backend, int(threads or 4),
-                   None if taskset in (None, "", "none") else taskset, int(runs), lengths, int(decode_tokens))
+                   None if taskset in (None, "", "none") else taskset, int(runs), lengths, int(decode_tokens),
+                   f"{REMOTE_DIR}/run-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 class AdbError(RuntimeError):
     pass
 
 
-def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+def _run(argv: list[str], check: bool = True, timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
         raise AdbError("adb: not found on PATH (install Android SDK platform-tools)") from None
+    except subprocess.TimeoutExpired:
+        raise AdbError(f"`{shlex.join(argv)}` did not finish in {timeout:.0f} s (the phone or the runner hangs)") \
+            from None
     if check and done.returncode != 0:
         raise AdbError(f"`{shlex.join(argv)}` failed (exit {done.returncode}): "
                        f"{(done.stderr or done.stdout).strip()[-400:]}")
@@ -121,9 +140,8 @@ def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
 
 
 def _signatures(plan: AdbPlan) -> list[str]:
-    import json
     manifest = plan.model.parent / "manifest.json"
-    have = json.loads(manifest.read_text()).get("prefill_lengths") if manifest.exists() else None
+    have = read_json(manifest).get("prefill_lengths") if manifest.exists() else None
     missing = [n for n in plan.prompt_lengths if have is not None and n not in have]
     if missing:
         raise ValueError(f"--prompt-lengths {','.join(map(str, missing))}: {plan.model} has prefill signatures "
@@ -133,7 +151,7 @@ def _signatures(plan: AdbPlan) -> list[str]:
 
 def _execute(plan: AdbPlan, argv: list[str], log: str, local: Path, parse):
     """Run one runner invocation on the phone, pull its log, parse it (a failed run's log names its error)."""
-    done = _run(plan.adb("shell", plan.shell_line(argv, log)), check=False)
+    done = _run(plan.adb("shell", plan.shell_line(argv, log)), check=False, timeout=RUN_TIMEOUT)
     _run(plan.adb("pull", plan.remote(log), str(local / log)))
     text = (local / log).read_text(errors="replace")
     try:
@@ -147,14 +165,15 @@ def profile_adb(plan: AdbPlan, on_run=None) -> dict:
     """Profile over adb -> the same result dict as devices.host.profile_host."""
     model = _run(plan.adb("shell", "getprop ro.product.model")).stdout.strip() or "unknown"
     signatures = _signatures(plan) if plan.tool == "benchmark_model" else None
-    _run(plan.adb("shell", f"mkdir -p {REMOTE_DIR}"))
-    _run(plan.adb("push", str(plan.model), plan.remote(plan.model.name)))
-    _run(plan.adb("push", str(plan.runner), plan.remote(plan.runner.name)))
-    _run(plan.adb("shell", f"chmod 755 {shlex.quote(plan.remote(plan.runner.name))}"))
     runs = []
     with tempfile.TemporaryDirectory(prefix="gemma-export-adb-") as tmp:
         local = Path(tmp)
-        try:
+        try:            # push, run, pull: whatever fails (or a timeout, Ctrl-C, SIGTERM), the phone is cleaned
+            _run(plan.adb("shell", f"mkdir -p {shlex.quote(plan.remote_dir)}"))
+            for f in (plan.model, plan.runner):
+                _run(plan.adb("push", str(f), plan.remote(f.name)),
+                     timeout=PUSH_TIMEOUT[0] + f.stat().st_size / PUSH_TIMEOUT[1])
+            _run(plan.adb("shell", f"chmod 755 {shlex.quote(plan.remote(plan.runner.name))}"))
             if signatures is None:
                 for r in range(plan.runs):
                     parsed = {n: _execute(plan, plan.runner_argv(prompt_length=n), f"run{r + 1}_prefill{n}.log",
@@ -167,7 +186,8 @@ def profile_adb(plan: AdbPlan, on_run=None) -> dict:
                           for s in signatures}
                 runs.append(_benchmark_model_run(parsed, plan.prompt_lengths))
         finally:
-            _run(plan.adb("shell", f"rm -rf {REMOTE_DIR}"), check=False)
+            with contextlib.suppress(AdbError):
+                _run(plan.adb("shell", f"rm -rf {shlex.quote(plan.remote_dir)}"), check=False)
     device = {"name": f"adb:{plan.serial}" if plan.serial else "adb", "model": model, "backend": plan.backend,
               "threads": plan.threads, "taskset": plan.taskset or "none"}
     settings = {"runner": plan.tool, "backend": plan.backend, "threads": plan.threads, "runs": plan.runs,

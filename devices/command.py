@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def _progress(i, run) -> None:
 
 def manifest_of(artifact: Path) -> dict:
     manifest = (artifact if artifact.is_dir() else artifact.parent) / "manifest.json"
-    return json.loads(manifest.read_text()) if manifest.exists() else {}
+    return read_json(manifest) if manifest.exists() else {}
 
 
 def config_of(artifact: Path) -> dict:
@@ -89,7 +90,9 @@ def run(args) -> int:
     if not artifact.exists():
         raise FileNotFoundError(f"{artifact}: no such file or folder")
     name = args.device
-    base = Path(args.out) if args.out else artifact.parent / f"{artifact.name}.profile-{name.replace(':', '-')}"
+    # the device name (a serial the user typed) goes into a file name: only safe characters, never a '/'
+    safe = re.sub(r"[^\w.-]", "-", name)
+    base = Path(args.out) if args.out else artifact.parent / f"{artifact.name}.profile-{safe}"
     if name == "host":
         from .host import profile_host
         result = profile_host(artifact, threads=args.threads, runs=args.runs, spin=args.spin,

@@ -3,13 +3,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 # What library code raises for bad input (a flag, a file, a tensor named in the message); the CLI turns it, and
-# adb's refusals (the user's phone setup), into exit 2. CheckpointError and the runner-output errors are ValueErrors.
-BAD_INPUT = (ValueError, FileNotFoundError)
+# adb's refusals (the user's phone setup), into exit 2. CheckpointError and the runner-output errors are ValueErrors;
+# OSError: a file the user named that cannot be read or written.
+BAD_INPUT = (ValueError, OSError)
+EXIT_CODES = """exit status: 0 success; 1 a check failed (validation below its thresholds or bar);
+2 bad input (a flag, a file, a checkpoint: one line on stderr names it; nothing is written);
+130 / 143 interrupted (Ctrl-C / SIGTERM; partial output is removed)"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line (the culprit named), exit 2, like every other bad input."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+def _count(text: str) -> int:
+    """A non-negative integer flag value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 0")
+    return value
 
 
 def _models(args) -> int:
@@ -34,7 +58,7 @@ def _is_artifact(model: str | None) -> bool:
 
 
 def _generate(args) -> int:
-    from runtime_py.sampling import Sampling
+    from runtime_py.sampling import Sampling, finish_reason, token_budget
     from runtime_py.tokenizer import StreamDecoder
 
     sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
@@ -50,8 +74,8 @@ def _generate(args) -> int:
     if loaded.config.embedding_head is not None:
         raise SystemExit(f"error: {loaded.source} is an embedding model; it does not generate text")
     load_s = time.perf_counter() - t0
-    text = tok.chat_prompt([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
-    prompt = tok.encode(text)
+    # chat: the user's text cannot become turn markers (encoded with special pieces off)
+    prompt = tok.chat_ids([{"role": "user", "content": args.prompt}]) if args.chat else tok.encode(args.prompt)
     stream = None
     if not args.json:
         sd = StreamDecoder(tok)
@@ -61,9 +85,12 @@ def _generate(args) -> int:
     ids = generate(loaded.model, prompt, args.max_new_tokens, sampling, tok.stop_ids, stream)
     gen_s = time.perf_counter() - t1
     out = tok.decode(ids)
+    budget = token_budget(len(prompt), args.max_new_tokens, loaded.config.max_position, loaded.source)
     if args.json:
         print(json.dumps({"model": str(loaded.source), "prompt": args.prompt, "text": out, "token_ids": ids,
-                          "prompt_tokens": len(prompt), "load_s": round(load_s, 3),
+                          "prompt_tokens": len(prompt), "finish_reason": finish_reason(len(ids), budget,
+                                                                                       args.max_new_tokens),
+                          "load_s": round(load_s, 3),
                           "generate_s": round(gen_s, 3)}))
     else:
         print(f"\n[{len(ids)} tokens in {gen_s:.2f} s; model loaded in {load_s:.1f} s]", file=sys.stderr)
@@ -138,7 +165,7 @@ def _qat(args) -> int:
         print(f"step {p['step']}/{p['steps']}  KL {p['loss']:.4f}  {p['s_per_step']:.1f} s/step",
               file=sys.stderr, flush=True)
     s = run(args.model, args.data, args.steps, args.out, args.recipe, lr=args.lr, seq_len=args.seq_len,
-            train_table=args.train_embedding, teacher=args.teacher, progress=progress)
+            train_table=args.train_embedding, teacher=args.teacher, progress=progress, force=args.force)
     if args.json:
         print(json.dumps(s, indent=2))
     else:
@@ -160,7 +187,8 @@ def _bar_flags(p) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .targets import TARGETS
-    p = argparse.ArgumentParser(prog="gemma-export", description=__doc__)
+    p = _Parser(prog="gemma-export", description=__doc__, epilog=EXIT_CODES,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("models", help="list the model presets with parameter counts")
@@ -170,9 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate text with the reference model")
     g.add_argument("--model", default=None, help="HF folder, .gguf file (default: bundled Gemma 3 270M)")
     g.add_argument("--prompt", required=True)
-    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--max-new-tokens", type=_count, default=32, help="at most this many (default 32; generation "
+                   "also ends when the context is full)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-k", type=_count, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat template")
@@ -191,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--target", required=True, choices=list(TARGETS), help="deployment profile (gemma-export targets)")
     e.add_argument("--model", default=None, help="HF folder, .gguf file (default: bundled Gemma 3 270M)")
     e.add_argument("--out", default=None, help="artifact folder (default: out/<model>-<target>-<quant>)")
+    e.add_argument("--force", action="store_true", help="replace --out even if it is not a gemma-export artifact")
     e.add_argument("--quant", default=None, help="quantization recipe (default: the target's); `auto` with "
                                                  "--min-top1 X: the smallest per-weight plan reaching X")
     e.add_argument("--context", type=int, default=None, help="context length (default: the target's)")
@@ -228,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", required=True, help="UTF-8 training text (its last 10%% is held out)")
     q.add_argument("--steps", type=int, required=True)
     q.add_argument("--out", required=True, help="checkpoint to write (.gguf)")
+    q.add_argument("--force", action="store_true", help="replace --out even if gemma-export qat did not write it")
     q.add_argument("--recipe", default="int4", help="quantization recipe to train for (default int4)")
     q.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate (default 1e-4)")
     q.add_argument("--seq-len", type=int, default=128, help="tokens per training window (default 128)")
@@ -246,11 +277,37 @@ def main(argv: list[str] | None = None) -> int:
         argv.insert(0, "export")                     # `gemma-export --target X ...` is the export command
     args = build_parser().parse_args(argv)
     from devices.adb import AdbError
+    main_thread = threading.current_thread() is threading.main_thread()     # where Python runs signal handlers
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None   # SIGTERM cleans up as Ctrl-C
     try:
         return args.func(args)
     except BAD_INPUT + (AdbError,) as e:     # one clear line; anything else is a bug and surfaces as a traceback
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        print(f"error: {_message(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        print(f"error: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; partial output removed",
+              file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so that every `finally` (staging folders, remote files) runs."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
+def _message(e: BaseException) -> str:
+    """One line: the message our code gave, or for a system error the file and what went wrong."""
+    if isinstance(e, OSError) and e.filename is not None:
+        text = f"{e.filename}: {e.strerror or e}"
+    else:
+        text = str(e.args[0]) if len(e.args) == 1 else str(e)
+    return " ".join(text.split("\n"))
 
 
 if __name__ == "__main__":

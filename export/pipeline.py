@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+from runtime_py.files import write_atomic
+
 SPINNER = "|/-\\"
 VALIDATION_KEYS = ("passed", "failures", "top1_agreement", "kl_divergence", "max_abs_logit_diff",
                    "greedy_match_tokens", "greedy_tokens", "perplexity", "reference_perplexity", "embedding_cosine",
@@ -62,15 +64,16 @@ class Progress:
                       file=self.stream, flush=True)
 
 
-def default_out(loaded, target: str, recipe: str) -> Path:
-    name = loaded.source.stem if loaded.source.suffix == ".gguf" else loaded.source.name
+def default_out(source: Path, target: str, recipe: str) -> Path:
+    name = source.stem if source.suffix == ".gguf" else source.name
     return Path(f"out/{name}-{target}-{recipe}")
 
 
 def run(args) -> int:
     """The export command (args from export.cli): prints the summary (JSON with --json); 0, or 1 when the
     artifact fails validation."""
-    from .models.checkpoints import load_model
+    from .converters.output import check_out
+    from .models.checkpoints import load_model, resolve
     from .quantize.recipes import recipe as recipe_for
     from .targets import target as target_for
 
@@ -85,10 +88,12 @@ def run(args) -> int:
         raise ValueError(f"--prefill: --target {target.name} builds ONNX, which has no prefill signatures")
     steps = ["load", *(["plan"] if auto else []), *(["gptq"] if calibration is not None else []), "convert",
              *(["validate"] if args.validate else []), *(["profile"] if args.profile else []), "report"]
+    source = resolve(args.model)
+    out = Path(args.out) if args.out else default_out(source, target.name, recipe)
+    check_out(out, force=getattr(args, "force", False), reads=(source,))     # before any work
     progress = Progress(steps, quiet=args.json)
     with progress.step("load", str(args.model or "bundled Gemma 3 270M")):
         loaded = load_model(args.model)
-    out = Path(args.out) if args.out else default_out(loaded, target.name, recipe)
     quant = "" if recipe == "fp32" else f"quantize {recipe} + "
     plan_report = None
     if auto is not None:
@@ -129,8 +134,8 @@ def run(args) -> int:
     with progress.step("report", f"{out}.report.json / .md"):
         summary["seconds"] = dict(progress.seconds)
         summary["report"] = {"json": f"{out}.report.json", "md": f"{out}.report.md"}
-        Path(summary["report"]["json"]).write_text(json.dumps(summary, indent=2) + "\n")
-        Path(summary["report"]["md"]).write_text(markdown(summary))
+        write_atomic(summary["report"]["json"], json.dumps(summary, indent=2) + "\n")
+        write_atomic(summary["report"]["md"], markdown(summary))
     print(json.dumps(summary, indent=2) if args.json else text_summary(summary))
     return 0 if summary["validation"] is None or summary["validation"]["passed"] else 1
 

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .prompts import embedding_prompt, shieldgemma_prompt
-from .sampling import Sampler, Sampling, generate_tokens
+from .sampling import Sampler, Sampling, finish_reason, generate_tokens, token_budget
 from .tokenizer import StreamDecoder, Tokenizer
 
 
@@ -102,16 +102,11 @@ class Model:
         (default: the tokenizer's <eos>/<end_of_turn>), after `max_new_tokens`, or when the context is full.
         `on_text` receives the text as it is completed (UTF-8-safe streaming)."""
         self._need("causal", "generate()")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        sampler = Sampler(sampling, self.config.get("vocab_size") or getattr(self.backend, "vocab_size", None))
         ids = self._ids(prompt)
-        room = self.backend.context_length - len(ids)
-        if room <= 0:
-            raise ValueError(f"the prompt has {len(ids)} tokens; {self.path} takes at most "
-                             f"{self.backend.context_length} in all")
+        n = token_budget(len(ids), max_new_tokens, self.backend.context_length, self.path)
         if stop_ids is None:
             stop_ids = self.tokenizer.stop_ids if self.tokenizer else [self.config.get("eos_id", 1)]
-        n = min(int(max_new_tokens), room)
         step = self.backend.stepper(len(ids) + n)
         timings = Timings(prefill_tokens=len(ids))
 
@@ -136,13 +131,12 @@ class Model:
                 emit(decoder.push(token))
 
         t0 = time.perf_counter()
-        out = generate_tokens(timed_step, ids, n, Sampler(sampling), stop_ids, on_token)
+        out = generate_tokens(timed_step, ids, n, sampler, stop_ids, on_token)
         if decoder:
             emit(decoder.flush())
         timings.decode_s = time.perf_counter() - t0 - timings.prefill_s
         timings.decode_tokens = len(out)
-        finish = "stop" if len(out) < n else ("length" if n == max_new_tokens else "context")
-        return Generation("".join(pieces), out, len(ids), timings, finish)
+        return Generation("".join(pieces), out, len(ids), timings, finish_reason(len(out), n, max_new_tokens))
 
     def time_steps(self, prompt: list[int], decode_steps: int) -> StepTimes:
         """Greedy-continue `prompt` (token ids) by 1 + `decode_steps` tokens, never stopping early, timing the
@@ -171,7 +165,7 @@ class Model:
         """The model's reply to `messages` ([{"role": "user"|"assistant"|"system", "content": str}, ...]),
         in Gemma's chat format."""
         self._need("causal", "chat()")
-        prompt = self._tok().chat_prompt(messages)
+        prompt = self._tok().chat_ids(messages)       # the contents cannot forge turn markers
         return self.generate(prompt, max_new_tokens, sampling, stop_ids, on_text)
 
     def logits(self, ids: list[int]) -> np.ndarray:

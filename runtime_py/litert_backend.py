@@ -271,11 +271,14 @@ def read_litertlm(path: str | Path) -> dict:
     """The sections runtime_py uses from a `.litertlm` file: {"tflite": bytes, "tokenizer": bytes | None,
     "max_num_tokens": int | None, "system": {key: str}}."""
     path = Path(path)
+    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(_HEADER_BEGIN)
         if len(head) < _HEADER_BEGIN or head[:8] != _MAGIC:
             raise ValueError(f"{path}: not a .litertlm file (no {_MAGIC.decode()} magic)")
         end = _u("Q", head, 24)
+        if not _HEADER_BEGIN < end <= size:           # sizes are bounded by the file before anything is read
+            raise ValueError(f"{path}: damaged .litertlm header (it ends at byte {end}, the file has {size})")
         buf = memoryview(f.read(end - _HEADER_BEGIN))
         try:
             root = _deref(buf, 0)
@@ -283,10 +286,13 @@ def read_litertlm(path: str | Path) -> dict:
             sections = _vector(buf, _field(buf, _deref(buf, _field(buf, root, 1)), 0))
             spans = [(buf[_field(buf, s, 3)], _u("Q", buf, _field(buf, s, 1)), _u("Q", buf, _field(buf, s, 2)),
                       _items(buf, s, 0)) for s in sections]
-        except (struct.error, TypeError, IndexError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: damaged .litertlm header ({e})") from e
+        except (struct.error, TypeError, IndexError, UnicodeDecodeError, MemoryError, OverflowError) as e:
+            raise ValueError(f"{path}: damaged .litertlm header ({e})") from None
 
         def read(begin, stop):
+            if not end <= begin <= stop <= size:
+                raise ValueError(f"{path}: damaged .litertlm header (a section spans bytes {begin}..{stop}, "
+                                 f"the file has {size})")
             f.seek(begin)
             return f.read(stop - begin)
 
@@ -311,7 +317,12 @@ def read_litertlm(path: str | Path) -> dict:
 def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBackend, bytes | None, dict]:
     """(backend, SentencePiece model bytes or None, our stored facts {config, context_length, ...} or {})."""
     bundle = read_litertlm(path)
-    facts = json.loads(bundle["system"].get(CONFIG_KEY, "{}"))
+    try:
+        facts = json.loads(bundle["system"].get(CONFIG_KEY, "{}"))
+    except ValueError as e:
+        raise ValueError(f"{path}: its {CONFIG_KEY} metadata is not JSON ({e})") from None
+    if not isinstance(facts, dict):
+        raise ValueError(f"{path}: its {CONFIG_KEY} metadata is not a JSON object")
     limits = [n for n in (bundle["max_num_tokens"], facts.get("context_length")) if n]
     backend = LiteRTBackend(model_content=bundle["tflite"], threads=threads,
                             context_length=min(limits) if limits else None, name=str(path))

@@ -10,16 +10,13 @@ from pathlib import Path
 
 from .api import Model
 from .contract import FULL_ATTENTION, SLIDING_ATTENTION
-from .files import read_json
+from .files import inside, read_json
 from .tokenizer import Tokenizer
 
 
 def _tokenizer(where: Path, model_proto: bytes | None = None) -> Tokenizer:
     """The SentencePiece model in `model_proto`, or else in the file `where`; errors name `where`."""
-    try:
-        return Tokenizer.from_bytes(model_proto) if model_proto is not None else Tokenizer.from_file(where)
-    except Exception as e:      # sentencepiece raises RuntimeError/OSError on a bad model
-        raise ValueError(f"{where}: not a SentencePiece model ({e})") from e
+    return Tokenizer.from_bytes(model_proto, str(where)) if model_proto is not None else Tokenizer.from_file(where)
 
 
 def _open_litert(path: Path, threads: int | None) -> Model:
@@ -35,7 +32,8 @@ def _open_litert(path: Path, threads: int | None) -> Model:
         else (None, path / "model.tflite")
     if model_file is not None and not model_file.exists():
         named = (manifest or {}).get("bundle")
-        bundles = [folder / named] if named and (folder / named).exists() else sorted(folder.glob("*.litertlm"))
+        named = inside(folder, named, f"{folder / 'manifest.json'}: bundle") if named is not None else None
+        bundles = [named] if named and named.exists() else sorted(folder.glob("*.litertlm"))
         tflites = sorted(folder.glob("*.tflite"))
         if bundles:
             bundle, model_file = bundles[0], None

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .files import read_json
+from .files import inside, read_json
 from .sampling import check_step
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -49,7 +49,7 @@ class OnnxBackend:
             self.genai = read_json(manifest_path).get("runtime_config")
             genai_path = manifest_path if self.genai else genai_path
         decoder = (self.genai or {}).get("model", {}).get("decoder", {})
-        self.path = self.folder / decoder.get("filename", "model.onnx")
+        self.path = inside(self.folder, decoder.get("filename", "model.onnx"), f"{genai_path}: model.decoder.filename")
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such file (an ONNX artifact folder holds the model graph "
                                     f"{self.path.name}{' named by genai_config.json' if decoder else ''})")

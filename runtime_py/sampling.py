@@ -4,6 +4,7 @@ cache; this module never sees a tensor library other than numpy."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Iterable
 
 import numpy as np
@@ -18,16 +19,24 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"--top-k must be >= 0, got {self.top_k}")
+        if not 0 <= self.temperature < math.inf:          # NaN fails this too
+            raise ValueError(f"--temperature must be a finite number >= 0, got {self.temperature}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"--top-k must be an integer >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not (isinstance(self.seed, int) and self.seed >= 0):
+            raise ValueError(f"--seed must be an integer >= 0, got {self.seed}")
+
+    def check_vocab(self, vocab_size: int | None) -> None:
+        """Refuse settings the model's vocabulary cannot honour (before any work)."""
+        if vocab_size and self.top_k > vocab_size:
+            raise ValueError(f"--top-k {self.top_k}: larger than the vocabulary ({vocab_size} tokens)")
 
 
 class Sampler:
-    def __init__(self, sampling: Sampling = Sampling()):
+    def __init__(self, sampling: Sampling = Sampling(), vocab_size: int | None = None):
+        sampling.check_vocab(vocab_size)
         self.s = sampling
         self.rng = np.random.default_rng(sampling.seed)
 
@@ -76,6 +85,22 @@ def generate_tokens(step: Callable[[list[int], int], np.ndarray], prompt: list[i
         logits = step([token], pos)
         pos += 1
     return out
+
+
+def token_budget(prompt_tokens: int, max_new_tokens: int, context: int, where) -> int:
+    """How many new tokens to generate: `max_new_tokens`, or fewer where the context ends (generation then
+    stops cleanly with finish reason "context"); ValueError when the prompt alone fills the context."""
+    if max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    room = context - prompt_tokens
+    if room <= 0:
+        raise ValueError(f"the prompt has {prompt_tokens} tokens; {where} takes at most {context} in all")
+    return min(int(max_new_tokens), room)
+
+
+def finish_reason(new_tokens: int, budget: int, max_new_tokens: int) -> str:
+    """"stop" (a stop id came first), "length" (max_new_tokens reached) or "context" (the context was full)."""
+    return "stop" if new_tokens < budget else ("length" if budget == max_new_tokens else "context")
 
 
 def check_step(tokens: list[int], start: int, length: int, max_len: int, path, context: int) -> list[int]:

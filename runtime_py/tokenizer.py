@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import re
 from pathlib import Path
 
 import sentencepiece as spm
@@ -19,14 +20,21 @@ FIM_MIDDLE = "<|fim_middle|>"
 FILE_SEPARATOR = "<|file_separator|>"
 
 _TURN_ROLES = {"user": "user", "assistant": "model", "model": "model"}
+# Pieces that are control tokens to the model, whatever their SentencePiece type (Gemma's tokenizer makes them
+# USER_DEFINED, which SentencePiece matches in any text): turn and image markers, <mask>, <unusedN>, CodeGemma's
+# <|fim_...|> / <|file_separator|>. (Gemma's HTML-tag pieces are USER_DEFINED too, but ordinary text.)
+SPECIAL_PIECE = re.compile(r"<(?:start|end)_of_[a-z]+>|<unused\d+>|<mask>|<image_soft_token>|<\|[a-z_]+\|>")
 
 
 class Tokenizer:
     """A SentencePiece model (e.g. Gemma's `tokenizer.model`) with Gemma's chat and fill-in-the-middle formats."""
 
-    def __init__(self, model_proto: bytes):
+    def __init__(self, model_proto: bytes, where: str = "tokenizer"):
         self._proto = bytes(model_proto)
-        self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        except Exception as e:      # sentencepiece raises RuntimeError / OSError / protobuf errors on a bad model
+            raise ValueError(f"{where}: not a SentencePiece model ({' '.join(str(e).split())[:200]})") from None
         eos = [self.eos_id] if self.eos_id >= 0 else []
         self._stop_ids = tuple(eos + self._present(END_OF_TURN))
         self._fim_stop_ids = tuple(self._present(FILE_SEPARATOR) + eos
@@ -35,12 +43,12 @@ class Tokenizer:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "Tokenizer":
         """Load a serialized SentencePiece model (`tokenizer.model`)."""
-        return cls(Path(path).read_bytes())
+        return cls(Path(path).read_bytes(), str(path))
 
     @classmethod
-    def from_bytes(cls, model_proto: bytes) -> "Tokenizer":
-        """Load a serialized SentencePiece `ModelProto`."""
-        return cls(model_proto)
+    def from_bytes(cls, model_proto: bytes, where: str = "tokenizer") -> "Tokenizer":
+        """Load a serialized SentencePiece `ModelProto` (`where`: what errors name)."""
+        return cls(model_proto, where)
 
     def model_proto(self) -> bytes:
         """The serialized SentencePiece model, to store beside exported artifacts."""
@@ -106,13 +114,34 @@ class Tokenizer:
         """The text of `ids` (any iterable of ints); control tokens decode to nothing."""
         return self._sp.decode([int(i) for i in ids])
 
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of text from a user (no <bos>): special pieces written in it (<start_of_turn>, <unusedN>,
+        ...: SPECIAL_PIECE) are spelled as ordinary text, never their own ids, so a message cannot forge turns."""
+        # cut each such piece after its "<": SentencePiece matches a piece only whole, and the text around the
+        # cut still merges as ordinary text does
+        cuts = [m.start() + 1 for m in SPECIAL_PIECE.finditer(text) if m.group() in self]
+        return [i for a, b in zip([0, *cuts], [*cuts, len(text)]) for i in self._sp.encode(text[a:b])]
+
+    def chat_ids(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """<bos> + chat_prompt(messages) as token ids, the messages' contents encoded by encode_text: the
+        template's turn markers are the only <start_of_turn> / <end_of_turn> ids in the result."""
+        ids = [self.bos_id] if self.bos_id >= 0 else []
+        for before, text, after in self._turns(messages, add_generation_prompt):
+            ids += self._sp.encode(before) + self.encode_text(text) + self._sp.encode(after)
+        return ids
+
     def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """Gemma's chat format, as its official chat template writes it (without <bos>: encode adds it).
+        Special pieces inside the contents stay text here; chat_ids keeps them from becoming control ids.
 
         Roles are "user" and "assistant" (written "model"; "model" is accepted too), alternating and starting
         with "user"; an optional leading "system" message is put before the first user turn's text, followed
         by a blank line. Turn contents are stripped of surrounding whitespace, as the template does.
         """
+        return "".join(b + t + a for b, t, a in self._turns(messages, add_generation_prompt))
+
+    def _turns(self, messages: list[dict], add_generation_prompt: bool) -> list[tuple[str, str, str]]:
+        """(template text before, content, template text after) of each turn of chat_prompt."""
         messages = list(messages)
         system = ""
         if messages and messages[0].get("role") == "system":
@@ -131,10 +160,10 @@ class Tokenizer:
                                  f"starting with user; message {i} is {role!r}")
             text = (system if i == 0 else "") + _content(message).strip()
             before, after = TURN_TEMPLATES[_TURN_ROLES[role]]
-            parts.append(before + text + after)
+            parts.append((before, text, after))
         if add_generation_prompt:
-            parts.append(TURN_TEMPLATES["model"][0])
-        return "".join(parts)
+            parts.append((TURN_TEMPLATES["model"][0], "", ""))
+        return parts
 
     def fim_prompt(self, prefix: str, suffix: str) -> str:
         """CodeGemma's fill-in-the-middle prompt; the model writes the code between `prefix` and `suffix`.

@@ -3,7 +3,8 @@
 $FAKE_ADB_LOG, checks what it can (serial, pushed files exist, the runner was pushed before it runs, logs
 pulled were written), and answers like a phone: runner invocations `CMD > LOG 2>&1` store the fixture for that
 invocation (from $FAKE_ADB_FIXTURES: litert_lm_main_prefill{N}.log or benchmark_model_{signature}.log, or
-$FAKE_ADB_OVERRIDE if set) as LOG; `pull LOG LOCAL` writes it back. Unknown commands exit 1."""
+$FAKE_ADB_OVERRIDE if set) as LOG; `pull LOG LOCAL` writes it back ($FAKE_ADB_HANG: a runner invocation hangs).
+Unknown commands exit 1."""
 import json
 import os
 import re
@@ -47,12 +48,15 @@ elif cmd == "shell" and len(argv) == 2:
     line = argv[1]
     if line == "getprop ro.product.model":
         print("Pixel 8")
-    elif re.fullmatch(r"(mkdir -p|rm -rf) /data/local/tmp/gemma-export", line):
+    elif re.fullmatch(r"(mkdir -p|rm -rf) /data/local/tmp/gemma-export/run-\d+-[0-9a-f]+", line):
         pass
     elif line.startswith("chmod 755 "):
         if line.split()[-1] not in state["files"]:
             fail(f"chmod: {line.split()[-1]}: No such file or directory")
     elif m := re.fullmatch(r"(.+) > (\S+) 2>&1", line):
+        if os.environ.get("FAKE_ADB_HANG"):          # a runner that never returns
+            import time
+            time.sleep(60)
         words = shlex.split(m[1])
         exe = next(w for w in words if w.startswith("/"))
         if exe not in state["files"]:

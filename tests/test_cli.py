@@ -35,3 +35,20 @@ def test_bad_input_is_one_clear_line(argv, named, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert named in err and "Traceback" not in err and err.count("\n") == 0
+
+
+def test_generation_past_the_context_ends_cleanly_with_a_reason(tiny_hf, tmp_path, capsys):
+    """--max-new-tokens beyond the context: the tokens that fit, finish_reason "context", on the reference model
+    and on its artifact alike."""
+    import shutil
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_hf("gemma3", tokenizer=True).path, hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 40}))
+    assert main(["--target", "onnx", "--model", str(hf), "--out", str(tmp_path / "onnx"), "--no-validate"]) == 0
+    capsys.readouterr()
+    for model in (hf, tmp_path / "onnx"):
+        assert main(["generate", "--model", str(model), "--prompt", "Yes, no, maybe.", "--max-new-tokens", "1000",
+                     "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["finish_reason"] == "context" and out["prompt_tokens"] + len(out["token_ids"]) == 40

@@ -112,12 +112,12 @@ def test_defaults_and_names_are_defined_once():
 
 
 def test_files_are_replaced_atomically_in_one_place():
-    """os.replace of a file only in runtime_py.files (export.converters.artifact swaps whole folders)."""
+    """os.replace of a file only in runtime_py.files (export.converters.output swaps whole folders)."""
     calls = [str(p.relative_to(ROOT)) for p in _sources(*PRODUCT)
              for n in ast.walk(ast.parse(p.read_text()))
              if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in ("replace", "rename")
              and isinstance(n.func.value, ast.Name) and n.func.value.id == "os"]
-    assert sorted(set(calls)) == ["export/converters/artifact.py", "runtime_py/files.py"]
+    assert sorted(set(calls)) == ["export/converters/output.py", "runtime_py/files.py"]
 
 
 def test_atomic_path_publishes_whole_files_or_nothing(tmp_path):

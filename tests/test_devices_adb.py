@@ -14,7 +14,14 @@ from devices.parsers import RunnerOutputError, absl_duration_s, parse_benchmark_
 from export.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "devices"
-REMOTE = "/data/local/tmp/gemma-export"
+REMOTE_PARENT = "/data/local/tmp/gemma-export"
+
+
+def _remote(commands) -> str:
+    """This run's own folder on the phone (run-PID-RANDOM under REMOTE_PARENT), from its mkdir."""
+    made = [c[-1].split()[-1] for c in commands if c[-1].startswith("mkdir -p ")]
+    assert len(made) == 1 and re.fullmatch(rf"{REMOTE_PARENT}/run-\d+-[0-9a-f]+", made[0])
+    return made[0]
 
 
 @pytest.fixture
@@ -49,6 +56,8 @@ def test_litertlm_over_adb_sends_the_exact_commands_and_reports_the_runner_figur
     result = json.loads(capsys.readouterr().out)
 
     adb = ["adb", "-s", "R5CW71ABCDE"]
+    got = phone()
+    REMOTE = _remote(got)
     run = (f"taskset f0 {REMOTE}/litert_lm_main --backend=cpu --model_path={REMOTE}/model.litertlm --benchmark "
            "--benchmark_prefill_tokens={n} --benchmark_decode_tokens=128 --async=false "
            "--report_peak_memory_footprint --num_cpu_threads=4 > " + REMOTE + "/run{r}_prefill{n}.log 2>&1")
@@ -61,7 +70,6 @@ def test_litertlm_over_adb_sends_the_exact_commands_and_reports_the_runner_figur
             expected += [adb + ["shell", run.format(n=n, r=r)],
                          adb + ["pull", f"{REMOTE}/run{r}_prefill{n}.log"]]
     expected.append(adb + ["shell", f"rm -rf {REMOTE}"])
-    got = phone()
     assert [c if c[3] != "pull" else c[:5] for c in got] == expected       # pull's local path is a temp file
 
     assert set(result) >= {"ttft_ms", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "load_s", "artifact_mb", "runs"}
@@ -86,6 +94,7 @@ def test_tflite_over_adb_runs_benchmark_model_per_signature_on_the_gpu(phone, tm
                  "--threads", "2", "--taskset", "none", "--runs", "5", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     runs = [c[4] for c in phone() if c[3] == "shell"]
+    REMOTE = _remote(phone())
     for sig in ("prefill_128", "prefill_512", "decode"):
         assert (f"{REMOTE}/benchmark_model --graph={REMOTE}/model.tflite --signature_to_run_for={sig} --num_threads=2 "
                 f"--num_runs=5 --warmup_runs=1 --report_peak_memory_footprint=true --use_gpu=true > "
@@ -111,7 +120,7 @@ def test_a_malformed_runner_output_is_one_clear_line_naming_the_tool_and_line(ph
     err = capsys.readouterr().err.strip().splitlines()[-1]
     line = next(i for i, ln in enumerate(text.splitlines(), 1) if "2.89x1s" in ln)
     assert err.startswith("error: litert_lm_main output, line") and f"line {line}:" in err and "2.89x1s" in err
-    assert ["adb", "-s", "R5CW71ABCDE", "shell", f"rm -rf {REMOTE}"] in phone()       # cleaned up on failure
+    assert ["adb", "-s", "R5CW71ABCDE", "shell", f"rm -rf {_remote(phone())}"] in phone()     # cleaned up on failure
 
 
 def test_adb_errors_name_the_device_and_flag(phone, tmp_path, capsys):
@@ -174,3 +183,29 @@ def test_absl_durations():
         [3723.5, 0.4265, 850e-6, 12e-9, 0.0, -2.0])
     with pytest.raises(ValueError):
         absl_duration_s("12 s")
+
+
+def test_a_hanging_runner_times_out_and_the_phone_is_cleaned(phone, tmp_path, capsys, monkeypatch):
+    import devices.adb
+    monkeypatch.setattr(devices.adb, "RUN_TIMEOUT", 1)
+    monkeypatch.setenv("FAKE_ADB_HANG", "1")
+    art = tmp_path / "m.litertlm"
+    art.write_bytes(b"LITERTLM")
+    runner = tmp_path / "litert_lm_main"
+    runner.write_bytes(b"\x7fELF")
+    assert main(["profile", str(art), "--device", "adb:R5CW71ABCDE", "--runner", str(runner), "--runs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "did not finish in 1 s" in err and "Traceback" not in err
+    remote = _remote(phone())
+    assert phone()[-1] == ["adb", "-s", "R5CW71ABCDE", "shell", f"rm -rf {remote}"]      # only this run's folder
+
+
+def test_two_runs_on_one_phone_use_two_remote_folders(phone, tmp_path, capsys):
+    art = tmp_path / "m.litertlm"
+    art.write_bytes(b"LITERTLM" + bytes(64))
+    runner = tmp_path / "litert_lm_main"
+    runner.write_bytes(b"\x7fELF")
+    argv = ["profile", str(art), "--device", "adb:R5CW71ABCDE", "--runner", str(runner), "--runs", "1", "--json"]
+    assert main(argv) == 0 and main(argv) == 0
+    made = [c[-1] for c in phone() if c[-1].startswith("mkdir -p ")]
+    assert len(made) == 2 and made[0] != made[1]

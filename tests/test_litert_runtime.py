@@ -168,6 +168,18 @@ def test_bundle_metadata_and_errors(art, tmp_path):
     bad.write_bytes(art["bundle"].read_bytes()[:24] + (10**6).to_bytes(8, "little") + bytes(100))
     with pytest.raises(ValueError, match="damaged"):
         runtime_py.load(bad)
+    # a section whose end lies far past the file (its uint64 `end_offset`, field 2 of the section table)
+    from runtime_py import litert_backend as lb
+    data = bytearray(art["bundle"].read_bytes())
+    buf = memoryview(data)[lb._HEADER_BEGIN:]
+    root = lb._deref(buf, 0)
+    section = lb._vector(buf, lb._field(buf, lb._deref(buf, lb._field(buf, root, 1)), 0))[0]
+    at = lb._HEADER_BEGIN + lb._field(buf, section, 2)
+    del buf, root
+    data[at:at + 8] = (1 << 62).to_bytes(8, "little")
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"bad\.litertlm: damaged .litertlm header \(a section spans"):
+        runtime_py.load(bad)
 
 
 def test_litert_lm_engine_runs_the_bundle_like_runtime_py(art, tmp_path):

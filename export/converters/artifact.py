@@ -1,5 +1,5 @@
-"""Artifact folders: written in a temporary sibling folder and renamed into place, so a failed
-export leaves nothing half-written; manifest.json records where the artifact came from."""
+"""Artifact folders: written in a staging folder beside the output and swapped in whole (output.py), so a
+failed export leaves nothing half-written; manifest.json records where the artifact came from."""
 from __future__ import annotations
 
 import contextlib
@@ -8,37 +8,11 @@ import enum
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from .. import __version__
-
-MANIFEST = "manifest.json"
-
-
-@contextlib.contextmanager
-def staged_dir(out: str | Path):
-    """Yield an empty temporary folder beside `out`; on success it replaces `out` whole."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out}: exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        yield tmp
-        for p in (tmp, *tmp.rglob("*")):     # mkdtemp makes 0700; artifacts are for sharing
-            p.chmod(0o755 if p.is_dir() else 0o644)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+from .output import MANIFEST, TOOL, staged_dir  # noqa: F401  (staged_dir: the exporters' import)
 
 
 def sha256(path: Path) -> str:
@@ -67,7 +41,7 @@ def write_manifest(folder: Path, *, source: str, config, recipe, target: str, ex
     files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
     plan = {"plan": recipe.choices()} if getattr(recipe, "plan", None) else {}
-    manifest = {"tool": "gemma-export", "tool_version": __version__, "target": target,
+    manifest = {"tool": TOOL, "tool_version": __version__, "target": target,
                 "recipe": getattr(recipe, "name", recipe), "source": source, "config": _plain(config),
                 "files": files, **(extra or {}), **plan}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

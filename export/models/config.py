@@ -10,6 +10,8 @@ import struct
 
 from runtime_py import contract
 
+from .config_checks import check_config
+
 
 class LayerType(str, enum.Enum):
     GLOBAL = contract.FULL_ATTENTION        # attends to every earlier token; full-length cache
@@ -83,6 +85,7 @@ class GemmaConfig:
     def __post_init__(self):
         if not self.layer_types:
             raise ValueError("layer_types is empty: a model needs at least one layer")
+        check_config(self)                   # types, signs and bounds first: nothing below divides by zero
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if LayerType.LOCAL in self.layer_types and not self.sliding_window:

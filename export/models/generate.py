@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from runtime_py.sampling import Sampler, Sampling, generate_tokens
+from runtime_py.sampling import Sampler, Sampling, generate_tokens, token_budget
 
 from .cache import init_cache
 from .gemma import GemmaForCausalLM
@@ -30,6 +30,8 @@ class ReferenceStepper:
 
 def generate(model: GemmaForCausalLM, prompt: list[int], max_new_tokens: int = 32,
              sampling: Sampling = Sampling(), stop_ids=(), on_token=None) -> list[int]:
-    max_len = min(len(prompt) + max_new_tokens, model.config.max_position)
-    stepper = ReferenceStepper(model, max_len)
-    return generate_tokens(stepper, prompt, max_new_tokens, Sampler(sampling), stop_ids, on_token)
+    """Up to `max_new_tokens` new ids; fewer at a stop id or where the model's context ends."""
+    sampler = Sampler(sampling, model.config.vocab_size)
+    n = token_budget(len(prompt), max_new_tokens, model.config.max_position, "the model")
+    stepper = ReferenceStepper(model, len(prompt) + n)
+    return generate_tokens(stepper, prompt, n, sampler, stop_ids, on_token)

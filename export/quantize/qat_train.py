@@ -26,6 +26,7 @@ from ..models.checkpoints.gguf_writer import storable, write_gguf
 from . import qat
 from .recipes import Recipe
 
+QAT_RECIPE_KEY = "gemma_export.qat.recipe"   # GGUF metadata: the recipe trained for; marks a checkpoint as ours
 HELD_OUT = 0.1         # fraction of the text's tokens kept for evaluation
 EVAL_WINDOWS = 4
 
@@ -140,9 +141,18 @@ def save(loaded: LoadedModel, result: QATResult, out: str | Path, recipe: Recipe
     state = dict(loaded.model.state_dict())
     return write_gguf(out, loaded.config, state, result.types, source=source, tokenizer_proto=proto,
                       encoders=qat.ENCODERS,
-                      extra={"gemma_export.qat.recipe": recipe.name,
+                      extra={QAT_RECIPE_KEY: recipe.name,
                              "gemma_export.qat.source": loaded.source.name,
                              "gemma_export.qat.steps": str(result.steps)})
+
+
+def _is_qat_checkpoint(path: Path) -> bool:
+    """`path` is a GGUF that `gemma-export qat` wrote (its metadata carries our recipe key)."""
+    import gguf
+    try:
+        return path.is_file() and QAT_RECIPE_KEY in gguf.GGUFReader(path).fields
+    except Exception:                     # anything gguf-py cannot read is not ours
+        return False
 
 
 def peak_rss_mb() -> float:
@@ -151,11 +161,17 @@ def peak_rss_mb() -> float:
 
 def run(model: str | None, data: str | Path, steps: int, out: str | Path, recipe_name: str = "int4", *,
         lr: float = 1e-4, seq_len: int = 128, train_table: bool = False, teacher: str | None = None,
-        progress: Callable[[dict], None] | None = None) -> dict:
+        progress: Callable[[dict], None] | None = None, force: bool = False) -> dict:
     """`gemma-export qat`: load, distil, write the checkpoint; returns a summary. `teacher`: the float model
-    to distil (default: `model` itself; give the original when `model` is a QAT checkpoint, to resume)."""
-    from ..models.checkpoints import load_model
+    to distil (default: `model` itself; give the original when `model` is a QAT checkpoint, to resume).
+    An existing `out` is replaced only when `gemma-export qat` wrote it, or with `force`."""
+    from ..converters.output import check_out, sweep_stale
+    from ..models.checkpoints import load_model, resolve
     from .recipes import RECIPES
+    if Path(out).suffix != ".gguf":
+        raise ValueError(f"--out {out}: the checkpoint is a GGUF file; name it *.gguf")
+    sweep_stale(check_out(out, force=force, reads=(resolve(model), teacher and resolve(teacher), data), file=True,
+                          ours=_is_qat_checkpoint))      # and the temporary files of killed runs beside it
     if recipe_name not in RECIPES:
         raise ValueError(f"--recipe {recipe_name}: unknown recipe; known: {', '.join(RECIPES)}")
     recipe = RECIPES[recipe_name]

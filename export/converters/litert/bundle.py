@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from runtime_py.files import atomic_path
 
 from ... import __version__
 from ..artifact import MANIFEST, sha256, staged_dir, write_manifest
+from ..output import work_dir
 
 BUNDLE = "model.litertlm"
 
@@ -176,9 +176,7 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.source}: a .litertlm bundle needs the model's tokenizer (tokenizer.model)")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".litert", dir=out_dir.parent))
-    try:
+    with work_dir(out_dir) as work:
         litert = export_litert(loaded, work / "litert", recipe, prefill_lengths or DEFAULT_PREFILL, cache_length)
         inner = json.loads((litert / MANIFEST).read_text())
         with staged_dir(out_dir) as tmp:
@@ -190,6 +188,4 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
                            target="litertlm", extra={**extra, "bundle": BUNDLE, "tflite": {
                                "bytes": inner["files"]["model.tflite"]["bytes"],
                                "sha256": inner["files"]["model.tflite"]["sha256"]}})
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return out_dir

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..config import GemmaConfig
+from ..config_checks import check_tensor_layout
 from ..gemma import build_model
 from .default import DEFAULT_MODEL, default_model_path
 from .gguf_blocks import StoredBlocks
@@ -45,15 +46,22 @@ def load_model(source: str | Path | None = None, dtype: torch.dtype = torch.floa
     if path.is_dir():
         from .hf import load_hf_folder
         config, tensors = load_hf_folder(path)
+        check_tensor_layout(config, {n: tuple(t.shape) for n, t in tensors.items()}, str(path))
         tok_file = path / "tokenizer.model"
-        tokenizer = _tokenizer(tok_file.read_bytes()) if tok_file.exists() else None
+        tokenizer = _tokenizer(tok_file.read_bytes(), tok_file, config) if tok_file.exists() else None
         stored = {}
     elif path.suffix == ".gguf":
         from .gguf_loader import load_gguf
         from .gguf_tokenizer import sentencepiece_model_from_gguf
         ckpt = load_gguf(path)
-        config, tensors, stored = ckpt.config, ckpt.dequantized(), ckpt.stored_blocks()
-        tokenizer = _tokenizer(sentencepiece_model_from_gguf(ckpt.reader))
+        config = ckpt.config
+        check_tensor_layout(config, {n: ckpt.shape(n) for n in ckpt.tensor_names}, str(path))
+        try:
+            proto = sentencepiece_model_from_gguf(ckpt.reader)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        tokenizer = _tokenizer(proto, path, config)
+        tensors, stored = ckpt.dequantized(), ckpt.stored_blocks()
     else:
         raise CheckpointError(f"--model {path}: not a Hugging Face folder nor a .gguf file")
     with torch.device("meta"):
@@ -62,9 +70,14 @@ def load_model(source: str | Path | None = None, dtype: torch.dtype = torch.floa
     return LoadedModel(model, config, tokenizer, path, stored)
 
 
-def _tokenizer(model_proto: bytes):
+def _tokenizer(model_proto: bytes, where: Path, config: GemmaConfig):
+    """The checkpoint's tokenizer; every id it can produce must have a row in the embedding."""
     from runtime_py.tokenizer import Tokenizer
-    return Tokenizer.from_bytes(model_proto)
+    tok = Tokenizer.from_bytes(model_proto, str(where))
+    if tok.vocab_size > config.vocab_size:
+        raise CheckpointError(f"{where}: the tokenizer has {tok.vocab_size} tokens, the embedding only "
+                              f"{config.vocab_size} rows")
+    return tok
 
 
 __all__ = ["CheckpointError", "LoadedModel", "load_model", "resolve", "DEFAULT_MODEL"]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..config import EmbeddingHead, GemmaConfig, LayerType, layer_pattern
+from ..config_checks import check_value
 from ..families import GGUF_ARCHS, Family, special_token_ids
 from .gguf_blocks import LAYOUTS, StoredBlocks
 from .weights import CheckpointError
@@ -86,7 +87,12 @@ class GGUFCheckpoint:
             if ours is None:
                 raise CheckpointError(f"{path}: unknown tensor {t.name} for architecture {arch_name}")
             self._tensors[ours] = t
-        self.config = self._config(arch_name, arch)
+        try:
+            self.config = self._config(arch_name, arch)
+        except CheckpointError:
+            raise
+        except (ValueError, TypeError) as e:     # a metadata value of the wrong type (float("x"), d // "8")
+            raise CheckpointError(f"{path}: {e}") from None
 
     @property
     def tensor_names(self) -> tuple[str, ...]:
@@ -131,13 +137,20 @@ class GGUFCheckpoint:
         key = lambda k, default=...: _field(self.reader, self.path, f"{arch_name}.{k}", default)  # noqa: E731
         if "model.embed_tokens.weight" not in self._tensors:
             raise CheckpointError(f"{self.path}: missing tensor token_embd.weight")
-        n, d, heads = key("block_count"), key("embedding_length"), key("attention.head_count")
+        try:
+            n = check_value("num_layers", key("block_count"), f"{arch_name}.block_count")
+            d = check_value("hidden_size", key("embedding_length"), f"{arch_name}.embedding_length")
+            heads = check_value("num_heads", key("attention.head_count"), f"{arch_name}.attention.head_count")
+            # a window of 0 would silently make every layer global
+            window = check_value("sliding_window", key("attention.sliding_window", arch.sliding_window),
+                                 f"{arch_name}.attention.sliding_window")
+        except ValueError as e:
+            raise CheckpointError(f"{self.path}: {e}") from None
         head_dim = key("attention.key_length", d // heads)
-        window = key("attention.sliding_window", arch.sliding_window) or None
         pattern = key("attention.sliding_window_pattern", arch.local_per_global + 1)
         if isinstance(pattern, list):                # one bool per layer, True = sliding
             layer_types = tuple(LayerType.LOCAL if p and window else LayerType.GLOBAL for p in pattern)
-        elif isinstance(pattern, int) and pattern >= 1:
+        elif isinstance(pattern, int) and not isinstance(pattern, bool) and pattern >= 1:
             layer_types = layer_pattern(n, pattern - 1 if window else 0)
         else:
             raise CheckpointError(f"{self.path}: sliding_window_pattern {pattern!r} is not supported")
@@ -166,7 +179,7 @@ class GGUFCheckpoint:
         kw.update(special_token_ids(lambda k: _field(self.reader, self.path, k, None), "gguf"))
         try:
             return GemmaConfig(**kw)
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             raise CheckpointError(f"{self.path}: {e}") from None
 
     def _embedding_head(self, arch_name: str) -> EmbeddingHead:
@@ -208,6 +221,6 @@ def load_gguf(path: str | Path) -> GGUFCheckpoint:
         raise CheckpointError(f"{path}: no such file")
     try:
         reader = gguf.GGUFReader(path)
-    except (ValueError, KeyError, IndexError) as e:
+    except (ValueError, KeyError, IndexError, TypeError, OverflowError, MemoryError) as e:   # a damaged / lying header
         raise CheckpointError(f"{path}: not a readable GGUF file ({e})") from None
     return GGUFCheckpoint(path, reader)

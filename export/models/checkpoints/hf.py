@@ -2,13 +2,16 @@
 mapped onto our parameter names, which are the HF text-model names."""
 from __future__ import annotations
 
-import json
+import contextlib
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
+
+from runtime_py.files import inside, read_json
 
 from ..config import EmbeddingHead, GemmaConfig, LayerType, layer_pattern
+from ..config_checks import check_value
 from ..families import FAMILIES, HF_ARCHITECTURES, Family, special_token_ids
 from .recurrentgemma import recurrentgemma_config, rename_recurrentgemma
 from .weights import CheckpointError
@@ -24,11 +27,26 @@ PREFIXES = (
     ("lm_head.", "lm_head."),
     ("", "model."),                                # Gemma3TextModel (EmbeddingGemma) has no prefix
 )
+# GemmaConfig field -> its config.json key, where the two differ
+HF_KEYS = {"num_kv_heads": "num_key_value_heads", "max_position": "max_position_embeddings", "rms_eps": "rms_norm_eps",
+           "attn_softcap": "attn_logit_softcapping", "final_softcap": "final_logit_softcapping"}
 # sentence-transformers modules of EmbeddingGemma, in order: folder -> our dense layer
 DENSE_FOLDERS = ("2_Dense", "3_Dense")
 
 
 def config_from_hf(cfg: dict, source: str = "config.json") -> GemmaConfig:
+    """A config.json's values as a GemmaConfig; CheckpointError naming the file and key otherwise."""
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{source}: expected a JSON object, got {type(cfg).__name__}")
+    try:
+        return _config_from_hf(cfg, source)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, AttributeError) as e:     # a value of the wrong type or out of bounds
+        raise CheckpointError(f"{source}: {e}") from None
+
+
+def _config_from_hf(cfg: dict, source: str) -> GemmaConfig:
     archs = cfg.get("architectures") or []
     arch = archs[0] if archs else None
     if arch not in HF_ARCHITECTURES:
@@ -38,12 +56,14 @@ def config_from_hf(cfg: dict, source: str = "config.json") -> GemmaConfig:
     if family.family == "recurrentgemma":
         return recurrentgemma_config(cfg, source)
     text = cfg.get("text_config", cfg) if arch == "Gemma3ForConditionalGeneration" else cfg
+    if not isinstance(text, dict):
+        raise CheckpointError(f"{source}: text_config is not an object")
     if family.family == "gemma3" and text.get("use_bidirectional_attention"):
         family = FAMILIES["embeddinggemma"]
     try:
-        n = text["num_hidden_layers"]
-        d = text["hidden_size"]
-        heads = text["num_attention_heads"]
+        n = check_value("num_layers", text["num_hidden_layers"], "num_hidden_layers")
+        d = check_value("hidden_size", text["hidden_size"])
+        heads = check_value("num_heads", text["num_attention_heads"], "num_attention_heads")
         kw = dict(
             vocab_size=text["vocab_size"], hidden_size=d, intermediate_size=text["intermediate_size"],
             num_heads=heads, num_kv_heads=text.get("num_key_value_heads", heads),
@@ -59,7 +79,10 @@ def config_from_hf(cfg: dict, source: str = "config.json") -> GemmaConfig:
             raise CheckpointError(f"{source}: layer_types has {len(kw['layer_types'])} entries, "
                                   f"num_hidden_layers is {n}")
     else:
-        kw["layer_types"] = layer_pattern(n, text.get("sliding_window_pattern", family.local_per_global + 1) - 1)
+        pattern = text.get("sliding_window_pattern", family.local_per_global + 1)
+        if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
+            raise CheckpointError(f"{source}: sliding_window_pattern {pattern!r}: must be an integer >= 1")
+        kw["layer_types"] = layer_pattern(n, pattern - 1)
     kw.update(sliding_window=text.get("sliding_window", family.sliding_window),
               query_pre_attn_scalar=text.get("query_pre_attn_scalar"),
               attn_softcap=text.get("attn_logit_softcapping", family.attn_softcap),
@@ -69,6 +92,8 @@ def config_from_hf(cfg: dict, source: str = "config.json") -> GemmaConfig:
     if family.bidirectional:
         kw["embedding_head"] = EmbeddingHead()
     kw.update(special_token_ids(lambda key: text.get(key, cfg.get(key)), "hf"))
+    for ours, key in HF_KEYS.items():                # errors name the key as config.json spells it
+        check_value(ours, kw[ours], key)
     return GemmaConfig(family=family.family, **kw)
 
 
@@ -92,8 +117,10 @@ def _rope(text: dict, family: Family) -> dict:
 def _tensor_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [folder / s for s in shards]
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index}: no 'weight_map' object")
+        files = [inside(folder, s, f"{index}: shard") for s in sorted(set(map(str, weight_map.values())))]
     else:
         files = sorted(folder.glob("*.safetensors"))
     if not files:
@@ -108,7 +135,7 @@ def read_tensors(folder: Path, config: GemmaConfig) -> dict[str, torch.Tensor]:
     """All tensors of the text model under our names; vision-tower tensors are dropped."""
     out: dict[str, torch.Tensor] = {}
     for f in _tensor_files(folder):
-        with safe_open(str(f), framework="pt") as st:
+        with _safetensors(f) as st:
             for key in st.keys():
                 name = _rename(key)
                 if name is not None and config.family == "recurrentgemma":
@@ -120,12 +147,23 @@ def read_tensors(folder: Path, config: GemmaConfig) -> dict[str, torch.Tensor]:
                 out[name] = st.get_tensor(key)
     for i, sub in enumerate(_dense_folders(folder) if config.embedding_head is not None else ()):
         (f,) = _tensor_files(sub)
-        with safe_open(str(f), framework="pt") as st:
+        with _safetensors(f) as st:
             out[f"dense.{i}.weight"] = st.get_tensor("linear.weight")
     head = out.pop("lm_head.weight", None)
     if head is not None and not torch.equal(head, out.get("model.embed_tokens.weight", head)):
         raise CheckpointError(f"{folder}: lm_head.weight differs from the embedding; Gemma ties them")
     return out
+
+
+@contextlib.contextmanager
+def _safetensors(path: Path):
+    """safe_open(path), its errors (a header that lies about sizes or offsets, a truncated file, a missing
+    tensor) as one CheckpointError naming the file."""
+    try:
+        with safe_open(str(path), framework="pt") as st:
+            yield st
+    except (SafetensorError, KeyError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def _dense_folders(folder: Path) -> list[Path]:
@@ -140,11 +178,11 @@ def _embedding_head(folder: Path) -> EmbeddingHead:
     """Dense widths from the sentence-transformers Dense configs; only bias-free identity layers."""
     dims = []
     for sub in _dense_folders(folder):
-        cfg = json.loads((sub / "config.json").read_text())
+        cfg = read_json(sub / "config.json")
         act = cfg.get("activation_function", "torch.nn.modules.linear.Identity")
-        if cfg.get("bias", False) or not act.endswith("Identity"):
+        if cfg.get("bias", False) or not str(act).endswith("Identity"):
             raise CheckpointError(f"{sub / 'config.json'}: only bias-free Identity Dense layers are supported")
-        dims.append(cfg["out_features"])
+        dims.append(check_value("hidden_size", cfg.get("out_features"), f"{sub / 'config.json'}: out_features"))
     return EmbeddingHead(dense_dims=tuple(dims))
 
 
@@ -160,7 +198,7 @@ def load_hf_folder(folder: str | Path) -> tuple[GemmaConfig, dict[str, torch.Ten
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
         raise CheckpointError(f"{folder}: no config.json (expected a Hugging Face model folder)")
-    config = config_from_hf(json.loads(cfg_path.read_text()), str(cfg_path))
+    config = config_from_hf(read_json(cfg_path), str(cfg_path))
     if config.embedding_head is not None:
         config = config.replace(embedding_head=_embedding_head(folder))
     return config, read_tensors(folder, config)

@@ -3,6 +3,7 @@ tensor-name table from RecurrentGemmaForCausalLM's names to ours."""
 from __future__ import annotations
 
 from ..config import GemmaConfig, LayerType
+from ..config_checks import check_value
 from ..families import FAMILIES, special_token_ids
 from .weights import CheckpointError
 
@@ -24,7 +25,9 @@ TEMPORAL = {LayerType.RECURRENT: "recurrent.", LayerType.LOCAL: "self_attn."}
 
 def recurrentgemma_config(cfg: dict, source: str) -> GemmaConfig:
     try:
-        n, d, heads = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"]
+        n = check_value("num_layers", cfg["num_hidden_layers"], "num_hidden_layers")
+        d = check_value("hidden_size", cfg["hidden_size"])
+        heads = check_value("num_heads", cfg["num_attention_heads"], "num_attention_heads")
         block_types = list(cfg.get("block_types") or cfg.get("_block_types") or ("recurrent", "recurrent", "attention"))
         unknown = sorted(set(block_types) - set(BLOCK_TYPES))
         if unknown:
