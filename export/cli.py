@@ -186,6 +186,7 @@ def _bar_flags(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .quantize.recipes import GPTQ_SEQ, GPTQ_TOKENS
     from .targets import TARGETS
     p = _Parser(prog="gemma-export", description=__doc__, epilog=EXIT_CODES,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--quant auto: the largest artifact weights to plan (refused, with the best of each, when "
                         "--min-top1 cannot be reached within it)")
     e.add_argument("--calibration-tokens", type=int, default=None, metavar="N",
-                   help="--gptq: calibration tokens, in windows of 512 (default 8192)")
+                   help=f"--gptq: calibration tokens, in windows of {GPTQ_SEQ} (default {GPTQ_TOKENS})")
     e.add_argument("--no-validate", dest="validate", action="store_false", help="skip the validation step")
     _bar_flags(e)
     e.add_argument("--profile", action="store_true",

@@ -42,9 +42,10 @@ def every_choice(model, fmt: str) -> dict[str, str]:
     return out
 
 
-def test_units_are_the_onnx_packed_matmuls(tiny, tmp_path):
+@pytest.mark.parametrize("arch", ["gemma3", "gemma2", "recurrentgemma"])
+def test_units_are_the_onnx_packed_matmuls(tiny_hf, arch, tmp_path):
     """The planner's units are exactly the weights the ONNX body packs into one MatMul."""
-    _, loaded = tiny
+    loaded = load_model(tiny_hf(arch, tokenizer=True).path)
     out = export_onnx(loaded, tmp_path / "f32", "fp32", context_length=64)
     proto = onnx.load(str(out / "model.onnx"))
     packed = {frozenset(n for n, _ in json.loads(t.doc_string)[ROWS_FROM])

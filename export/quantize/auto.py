@@ -30,10 +30,9 @@ from torch import nn
 
 from .gptq import default_calibration_text
 from .qat_train import windows
-from .recipes import CHOICES, Layout, planned
+from .recipes import CHOICES, PACKED, Layout, planned
 from .simulate import TABLE, Plan, simulate
 
-PACKED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))   # one MatMul each in the ONNX body
 TABLE_CHOICES = ("int4-b128", "int4", "int8")
 MEASURED = "int4"                  # the choice whose KL is measured per unit; the others are scaled from it
 SENSITIVITY_TOKENS = 512           # calibration tokens per unit's KL measurement

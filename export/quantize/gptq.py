@@ -52,7 +52,7 @@ from ..models.checkpoints import LoadedModel
 from ..models.checkpoints.gguf_blocks import StoredBlocks, pack_q4_0
 from . import qat
 from .qat_train import windows
-from .recipes import Recipe
+from .recipes import GPTQ_SEQ, GPTQ_TOKENS, Recipe
 
 BLOCK = qat.BLOCK
 DAMP = 0.01                 # of the mean diagonal of H, added to its diagonal
@@ -60,9 +60,9 @@ DAMP = 0.01                 # of the mean diagonal of H, added to its diagonal
 # rounded to nearest: a larger damping moves its GPTQ towards that.
 HEAD_DAMP = 0.3
 LAZY = 128                  # columns per lazy batch update; a multiple of BLOCK
-DEFAULT_TOKENS = 8192
+DEFAULT_TOKENS = GPTQ_TOKENS
 MIN_TOKENS = 2 * BLOCK
-SEQ_LEN = 512
+SEQ_LEN = GPTQ_SEQ
 BATCH = 8                   # calibration windows per forward pass
 HEAD_ROWS = 16384           # table rows per GPTQ chunk of the head (rows are independent)
 TABLE = "model.embed_tokens.weight"

@@ -178,7 +178,14 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
 )}
 
 
+# Weights the ONNX body packs into one MatMul (export/converters/onnx/body.py): one layout, one rotation.
+PACKED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
 AUTO = "auto"
+# GPTQ's calibration (export.quantize.gptq): tokens by default, in windows of this many.
+GPTQ_TOKENS = 8192
+GPTQ_SEQ = 512
 
 
 def planned(choices: dict[str, str], fmt: str, base: str = "int4") -> Recipe:
