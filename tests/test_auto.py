@@ -20,7 +20,7 @@ from export.converters.onnx import export_onnx
 from export.models.checkpoints import load_model
 from export.quantize.auto import TOP1_TOKENS, WINDOW, stored_bytes, units
 from export.quantize.gptq import default_calibration_text
-from export.quantize.qat_train import windows
+from export.quantize.qat_data import windows
 from export.quantize.recipes import CHOICES, planned
 from export.validate import validate
 

@@ -124,7 +124,8 @@ def trained(tmp_path_factory, one_thread):
         return finalize(model)
     qat.finalize = spy
     try:
-        result = qat_train.train(loaded, ids, RECIPES["int4"], STEPS, lr=LR, seq_len=SEQ)
+        result = qat_train.train(loaded, ids, RECIPES["int4"], STEPS, lr=LR, seq_len=SEQ, init="rtn",
+                                 data=qat_train.Data(0))       # the grid rule's scales, the text only
     finally:
         qat.finalize = finalize
     path = qat_train.save(loaded, result, root / "qat.gguf", RECIPES["int4"])
@@ -273,10 +274,11 @@ def test_cli_qat_resumes_from_a_checkpoint_against_the_float_teacher(trained, tm
     root, _, result, _, path = trained
     common = ["qat", "--model", str(path), "--data", str(root / "train.txt"), "--steps", "1", "--seq-len",
               str(SEQ), "--json"]
-    assert main(common + ["--out", str(tmp_path / "self.gguf")]) == 0
+    assert main(common + ["--out", str(tmp_path / "self.gguf"), "--init", "rtn"]) == 0   # the grid rule: idempotent
     alone = json.loads(capsys.readouterr().out)["held_out"]["ptq"]["kl"]
     assert main(common + ["--out", str(tmp_path / "resumed.gguf"), "--teacher", str(root / "hf")]) == 0
     resumed = json.loads(capsys.readouterr().out)
+    assert resumed["init"] == "stored"                  # the default when resuming: the checkpoint's own blocks
     start = resumed["held_out"]["ptq"]["kl"]
     assert abs(start - result.after["kl"]) < 1e-3 * result.after["kl"], (start, result.after)
     assert alone < 0.1 * start

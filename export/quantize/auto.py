@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gptq import default_calibration_text
-from .qat_train import windows
+from .qat_data import windows
 from .recipes import CHOICES, PACKED, Layout, planned
 from .simulate import TABLE, Plan, simulate
 

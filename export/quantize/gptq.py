@@ -44,14 +44,14 @@ import time
 from importlib import resources
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..models.checkpoints import LoadedModel
-from ..models.checkpoints.gguf_blocks import StoredBlocks, pack_q4_0
+from ..models.checkpoints.gguf_blocks import StoredBlocks
 from . import qat
-from .qat_train import windows
+from .qat import recoverable, to_blocks
+from .qat_data import windows
 from .recipes import GPTQ_SEQ, GPTQ_TOKENS, Recipe
 
 BLOCK = qat.BLOCK
@@ -65,7 +65,7 @@ MIN_TOKENS = 2 * BLOCK
 SEQ_LEN = GPTQ_SEQ
 BATCH = 8                   # calibration windows per forward pass
 HEAD_ROWS = 16384           # table rows per GPTQ chunk of the head (rows are independent)
-TABLE = "model.embed_tokens.weight"
+TABLE = qat.TABLE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,23 +167,6 @@ def gptq_matrix(w: torch.Tensor, h: torch.Tensor, act_order: bool = False, rows:
     return recoverable(q, s, w), s
 
 
-def recoverable(q: torch.Tensor, s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """q with every block LiteRT's lossless import reads back exactly (export.quantize.qat.recovery_step):
-    in the rare block whose magnitudes skip (say 0, 2 and 5, read as a step of 2), the one weight
-    nearest to it becomes +-1 step, so the block's smallest gap is 1."""
-    b = q.reshape(-1, BLOCK)
-    bad = torch.from_numpy((b.abs().numpy().astype(np.int16) % qat.recovery_step(b.numpy())[:, None]).any(-1))
-    if not bad.any():
-        return q
-    b = b.clone()
-    x = (w.float().reshape(-1, BLOCK) / s.reshape(-1, 1))[bad]            # the weights in steps
-    one = torch.where(x < 0, -1.0, 1.0)
-    pick = ((x - one).abs() - (x - b[bad]).abs()).argmin(-1)
-    rows = bad.nonzero()[:, 0]
-    b[rows, pick] = one[torch.arange(len(rows)), pick]
-    return b.reshape(q.shape)
-
-
 def _gptq_rows(w, u, perm, rows, search):
     qs, ss = [], []
     for r in range(0, len(w), rows):
@@ -198,13 +181,6 @@ def _gptq_rows(w, u, perm, rows, search):
         qs.append(q)
         ss.append(s)
     return torch.cat(qs), torch.cat(ss)
-
-
-def to_blocks(q: torch.Tensor, s: torch.Tensor) -> StoredBlocks:
-    """Steps q [R, C] (-8..7) and scales s [R, C / 32] -> Q4_0 StoredBlocks."""
-    R, C = q.shape
-    codes = (q + 8).to(torch.uint8).numpy().reshape(R, C // BLOCK, BLOCK)
-    return StoredBlocks("Q4_0", pack_q4_0(codes, s.numpy()), (R, C))
 
 
 def rtn_blocks(w: torch.Tensor, search: bool = False) -> StoredBlocks:

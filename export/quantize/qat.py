@@ -27,10 +27,18 @@ QATLinear (same parameter, so state-dict names are unchanged); the tied embeddin
 is fake-quantized through a parametrization (the lookup and the head both read `.weight`), or,
 when it is frozen, replaced once by its quantized values; a forward hook on the final norm
 fake-quantizes the LM head's input activations. `finalize` undoes the swap and leaves every
-quantized weight equal to its fake-quantized value."""
+quantized weight equal to its fake-quantized value.
+
+Started from given int4 blocks (`prepare(init=...)`: GPTQ's rounding, export.quantize.gptq), a
+tensor keeps the blocks' scales fixed and trains its integers: the latent weights start at the
+blocks' values and are rounded with those scales (GPTQ's scales are often not the grid rule's of
+its values: a shrunk scale, or extremes the error updates moved; recomputing them would re-round the
+start). Any positive scale at bfloat16 precision with steps -8..7 is on the grid, so such tensors stay
+on it; they are stored from their integers and scales (`finalize` returns them as blocks)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import gguf
 import numpy as np
@@ -39,7 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..models.checkpoints.gguf_blocks import pack_q4_0
+from ..models.checkpoints.gguf_blocks import StoredBlocks, pack_q4_0
+from ..models.config import LayerType
 from .recipes import Recipe
 from .simulate import mlas_activations
 
@@ -84,6 +93,43 @@ def recovery_step(q: np.ndarray, top: int = 8) -> np.ndarray:
         step = np.where(p, np.minimum(step, v - prev), step)
         prev = np.where(p, v, prev)
     return step
+
+
+def recoverable(q: torch.Tensor, s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """q with every block LiteRT's lossless import reads back exactly (recovery_step): in the rare
+    block whose magnitudes skip (say 0, 2 and 5, read as a step of 2), the one weight nearest to it
+    becomes +-1 step, so the block's smallest gap is 1. q, w [R, C], s [R, C / 32]."""
+    b = q.reshape(-1, BLOCK)
+    bad = torch.from_numpy((b.abs().numpy().astype(np.int16) % recovery_step(b.numpy())[:, None]).any(-1))
+    if not bad.any():
+        return q
+    b = b.clone()
+    x = (w.float().reshape(-1, BLOCK) / s.reshape(-1, 1))[bad]            # the weights in steps
+    one = torch.where(x < 0, -1.0, 1.0)
+    pick = ((x - one).abs() - (x - b[bad]).abs()).argmin(-1)
+    rows = bad.nonzero()[:, 0]
+    b[rows, pick] = one[torch.arange(len(rows)), pick]
+    return b.reshape(q.shape)
+
+
+def to_blocks(q: torch.Tensor, s: torch.Tensor) -> StoredBlocks:
+    """Steps q [R, C] (-8..7) and scales s [R, C / 32] -> Q4_0 StoredBlocks."""
+    R, C = q.shape
+    codes = (q + 8).to(torch.uint8).numpy().reshape(R, C // BLOCK, BLOCK)
+    return StoredBlocks("Q4_0", pack_q4_0(codes, s.numpy()), (R, C))
+
+
+def steps_and_scales(b: StoredBlocks) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_0 StoredBlocks -> (steps q [R, C] float in -8..7, scales s [R, C / 32]), to_blocks inverted."""
+    codes, scales = b.codes_and_scales()
+    return torch.from_numpy(codes.astype(np.float32) - 8).reshape(b.shape), torch.from_numpy(scales)
+
+
+def q4_fixed(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """w [R, C] rounded to the int4 grid with fixed block scales s [R, C / 32] (positive, on the grid)."""
+    b = _blocks(w.float())
+    s = s.reshape(-1, 1)
+    return q4_round(b, s).mul_(s).reshape(w.shape)
 
 
 def _q4_grid(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,13 +214,16 @@ def values_fn(qtype: gguf.GGMLQuantizationType):
 
 
 class QATLinear(nn.Linear):
-    """nn.Linear with fake-quantized weight (and activations); `weight` is the float latent."""
+    """nn.Linear with fake-quantized weight (and activations); `weight` is the float latent. With
+    `scales` (int4 only) the block scales are fixed, else the grid rule's of the latent."""
 
-    def __init__(self, linear: nn.Linear, qtype: gguf.GGMLQuantizationType, act: bool):
+    def __init__(self, linear: nn.Linear, qtype: gguf.GGMLQuantizationType, act: bool,
+                 scales: torch.Tensor | None = None):
         nn.Module.__init__(self)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias
-        self.qtype, self.fn, self.act = qtype, values_fn(qtype), act
+        self.qtype, self.act, self.scales = qtype, act, scales
+        self.fn = values_fn(qtype) if scales is None else functools.partial(q4_fixed, s=scales)
 
     def forward(self, x):
         if self.act:
@@ -191,19 +240,49 @@ class _FakeTable(nn.Module):
         return fake(self.fn, w)
 
 
+TABLE = "model.embed_tokens.weight"
+
+
+def check_model(config, flag: str = "--model") -> None:
+    """QAT distils a causal LM whose decoder layers are attention + MLP (Gemma 1-3)."""
+    if getattr(config, "embedding_head", None) is not None:
+        raise ValueError(f"{flag}: QAT distils a causal LM's logits; embedding models are not supported")
+    if LayerType.RECURRENT in config.layer_types:
+        raise ValueError(f"{flag}: QAT on RecurrentGemma is not supported (its recurrent blocks' weights "
+                         f"have no fake quantizer nor carried int4 export)")
+
+
+def _decoder_linears(model: nn.Module, kind: type = nn.Linear):
+    """(parameter name, parent, child name, module) of every `kind` in the decoder layers."""
+    for i, layer in enumerate(model.model.layers):
+        for pname in ("self_attn", "mlp"):
+            parent = getattr(layer, pname)
+            for cname, child in list(parent.named_children()):
+                if isinstance(child, kind):
+                    yield f"model.layers.{i}.{pname}.{cname}.weight", parent, cname, child
+
+
 def quantized_names(model: nn.Module) -> dict[str, gguf.GGMLQuantizationType]:
     """Parameter name -> GGUF type, for the parameters QAT quantizes (after `prepare`)."""
-    out = {}
-    for name, mod in model.named_modules():
-        if isinstance(mod, QATLinear):
-            out[f"{name}.weight"] = mod.qtype
-    out["model.embed_tokens.weight"] = model._qat_table_type
+    out = {name: mod.qtype for name, _, _, mod in _decoder_linears(model, QATLinear)}
+    out[TABLE] = model._qat_table_type
     return out
 
 
-def prepare(model: nn.Module, scheme: Scheme, train_table: bool) -> nn.Module:
+def _start(blocks: StoredBlocks | None, qtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Given int4 blocks to start from -> (their values, their fixed scales); (None, None) without."""
+    if blocks is None:
+        return None, None
+    if qtype != Q.Q4_0 or blocks.kind != "Q4_0":
+        raise ValueError(f"QAT starts from Q4_0 blocks for int4 weights, not {blocks.kind} for {qtype.name}")
+    return torch.from_numpy(blocks.dequantized()), steps_and_scales(blocks)[1]
+
+
+def prepare(model: nn.Module, scheme: Scheme, train_table: bool,
+            init: dict[str, StoredBlocks] | None = None) -> nn.Module:
     """Swap in fake quantization (in place). The table (embedding + tied head) is trained only with
-    `train_table`; otherwise its quantized values are computed once and frozen.
+    `train_table`; otherwise its quantized values are computed once and frozen. `init`: int4 blocks
+    to start from by parameter name (their scales stay fixed, see the module docstring).
 
     The latent weights start at their quantized values (the post-training grid points), not at the
     float weights: weights dequantized from another block format (the bundled Gemma 3 270M is
@@ -211,48 +290,59 @@ def prepare(model: nn.Module, scheme: Scheme, train_table: bool) -> nn.Module:
     levels are Q4_0's half steps), and the first optimizer step of any size would then flip every one
     of them in the gradient's direction at once (README: QAT). From the grid points an integer changes
     only after its latent has moved half a step."""
-    if getattr(model.config, "embedding_head", None) is not None:
-        raise ValueError("QAT distills a causal LM's logits; embedding models are not supported")
-    for layer in model.model.layers:
-        for parent in (layer.self_attn, layer.mlp):
-            for cname, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    q = QATLinear(child, scheme.body, scheme.int8_activations)
-                    with torch.no_grad():
-                        q.weight.copy_(q.fn(q.weight))        # latent starts on the grid (see above)
-                    setattr(parent, cname, q)
+    check_model(model.config)
+    init = init or {}
+    for name, parent, cname, child in _decoder_linears(model):
+        values, scales = _start(init.get(name), scheme.body)
+        q = QATLinear(child, scheme.body, scheme.int8_activations, scales)
+        with torch.no_grad():                         # latent starts on the grid (see above)
+            q.weight.copy_(q.fn(q.weight) if values is None else values)
+        setattr(parent, cname, q)
     emb = model.model.embed_tokens
-    fn = values_fn(scheme.table)
+    values, scales = _start(init.get(TABLE), scheme.table)
+    fn = values_fn(scheme.table) if scales is None else functools.partial(q4_fixed, s=scales)
     with torch.no_grad():
-        emb.weight = nn.Parameter(fn(emb.weight), requires_grad=train_table)
+        emb.weight = nn.Parameter(fn(emb.weight) if values is None else values, requires_grad=train_table)
     if train_table:
         parametrize.register_parametrization(emb, "weight", _FakeTable(fn))
     if scheme.int8_activations:
         model._qat_hook = model.model.norm.register_forward_hook(lambda m, i, out: fake(int8_activations, out))
-    model._qat_table_type = scheme.table
+    model._qat_table_type, model._qat_table_scales = scheme.table, scales
     return model
 
 
+def _fixed_blocks(latent: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, StoredBlocks]:
+    """A latent int4 weight with fixed scales -> (its grid values, its blocks), every block one
+    LiteRT's recovery reads back (`recoverable`)."""
+    q = q4_round(_blocks(latent.float()), s.reshape(-1, 1)).reshape(latent.shape)
+    q = recoverable(q, s, latent)
+    return q * s.repeat_interleave(BLOCK, 1), to_blocks(q, s)
+
+
 @torch.no_grad()
-def finalize(model: nn.Module) -> dict[str, gguf.GGMLQuantizationType]:
+def finalize(model: nn.Module) -> tuple[dict[str, gguf.GGMLQuantizationType], dict[str, StoredBlocks]]:
     """Undo `prepare`: plain modules again, each quantized weight replaced by its fake-quantized
-    value. Returns quantized_names (the parameters to store quantized)."""
-    names = quantized_names(model)
-    for layer in model.model.layers:
-        for parent in (layer.self_attn, layer.mlp):
-            for cname, child in list(parent.named_children()):
-                if isinstance(child, QATLinear):
-                    plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
-                                      device="meta")
-                    plain.weight = nn.Parameter(child.fn(child.weight))
-                    plain.bias = child.bias
-                    setattr(parent, cname, plain)
+    value. Returns quantized_names (the parameters to store quantized) and the blocks of those
+    trained with fixed scales (to be stored as they are)."""
+    names, blocks = quantized_names(model), {}
+    for name, parent, cname, child in _decoder_linears(model, QATLinear):
+        plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
+        if child.scales is None:
+            plain.weight = nn.Parameter(child.fn(child.weight))
+        else:
+            values, blocks[name] = _fixed_blocks(child.weight, child.scales)
+            plain.weight = nn.Parameter(values)
+        plain.bias = child.bias
+        setattr(parent, cname, plain)
     emb = model.model.embed_tokens
     if parametrize.is_parametrized(emb, "weight"):
         parametrize.remove_parametrizations(emb, "weight", leave_parametrized=True)
+    if model._qat_table_scales is not None:
+        values, blocks[TABLE] = _fixed_blocks(emb.weight, model._qat_table_scales)
+        emb.weight = nn.Parameter(values)
     emb.weight.requires_grad_(True)
     if hasattr(model, "_qat_hook"):
         model._qat_hook.remove()
         del model._qat_hook
-    del model._qat_table_type
-    return names
+    del model._qat_table_type, model._qat_table_scales
+    return names, blocks

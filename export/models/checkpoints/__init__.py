@@ -70,6 +70,19 @@ def load_model(source: str | Path | None = None, dtype: torch.dtype = torch.floa
     return LoadedModel(model, config, tokenizer, path, stored)
 
 
+def read_config(source: str | Path | None = None) -> GemmaConfig:
+    """The config of a checkpoint without reading its weights (a Hugging Face folder's config.json,
+    a GGUF's metadata), to refuse a model before any work."""
+    path = resolve(source)
+    if path.is_dir():
+        from .hf import read_hf_config
+        return read_hf_config(path)
+    if path.suffix == ".gguf":
+        from .gguf_loader import load_gguf
+        return load_gguf(path).config
+    raise CheckpointError(f"--model {path}: not a Hugging Face folder nor a .gguf file")
+
+
 def _tokenizer(model_proto: bytes, where: Path, config: GemmaConfig):
     """The checkpoint's tokenizer; every id it can produce must have a row in the embedding."""
     from runtime_py.tokenizer import Tokenizer
@@ -80,4 +93,4 @@ def _tokenizer(model_proto: bytes, where: Path, config: GemmaConfig):
     return tok
 
 
-__all__ = ["CheckpointError", "LoadedModel", "load_model", "resolve", "DEFAULT_MODEL"]
+__all__ = ["CheckpointError", "LoadedModel", "load_model", "read_config", "resolve", "DEFAULT_MODEL"]

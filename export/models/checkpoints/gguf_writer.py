@@ -108,10 +108,11 @@ def _copied_metadata(reader: gguf.GGUFReader) -> list[tuple[str, object, _T]]:
 def write_gguf(path: str | Path, config: GemmaConfig, state: dict[str, torch.Tensor],
                types: dict[str, gguf.GGMLQuantizationType], *, source: gguf.GGUFReader | None = None,
                tokenizer_proto: bytes | None = None, extra: dict[str, str] | None = None,
-               encoders: dict | None = None) -> Path:
+               encoders: dict | None = None, blocks: dict | None = None) -> Path:
     """Write `state` (our parameter names, float) to `path`: tensors named in `types` quantized to
     that type with `encoders[type]` (float32 array -> the type's stored bytes) or else
-    gguf.quants.quantize, the others float32. Metadata: copied from `source` if given, else from
+    gguf.quants.quantize, or stored as given in `blocks` (name -> StoredBlocks of that type), the
+    others float32. Metadata: copied from `source` if given, else from
     `config` and `tokenizer_proto`; `extra` string keys are added."""
     path = Path(path)
     name = arch_name(config)
@@ -136,7 +137,11 @@ def write_gguf(path: str | Path, config: GemmaConfig, state: dict[str, torch.Ten
     for ours, tensor in state.items():
         gname = ours_to_gguf(ours, defaults)
         data = tensor.detach().float().contiguous().numpy()
-        if ours in types:
+        if ours in (blocks or {}):
+            if blocks[ours].kind != types[ours].name:
+                raise ValueError(f"tensor {ours}: blocks of {blocks[ours].kind}, to be stored as {types[ours].name}")
+            w.add_tensor(gname, np.asarray(blocks[ours].data, np.uint8), raw_dtype=types[ours])
+        elif ours in types:
             encode = (encoders or {}).get(types[ours], lambda x, t=types[ours]: gguf.quants.quantize(x, t))
             w.add_tensor(gname, encode(data), raw_dtype=types[ours])
         else:

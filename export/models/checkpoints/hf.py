@@ -193,7 +193,8 @@ def _rename(key: str) -> str | None:
     return None
 
 
-def load_hf_folder(folder: str | Path) -> tuple[GemmaConfig, dict[str, torch.Tensor]]:
+def read_hf_config(folder: str | Path) -> GemmaConfig:
+    """A Hugging Face folder's config (config.json, and the sentence-transformers head if any)."""
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
@@ -201,4 +202,9 @@ def load_hf_folder(folder: str | Path) -> tuple[GemmaConfig, dict[str, torch.Ten
     config = config_from_hf(read_json(cfg_path), str(cfg_path))
     if config.embedding_head is not None:
         config = config.replace(embedding_head=_embedding_head(folder))
-    return config, read_tensors(folder, config)
+    return config
+
+
+def load_hf_folder(folder: str | Path) -> tuple[GemmaConfig, dict[str, torch.Tensor]]:
+    config = read_hf_config(folder)
+    return config, read_tensors(Path(folder), config)
