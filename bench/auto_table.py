@@ -62,7 +62,8 @@ def main(argv=None) -> int:
             manifest = json.loads((out / "manifest.json").read_text())
             row = {"format": fmt, "target": TARGET[fmt], "bar": bar, "reached": True,
                    "weights_per_choice": counts, "estimated_mb": round(p.mb(plan), 1),
-                   "mb": round(sum(f["bytes"] for f in manifest["files"].values()) / 1e6, 1),
+                   "mb": round(sum(f["bytes"] for n, f in manifest["files"].items()      # the model, not its tokenizer
+                                   if not n.startswith("tokenizer")) / 1e6, 1),
                    "calibration_top1": round(p.top1(plan), 4), "top1": round(v["top1_agreement"], 4),
                    "kl": v["kl_divergence"], "perplexity": round(v["perplexity"], 2),
                    "reference_perplexity": round(v["reference_perplexity"], 4),
