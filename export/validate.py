@@ -21,7 +21,7 @@ import torch
 
 from .models.checkpoints import load_model
 from .models.generate import generate
-from .quantize.recipes import AUTO, FLOOR, RECIPES, Bar, planned, recipe as recipe_for
+from .quantize.recipes import AUTO, FLOOR, RECIPES, Bar, conversion_thresholds, planned, recipe as recipe_for
 from .quantize.simulate import simulate
 
 GREEDY_TOKENS = 64
@@ -134,7 +134,7 @@ def validate(folder: str | Path, model_source: str | None = None, *, loaded=None
             figures, conversion = _logits(art, ref.model, sim, manifest.get("context_length", c.max_position))
             report.update(figures)
     del sim
-    report["conversion"] = _conversion_check(conversion, recipe.thresholds)
+    report["conversion"] = _conversion_check(conversion, conversion_thresholds(recipe, fmt, carried))
     report["quantization"] = _quantization_check(report, FLOOR.merged(bar))
     report["failures"] = [f"conversion: {f}" for f in report["conversion"]["failures"]] + \
                          [f"quantization: {f}" for f in report["quantization"]["failures"]]

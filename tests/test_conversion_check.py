@@ -15,8 +15,8 @@ from export.converters.litert import export_litert
 from export.converters.onnx import export_onnx
 from export.models.checkpoints import load_model
 from export.quantize import simulate as S
-from export.quantize.recipes import Bar
-from export.validate import validate
+from export.quantize.recipes import QUANTIZED, QUANTIZED_UNROTATED, Bar, conversion_thresholds, recipe
+from export.validate import _conversion_check, validate
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,19 @@ def test_untouched_litert_int8_passes_and_a_wrong_rotation_fails(litert_int8, ti
     (bad / "model.tflite").write_bytes(bytes(data))
     r = validate(bad, loaded=tiny)
     assert not r["conversion"]["passed"], r["conversion"]
+    # the looser bounds of unrotated LiteRT layouts (carried integers) still catch it
+    figures = {k: v for k, v in r["conversion"].items() if k in ("prefill", "decode")}
+    assert not _conversion_check(figures, QUANTIZED_UNROTATED)["passed"], figures
+
+
+def test_conversion_thresholds_loosen_only_for_unrotated_litert_int8_activations():
+    assert conversion_thresholds(recipe("int8", "litert"), "litert") == QUANTIZED
+    assert conversion_thresholds(recipe("int4", "litert"), "litert", ["model.layers.0.mlp.up_proj.weight"]) \
+        == QUANTIZED_UNROTATED
+    assert conversion_thresholds(recipe("int4-b128", "litert"), "litert") == QUANTIZED_UNROTATED
+    assert conversion_thresholds(recipe("int4", "onnx"), "onnx", ["model.embed_tokens.weight"]) == QUANTIZED
+    assert conversion_thresholds(recipe("int8-wo", "litert"), "litert") == QUANTIZED     # float activations
+    assert conversion_thresholds(recipe("fp32", "litert"), "litert") == recipe("fp32", "litert").thresholds
 
 
 def test_user_bar_fails_the_quantization_check_only(onnx_int4, tiny):
