@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     from export.models.checkpoints import load_model
     from export.quantize.auto import Planner
+    from export.quantize.gptq import default_calibration_text
     from export.targets import target
     from export.validate import validate
 
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     rows, results = [], Path(a.out) / "auto_table.json"
     for fmt in a.formats.split(","):
         t0 = time.perf_counter()
-        ids = loaded.tokenizer.encode(__import__("export.quantize.gptq", fromlist=["x"]).default_calibration_text())
+        ids = loaded.tokenizer.encode(default_calibration_text())
         p = Planner(loaded.model, fmt, ids, loaded.config.bos_id, progress=lambda s: print("  ", s, flush=True))
         p.measure()
         measured_s = time.perf_counter() - t0

@@ -30,6 +30,7 @@ from torch import nn
 
 from .gptq import default_calibration_text
 from .qat_data import windows
+from .qat_train import kl_to_teacher
 from .recipes import CHOICES, PACKED, Layout, planned
 from .simulate import TABLE, Plan, simulate
 
@@ -95,15 +96,6 @@ def stored_bytes(shape: tuple[int, int], lay: Layout, fmt: str) -> int:
     return blocks * (block * lay.bits // 8 + scale)
 
 
-def _logp(model, batch: torch.Tensor) -> torch.Tensor:
-    logits = model(batch, torch.arange(batch.shape[1]))[0]
-    return F.log_softmax(logits.float(), -1)
-
-
-def _kl(ref: torch.Tensor, logp: torch.Tensor) -> float:
-    return float((ref.exp() * (ref - logp)).sum(-1).mean())
-
-
 class Planner:
     """The planning of one model for one format on one calibration text (token ids)."""
 
@@ -137,12 +129,12 @@ class Planner:
         only the layers from i on run again; the KL is taken over the windows' second halves (the head,
         vocabulary-wide, is most of the cost)."""
         streams = self._streams()
-        ref = self._logp_from(self.model, 0, streams)
+        ref = self._logits_from(self.model, 0, streams)
         inputs = self._inputs()
         t0 = time.perf_counter()
         for k, u in enumerate(self.units):
             alone = simulate(self.model, planned(dict.fromkeys(u.names, MEASURED), self.fmt, base="fp32"), self.fmt)
-            kl = _kl(ref, self._logp_from(alone, _layer_of(u), streams))
+            kl = float(kl_to_teacher(self._logits_from(alone, _layer_of(u), streams), ref))
             err = {c: self._output_error(u, c, inputs) for c in u.choices}
             u.kl = {c: kl * err[c] / max(err[MEASURED], 1e-30) for c in u.choices}
             self.progress(f"sensitivity {k + 1}/{len(self.units)} ({time.perf_counter() - t0:.0f} s)")
@@ -162,18 +154,18 @@ class Planner:
             x, _ = layer(x, ropes.get(t), masks.get(t), pos, None)
         return {"x": xs, "ropes": ropes, "masks": masks, "pos": pos}
 
-    def _logp_from(self, model, first: int, streams: dict | None) -> torch.Tensor:
-        """log-softmax of `model`'s logits over the second half of each sensitivity window, running its
+    def _logits_from(self, model, first: int, streams: dict | None) -> torch.Tensor:
+        """`model`'s logits over the second half of each sensitivity window, running its
         layers from `first` on the float stream entering it."""
         half = self.sens.shape[1] // 2
         if streams is None:
-            return _logp(model, self.sens)[:, half:]
+            return model(self.sens, torch.arange(self.sens.shape[1]))[0][:, half:]
         bb = model.model
         x = bb.embed(self.sens) if first == 0 else streams["x"][first]
         for i in range(first, len(bb.layers)):
             t = model.config.layer_types[i]
             x, _ = bb.layers[i](x, streams["ropes"].get(t), streams["masks"].get(t), streams["pos"], None)
-        return F.log_softmax(model.logits(bb.norm(x[:, half:])).float(), -1)
+        return model.logits(bb.norm(x[:, half:]))
 
     def _inputs(self) -> dict[str, torch.Tensor]:
         """Each planned weight's float inputs on the sensitivity windows (the table's: the final norm's output)."""
