@@ -78,6 +78,13 @@ class GemmaConfig:
     mlp_bias: bool = False
     attn_out_bias: bool = False
     embed_scale_bf16: bool = False
+    # Vision-language decoders (export.models.vlm). PaliGemma counts RoPE positions from 1
+    # (transformers' "1-indexed" position_ids); caches and masks still count from 0.
+    position_offset: int = 0
+    # Whether a bidirectional block (Gemma 3's image tokens, PaliGemma's prompt prefix) is still cut by the
+    # sliding window on LOCAL layers: transformers ANDs the window after Gemma 3's block overlay but ORs
+    # PaliGemma 2's prefix block after the window.
+    blocks_in_window: bool = True
     bos_id: int = 2
     eos_id: int = 1
     pad_id: int = 0

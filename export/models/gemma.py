@@ -9,7 +9,7 @@ from torch import nn
 
 from .cache import Cache
 from .config import GemmaConfig, LayerType
-from .layers import DecoderLayer, RMSNorm, attention_mask, rope_tables
+from .layers import DecoderLayer, RMSNorm, attention_mask, block_overlay, rope_tables
 
 
 class GemmaBackbone(nn.Module):
@@ -20,13 +20,16 @@ class GemmaBackbone(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, t) for t in config.layer_types)
         self.norm = RMSNorm(config.hidden_size, config.rms_eps)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: Cache | None = None,
-                padding_mask: torch.Tensor | None = None):
-        """tokens [B, T]; positions [T], contiguous; cache from init_cache or None (no state kept);
-        padding_mask [B, T] bool, True = real token (only without a cache). -> ([B, T, d], cache)."""
+    def forward(self, tokens: torch.Tensor | None, positions: torch.Tensor, cache: Cache | None = None,
+                padding_mask: torch.Tensor | None = None, embeds: torch.Tensor | None = None,
+                blocks: torch.Tensor | None = None):
+        """tokens [B, T] (or embeds [B, T, d]: the residual stream's start, e.g. with image rows spliced in);
+        positions [T], contiguous; cache from init_cache or None (no state kept); padding_mask [B, T] bool,
+        True = real token (only without a cache); blocks [B, T] int, tokens with the same id >= 0 attend to
+        each other both ways (layers.block_overlay). -> ([B, T, d], cache)."""
         c = self.config
-        x = self.embed(tokens)
-        ropes, masks = self.attention_inputs(positions, cache, padding_mask)
+        x = self.embed(tokens) if embeds is None else embeds
+        ropes, masks = self.attention_inputs(positions, cache, padding_mask, blocks)
         new_cache = []
         for i, layer in enumerate(self.layers):
             t = c.layer_types[i]
@@ -40,7 +43,8 @@ class GemmaBackbone(nn.Module):
         return x * torch.tensor(self.config.embed_scale, dtype=x.dtype)
 
     def attention_inputs(self, positions: torch.Tensor, cache: Cache | None = None,
-                         padding_mask: torch.Tensor | None = None) -> tuple[dict, dict]:
+                         padding_mask: torch.Tensor | None = None,
+                         blocks: torch.Tensor | None = None) -> tuple[dict, dict]:
         """({layer type: (cos, sin)}, {layer type: bool mask [B or 1, T, S + T]}): what the attention
         layers of each type are given, computed once per layer type, not per layer."""
         c = self.config
@@ -57,9 +61,11 @@ class GemmaBackbone(nn.Module):
                 if cache is not None:
                     raise ValueError("padding_mask is only supported without a cache")
                 m = m & padding_mask[:, None, :]                              # [B, T, K]
+            if blocks is not None:
+                m = block_overlay(c, t, m, positions, blocks)
             masks[t] = m
             attn = self.layers[i].self_attn
-            ropes[t] = rope_tables(positions, c.rotary_dim, attn.rope_base, attn.rope_scale)
+            ropes[t] = rope_tables(positions + c.position_offset, c.rotary_dim, attn.rope_base, attn.rope_scale)
         return ropes, masks
 
 
@@ -69,9 +75,10 @@ class GemmaForCausalLM(nn.Module):
         self.config = config
         self.model = GemmaBackbone(config)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: Cache | None = None):
-        """-> (logits [B, T, V] in fp32, new cache)."""
-        h, cache = self.model(tokens, positions, cache)
+    def forward(self, tokens: torch.Tensor | None, positions: torch.Tensor, cache: Cache | None = None,
+                embeds: torch.Tensor | None = None, blocks: torch.Tensor | None = None):
+        """-> (logits [B, T, V] in fp32, new cache). embeds / blocks: see GemmaBackbone.forward."""
+        h, cache = self.model(tokens, positions, cache, embeds=embeds, blocks=blocks)
         return self.logits(h), cache
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

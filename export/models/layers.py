@@ -69,6 +69,20 @@ def attention_mask(config: GemmaConfig, layer_type: LayerType, positions: torch.
     return (key_positions[None, :] >= 0) & visible(config, layer_type, positions[:, None] - key_positions[None, :])
 
 
+def block_overlay(config: GemmaConfig, layer_type: LayerType, mask: torch.Tensor, positions: torch.Tensor,
+                  blocks: torch.Tensor) -> torch.Tensor:
+    """`mask` [B or 1, T, S + T] with each new token also seeing the new tokens of its own block both ways:
+    blocks [B, T] int, equal ids >= 0 = one block (Gemma 3's image tokens, PaliGemma's prompt prefix), as
+    transformers' blockwise overlay. A block lies within one call, so cached keys (the first S columns) gain
+    nothing. On LOCAL layers the window still applies unless config.blocks_in_window is False."""
+    T = blocks.shape[1]
+    same = (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)         # [B, T, T]
+    if layer_type is LayerType.LOCAL and config.blocks_in_window:
+        same = same & ((positions[:, None] - positions[None, :]) < config.sliding_window)
+    new = mask[..., -T:] | same
+    return torch.cat((mask[..., :-T].expand(new.shape[0], -1, -1), new), dim=-1)
+
+
 class Attention(nn.Module):
     def __init__(self, config: GemmaConfig, layer_type: LayerType):
         super().__init__()

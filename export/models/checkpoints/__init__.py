@@ -43,6 +43,8 @@ def resolve(source: str | Path | None) -> Path:
 def load_model(source: str | Path | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Build the reference model of a checkpoint with its tokenizer (None if the folder has none)."""
     path = resolve(source)
+    if path.is_dir() and _vision_folder(path):
+        return _load_vision_folder(path, dtype)
     if path.is_dir():
         from .hf import load_hf_folder
         config, tensors = load_hf_folder(path)
@@ -70,10 +72,38 @@ def load_model(source: str | Path | None = None, dtype: torch.dtype = torch.floa
     return LoadedModel(model, config, tokenizer, path, stored)
 
 
+def _vision_folder(path: Path) -> dict | None:
+    """config.json of a vision-language folder, else None."""
+    from runtime_py.files import read_json
+    from .hf_vision import is_vision
+    cfg_path = path / "config.json"
+    cfg = read_json(cfg_path) if cfg_path.exists() else None
+    return cfg if is_vision(cfg) else None
+
+
+def _load_vision_folder(path: Path, dtype: torch.dtype) -> LoadedModel:
+    from ..vlm import VisionLanguageModel
+    from .hf_vision import read_vision_tensors, vision_config_from_hf
+    cfg = _vision_folder(path)
+    config = vision_config_from_hf(cfg, str(path / "config.json"))
+    tensors = read_vision_tensors(path, config, cfg["architectures"][0])
+    text = {n[len("language_model."):]: tuple(t.shape) for n, t in tensors.items() if n.startswith("language_model.")}
+    check_tensor_layout(config.text, text, str(path))
+    tok_file = path / "tokenizer.model"
+    tokenizer = _tokenizer(tok_file.read_bytes(), tok_file, config.text) if tok_file.exists() else None
+    with torch.device("meta"):
+        model = VisionLanguageModel(config)
+    model = assign_weights(model, tensors, str(path), dtype).eval()
+    return LoadedModel(model, config, tokenizer, path)
+
+
 def read_config(source: str | Path | None = None) -> GemmaConfig:
     """The config of a checkpoint without reading its weights (a Hugging Face folder's config.json,
     a GGUF's metadata), to refuse a model before any work."""
     path = resolve(source)
+    if path.is_dir() and (cfg := _vision_folder(path)):
+        from .hf_vision import vision_config_from_hf
+        return vision_config_from_hf(cfg, str(path / "config.json"))
     if path.is_dir():
         from .hf import read_hf_config
         return read_hf_config(path)

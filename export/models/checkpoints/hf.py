@@ -51,7 +51,8 @@ def _config_from_hf(cfg: dict, source: str) -> GemmaConfig:
     arch = archs[0] if archs else None
     if arch not in HF_ARCHITECTURES:
         raise CheckpointError(f"{source}: architecture {arch!r} is not supported; supported: "
-                              f"{', '.join(HF_ARCHITECTURES)} (PaliGemma is not yet)")
+                              f"{', '.join(HF_ARCHITECTURES)}, and the vision-language ones "
+                              f"(export.models.checkpoints.hf_vision)")
     family = HF_ARCHITECTURES[arch]
     if family.family == "recurrentgemma":
         return recurrentgemma_config(cfg, source)
@@ -60,6 +61,13 @@ def _config_from_hf(cfg: dict, source: str) -> GemmaConfig:
         raise CheckpointError(f"{source}: text_config is not an object")
     if family.family == "gemma3" and text.get("use_bidirectional_attention"):
         family = FAMILIES["embeddinggemma"]
+    return text_config_from_hf(text, family, source, cfg)
+
+
+def text_config_from_hf(text: dict, family: Family, source: str, top: dict | None = None) -> GemmaConfig:
+    """A decoder's config.json values (a text model's, or a multimodal one's text_config) read as `family`;
+    special token ids may sit at the top level (`top`)."""
+    top = text if top is None else top
     try:
         n = check_value("num_layers", text["num_hidden_layers"], "num_hidden_layers")
         d = check_value("hidden_size", text["hidden_size"])
@@ -91,7 +99,7 @@ def _config_from_hf(cfg: dict, source: str) -> GemmaConfig:
     kw.update(_rope(text, family))
     if family.bidirectional:
         kw["embedding_head"] = EmbeddingHead()
-    kw.update(special_token_ids(lambda key: text.get(key, cfg.get(key)), "hf"))
+    kw.update(special_token_ids(lambda key: text.get(key, top.get(key)), "hf"))
     for ours, key in HF_KEYS.items():                # errors name the key as config.json spells it
         check_value(ours, kw[ours], key)
     return GemmaConfig(family=family.family, **kw)
@@ -131,20 +139,29 @@ def _tensor_files(folder: Path) -> list[Path]:
     return files
 
 
-def read_tensors(folder: Path, config: GemmaConfig) -> dict[str, torch.Tensor]:
-    """All tensors of the text model under our names; vision-tower tensors are dropped."""
+def read_tensors_renamed(folder: Path, rename) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder's safetensors under rename(key) (None: dropped); a name given twice is an error."""
     out: dict[str, torch.Tensor] = {}
     for f in _tensor_files(folder):
         with _safetensors(f) as st:
             for key in st.keys():
-                name = _rename(key)
-                if name is not None and config.family == "recurrentgemma":
-                    name = rename_recurrentgemma(name, config, f"{f}: tensor {key}")
+                name = rename(key, f"{f}: tensor {key}")
                 if name is None:
                     continue
                 if name in out:
                     raise CheckpointError(f"{f}: tensor {key} appears twice (as {name})")
                 out[name] = st.get_tensor(key)
+    return out
+
+
+def read_tensors(folder: Path, config: GemmaConfig) -> dict[str, torch.Tensor]:
+    """All tensors of the text model under our names; vision-tower tensors are dropped."""
+    def rename(key: str, where: str) -> str | None:
+        name = _rename(key)
+        if name is not None and config.family == "recurrentgemma":
+            name = rename_recurrentgemma(name, config, where)
+        return name
+    out = read_tensors_renamed(folder, rename)
     for i, sub in enumerate(_dense_folders(folder) if config.embedding_head is not None else ()):
         (f,) = _tensor_files(sub)
         with _safetensors(f) as st:

@@ -1,0 +1,146 @@
+"""The vision parity oracle: tiny random transformers models of every seeing Gemma (PaliGemma 1 on Gemma,
+PaliGemma 2 on Gemma 2, Gemma 3 multimodal, ShieldGemma 2), built offline from config objects at odd sizes
+and saved as Hugging Face folders in either weight layout; their prompts (as the processors lay them out:
+token ids and token_type_ids) and transformers' own answers on them."""
+from __future__ import annotations
+
+import json
+
+import torch
+import transformers as tf
+from safetensors.torch import save_file
+
+VOCAB = 300
+BOI, EOI, IMAGE = 290, 291, 292            # Gemma 3 markers; PaliGemma's <image> is IMAGE too
+YES, NO = 17, 23                           # ShieldGemma 2's answer tokens in the tiny vocabulary
+# Odd sizes: 42 px / patch 6 = 7 x 7 patches (PaliGemma: 49 tokens per image); Gemma 3: 48 px / patch 4 =
+# 12 x 12 patches pooled 3 x 3 to 16 tokens. Sliding windows of 8 are shorter than any image.
+SIGLIP = dict(hidden_size=40, intermediate_size=56, num_hidden_layers=2, num_attention_heads=4, layer_norm_eps=1e-6,
+              vision_use_head=False)
+TEXT = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_attention_heads=4, head_dim=16,
+            max_position_embeddings=512)
+TINY_VISION = {
+    "paligemma": ("PaliGemmaForConditionalGeneration", lambda: tf.PaliGemmaConfig(
+        text_config=tf.GemmaConfig(**TEXT, num_hidden_layers=2, num_key_value_heads=1).to_dict(),
+        vision_config=dict(SIGLIP, model_type="siglip_vision_model", image_size=42, patch_size=6),
+        image_token_index=IMAGE, vocab_size=VOCAB, projection_dim=48)),
+    "paligemma2": ("PaliGemmaForConditionalGeneration", lambda: tf.PaliGemmaConfig(
+        text_config=tf.Gemma2Config(**TEXT, num_hidden_layers=3, num_key_value_heads=2, sliding_window=8,
+                                    query_pre_attn_scalar=24, attn_logit_softcapping=3.0,
+                                    final_logit_softcapping=2.0).to_dict(),
+        vision_config=dict(SIGLIP, model_type="siglip_vision_model", image_size=42, patch_size=6),
+        image_token_index=IMAGE, vocab_size=VOCAB, projection_dim=48)),
+    "gemma3": ("Gemma3ForConditionalGeneration", lambda: tf.Gemma3Config(
+        text_config=_gemma3_text(), vision_config=dict(SIGLIP, model_type="siglip_vision_model", image_size=48,
+                                                       patch_size=4),
+        mm_tokens_per_image=16, boi_token_index=BOI, eoi_token_index=EOI, image_token_index=IMAGE)),
+    "shieldgemma2": ("ShieldGemma2ForImageClassification", lambda: tf.ShieldGemma2Config(
+        text_config=_gemma3_text(), vision_config=dict(SIGLIP, model_type="siglip_vision_model", image_size=48,
+                                                       patch_size=4),
+        mm_tokens_per_image=16, boi_token_index=BOI, eoi_token_index=EOI, image_token_index=IMAGE,
+        yes_token_index=YES, no_token_index=NO)),
+}
+MODEL_CLASSES = {"PaliGemmaForConditionalGeneration": tf.PaliGemmaForConditionalGeneration,
+                 "Gemma3ForConditionalGeneration": tf.Gemma3ForConditionalGeneration,
+                 "ShieldGemma2ForImageClassification": tf.ShieldGemma2ForImageClassification}
+
+
+def _gemma3_text() -> dict:
+    return tf.Gemma3TextConfig(**TEXT, num_hidden_layers=3, num_key_value_heads=2, sliding_window=8,
+                               layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                               query_pre_attn_scalar=16,
+                               rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0,
+                                                                   "rope_theta": 1e6},
+                                                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
+                               ).to_dict()
+
+
+def build(arch: str, seed: int = 0):
+    """transformers' tiny random model of `arch` (eager attention, fp32, eval)."""
+    name, make = TINY_VISION[arch]
+    torch.manual_seed(seed)
+    cfg = make()
+    cfg._attn_implementation = "eager"
+    for sub in ("text_config", "vision_config"):
+        getattr(cfg, sub)._attn_implementation = "eager"
+    model = MODEL_CLASSES[name](cfg).eval()
+    with torch.no_grad():                       # non-zero norms and biases so that every parameter matters
+        for n, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def save_folder(model, path, old_layout: bool = False):
+    """config.json by save_pretrained and the weights in one of the two layouts real checkpoints use: the
+    in-memory names of transformers >= 4.52 (`model.vision_tower.*`, `model.language_model.*`, `lm_head.*`;
+    its SigLIP without the `vision_model.` level), or the original published one (`vision_tower.vision_model.*`,
+    `multi_modal_projector.*`, `language_model.model.*`, `language_model.lm_head.*`). ShieldGemma 2 nests
+    either under `model.`."""
+    model.save_pretrained(path, safe_serialization=True)
+    outer = "model." if isinstance(model, tf.ShieldGemma2ForImageClassification) else ""
+    tensors = {}
+    for k, v in model.state_dict().items():
+        inner = k[len(outer):]
+        if old_layout:
+            for new, old in (("model.language_model.", "language_model.model."),
+                             ("model.vision_tower.", "vision_tower.vision_model."),
+                             ("model.multi_modal_projector.", "multi_modal_projector."),
+                             ("lm_head.", "language_model.lm_head.")):
+                if inner.startswith(new):
+                    inner = old + inner[len(new):]
+                    break
+        tensors[outer + inner] = v.contiguous().clone()
+    for f in path.glob("*.safetensors"):
+        f.unlink()
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
+def pixels(n: int, size: int, seed: int = 3) -> torch.Tensor:
+    """n normalised images [n, 3, size, size] in [-1, 1]."""
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def prompt(arch: str, model, text_len: int = 12, images: int = 1, seed: int = 5) -> tuple[list[int], list[int]]:
+    """(input_ids, token_type_ids) laid out as the processors do. PaliGemma: <image> x N per image, <bos>,
+    the prefix, "\\n" (here: token 108 stands for it) -- all prefix (type 0). Gemma 3: <bos>, text, then per
+    image "\\n\\n" (token 108) <boi> soft x N <eoi> "\\n\\n", more text; type 1 on the soft tokens."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(30, 280, (text_len,), generator=g).tolist()
+    if arch.startswith("paligemma"):
+        n = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2
+        ids = [IMAGE] * (n * images) + [2] + text + [108]
+        return ids, [0] * len(ids)
+    n = cfg.mm_tokens_per_image
+    ids = [2] + text[: text_len // 2]
+    for _ in range(images):
+        ids += [108, BOI] + [IMAGE] * n + [EOI, 108]
+    ids += text[text_len // 2:]
+    return ids, [int(t == IMAGE) for t in ids]
+
+
+def image_size(model) -> int:
+    return model.config.vision_config.image_size
+
+
+def config_json(path) -> dict:
+    return json.loads((path / "config.json").read_text())
+
+
+@torch.no_grad()
+def hf_logits(model, ids, types, pix):
+    """Logits [T, V] of transformers' forward on the prompt (ShieldGemma 2: its inner Gemma 3 model's)."""
+    inner = model.model if isinstance(model, tf.ShieldGemma2ForImageClassification) else model
+    out = inner(input_ids=torch.tensor([ids]), pixel_values=pix, token_type_ids=torch.tensor([types]))
+    return out.logits[0]
+
+
+@torch.no_grad()
+def hf_generate(model, ids, types, pix, n: int) -> list[int]:
+    """transformers' greedy continuation (its generate with a cache)."""
+    out = model.generate(input_ids=torch.tensor([ids]), pixel_values=pix, token_type_ids=torch.tensor([types]),
+                         attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=n,
+                         do_sample=False, min_new_tokens=n)
+    return out[0, len(ids):].tolist()
