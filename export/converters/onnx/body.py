@@ -121,9 +121,9 @@ class Body:
 
     def rope_cache(self, layer_type: LayerType, length: int) -> tuple[str, str]:
         """cos/sin caches [length, R/2] for one layer type (R = rotary_dim, D unless RoPE is
-        partial), from the reference RoPE tables."""
+        partial), from the reference RoPE tables; row p holds RoPE position p + position_offset."""
         base, scale = rope_params(self.c, layer_type)
-        cos, sin = rope_tables(torch.arange(length), self.c.rotary_dim, base, scale)
+        cos, sin = rope_tables(torch.arange(length) + self.c.position_offset, self.c.rotary_dim, base, scale)
         half, name = self.c.rotary_dim // 2, "global" if layer_type is LayerType.GLOBAL else "local"
         return (self.g.init(f"cos_cache_{name}", cos[:, :half].numpy()),
                 self.g.init(f"sin_cache_{name}", sin[:, :half].numpy()))

@@ -11,6 +11,7 @@ from ...models.config import GemmaConfig
 from ...models.layers import visible
 from .body import Body
 from .graph import FLOAT, INT64, Graph
+from .plain_attention import additive, plain_attention
 
 
 def build_embedder(model) -> onnx.ModelProto:
@@ -56,36 +57,13 @@ class BidirectionalAttention:
             if not rule.all():
                 seen = g.op("Gather", [g.init(f"visible_{t.value}", rule), offset], f"{n}/{t.value}/visible")
                 allowed = g.op("And", [real, seen], f"{n}/{t.value}/And")
-            self.bias[t] = g.op("Where", [allowed, g.const(0.0, np.float32),
-                                          g.const(np.finfo(np.float32).min, np.float32)], f"{n}/{t.value}/bias")
+            self.bias[t] = additive(g, allowed, f"{n}/{t.value}/bias")
         self.ropes = {t: body.rope_cache(t, P) for t in set(c.layer_types)}
-        T1 = g.op("Unsqueeze", [T, g.const([0])], f"{n}/T1")
-        self.shape5d = g.op("Concat", [g.const([0, c.num_kv_heads, c.num_heads // c.num_kv_heads, -1]), T1],
-                            f"{n}/scores5d_shape", axis=0)
 
     def __call__(self, i: int, q: str, k: str, v: str) -> str:
-        g, c = self.g, self.c
-        H, G, D = c.num_heads, c.num_kv_heads, c.head_dim
-        an = f"/model/layers.{i}/attn"
-        t = c.layer_types[i]
-        rope = dict(domain="com.microsoft", interleaved=0)
-        q = g.op("RotaryEmbedding", [q, self.positions, *self.ropes[t]], f"{an}/q_rotary", num_heads=H, **rope)
-        k = g.op("RotaryEmbedding", [k, self.positions, *self.ropes[t]], f"{an}/k_rotary", num_heads=G, **rope)
-
-        def heads(x, count, name):                                   # [B, T, count*D] -> [B, count, T, D]
-            x = g.op("Reshape", [x, g.const([0, 0, count, D])], f"{an}/{name}/Reshape")
-            return g.op("Transpose", [x], f"{an}/{name}/Transpose", perm=[0, 2, 1, 3])
-        qh = g.op("Reshape", [heads(q, H, "q"), g.const([0, G, -1, D])], f"{an}/q/group")       # [B, G, R*T, D]
-        kh, vh = heads(k, G, "k"), heads(v, G, "v")                                             # [B, G, T, D]
-        s = g.op("MatMul", [qh, g.op("Transpose", [kh], f"{an}/kT", perm=[0, 1, 3, 2])], f"{an}/scores")
-        s = g.op("Mul", [s, g.const(c.attn_scale, np.float32)], f"{an}/scale")                  # [B, G, R*T, T]
-        s = g.op("Reshape", [s, self.shape5d], f"{an}/scores5d")                                # [B, G, R, T, T]
-        p = g.op("Softmax", [g.op("Add", [s, self.bias[t]], f"{an}/mask")], f"{an}/Softmax", axis=-1)
-        p = g.op("Reshape", [p, g.const([0, G, -1, 0])], f"{an}/probs4d")                        # [B, G, R*T, T]
-        o = g.op("MatMul", [p, vh], f"{an}/context")                                            # [B, G, R*T, D]
-        o = g.op("Transpose", [g.op("Reshape", [o, g.const([0, H, -1, D])], f"{an}/heads")],
-                 f"{an}/Transpose", perm=[0, 2, 1, 3])                                          # [B, T, H, D]
-        return g.op("Reshape", [o, g.const([0, 0, H * D])], f"{an}/merge")
+        t = self.c.layer_types[i]
+        return plain_attention(self.g, self.c, f"/model/layers.{i}/attn", q, k, v, self.positions, self.ropes[t],
+                               self.bias[t])
 
 
 def pooling_head(body: Body, h: str, mask: str) -> str:

@@ -43,7 +43,7 @@ class Graph:
         arr = np.asarray(value, dtype=dtype)
         key = (arr.dtype.str, arr.shape, arr.tobytes())
         if key not in self._consts:
-            self._consts[key] = self.init(f"const_{len(self._consts)}", arr)
+            self._consts[key] = self.init(f"{getattr(self, '_prefix', '')}const_{len(self._consts)}", arr)
         return self._consts[key]
 
     def op(self, op_type: str, inputs: list[str], name: str, *, domain: str = "", outputs: int | list[str] = 1,
@@ -69,6 +69,19 @@ class Graph:
 
     def output(self, name: str, elem_type: int, shape: list):
         self.outputs.append(helper.make_tensor_value_info(name, elem_type, shape))
+
+    def branch(self, prefix: str) -> "Graph":
+        """A subgraph (an If's branch): its own nodes and constants, names unique across the whole model,
+        free to read the enclosing graph's values by name."""
+        sub = Graph()
+        sub._taken = self._taken
+        sub._prefix = prefix
+        return sub
+
+    def subgraph(self, outputs: list[str], name: str) -> onnx.GraphProto:
+        """This branch as a GraphProto returning `outputs` (types left to onnxruntime's inference)."""
+        outs = [helper.make_empty_tensor_value_info(o) for o in outputs]
+        return helper.make_graph(self.nodes, name, [], outs, self.initializers)
 
     def model(self, doc: str = "") -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, "main", self.inputs, self.outputs, self.initializers)

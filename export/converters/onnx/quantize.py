@@ -222,11 +222,11 @@ def quantize_embedding(model: onnx.ModelProto, bits: int, block: int, level: int
     g = model.graph
     table_init = next((t for t in g.initializer if t.name == TABLE), None)
     gather = next((n for n in g.node if n.op_type == "Gather" and n.input[0] == TABLE), None)
-    if table_init is None or gather is None:
+    users = [n for n in g.node if TABLE in n.input and n is not gather]
+    if table_init is None or (gather is None and not users):
         return model
     vocab, width = table_init.dims
     padded = -(-width // block) * block           # the quantizer pads each row to whole blocks
-    users = [n for n in g.node if TABLE in n.input and n.name != gather.name]
     head = users[0] if users else None
     if len(users) > 1 or (head is not None and not _is_tied_head(head)):
         raise ValueError(f"{TABLE} has uses the quantizer does not know: {[n.name for n in users]}")
@@ -246,7 +246,9 @@ def quantize_embedding(model: onnx.ModelProto, bits: int, block: int, level: int
     model = _matmul_nbits(model, bits, block, level, exclude=others)
 
     g = model.graph
-    gather = next(n for n in g.node if n.op_type == "Gather" and n.input[0] == TABLE)
+    gather = next((n for n in g.node if n.op_type == "Gather" and n.input[0] == TABLE), None)
+    if gather is None:           # a decoder fed inputs_embeds: the head is the table's only use
+        return _drop_table(model)
     packed_head = next(n for n in g.node if n.op_type == "MatMulNBits" and n.input[1].startswith("lm_head.MatMul."))
     blob, scales = packed_head.input[1], packed_head.input[2]
     n = "/model/embed_tokens"
@@ -270,9 +272,15 @@ def quantize_embedding(model: onnx.ModelProto, bits: int, block: int, level: int
             nodes.append(node)
     del g.node[:]
     g.node.extend(nodes)
+    _drop_table(model, consts)
+    return model
+
+
+def _drop_table(model: onnx.ModelProto, add: list | None = None) -> onnx.ModelProto:
+    g = model.graph
     keep = [t for t in g.initializer if t.name != TABLE]
     del g.initializer[:]
-    g.initializer.extend(keep + consts)
+    g.initializer.extend(keep + (add or []))
     return model
 
 
