@@ -51,3 +51,60 @@ def test_layer_types_follow_the_published_patterns():
     assert [i for i, t in enumerate(g3.layer_types) if t.value == "full_attention"] == [5, 11, 17, 23]
     rg = preset("recurrentgemma-2b")
     assert [t.value for t in rg.layer_types[:6]] == ["recurrent", "recurrent", "sliding_attention"] * 2
+
+
+# --- the seeing Gemmas --------------------------------------------------------------------------------------
+
+def _hf_vision_config(name: str):
+    """transformers' config of a vision preset, from the published checkpoints' config.json fields."""
+    import transformers as tf
+    from export.models.vision_presets import VISION_PRESETS
+    from export.models.vision_config import PALIGEMMA
+    vc = VISION_PRESETS[name]
+    t, v = vc.text, vc.vision
+    text = dict(hidden_size=t.hidden_size, intermediate_size=t.intermediate_size, num_hidden_layers=t.num_layers,
+                num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads, head_dim=t.head_dim,
+                vocab_size=t.vocab_size)
+    vision = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                  num_attention_heads=16, patch_size=14, image_size=v.image_size, vision_use_head=False)
+    if vc.kind == PALIGEMMA:
+        if t.family == "gemma2":
+            text.update(model_type="gemma2", query_pre_attn_scalar=t.query_pre_attn_scalar or t.head_dim)
+        else:
+            text.update(model_type="gemma")
+        return "PaliGemmaForConditionalGeneration", tf.PaliGemmaConfig(
+            text_config=text, vision_config=vision, projection_dim=t.hidden_size, image_token_index=257_152,
+            vocab_size=t.vocab_size)
+    text.update(model_type="gemma3_text", query_pre_attn_scalar=t.query_pre_attn_scalar, sliding_window=1024,
+                rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                 "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+                max_position_embeddings=131_072)
+    if vc.classifier:
+        return "ShieldGemma2ForImageClassification", tf.ShieldGemma2Config(text_config=text, vision_config=vision)
+    return "Gemma3ForConditionalGeneration", tf.Gemma3Config(text_config=text, vision_config=vision)
+
+
+def _vision_names():
+    from export.models.vision_presets import VISION_PRESETS
+    return sorted(VISION_PRESETS)
+
+
+@pytest.mark.parametrize("name", _vision_names())
+def test_vision_presets_match_transformers_and_the_published_counts(name):
+    """The parameter count of transformers' model of the published config (the Gemma 3 ones also equal the
+    published safetensors totals), and the config our loader reads from that config.json is the preset."""
+    import torch
+    import transformers as tf
+
+    from export.models.checkpoints.hf_vision import vision_config_from_hf
+    from oracle import PUBLISHED_PARAMETERS, SIGLIP
+    arch, cfg = _hf_vision_config(name)
+    with torch.device("meta"):
+        ref = getattr(tf, arch)(cfg)
+    count = sum(p.numel() for p in ref.parameters())
+    assert count_parameters(preset(name)) == count
+    text = name.removesuffix("-vision").replace("shieldgemma2-4b", "gemma3-4b")
+    if text in PUBLISHED_PARAMETERS and text.startswith("gemma3-"):
+        d = preset(name).text.hidden_size
+        assert count == PUBLISHED_PARAMETERS[text] + SIGLIP + 1152 * d + 1152
+    assert vision_config_from_hf({**cfg.to_dict(), "architectures": [arch]}) == preset(name)

@@ -128,7 +128,11 @@ class GemmaEmbedder(nn.Module):
         return F.normalize(pooled.float(), dim=-1)
 
 
-def build_model(config: GemmaConfig) -> nn.Module:
+def build_model(config) -> nn.Module:
+    """The reference module of a GemmaConfig, or of a VisionLanguageConfig (export.models.vlm)."""
+    if not isinstance(config, GemmaConfig):
+        from .vlm import VisionLanguageModel
+        return VisionLanguageModel(config)
     return GemmaEmbedder(config) if config.embedding_head is not None else GemmaForCausalLM(config)
 
 

@@ -63,8 +63,11 @@ PRESETS: dict[str, GemmaConfig] = {
 }
 
 
-def preset(name: str) -> GemmaConfig:
-    try:
+def preset(name: str):
+    """A text preset (GemmaConfig) or a vision-language one (VisionLanguageConfig, vision_presets.py)."""
+    from .vision_presets import VISION_PRESETS
+    if name in PRESETS:
         return PRESETS[name]
-    except KeyError:
-        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+    if name in VISION_PRESETS:
+        return VISION_PRESETS[name]
+    raise KeyError(f"unknown preset {name!r}; known presets: {', '.join([*PRESETS, *VISION_PRESETS])}")
