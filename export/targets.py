@@ -29,8 +29,9 @@ class Target:
     devices: tuple[str, ...] = ()     # devices/catalogue.json entries the cost report estimates
 
     def export(self, loaded, out, recipe: str | None = None, context: int | None = None,
-               prefill: tuple[int, ...] | None = None):
-        """Export `loaded` to `out` with this profile, each argument overriding its column."""
+               prefill: tuple[int, ...] | None = None, vision_quant: str | None = None):
+        """Export `loaded` to `out` with this profile, each argument overriding its column; vision_quant: the
+        vision graph's storage of a vision-language model (ONNX)."""
         module, func = EXPORTERS[self.bundle].split(":")
         if self.bundle == "litertlm":       # refused before any conversion work
             from .converters.litert.bundle import unbundleable
@@ -42,7 +43,9 @@ class Target:
         if self.format == "onnx":
             if prefill:
                 raise ValueError(f"--prefill: --target {self.name} builds ONNX, which has no prefill signatures")
-            return fn(loaded, out, recipe, context_length=context)
+            return fn(loaded, out, recipe, context_length=context, vision_quant=vision_quant)
+        if vision_quant:
+            raise ValueError(f"--vision-quant: --target {self.name} builds LiteRT, which has no vision graph yet")
         # the profile's lengths that fit the context; a user's --prefill is taken as given (checked by the exporter)
         lengths = tuple(prefill) if prefill else tuple(t for t in self.prefill if t <= context) or (context,)
         return fn(loaded, out, recipe, prefill_lengths=lengths, cache_length=context)

@@ -29,6 +29,11 @@ ONNX_PAST_NAMES = ("past_key_values.%d.key", "past_key_values.%d.value")
 ONNX_PRESENT_NAMES = ("present.%d.key", "present.%d.value")
 ONNX_PRESENT_PREFIX = "present_"           # a recurrent state's output: this prefix + its input name
 
+# --- vision-language ONNX folders (onnxruntime-genai's vision / embedding / decoder split) ---------------------
+VISION_FILE, EMBEDDING_FILE = "vision.onnx", "embedding.onnx"
+PIXEL_VALUES, IMAGE_FEATURES, INPUTS_EMBEDS = "pixel_values", "image_features", "inputs_embeds"
+VISION_KEY = "vision"                      # manifest.json: how images become rows (kind, size, ids, normalisation)
+
 # --- LiteRT signatures (LiteRT-LM's names) -------------------------------------------------------------------
 DECODE_SIGNATURE = "decode"
 PREFILL_PREFIX = "prefill_"                # prefill_{T}: T new tokens

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .contract import IMAGE_FEATURES, INPUTS_EMBEDS, PIXEL_VALUES
 from .files import inside, read_json
 from .sampling import check_step
 
@@ -63,10 +64,10 @@ class OnnxBackend:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         if profile_prefix:
             options.enable_profiling, options.profile_file_prefix = True, str(profile_prefix)
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:     # onnxruntime raises its own exception types
-            raise ValueError(f"{self.path}: onnxruntime cannot load it: {e}") from e
+        self.options = options
+        self.session = self._session(self.path)
+        self.vision_parts = VisionParts(self, genai_path) if (self.genai or {}).get("model", {}).get("embedding") \
+            else None
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = {o.name: o for o in self.session.get_outputs()}
         if "embeddings" in self.outputs:
@@ -76,6 +77,12 @@ class OnnxBackend:
         else:
             self.kind = "causal"
             self._init_causal(decoder, genai_path)
+
+    def _session(self, path: Path):
+        try:
+            return ort.InferenceSession(str(path), self.options, providers=["CPUExecutionProvider"])
+        except Exception as e:     # onnxruntime raises its own exception types
+            raise ValueError(f"{path}: onnxruntime cannot load it: {e}") from e
 
     def _init_causal(self, decoder: dict, genai_path: Path) -> None:
         if self.genai is None:
@@ -108,6 +115,8 @@ class OnnxBackend:
                        for pattern_in, pattern_out in ((key_in, key_out), (value_in, value_out))]
         self.caches += [(past, present, "state") for past, present in states]
         wanted = {self.ids_name, *(p for p, _, _ in self.caches)}
+        if self.vision_parts is not None:
+            wanted.add(self.vision_parts.embeds_name)
         self._check_inputs(wanted, optional={self.mask_name, self.positions_name})
         for name in [self.logits_name] + [p for _, p, _ in self.caches]:
             if name not in self.outputs:
@@ -152,9 +161,13 @@ class OnnxBackend:
                             self.cache_dtype)
         return {past: zeros(past, kind) for past, _, kind in self.caches}
 
-    def feed(self, tokens: list[int], start: int) -> dict[str, np.ndarray]:
-        """The non-cache inputs for `tokens` at absolute positions start..start+T-1 (batch 1)."""
+    def feed(self, tokens: list[int], start: int, features: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The non-cache inputs for `tokens` at absolute positions start..start+T-1 (batch 1); a vision-language
+        decoder also gets inputs_embeds from the embedding graph (with `features`: the rows of the images whose
+        placeholders are among `tokens`)."""
         feed = {self.ids_name: np.asarray([tokens], _dtype(self.inputs[self.ids_name], str(self.path)))}
+        if self.vision_parts is not None:
+            feed[self.vision_parts.embeds_name] = self.vision_parts.embed(feed[self.ids_name], features)
         total = start + len(tokens)
         if self.mask_name:
             feed[self.mask_name] = np.ones((1, total), _dtype(self.inputs[self.mask_name], str(self.path)))
@@ -163,18 +176,29 @@ class OnnxBackend:
                 _dtype(self.inputs[self.positions_name], str(self.path)))
         return feed
 
-    def stepper(self, max_len: int | None = None, prefill_chunk: int = 256) -> "Stepper":
-        """A fresh KV cache for one sequence of at most `max_len` tokens (default: the context length)."""
+    def stepper(self, max_len: int | None = None, prefill_chunk: int = 256,
+                features: np.ndarray | None = None) -> "Stepper":
+        """A fresh KV cache for one sequence of at most `max_len` tokens (default: the context length).
+        features: image rows (encode_images) for the placeholders of the first call, which then takes the whole
+        prompt (an image's tokens see each other only within one call)."""
         self._require("causal", "stepper()")
-        return Stepper(self, max_len or self.context_length, prefill_chunk)
+        if features is not None and self.vision_parts is None:
+            raise ValueError(f"{self.path} is a text model: it takes no images")
+        return Stepper(self, max_len or self.context_length, prefill_chunk, features)
 
-    def logits(self, ids: list[int]) -> np.ndarray:
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        """pixels [N, 3, S, S] (preprocessed) -> image rows [N, tokens_per_image, d] (vision.onnx)."""
+        if self.vision_parts is None:
+            raise ValueError(f"{self.path} is a text model: it has no vision graph")
+        return self.vision_parts.encode(pixels)
+
+    def logits(self, ids: list[int], features: np.ndarray | None = None) -> np.ndarray:
         """Logits at every position of `ids`, one call from an empty cache: [T, V] float32."""
         self._require("causal", "logits()")
         ids = [int(i) for i in ids]
         if not 0 < len(ids) <= self.context_length:
             raise ValueError(f"logits() takes 1..{self.context_length} tokens ({self.path}), got {len(ids)}")
-        (out,) = self.session.run([self.logits_name], {**self.feed(ids, 0), **self.empty_past()})
+        (out,) = self.session.run([self.logits_name], {**self.feed(ids, 0, features), **self.empty_past()})
         return out[0].astype(np.float32, copy=False)                      # [T, V]
 
     def embed(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -199,11 +223,14 @@ class Stepper:
     without our optional `logits_to_keep` input (with it, only the last position's logits are computed).
     """
 
-    def __init__(self, backend: OnnxBackend, max_len: int, prefill_chunk: int):
+    def __init__(self, backend: OnnxBackend, max_len: int, prefill_chunk: int, features: np.ndarray | None = None):
         if max_len > backend.context_length:
             raise ValueError(f"max_len {max_len} exceeds the context length {backend.context_length} "
                              f"of {backend.path}")
         self.backend, self.max_len, self.chunk = backend, int(max_len), max(1, int(prefill_chunk))
+        self.features = features                # consumed by the first call
+        if backend.vision_parts is not None:    # a prompt's image blocks (and PaliGemma's prefix) need one call
+            self.chunk = self.max_len
         self.length = 0             # tokens in the cache
         b = backend
         if b.share_buffer:          # [1, kv, W or max_len, D] each, allocated once
@@ -239,7 +266,8 @@ class Stepper:
         bind an optional input (an overridable initializer), so this runs through run_with_ort_values: the
         caches come back in new buffers (one copy per chunk), which the kept binding then points to."""
         b = self.backend
-        feed = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in b.feed(tokens, self.length).items()}
+        feed = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in b.feed(tokens, self.length,
+                                                                                  self._take_features()).items()}
         feed[b.keep_name] = ort.OrtValue.ortvalue_from_numpy(np.ones(1, np.int64))
         outs = b.session.run_with_ort_values([b.logits_name] + [p for _, p, _ in b.caches], {**feed, **self.past})
         self.past = {past: value for (past, _, _), value in zip(b.caches, outs[1:])}
@@ -251,7 +279,7 @@ class Stepper:
     def _run(self, tokens: list[int]) -> np.ndarray:
         b = self.backend
         binding = self.binding or b.session.io_binding()
-        self._feed = b.feed(tokens, self.length)      # kept alive until the next run
+        self._feed = b.feed(tokens, self.length, self._take_features())      # kept alive until the next run
         for name, value in self._feed.items():
             binding.bind_cpu_input(name, value)
         logits = None
@@ -274,6 +302,10 @@ class Stepper:
         self.length += len(tokens)
         return logits[0, -1].astype(np.float32)       # [V], a copy: the buffer is reused
 
+    def _take_features(self) -> np.ndarray | None:
+        features, self.features = self.features, None
+        return features
+
     def cache_shapes(self) -> dict[str, tuple[int, ...]]:
         """{past input name: shape} of the live cache: [1, kv, W, D] on sliding layers, [1, kv, length, D] on
         global ones (with shared buffers: the first `length` rows of the preallocated [1, kv, max_len, D]);
@@ -287,3 +319,41 @@ class Stepper:
     def cache_bytes(self) -> int:
         """Bytes of every cache and state tensor held now (what the runtime keeps between steps)."""
         return sum(value.tensor_size_in_bytes() for value in self.past.values())
+
+
+class VisionParts:
+    """vision.onnx and embedding.onnx of a vision-language folder (genai_config.json's `vision` and `embedding`
+    sections): images -> rows, and token ids + rows -> the decoder's inputs_embeds."""
+
+    def __init__(self, backend: OnnxBackend, genai_path: Path):
+        model = backend.genai["model"]
+        try:
+            vis, emb = model["vision"], model["embedding"]
+            files = {k: inside(backend.folder, sec["filename"], f"{genai_path}: model.{k}.filename")
+                     for k, sec in (("vision", vis), ("embedding", emb))}
+            self.pixels_name = vis["inputs"][PIXEL_VALUES]
+            self.features_name = vis["outputs"][IMAGE_FEATURES]
+            self.embed_ids = emb["inputs"]["input_ids"]
+            self.embed_features = emb["inputs"][IMAGE_FEATURES]
+            self.embeds_name = emb["outputs"][INPUTS_EMBEDS]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{genai_path}: model.vision / model.embedding lack a valid field {e}") from e
+        self.vision = backend._session(files["vision"])
+        self.embedding = backend._session(files["embedding"])
+        shape = {i.name: i for i in self.embedding.get_inputs()}[self.embed_features].shape
+        self.tokens_per_image, self.width = shape[-2], shape[-1]
+        self.pixels_dtype = _dtype(self.vision.get_inputs()[0], str(files["vision"]))
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = np.asarray(pixels)
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"pixel_values must be [N, 3, S, S], got {pixels.shape}")
+        (out,) = self.vision.run([self.features_name], {self.pixels_name: pixels.astype(self.pixels_dtype)})
+        return out.astype(np.float32, copy=False)
+
+    def embed(self, ids: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+        if features is None:
+            features = np.zeros((0, self.tokens_per_image, self.width), np.float32)
+        (out,) = self.embedding.run([self.embeds_name], {self.embed_ids: ids.astype(np.int64),
+                                                         self.embed_features: features.astype(np.float32)})
+        return out

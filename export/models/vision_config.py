@@ -68,6 +68,13 @@ class VisionLanguageConfig:
             if v is not None and not 0 <= v < 1 << 22:
                 raise ValueError(f"{name} {v!r}: must be a token id")
 
+    def __getattr__(self, name: str):
+        """Decoder facts (vocab_size, max_position, bos_id, layer_types, ...) read through to `text`: code that
+        handles a causal LM's config handles the decoder of this one."""
+        if name.startswith("__") or name == "text":
+            raise AttributeError(name)
+        return getattr(self.text, name)
+
     @property
     def family(self) -> str:
         return f"{self.kind}-vision" if self.kind == GEMMA3 else self.kind

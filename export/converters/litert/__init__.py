@@ -30,6 +30,9 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
     signatures output logits for every position (LiteRT-LM ignores them; validation reads them)."""
     r = recipe_for(recipe, "litert")
     c = loaded.config
+    if hasattr(c, "vision"):
+        raise ValueError(f"{loaded.source}: a {c.family} vision-language model has no LiteRT export yet (its ONNX "
+                         f"one runs: --target onnx, web or desktop)")
     if c.embedding_head is not None:
         return _export_embedder(loaded, out, r, None if prefill_lengths == DEFAULT_PREFILL else prefill_lengths,
                                 composites)

@@ -32,6 +32,9 @@ def unbundleable(config) -> str | None:
     """Why a .litertlm bundle cannot hold a model (None: it can); config: a GemmaConfig or a manifest's config."""
     get = config.get if isinstance(config, dict) else lambda key: getattr(config, key)
     family = get("family")
+    if (config.get("vision") if isinstance(config, dict) else getattr(config, "vision", None)) is not None:
+        return (f"a {family} vision-language model has no LiteRT export yet (its ONNX one runs: --target onnx, "
+                f"web or desktop)")
     if get("embedding_head") is not None:
         return (f"a {family} embedding model has no .litertlm bundle yet (LiteRT-LM bundles hold text generators); "
                 f"use --target litert (embed_{{T}} signatures, run by runtime_py)")

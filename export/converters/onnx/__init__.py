@@ -11,6 +11,7 @@ import onnx
 from runtime_py.contract import DEFAULT_CONTEXT
 
 from ..artifact import import_record, staged_dir, write_manifest
+from ...models.vision_config import VisionLanguageConfig
 from ...quantize.recipes import recipe as recipe_for
 from ..hf_tokenizer import write_hf_tokenizer
 from .decoder import build_decoder
@@ -21,11 +22,16 @@ from .quantize import quantize
 MAX_INLINE_BYTES = 1 << 30     # above this, weights go to model.onnx.data (protobuf caps at 2 GB)
 
 
-def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: int | None = None) -> Path:
-    """Export a LoadedModel (export.models.checkpoints) to an ONNX artifact folder."""
+def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: int | None = None,
+                vision_quant: str | None = None) -> Path:
+    """Export a LoadedModel (export.models.checkpoints) to an ONNX artifact folder. vision_quant: the vision
+    graph's storage of a vision-language model (fp32 | fp16 | int8; default: vision_folder.default_vision_quant)."""
     r = recipe_for(recipe, "onnx")
     c = loaded.config
     context = min(context_length or DEFAULT_CONTEXT, c.max_position)
+    if isinstance(c, VisionLanguageConfig):
+        from .vision_folder import export_onnx_vision
+        return export_onnx_vision(loaded, out, r, context, vision_quant, save=save_model)
     if c.sliding_window and context < c.sliding_window:
         raise ValueError(f"--context {context} is shorter than the sliding window ({c.sliding_window})")
     if c.rotary_dim < c.head_dim and c.rotary_dim % 16:

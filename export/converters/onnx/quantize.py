@@ -163,12 +163,14 @@ def _level(layout) -> int | None:
     return 4 if layout.activations == "int8" else None
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+def to_fp16(model: onnx.ModelProto, keep_io: list[str] | None = None) -> onnx.ModelProto:
+    """float16 weights and activations; graph inputs/outputs named in FP32_IO, the recurrent states and
+    `keep_io` stay float32."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
     model.graph.value_info.extend(_value_types(model, keep=FP32_OPS))
     with _quiet():
-        model = convert_float_to_float16(model, keep_io_types=FP32_IO + _fp32_states(model),
+        model = convert_float_to_float16(model, keep_io_types=FP32_IO + _fp32_states(model) + (keep_io or []),
                                          disable_shape_infer=True,
                                          op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS + FP32_STATE_OPS)
         m = OnnxModel(model)

@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 import torch
 
+from runtime_py.contract import IMAGE_FEATURES, INPUTS_EMBEDS, PIXEL_VALUES
+
 from .body import Body
 from .graph import FLOAT, INT64, Graph
 from .quantize import _matmul_nbits, _quiet, to_fp16
@@ -38,14 +40,14 @@ def build_vision(model, quant: str = "fp32") -> onnx.ModelProto:
     example = torch.zeros(2, 3, S, S)
     images = torch.export.Dim("num_images", min=1, max=256)
     with torch.no_grad():
-        program = torch.onnx.export(_ImageFeatures(model).eval(), (example,), None, input_names=["pixel_values"],
-                                    output_names=["image_features"], dynamic_shapes={"pixel_values": {0: images}},
+        program = torch.onnx.export(_ImageFeatures(model).eval(), (example,), None, input_names=[PIXEL_VALUES],
+                                    output_names=[IMAGE_FEATURES], dynamic_shapes={PIXEL_VALUES: {0: images}},
                                     dynamo=True, optimize=True, verbose=False)
     proto = program.model_proto
     proto.doc_string = f"{model.config.family} vision encoder + projector, traced by torch.onnx (gemma-export)"
     if quant == "fp16":
         with _quiet():
-            proto = to_fp16(proto)
+            proto = to_fp16(proto, keep_io=[PIXEL_VALUES, IMAGE_FEATURES])
     elif quant == "int8":
         with _quiet():
             proto = _matmul_nbits(proto, 8, VISION_INT8_BLOCK, None)
@@ -59,7 +61,7 @@ def build_embedding(model) -> onnx.ModelProto:
     g = Graph()
     body = Body(g, c, model.language_model.state_dict())
     ids = g.input("input_ids", INT64, ["batch_size", "sequence_length"])
-    feats = g.input("image_features", FLOAT, ["num_images", vc.tokens_per_image, c.hidden_size])
+    feats = g.input(IMAGE_FEATURES, FLOAT, ["num_images", vc.tokens_per_image, c.hidden_size])
     n = "/embed"
     is_img = g.op("Equal", [ids, g.const(vc.image_token_id)], f"{n}/is_image")                        # [B, T]
     body.embed(g.op("Where", [is_img, g.const(0), ids], f"{n}/ids"))
@@ -71,8 +73,8 @@ def build_embedding(model) -> onnx.ModelProto:
     picked = g.op("Reshape", [g.op("Gather", [rows, k], f"{n}/Gather", axis=0),
                               g.op("Shape", [body.residual], f"{n}/shape")], f"{n}/picked")
     g.op("Where", [g.op("Unsqueeze", [is_img, g.const([2])], f"{n}/is_image3"), picked, body.residual], f"{n}/Where",
-         outputs=["inputs_embeds"])
-    g.output("inputs_embeds", FLOAT, ["batch_size", "sequence_length", c.hidden_size])
+         outputs=[INPUTS_EMBEDS])
+    g.output(INPUTS_EMBEDS, FLOAT, ["batch_size", "sequence_length", c.hidden_size])
     return g.model(doc=f"{vc.family} token embedding + image rows, exported by gemma-export")
 
 

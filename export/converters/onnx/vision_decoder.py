@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import onnx
 
+from runtime_py.contract import INPUTS_EMBEDS
+
 from ...models.config import LayerType
 from ...models.vision_config import PALIGEMMA
 from .body import Body
@@ -23,7 +25,7 @@ def build_vision_decoder(model, context_length: int) -> onnx.ModelProto:
     c = vc.text
     g = Graph()
     body = Body(g, c, model.language_model.state_dict())
-    embeds = g.input("inputs_embeds", FLOAT, ["batch_size", "sequence_length", c.hidden_size])
+    embeds = g.input(INPUTS_EMBEDS, FLOAT, ["batch_size", "sequence_length", c.hidden_size])
     ids = g.input("input_ids", INT64, ["batch_size", "sequence_length"])
     mask = g.input("attention_mask", INT64, ["batch_size", "total_sequence_length"])
     attention = BlockAttention(body, mask, context_length, ids, vc)

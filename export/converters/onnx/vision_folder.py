@@ -1,0 +1,104 @@
+"""`--target onnx/web/desktop` for a vision-language model: the three graphs of onnxruntime-genai's split
+(vision.onnx, embedding.onnx, model.onnx: the decoder on inputs_embeds), genai_config.json with its vision and
+embedding sections (Gemma 3 / ShieldGemma 2: `type` gemma3, which onnxruntime-genai runs; PaliGemma, which it
+has no model type for: the same description in manifest.json for runtime_py), processor_config.json, the
+tokenizer, and manifest.json with the `vision` facts runtime_py needs to turn images into rows."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+
+from runtime_py.contract import EMBEDDING_FILE, IMAGE_FEATURES, INPUTS_EMBEDS, PIXEL_VALUES, VISION_FILE, VISION_KEY
+
+from ...models.vision_config import GEMMA3
+from ...quantize.recipes import Recipe
+from ..artifact import import_record, staged_dir, write_manifest
+from ..hf_tokenizer import write_hf_tokenizer
+from .genai_config import genai_config
+from .quantize import quantize
+from .vision import build_embedding, build_vision
+from .vision_decoder import build_vision_decoder
+
+IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)       # SigLIP's normalisation in both processors: x / 255 -> [-1, 1]
+
+
+def default_vision_quant(recipe: Recipe) -> str:
+    """The vision graph's storage when --vision-quant is not given: float32 beside a float32 decoder, float16
+    beside a float16 one, int8 beside a quantized one."""
+    if recipe.float32:
+        return "fp32"
+    return "fp16" if recipe.weight_bits == 16 else "int8"
+
+
+def vision_facts(vc, quant: str) -> dict:
+    """manifest.json `vision`: what runtime_py needs to lay out prompts and preprocess images."""
+    return {"kind": vc.kind, "image_size": vc.vision.image_size, "resample": vc.resample, "mean": list(IMAGE_MEAN),
+            "std": list(IMAGE_STD), "rescale": 1 / 255, "tokens_per_image": vc.tokens_per_image,
+            "image_token_id": vc.image_token_id, "boi_id": vc.boi_id, "eoi_id": vc.eoi_id,
+            "classifier": list(vc.classifier) if vc.classifier else None, "quant": quant,
+            "files": {"vision": VISION_FILE, "embedding": EMBEDDING_FILE}}
+
+
+def vision_genai_config(vc, context: int) -> dict:
+    """genai_config.json of the split: the decoder's description on inputs_embeds plus the vision and embedding
+    sections onnxruntime-genai's multimodal pipeline reads."""
+    cfg = genai_config(vc.text, context)
+    model = cfg["model"]
+    model["type"] = "gemma3" if vc.kind == GEMMA3 else None
+    model["image_token_id"] = vc.image_token_id
+    dec = model["decoder"]
+    dec["inputs"] = {INPUTS_EMBEDS: INPUTS_EMBEDS, "input_ids": "input_ids", **{
+        k: v for k, v in dec["inputs"].items() if k != "input_ids"}}
+    model["vision"] = {"filename": VISION_FILE, "inputs": {PIXEL_VALUES: PIXEL_VALUES},
+                       "outputs": {IMAGE_FEATURES: IMAGE_FEATURES}}
+    model["embedding"] = {"filename": EMBEDDING_FILE,
+                          "inputs": {"input_ids": "input_ids", IMAGE_FEATURES: IMAGE_FEATURES},
+                          "outputs": {INPUTS_EMBEDS: INPUTS_EMBEDS}}
+    return cfg
+
+
+def processor_config(vc) -> dict:
+    """onnxruntime-extensions' image pipeline for Gemma 3 (what onnxruntime-genai's processor reads)."""
+    S = vc.vision.image_size
+    interpolation = "LINEAR" if vc.resample == "bilinear" else "CUBIC"
+    return {"processor": {"name": "gemma_3_image_processing", "transforms": [
+        {"operation": {"name": "decode_image", "type": "DecodeImage", "attrs": {"color_space": "RGB"}}},
+        {"operation": {"name": "resize", "type": "Resize", "attrs": {
+            "interpolation": interpolation, "width": S, "height": S, "keep_aspect_ratio": 0}}},
+        {"operation": {"name": "re-scale", "type": "Rescale", "attrs": {"rescale_factor": 1 / 255}}},
+        {"operation": {"name": "normalize", "type": "Normalize", "attrs": {
+            "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD)}}},
+        {"operation": {"name": "to_channel_first", "type": "Permute3D", "attrs": {"dims": [2, 0, 1]}}},
+    ]}}
+
+
+def export_onnx_vision(loaded, out: str | Path, r: Recipe, context: int, vision_quant: str | None = None,
+                       save=None) -> Path:
+    vc = loaded.config
+    quant = vision_quant or default_vision_quant(r)
+    decoder, carried = quantize(build_vision_decoder(loaded.model, context), r, loaded.stored)
+    embedding, _ = quantize(build_embedding(loaded.model), r)     # its table stored as the decoder's head is
+    vision = build_vision(loaded.model, quant)
+    for proto in (decoder, embedding, vision):
+        if proto.ByteSize() < 2 ** 31 - 1:           # the checker cannot take a larger proto in memory
+            onnx.checker.check_model(proto)
+    runtime = vision_genai_config(vc, context)
+    extra = {"context_length": context, "kind": "vision_language", VISION_KEY: vision_facts(vc, quant)}
+    with staged_dir(out) as tmp:
+        save(decoder, tmp / "model.onnx")
+        save(embedding, tmp / EMBEDDING_FILE)
+        save(vision, tmp / VISION_FILE)
+        if vc.kind == GEMMA3:
+            (tmp / "genai_config.json").write_text(json.dumps(runtime, indent=2) + "\n")
+            (tmp / "processor_config.json").write_text(json.dumps(processor_config(vc), indent=2) + "\n")
+        else:
+            extra.update(runtime_config=runtime, onnxruntime_genai=(
+                f"not supported: onnxruntime-genai has no model type for {vc.kind}; run it with runtime_py"))
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save(tmp / "tokenizer.model")
+            write_hf_tokenizer(loaded.tokenizer.model_proto(), tmp, model_max_length=context)
+        extra.update(import_record(loaded, carried))
+        write_manifest(tmp, source=str(loaded.source), config=vc, recipe=r, target="onnx", extra=extra)
+    return Path(out)
