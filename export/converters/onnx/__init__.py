@@ -10,16 +10,15 @@ import onnx
 
 from runtime_py.contract import DEFAULT_CONTEXT
 
-from ..artifact import import_record, staged_dir, write_manifest
+from ..artifact import staged_dir
 from ...models.vision_config import VisionLanguageConfig
 from ...quantize.recipes import recipe as recipe_for
-from ..hf_tokenizer import write_hf_tokenizer
 from .decoder import build_decoder
 from .embedder import build_embedder
+from .folder import finish_folder, save_model
 from .genai_config import genai_config, genai_supported
 from .quantize import quantize
 
-MAX_INLINE_BYTES = 1 << 30     # above this, weights go to model.onnx.data (protobuf caps at 2 GB)
 
 
 def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: int | None = None,
@@ -31,7 +30,7 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
     context = min(context_length or DEFAULT_CONTEXT, c.max_position)
     if isinstance(c, VisionLanguageConfig):
         from .vision_folder import export_onnx_vision
-        return export_onnx_vision(loaded, out, r, context, vision_quant, save=save_model)
+        return export_onnx_vision(loaded, out, r, context, vision_quant)
     if c.sliding_window and context < c.sliding_window:
         raise ValueError(f"--context {context} is shorter than the sliding window ({c.sliding_window})")
     if c.rotary_dim < c.head_dim and c.rotary_dim % 16:
@@ -50,18 +49,5 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
             extra.update(runtime_config=genai_config(c, context), onnxruntime_genai=(
                 f"not supported: onnxruntime-genai has no model type for {c.family} (recurrent state); "
                 f"run it with runtime_py"))
-        if loaded.tokenizer is not None:
-            loaded.tokenizer.save(tmp / "tokenizer.model")
-            write_hf_tokenizer(loaded.tokenizer.model_proto(), tmp, model_max_length=context)
-        extra.update(import_record(loaded, carried))
-        write_manifest(tmp, source=str(loaded.source), config=c, recipe=r, target="onnx", extra=extra)
+        finish_folder(tmp, loaded, r, context, carried, extra)
     return Path(out)
-
-
-def save_model(proto: onnx.ModelProto, path: Path):
-    size = sum(len(t.raw_data) for t in proto.graph.initializer)
-    if size > MAX_INLINE_BYTES:
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(proto, str(path))

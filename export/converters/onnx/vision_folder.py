@@ -14,8 +14,8 @@ from runtime_py.contract import EMBEDDING_FILE, IMAGE_FEATURES, INPUTS_EMBEDS, P
 
 from ...models.vision_config import GEMMA3
 from ...quantize.recipes import Recipe
-from ..artifact import import_record, staged_dir, write_manifest
-from ..hf_tokenizer import write_hf_tokenizer
+from ..artifact import staged_dir
+from .folder import finish_folder, save_model
 from .genai_config import genai_config
 from .quantize import quantize
 from .vision import build_embedding, build_vision
@@ -74,8 +74,7 @@ def processor_config(vc) -> dict:
     ]}}
 
 
-def export_onnx_vision(loaded, out: str | Path, r: Recipe, context: int, vision_quant: str | None = None,
-                       save=None) -> Path:
+def export_onnx_vision(loaded, out: str | Path, r: Recipe, context: int, vision_quant: str | None = None) -> Path:
     vc = loaded.config
     quant = vision_quant or default_vision_quant(r)
     decoder, carried = quantize(build_vision_decoder(loaded.model, context), r, loaded.stored)
@@ -87,18 +86,14 @@ def export_onnx_vision(loaded, out: str | Path, r: Recipe, context: int, vision_
     runtime = vision_genai_config(vc, context)
     extra = {"context_length": context, "kind": "vision_language", VISION_KEY: vision_facts(vc, quant)}
     with staged_dir(out) as tmp:
-        save(decoder, tmp / "model.onnx")
-        save(embedding, tmp / EMBEDDING_FILE)
-        save(vision, tmp / VISION_FILE)
+        save_model(decoder, tmp / "model.onnx")
+        save_model(embedding, tmp / EMBEDDING_FILE)
+        save_model(vision, tmp / VISION_FILE)
         if vc.kind == GEMMA3:
             (tmp / "genai_config.json").write_text(json.dumps(runtime, indent=2) + "\n")
             (tmp / "processor_config.json").write_text(json.dumps(processor_config(vc), indent=2) + "\n")
         else:
             extra.update(runtime_config=runtime, onnxruntime_genai=(
                 f"not supported: onnxruntime-genai has no model type for {vc.kind}; run it with runtime_py"))
-        if loaded.tokenizer is not None:
-            loaded.tokenizer.save(tmp / "tokenizer.model")
-            write_hf_tokenizer(loaded.tokenizer.model_proto(), tmp, model_max_length=context)
-        extra.update(import_record(loaded, carried))
-        write_manifest(tmp, source=str(loaded.source), config=vc, recipe=r, target="onnx", extra=extra)
+        finish_folder(tmp, loaded, r, context, carried, extra)
     return Path(out)

@@ -1,0 +1,30 @@
+"""What every ONNX artifact folder ends with: graphs saved (weights beside them when large), the tokenizer in
+both forms, manifest.json over everything written."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from ..artifact import import_record, write_manifest
+from ..hf_tokenizer import write_hf_tokenizer
+
+MAX_INLINE_BYTES = 1 << 30     # above this, weights go to <file>.data (protobuf caps at 2 GB)
+
+
+def save_model(proto: onnx.ModelProto, path: Path):
+    size = sum(len(t.raw_data) for t in proto.graph.initializer)
+    if size > MAX_INLINE_BYTES:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+
+
+def finish_folder(tmp: Path, loaded, recipe, context: int, carried: dict, extra: dict) -> None:
+    """tokenizer.model + the Hugging Face tokenizer files, then manifest.json (config, recipe, import record)."""
+    if loaded.tokenizer is not None:
+        loaded.tokenizer.save(tmp / "tokenizer.model")
+        write_hf_tokenizer(loaded.tokenizer.model_proto(), tmp, model_max_length=context)
+    extra.update(import_record(loaded, carried))
+    write_manifest(tmp, source=str(loaded.source), config=loaded.config, recipe=recipe, target="onnx", extra=extra)
