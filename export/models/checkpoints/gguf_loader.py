@@ -214,13 +214,17 @@ def _as_float(t: gguf.ReaderTensor) -> np.ndarray:
     return out
 
 
-def load_gguf(path: str | Path) -> GGUFCheckpoint:
-    """Open a GGUF once; the returned checkpoint reads tensors lazily from the memory map."""
-    path = Path(path)
+def open_reader(path: Path) -> gguf.GGUFReader:
+    """gguf-py's reader of a file (memory-mapped), or CheckpointError naming the file."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
-        reader = gguf.GGUFReader(path)
+        return gguf.GGUFReader(path)
     except (ValueError, KeyError, IndexError, TypeError, OverflowError, MemoryError) as e:   # a damaged / lying header
         raise CheckpointError(f"{path}: not a readable GGUF file ({e})") from None
-    return GGUFCheckpoint(path, reader)
+
+
+def load_gguf(path: str | Path) -> GGUFCheckpoint:
+    """Open a GGUF once; the returned checkpoint reads tensors lazily from the memory map."""
+    path = Path(path)
+    return GGUFCheckpoint(path, open_reader(path))
