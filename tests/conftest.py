@@ -145,3 +145,20 @@ def real_onnx(real_model, tmp_path_factory) -> Path:
 def real_onnx_int4(real_model, tmp_path_factory) -> Path:
     """The bundled model's int4 ONNX artifact, exported once."""
     return _real_export(real_model, tmp_path_factory, "int4")
+
+
+@pytest.fixture(scope="session")
+def tiny_vision(tmp_path_factory):
+    """tiny_vision(arch, old_layout) -> (transformers model, our LoadedModel): built once per session (shared: run them, never change them)."""
+    import vision_oracle as vo
+    from export.models.checkpoints import load_model
+    root, built, refs = tmp_path_factory.mktemp("vision"), {}, {}
+
+    def get(arch: str, old_layout: bool = False):
+        if arch not in refs:
+            refs[arch] = vo.build(arch)
+        if (arch, old_layout) not in built:
+            path = vo.save_folder(refs[arch], root / f"{arch}-{'old' if old_layout else 'new'}", old_layout)
+            built[arch, old_layout] = load_model(path)
+        return refs[arch], built[arch, old_layout]
+    return get

@@ -138,14 +138,15 @@ def rtn(w: torch.Tensor, bits: int, block: int | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def hf_rounded(model, weight_bits: int, block: int | None, embedding_bits: int, embedding_block: int | None):
+def hf_rounded(model, weight_bits: int, block: int | None, embedding_bits: int, embedding_block: int | None,
+               within: str = ""):
     """A copy of transformers' model with every decoder linear weight and the (tied) embedding table rounded
     as `rtn` does, computing in float32: what a weight-quantized artifact of it should compute, activations
-    aside."""
+    aside. within: only the linear layers whose name contains it (a vision-language model's `language_model`)."""
     import copy
     rounded = copy.deepcopy(model)
     for name, module in rounded.named_modules():
-        if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}":
+        if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}" and within in name:
             module.weight.copy_(rtn(module.weight, weight_bits, block))
     table = rounded.get_input_embeddings().weight
     table.copy_(rtn(table, embedding_bits, embedding_block))

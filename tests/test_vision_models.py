@@ -18,21 +18,6 @@ from export.models.vision_config import VisionLanguageConfig
 ARCHS = ("paligemma", "paligemma2", "gemma3", "shieldgemma2")
 
 
-@pytest.fixture(scope="module")
-def tiny_vision(tmp_path_factory):
-    """tiny_vision(arch, old_layout) -> (transformers model, our LoadedModel): built once per module."""
-    root, built, refs = tmp_path_factory.mktemp("vision"), {}, {}
-
-    def get(arch: str, old_layout: bool = False):
-        if arch not in refs:
-            refs[arch] = vo.build(arch)
-        if (arch, old_layout) not in built:
-            path = vo.save_folder(refs[arch], root / f"{arch}-{'old' if old_layout else 'new'}", old_layout)
-            built[arch, old_layout] = load_model(path)
-        return refs[arch], built[arch, old_layout]
-    return get
-
-
 def _images(arch: str) -> int:
     return 1 if arch.startswith("paligemma") else 2
 

@@ -64,10 +64,13 @@ def build(arch: str, seed: int = 0):
     for sub in ("text_config", "vision_config"):
         getattr(cfg, sub)._attn_implementation = "eager"
     model = MODEL_CLASSES[name](cfg).eval()
-    with torch.no_grad():                       # non-zero norms and biases so that every parameter matters
+    with torch.no_grad():     # non-zero norms, biases and the zero-initialised Gemma 3 projection: every parameter matters
         for n, p in model.named_parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
+            elif not p.any():
+                p.normal_(0.0, 0.1)
+            assert p.any(), n
     return model
 
 
@@ -144,3 +147,8 @@ def hf_generate(model, ids, types, pix, n: int) -> list[int]:
                          attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=n,
                          do_sample=False, min_new_tokens=n)
     return out[0, len(ids):].tolist()
+
+
+def tokens_between(lo: int, hi: int, n: int, seed: int = 1) -> list[int]:
+    """n random ids in [lo, hi), the same for the same arguments."""
+    return torch.randint(lo, hi, (n,), generator=torch.Generator().manual_seed(seed)).tolist()

@@ -1,0 +1,131 @@
+"""Vision-language ONNX folders against transformers, run by runtime_py: the tiny random PaliGemma 1/2, Gemma 3 and
+ShieldGemma 2 checkpoints (tests/vision_oracle.py) exported at fp32 give transformers' logits on prompts with
+images longer than the sliding window, its 32 greedy tokens and ShieldGemma 2's probabilities; text-only
+prompts run through the same folder; the vision graph's float16 / int8 storage and an int4 decoder stay close
+to transformers' features and logits."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import vision_oracle as vo
+from export.converters.onnx import export_onnx
+from runtime_py.onnx_backend import OnnxBackend
+from runtime_py.sampling import generate_tokens
+
+ARCHS = ("paligemma", "paligemma2", "gemma3", "shieldgemma2")
+
+
+@pytest.fixture(scope="module")
+def vision_onnx(tiny_vision, tmp_path_factory):
+    """vision_onnx(arch, recipe="fp32", vision_quant=None) -> (transformers model, folder), exported once."""
+    root, built = tmp_path_factory.mktemp("vision_onnx"), {}
+
+    def get(arch: str, recipe: str = "fp32", vision_quant: str | None = None):
+        key = (arch, recipe, vision_quant)
+        if key not in built:
+            ref, loaded = tiny_vision(arch)
+            built[key] = ref, export_onnx(loaded, root / "-".join(filter(None, key)), recipe, 128, vision_quant)
+        return built[key]
+    return get
+
+
+def _case(arch, ref, images=None, seed=5):
+    n = images or (1 if arch.startswith("paligemma") else 2)
+    ids, types = vo.prompt(arch, ref, images=n, seed=seed)
+    return ids, types, vo.pixels(n, vo.image_size(ref), seed=seed)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fp32_folder_matches_transformers(vision_onnx, arch):
+    ref, folder = vision_onnx(arch)
+    backend = OnnxBackend(folder)
+    ids, types, pix = _case(arch, ref)
+    feats = backend.encode_images(pix.numpy())
+    want = vo.hf_logits(ref, ids, types, pix).numpy()
+    assert np.abs(backend.logits(ids, feats) - want).max() < 1e-4
+    if arch != "shieldgemma2":
+        got = generate_tokens(backend.stepper(len(ids) + 32, features=feats), ids, 32)
+        assert got == vo.hf_generate(ref, ids, types, pix, 32)
+
+
+def test_shieldgemma2_probabilities_through_onnx(vision_onnx):
+    ref, folder = vision_onnx("shieldgemma2")
+    backend = OnnxBackend(folder)
+    yes, no = json.loads((folder / "manifest.json").read_text())["vision"]["classifier"]
+    for seed in (1, 2):
+        ids, types, pix = _case("shieldgemma2", ref, images=1, seed=seed)
+        logits = backend.logits(ids, backend.encode_images(pix.numpy()))[-1, [yes, no]]
+        got = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        import torch
+        with torch.no_grad():
+            want = ref(input_ids=torch.tensor([ids]), pixel_values=pix,
+                       token_type_ids=torch.tensor([types])).probabilities[0].numpy()
+        assert np.abs(got - want).max() < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["paligemma2", "gemma3"])
+def test_text_only_prompt_runs_through_the_vision_folder(vision_onnx, arch):
+    """No image: the decoder's attention is GroupQueryAttention's alone (the If takes its else branch for Gemma 3;
+    PaliGemma's first call is still its bidirectional prefix)."""
+    import torch
+    ref, folder = vision_onnx(arch)
+    ids = [2] + vo.tokens_between(30, 280, 20, seed=9)
+    with torch.no_grad():
+        want = ref(input_ids=torch.tensor([ids]), token_type_ids=torch.zeros(1, len(ids), dtype=torch.long)).logits[0]
+    assert np.abs(OnnxBackend(folder).logits(ids) - want.numpy()).max() < 1e-4
+
+
+def test_folder_layout_and_genai_config(vision_onnx):
+    ref, folder = vision_onnx("gemma3")
+    files = {p.name for p in folder.iterdir()}
+    assert {"model.onnx", "vision.onnx", "embedding.onnx", "genai_config.json", "processor_config.json",
+            "manifest.json"} <= files
+    cfg = json.loads((folder / "genai_config.json").read_text())["model"]
+    assert cfg["type"] == "gemma3"
+    assert cfg["vision"]["filename"] == "vision.onnx" and cfg["embedding"]["filename"] == "embedding.onnx"
+    names = {i.name for i in onnx.load(folder / "model.onnx", load_external_data=False).graph.input}
+    assert {"inputs_embeds", "attention_mask"} <= names
+    _, pg = vision_onnx("paligemma")
+    manifest = json.loads((pg / "manifest.json").read_text())
+    assert not (pg / "genai_config.json").exists() and manifest["runtime_config"]["model"]["vision"]
+
+
+@pytest.mark.parametrize("quant", ["fp16", "int8"])
+def test_vision_graph_storage(vision_onnx, tiny_vision, quant):
+    """float16 / int8 vision graphs: features within a few percent of the reference's (relative RMS), smaller."""
+    import torch
+    ref, folder = vision_onnx("gemma3", "fp32", quant)
+    _, full = vision_onnx("gemma3")
+    _, loaded = tiny_vision("gemma3")
+    pix = vo.pixels(2, vo.image_size(ref), seed=4)
+    with torch.no_grad():
+        want = loaded.model.image_features(pix).numpy()
+    got = OnnxBackend(folder).encode_images(pix.numpy())
+    assert np.sqrt(((got - want) ** 2).mean() / (want ** 2).mean()) < 0.05
+    assert (folder / "vision.onnx").stat().st_size < (full / "vision.onnx").stat().st_size
+    assert json.loads((folder / "manifest.json").read_text())["vision"]["quant"] == quant
+
+
+@pytest.mark.parametrize("arch", ["paligemma2", "gemma3"])
+def test_int4_decoder_errs_as_its_rounding_does(vision_onnx, arch):
+    """An int4 decoder (float32 vision graph): its relative logit error against transformers is that of
+    transformers' model with the recipe's rounding of the decoder's linear weights and table (oracle.hf_rounded),
+    at least a quarter of it and at most twice (int8 activations round as much again)."""
+    import torch
+
+    from export.quantize.recipes import recipe
+    from oracle import hf_rounded
+    r = recipe("int4", "onnx")
+    ref, folder = vision_onnx(arch, "int4", "fp32")
+    backend = OnnxBackend(folder)
+    ids, types, pix = _case(arch, ref)
+    got = backend.logits(ids, backend.encode_images(pix.numpy()))
+    want = vo.hf_logits(ref, ids, types, pix).numpy()
+    rounded = hf_rounded(ref, r.weight_bits, r.block_size, r.embedding_bits, r.embedding_block, "language_model")
+    expected = vo.hf_logits(rounded, ids, types, pix).numpy()
+    rel, bound = (float(np.linalg.norm(x - want) / np.linalg.norm(want)) for x in (got, expected))
+    assert bound / 4 < rel < 2 * bound
