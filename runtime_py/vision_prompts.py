@@ -118,7 +118,7 @@ def paligemma_prompt(tokenizer, prompt: str, num_images: int = 1,
     them, each marker stands for one image's tokens and <bos> follows the last one. The whole prompt is the
     prefix (token type 0).
     """
-    _check_count(num_images)
+    _check_count(num_images, prompt)
     parts = prompt.split(PALIGEMMA_IMAGE_MARKER)
     if len(parts) == 1:
         parts = [""] * num_images + [prompt]
@@ -137,11 +137,11 @@ def gemma3_prompt(tokenizer, prompt: str, num_images: int,
     """Gemma 3's input: <bos>, then `prompt` with each <start_of_image> marker expanded to "\\n\\n",
     <start_of_image>, `per_image` x <image_soft_token>, <end_of_image>, "\\n\\n".
 
-    The number of markers must be `num_images` (Gemma3Processor refuses other counts); an empty prompt stands
-    for no text: the markers alone, joined by spaces, as Gemma3Processor writes them when given no text. gemma3_chat_prompt puts the markers
-    where a chat's image items are.
+    The number of markers must be `num_images` (Gemma3Processor refuses other counts: it does not put missing
+    ones in front). An empty prompt stands for no text: the markers alone, joined by spaces, as Gemma3Processor
+    writes them when given no text. gemma3_chat_prompt puts the markers where a chat's image items are.
     """
-    _check_count(num_images)
+    _check_count(num_images, prompt)
     if not prompt and num_images:
         prompt = " ".join([START_OF_IMAGE] * num_images)
     parts = prompt.split(START_OF_IMAGE)
@@ -217,8 +217,10 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_bos=False)) if text else []
 
 
-def _check_count(num_images) -> None:
-    if not isinstance(num_images, int) or num_images < 0:
+def _check_count(num_images, prompt: str = "") -> None:
+    if not isinstance(prompt, str):
+        raise ValueError(f"the prompt must be a str, not {type(prompt).__name__}")
+    if not isinstance(num_images, int) or isinstance(num_images, bool) or num_images < 0:
         raise ValueError(f"num_images must be an int >= 0, not {num_images!r}")
 
 

@@ -171,6 +171,11 @@ def test_gemma3_refuses_markers_that_do_not_match_the_images(gemma3, tok):
             gemma3_prompt(tok, prompt, n, tokens)
     with pytest.raises(ValueError, match="markers for"):
         gemma3_chat_prompt(tok, [{"role": "user", "content": "<start_of_image> described"}], tokens=tokens)
+    for prompt, n, match in [(None, 1, "str"), ("<start_of_image>", 1.0, "num_images"), ("", -1, "num_images")]:
+        with pytest.raises(ValueError, match=match):
+            gemma3_prompt(tok, prompt, n, tokens)
+        with pytest.raises(ValueError, match=match):
+            paligemma_prompt(tok, prompt, n)
 
 
 def test_gemma3_ids_are_the_configs_and_the_vocabularys(tok):
