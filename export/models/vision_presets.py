@@ -3,14 +3,16 @@
 and ShieldGemma 2. Parameter counts are checked against the published checkpoints in tests/test_presets.py."""
 from __future__ import annotations
 
+from runtime_py.vision_prompts import (GEMMA3_BOI_ID, GEMMA3_EOI_ID, GEMMA3_IMAGE_ID, GEMMA3_TOKENS_PER_IMAGE,
+                                       PALIGEMMA_IMAGE_ID, SHIELDGEMMA2_NO_ID, SHIELDGEMMA2_YES_ID)
+
 from .presets import PRESETS
 from .vision_config import GEMMA3, PALIGEMMA, SiglipConfig, VisionLanguageConfig
 
 # PaliGemma's vocabulary: Gemma's 256,000 + 1,024 <locXXXX> + 128 <segXXX> tokens + <image> and reserved ones.
-PALIGEMMA_VOCAB, PALIGEMMA_IMAGE = 257_216, 257_152
-# Gemma 3's image markers and ShieldGemma 2's answer tokens (their config.json / processor defaults).
-GEMMA3_TOKENS = dict(image_token_id=262_144, boi_id=255_999, eoi_id=256_000, tokens_per_image=256)
-SHIELD_YES_NO = (10_784, 3771)
+PALIGEMMA_VOCAB = 257_216
+GEMMA3_TOKENS = dict(image_token_id=GEMMA3_IMAGE_ID, boi_id=GEMMA3_BOI_ID, eoi_id=GEMMA3_EOI_ID,
+                     tokens_per_image=GEMMA3_TOKENS_PER_IMAGE)
 
 
 def _siglip(size: int) -> SiglipConfig:
@@ -20,7 +22,7 @@ def _siglip(size: int) -> SiglipConfig:
 def _paligemma(text: str, size: int) -> VisionLanguageConfig:
     decoder = PRESETS[text].replace(vocab_size=PALIGEMMA_VOCAB, position_offset=1, blocks_in_window=False)
     siglip = _siglip(size)
-    return VisionLanguageConfig(PALIGEMMA, decoder, siglip, PALIGEMMA_IMAGE, siglip.num_patches)
+    return VisionLanguageConfig(PALIGEMMA, decoder, siglip, PALIGEMMA_IMAGE_ID, siglip.num_patches)
 
 
 def _gemma3(text: str, **kw) -> VisionLanguageConfig:
@@ -32,5 +34,5 @@ VISION_PRESETS: dict[str, VisionLanguageConfig] = {
     **{f"paligemma2-{n}-{s}": _paligemma(text, s) for n, text in (("3b", "gemma2-2b"), ("10b", "gemma2-9b"),
                                                                   ("28b", "gemma2-27b")) for s in (224, 448, 896)},
     **{f"gemma3-{n}-vision": _gemma3(f"gemma3-{n}") for n in ("4b", "12b", "27b")},
-    "shieldgemma2-4b": _gemma3("gemma3-4b", classifier=SHIELD_YES_NO),
+    "shieldgemma2-4b": _gemma3("gemma3-4b", classifier=(SHIELDGEMMA2_YES_ID, SHIELDGEMMA2_NO_ID)),
 }

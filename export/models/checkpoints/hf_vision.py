@@ -9,6 +9,9 @@ from pathlib import Path
 
 import torch
 
+from runtime_py.vision_prompts import (GEMMA3_BOI_ID, GEMMA3_EOI_ID, GEMMA3_IMAGE_ID, GEMMA3_TOKENS_PER_IMAGE,
+                                       SHIELDGEMMA2_NO_ID, SHIELDGEMMA2_YES_ID)
+
 from ..config_checks import check_value
 from ..families import FAMILIES
 from ..vision_config import GEMMA3, PALIGEMMA, SiglipConfig, VisionLanguageConfig
@@ -42,9 +45,9 @@ SIGLIP_DEFAULTS = dict(image_size=224, patch_size=16, hidden_size=768, intermedi
 PALIGEMMA_VISION = dict(image_size=224, patch_size=14, hidden_size=1152, intermediate_size=4096, num_layers=27,
                         num_heads=16)
 # Gemma3Config's / ShieldGemma2Config's defaults for the top-level keys
-GEMMA3_IDS = dict(image_token_index=262_144, boi_token_index=255_999, eoi_token_index=256_000,
-                  mm_tokens_per_image=256)
-SHIELD_IDS = dict(yes_token_index=10_784, no_token_index=3771)
+GEMMA3_IDS = dict(image_token_index=GEMMA3_IMAGE_ID, boi_token_index=GEMMA3_BOI_ID, eoi_token_index=GEMMA3_EOI_ID,
+                  mm_tokens_per_image=GEMMA3_TOKENS_PER_IMAGE)
+SHIELD_IDS = dict(yes_token_index=SHIELDGEMMA2_YES_ID, no_token_index=SHIELDGEMMA2_NO_ID)
 
 
 def is_vision(cfg: dict) -> bool:
