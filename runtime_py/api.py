@@ -16,9 +16,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from .contract import VISION_KEY
 from .prompts import embedding_prompt, shieldgemma_prompt
 from .sampling import Sampler, Sampling, finish_reason, generate_tokens, token_budget
 from .tokenizer import StreamDecoder, Tokenizer
+from .vision_api import VisionFacts, common_prefix, yes_probability
 
 
 @dataclasses.dataclass
@@ -95,19 +97,47 @@ class Model:
             raise ValueError("the prompt is empty")
         return ids
 
+    @property
+    def vision(self) -> VisionFacts | None:
+        """How images become input (the manifest's `vision` section); None for a text-only model."""
+        facts = (self.manifest or {}).get(VISION_KEY)
+        return VisionFacts(facts, str(self.path / "manifest.json")) if facts else None
+
+    def _vision(self) -> VisionFacts:
+        if self.vision is None:
+            raise ValueError(f"{self.path} is a text model: it takes no images")
+        return self.vision
+
+    def image_features(self, images: list) -> np.ndarray:
+        """Images (paths, bytes, PIL images or arrays) -> their rows [N, tokens_per_image, d], each image run
+        through the vision graph once."""
+        return self.backend.encode_images(self._vision().pixels(images))
+
     def generate(self, prompt: str | list[int], max_new_tokens: int = 64, sampling: Sampling = Sampling(),
                  stop_ids: Iterable[int] | None = None,
-                 on_text: Callable[[str], None] | None = None) -> Generation:
+                 on_text: Callable[[str], None] | None = None, images: list | None = None) -> Generation:
         """Continue `prompt` (text: encoded with <bos>; a list of ids: used as is). Stops at a stop id
         (default: the tokenizer's <eos>/<end_of_turn>), after `max_new_tokens`, or when the context is full.
-        `on_text` receives the text as it is completed (UTF-8-safe streaming)."""
+        `on_text` receives the text as it is completed (UTF-8-safe streaming). `images` (a vision-language
+        model): paths, bytes, PIL images or arrays, laid out as the model's processor does (Gemma 3: one per
+        <start_of_image> in the prompt, or in front of it; PaliGemma: in front, then <bos>, prompt, "\n"); with
+        a list of ids, the ids already hold each image's placeholder tokens."""
         self._need("causal", "generate()")
+        features = None
+        if images:
+            if isinstance(prompt, str):
+                prompt = self._vision().prompt_ids(self._tok(), prompt, len(images))
+            features = self.image_features(images)
+        return self._generate(self._ids(prompt), max_new_tokens, sampling, stop_ids, on_text, features)
+
+    def _generate(self, ids: list[int], max_new_tokens: int, sampling: Sampling, stop_ids, on_text,
+                  features: np.ndarray | None = None) -> Generation:
         sampler = Sampler(sampling, self.config.get("vocab_size") or getattr(self.backend, "vocab_size", None))
-        ids = self._ids(prompt)
         n = token_budget(len(ids), max_new_tokens, self.backend.context_length, self.path)
         if stop_ids is None:
             stop_ids = self.tokenizer.stop_ids if self.tokenizer else [self.config.get("eos_id", 1)]
-        step = self.backend.stepper(len(ids) + n)
+        step = self.backend.stepper(len(ids) + n, features=features) if features is not None \
+            else self.backend.stepper(len(ids) + n)
         timings = Timings(prefill_tokens=len(ids))
 
         def timed_step(tokens, start):
@@ -163,10 +193,38 @@ class Model:
     def chat(self, messages: list[dict], max_new_tokens: int = 64, sampling: Sampling = Sampling(),
              stop_ids: Iterable[int] | None = None, on_text: Callable[[str], None] | None = None) -> Generation:
         """The model's reply to `messages` ([{"role": "user"|"assistant"|"system", "content": str}, ...]),
-        in Gemma's chat format."""
+        in Gemma's chat format. A vision-language model's contents may be lists of {"type": "text", "text": ...}
+        and {"type": "image", "image": path | bytes | PIL image | array} items."""
         self._need("causal", "chat()")
+        if any(isinstance(m.get("content"), (list, tuple)) for m in messages):
+            ids, images = self._vision().chat_ids(self._tok(), messages)
+            features = self.image_features(images) if images else None
+            return self._generate(ids, max_new_tokens, sampling, stop_ids, on_text, features)
         prompt = self._tok().chat_ids(messages)       # the contents cannot forge turn markers
         return self.generate(prompt, max_new_tokens, sampling, stop_ids, on_text)
+
+    def classify_image(self, image, policies: list[str] | None = None,
+                       custom_policies: dict[str, str] | None = None) -> dict[str, float]:
+        """ShieldGemma 2: {policy: P(the image violates it)} (softmax over the Yes/No logits after each policy's
+        prompt). policies: names among the built-in "dangerous", "sexual", "violence" and `custom_policies`
+        (name -> description); default all. The image is encoded once and the prompts' shared prefix (up to
+        and past the image) is run once; each policy continues a copy of its cache."""
+        self._need("causal", "classify_image()")
+        vision = self._vision()
+        names, prompts = vision.policy_prompts(self._tok(), policies, custom_policies)
+        shared = common_prefix(prompts)
+        longest = max(len(p) for p in prompts)
+        if longest > self.backend.context_length:
+            raise ValueError(f"the ShieldGemma 2 prompt has {longest} tokens; {self.path} takes at most "
+                             f"{self.backend.context_length}")
+        prefix = self.backend.stepper(longest, features=self.image_features([image]))
+        logits = prefix(prompts[0][:shared], 0)
+        out = {}
+        for name, ids in zip(names, prompts):
+            rest = ids[shared:]
+            last = prefix.fork()(rest, shared) if rest else logits
+            out[name] = yes_probability(last, *vision.classifier)
+        return out
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """Logits at every position of `ids` (one forward pass): [T, V] float32."""
@@ -183,9 +241,7 @@ class Model:
             raise ValueError(f"the ShieldGemma prompt has {len(ids)} tokens; {self.path} takes at most "
                              f"{self.backend.context_length}")
         logits = self.backend.stepper(len(ids))(ids, 0)
-        yes_no = logits[[tok.id_of("Yes"), tok.id_of("No")]].astype(np.float64)
-        p = np.exp(yes_no - yes_no.max())
-        return float(p[0] / p.sum())
+        return yes_probability(logits, tok.id_of("Yes"), tok.id_of("No"))
 
     def embedding_ids(self, text: str, task: str | None = None) -> list[int]:
         """The ids embed() feeds for `text`: <bos> prompt+text <eos> (EmbeddingGemma's tokenizer adds both),

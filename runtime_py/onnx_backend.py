@@ -302,6 +302,17 @@ class Stepper:
         self.length += len(tokens)
         return logits[0, -1].astype(np.float32)       # [V], a copy: the buffer is reused
 
+    def fork(self) -> "Stepper":
+        """An independent copy of this sequence's state (its caches copied): continue one prefix several ways,
+        e.g. one image's prompt prefix with each ShieldGemma 2 policy."""
+        b = self.backend
+        twin = Stepper.__new__(Stepper)
+        twin.__dict__.update(self.__dict__)
+        twin.past = {k: ort.OrtValue.ortvalue_from_numpy(v.numpy().copy()) for k, v in self.past.items()}
+        twin._logits, twin._feed = {}, None
+        twin.binding = twin._bind_caches(b.session.io_binding()) if self.binding is not None else None
+        return twin
+
     def _take_features(self) -> np.ndarray | None:
         features, self.features = self.features, None
         return features

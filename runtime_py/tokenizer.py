@@ -111,8 +111,10 @@ class Tokenizer:
         return self._sp.encode(text, add_bos=add_bos and self.bos_id >= 0)
 
     def decode(self, ids) -> str:
-        """The text of `ids` (any iterable of ints); control tokens decode to nothing."""
-        return self._sp.decode([int(i) for i in ids])
+        """The text of `ids` (any iterable of ints); control tokens and ids past the tokenizer's pieces (the
+        embedding may have more rows: Gemma 3 4B+'s 64, <image_soft_token> among them) decode to nothing."""
+        n = self._sp.get_piece_size()
+        return self._sp.decode([int(i) for i in ids if 0 <= int(i) < n])
 
     def encode_text(self, text: str) -> list[int]:
         """Token ids of text from a user (no <bos>): special pieces written in it (<start_of_turn>, <unusedN>,
@@ -213,6 +215,8 @@ class StreamDecoder:
         """The text completed by `token_id` ("" while a character is incomplete or for control tokens)."""
         token_id = int(token_id)
         sp = self._sp
+        if not 0 <= token_id < sp.get_piece_size():        # a row of the embedding the tokenizer has no piece for
+            return ""
         if sp.is_byte(token_id):
             self._bytes.append(int(sp.id_to_piece(token_id)[3:5], 16))
             return self._emit(self._take_bytes(final=False))

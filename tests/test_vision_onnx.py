@@ -17,6 +17,7 @@ from runtime_py.onnx_backend import OnnxBackend
 from runtime_py.sampling import generate_tokens
 
 ARCHS = ("paligemma", "paligemma2", "gemma3", "shieldgemma2")
+CONTEXT = 1024              # ShieldGemma 2's policy prompts take ~600 of the tiny tokenizer's tokens
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def vision_onnx(tiny_vision, tmp_path_factory):
         key = (arch, recipe, vision_quant)
         if key not in built:
             ref, loaded = tiny_vision(arch)
-            built[key] = ref, export_onnx(loaded, root / "-".join(filter(None, key)), recipe, 128, vision_quant)
+            built[key] = ref, export_onnx(loaded, root / "-".join(filter(None, key)), recipe, CONTEXT, vision_quant)
         return built[key]
     return get
 
@@ -129,3 +130,83 @@ def test_int4_decoder_errs_as_its_rounding_does(vision_onnx, arch):
     expected = vo.hf_logits(rounded, ids, types, pix).numpy()
     rel, bound = (float(np.linalg.norm(x - want) / np.linalg.norm(want)) for x in (got, expected))
     assert bound / 4 < rel < 2 * bound
+
+
+# --- runtime_py's Model API: prompts laid out by the processors' rules, images preprocessed, one encode each -------
+
+def _images(seed: int, n: int):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (20 + 7 * i, 33 - 5 * i, 3), dtype=np.uint8) for i in range(n)]
+
+
+@pytest.mark.parametrize("arch", ["paligemma2", "gemma3"])
+def test_model_generate_with_images_matches_transformers(vision_onnx, arch):
+    """Model.generate(text, images=[arrays]) continues as transformers' generate does on the same ids (built by
+    runtime_py.vision_prompts, which tests/test_vision_prompts.py holds to the processors) and pixels (by
+    runtime_py.images, held to the image processors in tests/test_vision_preprocess.py)."""
+    import torch
+
+    import runtime_py
+    ref, folder = vision_onnx(arch)
+    m = runtime_py.load(folder)
+    n = 1 if arch.startswith("paligemma") else 2
+    images = _images(3, n)
+    prompt = "caption en" if arch.startswith("paligemma") else "Look <start_of_image> and <start_of_image> now"
+    ids = m.vision.prompt_ids(m.tokenizer, prompt, n)
+    pix = torch.from_numpy(m.vision.pixels(images))
+    types = [int(t == m.vision.tokens.image_id) for t in ids] if arch == "gemma3" else [0] * len(ids)
+    want = vo.hf_generate(ref, ids, types, pix, 12)
+    g = m.generate(prompt, max_new_tokens=12, images=images, stop_ids=[])
+    assert g.token_ids == want and g.prompt_tokens == len(ids)
+
+
+def test_gemma3_prompt_without_marker_gets_images_in_front(vision_onnx):
+    import runtime_py
+    _, folder = vision_onnx("gemma3")
+    m = runtime_py.load(folder)
+    images = _images(4, 1)
+    a = m.generate("Describe.", max_new_tokens=4, images=images, stop_ids=[])
+    b = m.generate("<start_of_image>Describe.", max_new_tokens=4, images=images, stop_ids=[])
+    assert a.token_ids == b.token_ids and a.prompt_tokens == b.prompt_tokens
+
+
+def test_chat_with_an_image_turn(vision_onnx):
+    import runtime_py
+    _, folder = vision_onnx("gemma3")
+    m = runtime_py.load(folder)
+    image = _images(5, 1)[0]
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What?"}]}]
+    g = m.chat(messages, max_new_tokens=6, stop_ids=[])
+    ids, _ = m.vision.chat_ids(m.tokenizer, messages)
+    same = m.generate(ids, max_new_tokens=6, stop_ids=[], images=[image])
+    assert g.token_ids == same.token_ids and len(g.token_ids) == 6
+
+
+def test_classify_image_reuses_the_image_prefix_and_matches_transformers(vision_onnx):
+    """classify_image's probabilities (one prefix run, a cache copy per policy) equal transformers' on each
+    (image, policy) prompt built the same way; a custom policy is classified too."""
+    import torch
+
+    import runtime_py
+    ref, folder = vision_onnx("shieldgemma2")
+    m = runtime_py.load(folder)
+    image = _images(6, 1)[0]
+    custom = {"no_cats": "No cats: the image shall not show a cat."}
+    got = m.classify_image(image, policies=["dangerous", "violence", "no_cats"], custom_policies=custom)
+    names, prompts = m.vision.policy_prompts(m.tokenizer, ["dangerous", "violence", "no_cats"], custom)
+    pix = torch.from_numpy(m.vision.pixels([image]))
+    assert list(got) == names
+    for name, ids in zip(names, prompts):
+        types = [int(t == m.vision.tokens.image_id) for t in ids]
+        with torch.no_grad():
+            want = ref(input_ids=torch.tensor([ids]), pixel_values=pix,
+                       token_type_ids=torch.tensor([types])).probabilities[0, 0].item()
+        assert abs(got[name] - want) < 1e-5
+
+
+def test_text_model_refuses_images(vision_onnx, tiny_vision):
+    import runtime_py
+    _, folder = vision_onnx("gemma3")
+    m = runtime_py.load(folder)
+    with pytest.raises(ValueError, match="classify_image needs ShieldGemma 2"):
+        m.classify_image(_images(1, 1)[0])

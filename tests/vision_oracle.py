@@ -10,15 +10,15 @@ import torch
 import transformers as tf
 from safetensors.torch import save_file
 
-VOCAB = 300
-BOI, EOI, IMAGE = 290, 291, 292            # Gemma 3 markers; PaliGemma's <image> is IMAGE too
+VOCAB = 400                                # oracle.tiny_tokenizer's 384 pieces fit
+BOI, EOI, IMAGE = 390, 391, 392            # Gemma 3 markers; PaliGemma's <image> is IMAGE too
 YES, NO = 17, 23                           # ShieldGemma 2's answer tokens in the tiny vocabulary
 # Odd sizes: 42 px / patch 6 = 7 x 7 patches (PaliGemma: 49 tokens per image); Gemma 3: 48 px / patch 4 =
 # 12 x 12 patches pooled 3 x 3 to 16 tokens. Sliding windows of 8 are shorter than any image.
 SIGLIP = dict(hidden_size=40, intermediate_size=56, num_hidden_layers=2, num_attention_heads=4, layer_norm_eps=1e-6,
               vision_use_head=False)
 TEXT = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_attention_heads=4, head_dim=16,
-            max_position_embeddings=512)
+            max_position_embeddings=2048)
 TINY_VISION = {
     "paligemma": ("PaliGemmaForConditionalGeneration", lambda: tf.PaliGemmaConfig(
         text_config=tf.GemmaConfig(**TEXT, num_hidden_layers=2, num_key_value_heads=1).to_dict(),
@@ -97,6 +97,8 @@ def save_folder(model, path, old_layout: bool = False):
     for f in path.glob("*.safetensors"):
         f.unlink()
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    from oracle import tiny_tokenizer
+    (path / "tokenizer.model").write_bytes(tiny_tokenizer())
     return path
 
 
