@@ -351,7 +351,7 @@ class VisionParts:
             raise ValueError(f"{genai_path}: model.vision / model.embedding lack a valid field {e}") from e
         self.vision = backend._session(files["vision"])
         self.embedding = backend._session(files["embedding"])
-        shape = {i.name: i for i in self.embedding.get_inputs()}[self.embed_features].shape
+        shape = {o.name: o for o in self.vision.get_outputs()}[self.features_name].shape   # [N, tokens, d]
         self.tokens_per_image, self.width = shape[-2], shape[-1]
         self.pixels_dtype = _dtype(self.vision.get_inputs()[0], str(files["vision"]))
 

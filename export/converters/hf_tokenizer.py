@@ -93,14 +93,16 @@ def _added_token(i: int, content: str, special: bool) -> dict:
             "normalized": False, "special": special}
 
 
-def tokenizer_json(model_proto: bytes) -> dict:
-    """The Hugging Face `tokenizer.json` of a Gemma SentencePiece BPE model."""
+def tokenizer_json(model_proto: bytes, extra_tokens: dict[int, str] | None = None) -> dict:
+    """The Hugging Face `tokenizer.json` of a Gemma SentencePiece BPE model; extra_tokens: special tokens past
+    its pieces ({id: text}; Gemma 3 4B+'s <image_soft_token> at 262144 is one in its published tokenizer.json)."""
     m = _proto(model_proto)
     vocab = _vocab(m)
     specials = special_pieces(model_proto)
     bos, unk = specials["bos_token"], specials["unk_token"]
     added = [_added_token(i, vocab[i][0], p.type != _PIECE.USER_DEFINED or p.piece in SPECIAL_PIECES)
              for i, p in enumerate(m.pieces) if p.type in _ADDED_TYPES and p.piece.strip(_SPACE)]
+    added += [_added_token(i, text, True) for i, text in sorted((extra_tokens or {}).items()) if i >= len(m.pieces)]
     bos_id = m.trainer_spec.bos_id
     post = None
     if 0 <= bos_id < len(m.pieces):
@@ -152,8 +154,10 @@ def _write(path: Path, obj: dict) -> None:
     write_atomic(path, json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
 
 
-def write_hf_tokenizer(model_proto: bytes, folder: str | os.PathLike, model_max_length: int | None = None):
-    """Write `tokenizer.json` and `tokenizer_config.json` for the model into `folder`."""
+def write_hf_tokenizer(model_proto: bytes, folder: str | os.PathLike, model_max_length: int | None = None,
+                       extra_tokens: dict[int, str] | None = None):
+    """Write `tokenizer.json` and `tokenizer_config.json` for the model into `folder` (extra_tokens: see
+    tokenizer_json)."""
     folder = Path(folder)
-    _write(folder / "tokenizer.json", tokenizer_json(model_proto))
+    _write(folder / "tokenizer.json", tokenizer_json(model_proto, extra_tokens))
     _write(folder / "tokenizer_config.json", tokenizer_config(model_proto, model_max_length))

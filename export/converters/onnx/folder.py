@@ -21,10 +21,12 @@ def save_model(proto: onnx.ModelProto, path: Path):
         onnx.save_model(proto, str(path))
 
 
-def finish_folder(tmp: Path, loaded, recipe, context: int, carried: dict, extra: dict) -> None:
-    """tokenizer.model + the Hugging Face tokenizer files, then manifest.json (config, recipe, import record)."""
+def finish_folder(tmp: Path, loaded, recipe, context: int, carried: dict, extra: dict,
+                  extra_tokens: dict[int, str] | None = None) -> None:
+    """tokenizer.model + the Hugging Face tokenizer files (with `extra_tokens` past the pieces), then
+    manifest.json (config, recipe, import record)."""
     if loaded.tokenizer is not None:
         loaded.tokenizer.save(tmp / "tokenizer.model")
-        write_hf_tokenizer(loaded.tokenizer.model_proto(), tmp, model_max_length=context)
+        write_hf_tokenizer(loaded.tokenizer.model_proto(), tmp, model_max_length=context, extra_tokens=extra_tokens)
     extra.update(import_record(loaded, carried))
     write_manifest(tmp, source=str(loaded.source), config=loaded.config, recipe=recipe, target="onnx", extra=extra)

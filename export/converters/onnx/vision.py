@@ -8,8 +8,6 @@
   (the scaled token embedding, image placeholders' rows replaced in order by the images' rows)."""
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import onnx
 import torch
@@ -61,7 +59,7 @@ def build_embedding(model) -> onnx.ModelProto:
     g = Graph()
     body = Body(g, c, model.language_model.state_dict())
     ids = g.input("input_ids", INT64, ["batch_size", "sequence_length"])
-    feats = g.input(IMAGE_FEATURES, FLOAT, ["num_images", vc.tokens_per_image, c.hidden_size])
+    feats = g.input(IMAGE_FEATURES, FLOAT, ["num_images", vc.tokens_per_image, c.hidden_size])     # see unranked
     n = "/embed"
     is_img = g.op("Equal", [ids, g.const(vc.image_token_id)], f"{n}/is_image")                        # [B, T]
     body.embed(g.op("Where", [is_img, g.const(0), ids], f"{n}/ids"))
@@ -78,7 +76,12 @@ def build_embedding(model) -> onnx.ModelProto:
     return g.model(doc=f"{vc.family} token embedding + image rows, exported by gemma-export")
 
 
-def proto_bytes(proto: onnx.ModelProto) -> bytes:
-    buf = io.BytesIO()
-    onnx.save_model(proto, buf)
-    return buf.getvalue()
+def unranked(proto: onnx.ModelProto, name: str = IMAGE_FEATURES) -> onnx.ModelProto:
+    """The input `name` without a declared shape (after onnx's checker, which wants one): onnxruntime-genai 0.18
+    feeds image_features as [N, tokens, d] with images and as [0, d] on text-only prompts and decode steps, and
+    onnxruntime refuses a rank the graph declares otherwise. The graph reshapes it to rows either way."""
+    for inp in proto.graph.input:
+        if inp.name == name:
+            inp.type.tensor_type.ClearField("shape")
+    return proto
+

@@ -12,15 +12,18 @@ import onnx
 
 from runtime_py.contract import EMBEDDING_FILE, IMAGE_FEATURES, INPUTS_EMBEDS, PIXEL_VALUES, VISION_FILE, VISION_KEY
 
+from runtime_py.vision_prompts import IMAGE_SOFT_TOKEN
+
 from ...models.vision_config import GEMMA3
 from ...quantize.recipes import Recipe
 from ..artifact import staged_dir
 from .folder import finish_folder, save_model
 from .genai_config import genai_config
 from .quantize import quantize
-from .vision import build_embedding, build_vision
+from .vision import build_embedding, build_vision, unranked
 from .vision_decoder import build_vision_decoder
 
+PROCESSOR_CONFIG = "processor_config.json"
 IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)       # SigLIP's normalisation in both processors: x / 255 -> [-1, 1]
 
 
@@ -51,7 +54,7 @@ def vision_genai_config(vc, context: int) -> dict:
     dec = model["decoder"]
     dec["inputs"] = {INPUTS_EMBEDS: INPUTS_EMBEDS, "input_ids": "input_ids", **{
         k: v for k, v in dec["inputs"].items() if k != "input_ids"}}
-    model["vision"] = {"filename": VISION_FILE, "inputs": {PIXEL_VALUES: PIXEL_VALUES},
+    model["vision"] = {"filename": VISION_FILE, "config_filename": PROCESSOR_CONFIG, "inputs": {PIXEL_VALUES: PIXEL_VALUES},
                        "outputs": {IMAGE_FEATURES: IMAGE_FEATURES}}
     model["embedding"] = {"filename": EMBEDDING_FILE,
                           "inputs": {"input_ids": "input_ids", IMAGE_FEATURES: IMAGE_FEATURES},
@@ -83,6 +86,7 @@ def export_onnx_vision(loaded, out: str | Path, r: Recipe, context: int, vision_
     for proto in (decoder, embedding, vision):
         if proto.ByteSize() < 2 ** 31 - 1:           # the checker cannot take a larger proto in memory
             onnx.checker.check_model(proto)
+    embedding = unranked(embedding)
     runtime = vision_genai_config(vc, context)
     extra = {"context_length": context, "kind": "vision_language", VISION_KEY: vision_facts(vc, quant)}
     with staged_dir(out) as tmp:
@@ -91,9 +95,11 @@ def export_onnx_vision(loaded, out: str | Path, r: Recipe, context: int, vision_
         save_model(vision, tmp / VISION_FILE)
         if vc.kind == GEMMA3:
             (tmp / "genai_config.json").write_text(json.dumps(runtime, indent=2) + "\n")
-            (tmp / "processor_config.json").write_text(json.dumps(processor_config(vc), indent=2) + "\n")
+            (tmp / PROCESSOR_CONFIG).write_text(json.dumps(processor_config(vc), indent=2) + "\n")
         else:
             extra.update(runtime_config=runtime, onnxruntime_genai=(
                 f"not supported: onnxruntime-genai has no model type for {vc.kind}; run it with runtime_py"))
-        finish_folder(tmp, loaded, r, context, carried, extra)
+        # onnxruntime-genai's Gemma 3 processor looks <image_soft_token> up by name in tokenizer.json
+        soft = {vc.image_token_id: IMAGE_SOFT_TOKEN} if vc.kind == GEMMA3 else None
+        finish_folder(tmp, loaded, r, context, carried, extra, soft)
     return Path(out)
