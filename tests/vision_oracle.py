@@ -40,6 +40,16 @@ TINY_VISION = {
         mm_tokens_per_image=16, boi_token_index=BOI, eoi_token_index=EOI, image_token_index=IMAGE,
         yes_token_index=YES, no_token_index=NO)),
 }
+# onnxruntime-genai 0.18's Gemma 3 pipeline, as published: 256 soft tokens per image (fixed in its processor),
+# the real marker ids and a vocabulary that holds them (the bundled 270M tokenizer's pieces, the 64 past them);
+# 32 px / patch 2 = 16 x 16 patches, pooled 1 x 1.
+GENAI = dict(vocab=262_208, boi=255_999, eoi=256_000, image=262_144, tokens=256, image_size=32, patch_size=2)
+TINY_VISION["gemma3-genai"] = ("Gemma3ForConditionalGeneration", lambda: tf.Gemma3Config(
+    text_config={**_gemma3_text(), "vocab_size": GENAI["vocab"]},
+    vision_config=dict(SIGLIP, model_type="siglip_vision_model", image_size=GENAI["image_size"],
+                       patch_size=GENAI["patch_size"]),
+    mm_tokens_per_image=GENAI["tokens"], boi_token_index=GENAI["boi"], eoi_token_index=GENAI["eoi"],
+    image_token_index=GENAI["image"]))
 MODEL_CLASSES = {"PaliGemmaForConditionalGeneration": tf.PaliGemmaForConditionalGeneration,
                  "Gemma3ForConditionalGeneration": tf.Gemma3ForConditionalGeneration,
                  "ShieldGemma2ForImageClassification": tf.ShieldGemma2ForImageClassification}
@@ -74,7 +84,7 @@ def build(arch: str, seed: int = 0):
     return model
 
 
-def save_folder(model, path, old_layout: bool = False):
+def save_folder(model, path, old_layout: bool = False, tokenizer: bytes | None = None):
     """config.json by save_pretrained and the weights in one of the two layouts real checkpoints use: the
     in-memory names of transformers >= 4.52 (`model.vision_tower.*`, `model.language_model.*`, `lm_head.*`;
     its SigLIP without the `vision_model.` level), or the original published one (`vision_tower.vision_model.*`,
@@ -98,7 +108,7 @@ def save_folder(model, path, old_layout: bool = False):
         f.unlink()
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
     from oracle import tiny_tokenizer
-    (path / "tokenizer.model").write_bytes(tiny_tokenizer())
+    (path / "tokenizer.model").write_bytes(tokenizer or tiny_tokenizer())
     return path
 
 
