@@ -124,17 +124,29 @@ def validate(folder: str | Path, model_source: str | None = None, *, loaded=None
     carried = (manifest.get("lossless_import") or {}).get("carried", [])
     if any(n not in ref.stored for n in carried):
         ref = _rounded_again(ref, recipe, manifest, folder)
-    sim = simulate(ref.model, recipe, fmt, ref.stored, carried)
+    vision = manifest.get("kind") == "vision_language"
+    sim = simulate(ref.model.language_model if vision else ref.model, recipe, fmt, ref.stored, carried)
     report = {"artifact": str(folder), "recipe": recipe.name, "format": fmt, "source": str(ref.source)}
     with torch.inference_mode():
-        if c.embedding_head is not None:
+        if vision:
+            from .validate_vision import vision_logits
+            text = art.tokenizer.encode(validation_text(), add_bos=False)
+            figures, conversion = vision_logits(art, ref, sim, manifest.get("context_length", c.max_position), text)
+            report.update(figures)
+        elif c.embedding_head is not None:
             figures, conversion = _embeddings(art, ref.model, sim)
             report.update(figures)
         else:
             figures, conversion = _logits(art, ref.model, sim, manifest.get("context_length", c.max_position))
             report.update(figures)
     del sim
+    vision_rows = conversion.pop("vision", None)
     report["conversion"] = _conversion_check(conversion, conversion_thresholds(recipe, fmt, carried))
+    if vision_rows is not None:          # the vision graph's part (validate_vision)
+        from .validate_vision import vision_check
+        report["conversion"]["vision"] = vision_rows
+        report["conversion"]["failures"] += vision_check({"vision": vision_rows})
+        report["conversion"]["passed"] = not report["conversion"]["failures"]
     report["quantization"] = _quantization_check(report, FLOOR.merged(bar))
     report["failures"] = [f"conversion: {f}" for f in report["conversion"]["failures"]] + \
                          [f"quantization: {f}" for f in report["quantization"]["failures"]]

@@ -60,12 +60,14 @@ class VisionLanguageModel(nn.Module):
         in the decoder's input space (not scaled by the embedding scale)."""
         return self.multi_modal_projector(self.vision_tower(pixels))
 
-    def embed(self, tokens: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """The decoder's input rows: scaled token embeddings, with the image placeholders' rows replaced by
-        `features` [N, tokens_per_image, d] in order (image n fills the n-th run of placeholders)."""
+    def embed(self, tokens: torch.Tensor, features: torch.Tensor | None = None, decoder=None) -> torch.Tensor:
+        """The decoder's input rows: scaled token embeddings (of `decoder`, default language_model), with the
+        image placeholders' rows replaced by `features` [N, tokens_per_image, d] in order (image n fills the
+        n-th run of placeholders)."""
         is_image = tokens == self.config.image_token_id
         # the placeholder id may lie outside the vocabulary (transformers looks up id 0 there)
-        x = self.language_model.model.embed(torch.where(is_image, torch.zeros_like(tokens), tokens))
+        decoder = decoder or self.language_model
+        x = decoder.model.embed(torch.where(is_image, torch.zeros_like(tokens), tokens))
         count = int(is_image.sum())
         if features is None:
             if count:
@@ -92,14 +94,16 @@ class VisionLanguageModel(nn.Module):
         return torch.where(is_image, torch.cumsum(start.long(), 1) - 1, torch.full_like(tokens, -1))
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: Cache | None = None,
-                pixels: torch.Tensor | None = None, features: torch.Tensor | None = None):
+                pixels: torch.Tensor | None = None, features: torch.Tensor | None = None, decoder=None):
         """tokens [B, T] with image placeholders, positions [T] (from 0), pixels [N, 3, S, S] or their
         `features` (image_features) for the placeholders of this call -> (logits [B, T, V] fp32, cache).
-        An image's placeholders must all be in one call (as with a whole prompt)."""
+        An image's placeholders must all be in one call (as with a whole prompt). decoder: a stand-in for
+        language_model (validation passes its quantization-simulating copy)."""
         if features is None and pixels is not None:
             features = self.image_features(pixels)
-        embeds = self.embed(tokens, features)
-        return self.language_model(None, positions, cache, embeds=embeds, blocks=self.blocks(tokens, positions))
+        decoder = decoder or self.language_model
+        embeds = self.embed(tokens, features, decoder)
+        return decoder(None, positions, cache, embeds=embeds, blocks=self.blocks(tokens, positions))
 
     def classify(self, tokens: torch.Tensor, pixels: torch.Tensor | None = None,
                  features: torch.Tensor | None = None) -> torch.Tensor:
