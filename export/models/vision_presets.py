@@ -10,6 +10,8 @@ from .vision_config import GEMMA3, PALIGEMMA, SiglipConfig, VisionLanguageConfig
 PALIGEMMA_VOCAB, PALIGEMMA_IMAGE = 257_216, 257_152
 # Gemma 3's image markers and ShieldGemma 2's answer tokens (their config.json / processor defaults).
 GEMMA3_TOKENS = dict(image_token_id=262_144, boi_id=255_999, eoi_id=256_000, tokens_per_image=256)
+# ... and the vocabulary pieces of those ids (a GGUF's tokenizer names them; export.models.checkpoints.gguf_vision)
+GEMMA3_PIECES = dict(image_token_id="<image_soft_token>", boi_id="<start_of_image>", eoi_id="<end_of_image>")
 SHIELD_YES_NO = (10_784, 3771)
 
 
