@@ -158,6 +158,9 @@ def test_onnx_export_of_the_pair_runs_as_transformers(pair, tmp_path, capsys):
     assert main(["validate", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["source"] == str(text) and report["source_mmproj"] == str(mm) and report["passed"]
+    missing = tmp_path / "missing.gguf"
+    assert main(["validate", str(out), "--mmproj", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
 
 
 def test_markers_default_to_gemma3s_without_the_pieces(pair, tmp_path):
