@@ -63,11 +63,13 @@ def _generate(args) -> int:
 
     sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
     if _is_artifact(args.model):
+        if args.mmproj is not None:
+            raise ValueError(f"--mmproj {args.mmproj}: joins a text .gguf --model; {args.model} is an artifact")
         return _generate_artifact(args, sampling)
     from .models.checkpoints import load_model
     from .models.generate import generate
     t0 = time.perf_counter()
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, mmproj=args.mmproj)
     tok = loaded.tokenizer
     if tok is None:
         raise SystemExit(f"error: {loaded.source} has no tokenizer.model")
@@ -154,7 +156,7 @@ def _generate_artifact(args, sampling) -> int:
 def _validate(args) -> int:
     from .pipeline import user_bar
     from .validate import format_report, validate
-    report = validate(args.artifact, args.model, bar=user_bar(args))
+    report = validate(args.artifact, args.model, bar=user_bar(args), mmproj=args.mmproj)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0 if report["passed"] else 1
 
@@ -202,6 +204,12 @@ def _bar_flags(p) -> None:
                         f"(default: {FLOOR.max_kl_divergence}, the floor that catches a broken model)")
 
 
+def _mmproj_flag(p, default: str = "") -> None:
+    p.add_argument("--mmproj", default=None, metavar="FILE",
+                   help="llama.cpp's mmproj GGUF of Gemma 3's vision tower, joined to the text .gguf --model: "
+                        f"together a Gemma 3 vision-language model{default}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .quantize.recipes import GPTQ_SEQ, GPTQ_TOKENS
     from .targets import TARGETS
@@ -215,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate text with the reference model")
     g.add_argument("--model", default=None, help="HF folder, .gguf file (default: bundled Gemma 3 270M)")
+    _mmproj_flag(g)
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=_count, default=32, help="at most this many (default 32; generation "
                    "also ends when the context is full)")
@@ -230,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="compare an artifact with its reference PyTorch model")
     v.add_argument("artifact", help="artifact folder (or .litertlm file)")
     v.add_argument("--model", default=None, help="reference checkpoint (default: the manifest's source)")
+    _mmproj_flag(v, " (default: the manifest's, when --model is not given)")
     _bar_flags(v)
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_validate)
@@ -237,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(also: gemma-export --target ...)")
     e.add_argument("--target", required=True, choices=list(TARGETS), help="deployment profile (gemma-export targets)")
     e.add_argument("--model", default=None, help="HF folder, .gguf file (default: bundled Gemma 3 270M)")
+    _mmproj_flag(e)
     e.add_argument("--out", default=None, help="artifact folder (default: out/<model>-<target>-<quant>)")
     e.add_argument("--force", action="store_true", help="replace --out even if it is not a gemma-export artifact")
     e.add_argument("--quant", default=None, help="quantization recipe (default: the target's); `auto` with "

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from runtime_py.files import write_atomic
 
+from .converters.artifact import SOURCE_MMPROJ
+
 SPINNER = "|/-\\"
 VALIDATION_KEYS = ("passed", "failures", "top1_agreement", "kl_divergence", "max_abs_logit_diff",
                    "greedy_match_tokens", "greedy_tokens", "perplexity", "reference_perplexity", "embedding_cosine",
@@ -73,7 +75,7 @@ def run(args) -> int:
     """The export command (args from export.cli): prints the summary (JSON with --json); 0, or 1 when the
     artifact fails validation."""
     from .converters.output import check_out
-    from .models.checkpoints import load_model, resolve
+    from .models.checkpoints import load_model, read_config, resolve
     from .quantize.recipes import recipe as recipe_for
     from .targets import target as target_for
 
@@ -88,12 +90,14 @@ def run(args) -> int:
         raise ValueError(f"--prefill: --target {target.name} builds ONNX, which has no prefill signatures")
     steps = ["load", *(["plan"] if auto else []), *(["gptq"] if calibration is not None else []), "convert",
              *(["validate"] if args.validate else []), *(["profile"] if args.profile else []), "report"]
-    source = resolve(args.model)
+    source, mmproj = resolve(args.model), getattr(args, "mmproj", None)
     out = Path(args.out) if args.out else default_out(source, target.name, recipe)
-    check_out(out, force=getattr(args, "force", False), reads=(source,))     # before any work
+    check_out(out, force=getattr(args, "force", False), reads=(source, mmproj))     # before any work
+    if mmproj is not None:
+        read_config(source, mmproj)         # a pair of files that do not fit is refused before any work
     progress = Progress(steps, quiet=args.json)
-    with progress.step("load", str(args.model or "bundled Gemma 3 270M")):
-        loaded = load_model(args.model)
+    with progress.step("load", str(args.model or "bundled Gemma 3 270M") + (f" + {mmproj}" if mmproj else "")):
+        loaded = load_model(args.model, mmproj=mmproj)
     quant = "" if recipe == "fp32" else f"quantize {recipe} + "
     plan_report = None
     if auto is not None:
@@ -118,6 +122,7 @@ def run(args) -> int:
     summary = {"artifact": str(out), "target": target.name, "format": target.format, "bundle": target.bundle,
                "recipe": manifest["recipe"], **({"plan": plan_report} if plan_report else {}), "context": manifest.get("context_length"),
                "prefill": manifest.get("prefill_lengths"), "source": manifest["source"],
+               **({SOURCE_MMPROJ: manifest[SOURCE_MMPROJ]} if SOURCE_MMPROJ in manifest else {}),
                "files": {name: f["bytes"] for name, f in manifest["files"].items()},
                "bytes": sum(f["bytes"] for f in manifest["files"].values()),
                "sha256": {name: f["sha256"] for name, f in manifest["files"].items()}, "validation": None,

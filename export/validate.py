@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .converters.artifact import SOURCE_MMPROJ
 from .models.checkpoints import load_model
 from .models.generate import generate
 from .quantize.recipes import AUTO, FLOOR, RECIPES, Bar, conversion_thresholds, planned, recipe as recipe_for
@@ -101,10 +102,12 @@ def greedy_match(a: list[int], b: list[int]) -> int:
     return n
 
 
-def validate(folder: str | Path, model_source: str | None = None, *, loaded=None, bar: Bar = Bar()) -> dict:
+def validate(folder: str | Path, model_source: str | None = None, *, loaded=None, bar: Bar = Bar(),
+             mmproj: str | None = None) -> dict:
     """Validate the artifact in `folder`. loaded: the reference LoadedModel if the caller has it (the
-    export pipeline does), else it is loaded from `model_source` or the manifest's source. bar: the
-    user's quantization bar (merged with FLOOR)."""
+    export pipeline does), else it is loaded from `model_source` or the manifest's source (with `mmproj`,
+    or without `model_source` the manifest's mmproj, as the export loaded it). bar: the user's quantization
+    bar (merged with FLOOR)."""
     import runtime_py
     folder = Path(folder)
     art = runtime_py.load(folder)
@@ -119,14 +122,17 @@ def validate(folder: str | Path, model_source: str | None = None, *, loaded=None
         recipe = planned(manifest["plan"], fmt)
     else:
         recipe = recipe_for(manifest["recipe"], fmt)
-    ref = loaded if loaded is not None else load_model(model_source or manifest["source"])
+    if loaded is None and mmproj is None and model_source is None:
+        mmproj = manifest.get(SOURCE_MMPROJ)
+    ref = loaded if loaded is not None else load_model(model_source or manifest["source"], mmproj=mmproj)
     c = ref.config
     carried = (manifest.get("lossless_import") or {}).get("carried", [])
     if any(n not in ref.stored for n in carried):
         ref = _rounded_again(ref, recipe, manifest, folder)
     vision = manifest.get("kind") == "vision_language"
     sim = simulate(ref.model.language_model if vision else ref.model, recipe, fmt, ref.stored, carried)
-    report = {"artifact": str(folder), "recipe": recipe.name, "format": fmt, "source": str(ref.source)}
+    report = {"artifact": str(folder), "recipe": recipe.name, "format": fmt, "source": str(ref.source),
+              **({SOURCE_MMPROJ: str(ref.mmproj)} if getattr(ref, "mmproj", None) else {})}
     with torch.inference_mode():
         if vision:
             from .validate_vision import vision_logits

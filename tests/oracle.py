@@ -241,8 +241,9 @@ CORPUS = ["The quick brown fox jumps over the lazy dog while the old cat sleeps 
 
 
 @functools.cache
-def tiny_tokenizer() -> bytes:
-    """Serialized SentencePiece BPE model (384 pieces) with Gemma's special ids and byte fallback."""
+def tiny_tokenizer(symbols: tuple[str, ...] = ()) -> bytes:
+    """Serialized SentencePiece BPE model (384 pieces) with Gemma's special ids and byte fallback; `symbols`:
+    more user-defined pieces, after the usual ones (whose ids they leave as they are)."""
     import io
 
     import sentencepiece as spm
@@ -250,7 +251,7 @@ def tiny_tokenizer() -> bytes:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(CORPUS), model_writer=buf, vocab_size=384, model_type="bpe", pad_id=0, eos_id=1,
         bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
-        user_defined_symbols=["<start_of_turn>", "<end_of_turn>", "Yes", "No", "\n"], byte_fallback=True,
+        user_defined_symbols=["<start_of_turn>", "<end_of_turn>", "Yes", "No", "\n", *symbols], byte_fallback=True,
         add_dummy_prefix=False, normalization_rule_name="identity", remove_extra_whitespaces=False,
         hard_vocab_limit=False, minloglevel=2)
     return buf.getvalue()

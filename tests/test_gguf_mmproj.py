@@ -16,7 +16,7 @@ from export.models.checkpoints.gguf_writer import _copied_metadata
 from export.models.checkpoints.weights import CheckpointError
 
 from llama_cpp_converter import convert
-from vlm_oracle import IMAGE_MEAN, IMAGE_STD, TEXT, gemma3_vlm, published_state_dict, save_vlm_folder
+from vision_oracle import GGUF_TEXT, IMAGE_MEAN, IMAGE_STD, gemma3_vlm, published_state_dict, save_vlm_folder
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
@@ -56,7 +56,7 @@ def check_tensors(model, path, tensors):
 @pytest.mark.parametrize("outtype", OUTTYPES)
 def test_every_tensor_is_transformers_own(vlm, outtype):
     model, paths = vlm
-    tensors, _ = load_mmproj(paths[outtype], text_hidden_size=TEXT["hidden_size"])
+    tensors, _ = load_mmproj(paths[outtype], text_hidden_size=GGUF_TEXT["hidden_size"])
     check_tensors(model, paths[outtype], tensors)
 
 
@@ -91,7 +91,7 @@ def test_facts_rebuild_the_same_image_features(vlm, tmp_path):
                                     "num_hidden_layers", "num_attention_heads", "num_channels", "hidden_act",
                                     "layer_norm_eps")}
     cfg = tf.Gemma3Config(vision_config=dict(model_type="siglip_vision_model", vision_use_head=False, **vision),
-                          text_config=dict(model_type="gemma3_text", **{**TEXT, "hidden_size": facts["text_hidden_size"]}),
+                          text_config=dict(model_type="gemma3_text", **{**GGUF_TEXT, "hidden_size": facts["text_hidden_size"]}),
                           mm_tokens_per_image=facts["mm_tokens_per_image"])
     cfg.save_pretrained(tmp_path)
     text = {n: t for n, t in published_state_dict(model).items() if n.startswith("language_model.")}

@@ -1,10 +1,13 @@
 """The vision parity oracle: tiny random transformers models of every seeing Gemma (PaliGemma 1 on Gemma,
 PaliGemma 2 on Gemma 2, Gemma 3 multimodal, ShieldGemma 2), built offline from config objects at odd sizes
 and saved as Hugging Face folders in either weight layout; their prompts (as the processors lay them out:
-token ids and token_type_ids) and transformers' own answers on them."""
+token ids and token_type_ids) and transformers' own answers on them. Also the Gemma 3 models llama.cpp's
+converter reads (`gemma3_vlm`, `save_vlm_folder`: the published google/gemma-3-*-it layout with a
+preprocessor_config.json), from which its text GGUF and mmproj GGUF are written."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 import transformers as tf
@@ -55,6 +58,21 @@ MODEL_CLASSES = {"PaliGemmaForConditionalGeneration": tf.PaliGemmaForConditional
                  "ShieldGemma2ForImageClassification": tf.ShieldGemma2ForImageClassification}
 
 
+# Models for llama.cpp's converter. Odd sizes: every width differs from the others, so a transposed or swapped
+# tensor cannot keep its shape; the vision width is a multiple of 32 (Q8_0 rows) and the FFN's is not (the
+# converter falls back for fc2). query_pre_attn_scalar is head_dim, as llama.cpp assumes below the 27B size;
+# head_dim a multiple of 16, as onnxruntime's GroupQueryAttention needs.
+GGUF_VISION = dict(hidden_size=64, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4, image_size=28,
+                   patch_size=7, layer_norm_eps=1e-5, vision_use_head=False)
+GGUF_TEXT = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                 head_dim=16, query_pre_attn_scalar=16, vocab_size=300)
+GGUF_IDS = dict(boi_token_index=5, eoi_token_index=6, image_token_index=7)
+IMAGE_MEAN, IMAGE_STD = [0.25, 0.5, 0.75], [0.3, 0.4, 0.6]
+# transformers' parameter names -> the published checkpoints' (transformers maps them back when loading)
+PUBLISHED = (("model.language_model.", "language_model.model."), ("model.vision_tower.", "vision_tower.vision_model."),
+             ("model.multi_modal_projector.", "multi_modal_projector."), ("lm_head.", "language_model.lm_head."))
+
+
 def _gemma3_text() -> dict:
     return tf.Gemma3TextConfig(**TEXT, num_hidden_layers=3, num_key_value_heads=2, sliding_window=8,
                                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
@@ -65,15 +83,18 @@ def _gemma3_text() -> dict:
                                ).to_dict()
 
 
+def _eager(cfg):
+    cfg._attn_implementation = "eager"
+    for sub in ("text_config", "vision_config"):
+        getattr(cfg, sub)._attn_implementation = "eager"
+    return cfg
+
+
 def build(arch: str, seed: int = 0):
     """transformers' tiny random model of `arch` (eager attention, fp32, eval)."""
     name, make = TINY_VISION[arch]
     torch.manual_seed(seed)
-    cfg = make()
-    cfg._attn_implementation = "eager"
-    for sub in ("text_config", "vision_config"):
-        getattr(cfg, sub)._attn_implementation = "eager"
-    model = MODEL_CLASSES[name](cfg).eval()
+    model = MODEL_CLASSES[name](_eager(make())).eval()
     with torch.no_grad():     # non-zero norms, biases and the zero-initialised Gemma 3 projection: every parameter matters
         for n, p in model.named_parameters():
             if p.dim() == 1:
@@ -84,31 +105,66 @@ def build(arch: str, seed: int = 0):
     return model
 
 
-def save_folder(model, path, old_layout: bool = False, tokenizer: bytes | None = None):
-    """config.json by save_pretrained and the weights in one of the two layouts real checkpoints use: the
-    in-memory names of transformers >= 4.52 (`model.vision_tower.*`, `model.language_model.*`, `lm_head.*`;
-    its SigLIP without the `vision_model.` level), or the original published one (`vision_tower.vision_model.*`,
-    `multi_modal_projector.*`, `language_model.model.*`, `language_model.lm_head.*`). ShieldGemma 2 nests
-    either under `model.`."""
-    model.save_pretrained(path, safe_serialization=True)
+def published_state_dict(model, head: bool = False) -> dict[str, torch.Tensor]:
+    """The model's tensors under the original published checkpoints' names (`vision_tower.vision_model.*`,
+    `multi_modal_projector.*`, `language_model.model.*`; with `head`, the tied `language_model.lm_head.*`, which
+    the published Gemma 3 checkpoints leave out). ShieldGemma 2 nests them under `model.`."""
     outer = "model." if isinstance(model, tf.ShieldGemma2ForImageClassification) else ""
-    tensors = {}
+    out = {}
     for k, v in model.state_dict().items():
         inner = k[len(outer):]
-        if old_layout:
-            for new, old in (("model.language_model.", "language_model.model."),
-                             ("model.vision_tower.", "vision_tower.vision_model."),
-                             ("model.multi_modal_projector.", "multi_modal_projector."),
-                             ("lm_head.", "language_model.lm_head.")):
-                if inner.startswith(new):
-                    inner = old + inner[len(new):]
-                    break
-        tensors[outer + inner] = v.contiguous().clone()
+        name = next((old + inner[len(new):] for new, old in PUBLISHED if inner.startswith(new)), inner)
+        if head or not name.startswith("language_model.lm_head."):
+            out[outer + name] = v.contiguous().clone()
+    return out
+
+
+def save_folder(model, path, old_layout: bool = False, head: bool = True, tokenizer: bytes | None = None):
+    """config.json by save_pretrained, the weights in one of the two layouts real checkpoints use (the
+    in-memory names of transformers >= 4.52: `model.vision_tower.*`, `model.language_model.*`, `lm_head.*`, its
+    SigLIP without the `vision_model.` level; or the original published one: published_state_dict) and
+    tokenizer.model (`tokenizer`, default oracle.tiny_tokenizer's)."""
+    model.save_pretrained(path, safe_serialization=True)
+    if old_layout:
+        tensors = published_state_dict(model, head)
+    else:
+        tensors = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
     for f in path.glob("*.safetensors"):
         f.unlink()
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
     from oracle import tiny_tokenizer
     (path / "tokenizer.model").write_bytes(tokenizer or tiny_tokenizer())
+    return path
+
+
+def gemma3_vlm(tokens_per_image: int = 4, seed: int = 0, text: dict | None = None,
+               ids: dict | None = None) -> tf.Gemma3ForConditionalGeneration:
+    """A Gemma 3 model at the GGUF sizes (`text`: text_config fields replacing GGUF_TEXT's; `ids`: the image
+    marker ids, default GGUF_IDS) with every weight random (the norms too, so their stored 1 + w is tested)."""
+    cfg = tf.Gemma3Config(vision_config=dict(model_type="siglip_vision_model", **GGUF_VISION),
+                          text_config=dict(model_type="gemma3_text", **{**GGUF_TEXT, **(text or {})}),
+                          mm_tokens_per_image=tokens_per_image, **(ids or GGUF_IDS))
+    torch.manual_seed(seed)
+    model = tf.Gemma3ForConditionalGeneration(_eager(cfg)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 0.5 if "norm" in name else 0.08)
+    return model
+
+
+def save_vlm_folder(model, path: Path, tokenizer: bytes | None = None) -> Path:
+    """The published layout (no LM head), preprocessor_config.json (IMAGE_MEAN / IMAGE_STD, with
+    image_seq_length, as published) and the SentencePiece `tokenizer` if given; transformers must read it back
+    as the same model."""
+    save_folder(model, path, old_layout=True, head=False)
+    tf.Gemma3ImageProcessorPil(size={"height": GGUF_VISION["image_size"], "width": GGUF_VISION["image_size"]},
+                               image_mean=IMAGE_MEAN, image_std=IMAGE_STD).save_pretrained(path)
+    pre = json.loads((path / "preprocessor_config.json").read_text())
+    (path / "preprocessor_config.json").write_text(json.dumps({**pre, "image_seq_length": model.config.mm_tokens_per_image}))
+    if tokenizer is not None:
+        (path / "tokenizer.model").write_bytes(tokenizer)
+    back = tf.Gemma3ForConditionalGeneration.from_pretrained(path).state_dict()
+    assert all(torch.equal(back[n], t) for n, t in model.state_dict().items()), "folder does not read back"
     return path
 
 
@@ -126,14 +182,14 @@ def prompt(arch: str, model, text_len: int = 12, images: int = 1, seed: int = 5)
     text = torch.randint(30, 280, (text_len,), generator=g).tolist()
     if arch.startswith("paligemma"):
         n = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2
-        ids = [IMAGE] * (n * images) + [2] + text + [108]
+        ids = [cfg.image_token_index] * (n * images) + [2] + text + [108]
         return ids, [0] * len(ids)
-    n = cfg.mm_tokens_per_image
+    n, image = cfg.mm_tokens_per_image, cfg.image_token_index
     ids = [2] + text[: text_len // 2]
     for _ in range(images):
-        ids += [108, BOI] + [IMAGE] * n + [EOI, 108]
+        ids += [108, cfg.boi_token_index] + [image] * n + [cfg.eoi_token_index, 108]
     ids += text[text_len // 2:]
-    return ids, [int(t == IMAGE) for t in ids]
+    return ids, [int(t == image) for t in ids]
 
 
 def image_size(model) -> int:

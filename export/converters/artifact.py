@@ -35,14 +35,21 @@ def _plain(obj):
     return obj
 
 
-def write_manifest(folder: Path, *, source: str, config, recipe, target: str, extra: dict | None = None):
+# manifest.json: the mmproj GGUF joined to the text GGUF `source` (LoadedModel.mmproj), when there is one
+SOURCE_MMPROJ = "source_mmproj"
+
+
+def write_manifest(folder: Path, *, source: str, config, recipe, target: str, extra: dict | None = None,
+                   mmproj: str | Path | None = None):
     """manifest.json over every file already in `folder` (no timestamps: re-exports are identical).
-    recipe: its name, or the Recipe (a planned one's per-weight choices go in as `plan`)."""
+    recipe: its name, or the Recipe (a planned one's per-weight choices go in as `plan`). source and mmproj:
+    what the reference model was loaded from (load_model's arguments), for `validate` to load it again."""
     files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
     plan = {"plan": recipe.choices()} if getattr(recipe, "plan", None) else {}
     manifest = {"tool": TOOL, "tool_version": __version__, "target": target,
-                "recipe": getattr(recipe, "name", recipe), "source": source, "config": _plain(config),
+                "recipe": getattr(recipe, "name", recipe), "source": source,
+                **({SOURCE_MMPROJ: str(mmproj)} if mmproj is not None else {}), "config": _plain(config),
                 "files": files, **(extra or {}), **plan}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

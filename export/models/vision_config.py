@@ -8,8 +8,11 @@ from .config import GemmaConfig
 
 PALIGEMMA, GEMMA3 = "paligemma", "gemma3"          # VisionLanguageConfig.kind
 # kind -> the image resampling its Hugging Face image processor uses (SiglipImageProcessor: bicubic,
-# Gemma3ImageProcessor: bilinear); both normalise to [-1, 1] (mean = std = 0.5 after x / 255).
+# Gemma3ImageProcessor: bilinear).
 RESAMPLE = {PALIGEMMA: "bicubic", GEMMA3: "bilinear"}
+# Both processors' normalisation after x / 255, to [-1, 1]; a checkpoint's own (preprocessor_config.json,
+# an mmproj's clip.vision.image_mean / image_std) replaces it.
+IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +54,8 @@ class VisionLanguageConfig:
     boi_id: int | None = None          # Gemma 3: <start_of_image>, <end_of_image>
     eoi_id: int | None = None
     classifier: tuple[int, int] | None = None   # ShieldGemma 2: the (Yes, No) token ids it reads
+    image_mean: tuple[float, float, float] = IMAGE_MEAN    # per RGB channel, after x / 255
+    image_std: tuple[float, float, float] = IMAGE_STD
 
     def __post_init__(self):
         if self.kind not in RESAMPLE:
@@ -63,6 +68,13 @@ class VisionLanguageConfig:
         elif self.tokens_per_image != self.vision.num_patches:
             raise ValueError(f"PaliGemma has one token per patch ({self.vision.num_patches}), "
                              f"not {self.tokens_per_image}")
+        for name in ("image_mean", "image_std"):
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or len(v) != 3 or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) < 1e6 for x in v):
+                raise ValueError(f"{name} {v!r}: must be 3 numbers (R, G, B)")
+        if not all(x > 0 for x in self.image_std):
+            raise ValueError(f"image_std {self.image_std!r}: must be positive")
         for name in ("image_token_id", "boi_id", "eoi_id"):
             v = getattr(self, name)
             if v is not None and not 0 <= v < 1 << 22:

@@ -3,8 +3,9 @@
 and ShieldGemma 2. Parameter counts are checked against the published checkpoints in tests/test_presets.py."""
 from __future__ import annotations
 
-from runtime_py.vision_prompts import (GEMMA3_BOI_ID, GEMMA3_EOI_ID, GEMMA3_IMAGE_ID, GEMMA3_TOKENS_PER_IMAGE,
-                                       PALIGEMMA_IMAGE_ID, SHIELDGEMMA2_NO_ID, SHIELDGEMMA2_YES_ID)
+from runtime_py.vision_prompts import (END_OF_IMAGE, GEMMA3_BOI_ID, GEMMA3_EOI_ID, GEMMA3_IMAGE_ID,
+                                       GEMMA3_TOKENS_PER_IMAGE, IMAGE_SOFT_TOKEN, PALIGEMMA_IMAGE_ID,
+                                       SHIELDGEMMA2_NO_ID, SHIELDGEMMA2_YES_ID, START_OF_IMAGE)
 
 from .presets import PRESETS
 from .vision_config import GEMMA3, PALIGEMMA, SiglipConfig, VisionLanguageConfig
@@ -13,6 +14,8 @@ from .vision_config import GEMMA3, PALIGEMMA, SiglipConfig, VisionLanguageConfig
 PALIGEMMA_VOCAB = 257_216
 GEMMA3_TOKENS = dict(image_token_id=GEMMA3_IMAGE_ID, boi_id=GEMMA3_BOI_ID, eoi_id=GEMMA3_EOI_ID,
                      tokens_per_image=GEMMA3_TOKENS_PER_IMAGE)
+# ... and the vocabulary pieces of those ids (a GGUF's tokenizer names them; export.models.checkpoints.gguf_vision)
+GEMMA3_PIECES = dict(image_token_id=IMAGE_SOFT_TOKEN, boi_id=START_OF_IMAGE, eoi_id=END_OF_IMAGE)
 
 
 def _siglip(size: int) -> SiglipConfig:

@@ -29,4 +29,5 @@ def finish_folder(tmp: Path, loaded, recipe, context: int, carried: dict, extra:
         loaded.tokenizer.save(tmp / "tokenizer.model")
         write_hf_tokenizer(loaded.tokenizer.model_proto(), tmp, model_max_length=context, extra_tokens=extra_tokens)
     extra.update(import_record(loaded, carried))
-    write_manifest(tmp, source=str(loaded.source), config=loaded.config, recipe=recipe, target="onnx", extra=extra)
+    write_manifest(tmp, source=str(loaded.source), config=loaded.config, recipe=recipe, target="onnx", extra=extra,
+                   mmproj=getattr(loaded, "mmproj", None))

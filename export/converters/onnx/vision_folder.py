@@ -24,8 +24,6 @@ from .vision import build_embedding, build_vision, unranked
 from .vision_decoder import build_vision_decoder
 
 PROCESSOR_CONFIG = "processor_config.json"
-IMAGE_MEAN = IMAGE_STD = (0.5, 0.5, 0.5)       # SigLIP's normalisation in both processors: x / 255 -> [-1, 1]
-
 
 def default_vision_quant(recipe: Recipe) -> str:
     """The vision graph's storage when --vision-quant is not given: float32 beside a float32 decoder, float16
@@ -37,8 +35,8 @@ def default_vision_quant(recipe: Recipe) -> str:
 
 def vision_facts(vc, quant: str) -> dict:
     """manifest.json `vision`: what runtime_py needs to lay out prompts and preprocess images."""
-    return {"kind": vc.kind, "image_size": vc.vision.image_size, "resample": vc.resample, "mean": list(IMAGE_MEAN),
-            "std": list(IMAGE_STD), "rescale": 1 / 255, "tokens_per_image": vc.tokens_per_image,
+    return {"kind": vc.kind, "image_size": vc.vision.image_size, "resample": vc.resample, "mean": list(vc.image_mean),
+            "std": list(vc.image_std), "rescale": 1 / 255, "tokens_per_image": vc.tokens_per_image,
             "image_token_id": vc.image_token_id, "boi_id": vc.boi_id, "eoi_id": vc.eoi_id,
             "classifier": list(vc.classifier) if vc.classifier else None, "quant": quant,
             "files": {"vision": VISION_FILE, "embedding": EMBEDDING_FILE}}
@@ -72,7 +70,7 @@ def processor_config(vc) -> dict:
             "interpolation": interpolation, "width": S, "height": S, "keep_aspect_ratio": 0}}},
         {"operation": {"name": "re-scale", "type": "Rescale", "attrs": {"rescale_factor": 1 / 255}}},
         {"operation": {"name": "normalize", "type": "Normalize", "attrs": {
-            "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD)}}},
+            "mean": list(vc.image_mean), "std": list(vc.image_std)}}},
         {"operation": {"name": "to_channel_first", "type": "Permute3D", "attrs": {"dims": [2, 0, 1]}}},
     ]}}
 

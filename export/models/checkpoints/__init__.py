@@ -27,6 +27,8 @@ class LoadedModel:
     # How the `stored` blocks not read from the checkpoint were rounded (export.quantize.gptq's info),
     # recorded in the artifact's manifest; empty: none were.
     rounding: dict = dataclasses.field(default_factory=dict)
+    # The mmproj GGUF whose vision tower joined the text GGUF `source` (gguf_vision); None: one source.
+    mmproj: Path | None = None
 
 
 def resolve(source: str | Path | None) -> Path:
@@ -40,9 +42,13 @@ def resolve(source: str | Path | None) -> Path:
     return path
 
 
-def load_model(source: str | Path | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Build the reference model of a checkpoint with its tokenizer (None if the folder has none)."""
+def load_model(source: str | Path | None = None, dtype: torch.dtype = torch.float32,
+               mmproj: str | Path | None = None) -> LoadedModel:
+    """Build the reference model of a checkpoint with its tokenizer (None if the folder has none). mmproj:
+    llama.cpp's mmproj GGUF of a Gemma 3 vision tower, joined to the text GGUF `source` (gguf_vision)."""
     path = resolve(source)
+    if mmproj is not None:
+        return _load_vision_gguf(path, mmproj, dtype)
     if path.is_dir() and _vision_folder(path):
         return _load_vision_folder(path, dtype)
     if path.is_dir():
@@ -81,29 +87,55 @@ def _vision_folder(path: Path) -> dict | None:
     return cfg if is_vision(cfg) else None
 
 
+def _vision_folder_config(path: Path, cfg: dict):
+    from .hf_vision import vision_config_from_hf, with_preprocessor
+    return with_preprocessor(path, vision_config_from_hf(cfg, str(path / "config.json")))
+
+
 def _load_vision_folder(path: Path, dtype: torch.dtype) -> LoadedModel:
-    from ..vlm import VisionLanguageModel
-    from .hf_vision import read_vision_tensors, vision_config_from_hf
+    from .hf_vision import read_vision_tensors
     cfg = _vision_folder(path)
-    config = vision_config_from_hf(cfg, str(path / "config.json"))
+    config = _vision_folder_config(path, cfg)
     tensors = read_vision_tensors(path, config, cfg["architectures"][0])
-    text = {n[len("language_model."):]: tuple(t.shape) for n, t in tensors.items() if n.startswith("language_model.")}
-    check_tensor_layout(config.text, text, str(path))
     tok_file = path / "tokenizer.model"
     tokenizer = _tokenizer(tok_file.read_bytes(), tok_file, config.text) if tok_file.exists() else None
+    return _vision_model(config, tensors, tokenizer, path, dtype)
+
+
+def _load_vision_gguf(path: Path, mmproj: str | Path, dtype: torch.dtype) -> LoadedModel:
+    from .gguf_tokenizer import sentencepiece_model_from_gguf
+    from .gguf_vision import read_vision_gguf, vision_tensors
+    ckpt, mmproj, config = read_vision_gguf(path, mmproj)
+    try:
+        proto = sentencepiece_model_from_gguf(ckpt.reader)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    tokenizer = _tokenizer(proto, path, config.text)
+    loaded = _vision_model(config, vision_tensors(ckpt, mmproj), tokenizer, path, dtype)
+    # the decoder's quantized blocks, by the decoder's own parameter names (what its ONNX graph is built from)
+    return dataclasses.replace(loaded, stored=ckpt.stored_blocks(), mmproj=mmproj)
+
+
+def _vision_model(config, tensors: dict, tokenizer, path: Path, dtype: torch.dtype) -> LoadedModel:
+    """A VisionLanguageModel of `tensors` (its own parameter names), the decoder's checked as a text model's."""
+    from ..vlm import VisionLanguageModel
+    text = {n[len("language_model."):]: tuple(t.shape) for n, t in tensors.items() if n.startswith("language_model.")}
+    check_tensor_layout(config.text, text, str(path))
     with torch.device("meta"):
         model = VisionLanguageModel(config)
     model = assign_weights(model, tensors, str(path), dtype).eval()
     return LoadedModel(model, config, tokenizer, path)
 
 
-def read_config(source: str | Path | None = None) -> GemmaConfig:
+def read_config(source: str | Path | None = None, mmproj: str | Path | None = None) -> GemmaConfig:
     """The config of a checkpoint without reading its weights (a Hugging Face folder's config.json,
-    a GGUF's metadata), to refuse a model before any work."""
+    a GGUF's metadata; with `mmproj`, both GGUFs' metadata), to refuse a model before any work."""
     path = resolve(source)
+    if mmproj is not None:
+        from .gguf_vision import read_vision_gguf
+        return read_vision_gguf(path, mmproj)[2]
     if path.is_dir() and (cfg := _vision_folder(path)):
-        from .hf_vision import vision_config_from_hf
-        return vision_config_from_hf(cfg, str(path / "config.json"))
+        return _vision_folder_config(path, cfg)
     if path.is_dir():
         from .hf import read_hf_config
         return read_hf_config(path)

@@ -122,8 +122,7 @@ def load_mmproj(path: str | Path, text_hidden_size: int | None = None) -> tuple[
     Anything else (not an mmproj, another projector, a tensor missing, unknown or misshaped) -> CheckpointError
     (a ValueError) naming the file and the key or tensor."""
     path = Path(path)
-    reader = open_reader(path)
-    facts = _facts(reader, path)
+    reader, facts = _opened(path, text_hidden_size)
     names, stored = tensor_names(facts["num_hidden_layers"]), {}
     for t in reader.tensors:
         if t.name not in names:
@@ -141,10 +140,24 @@ def load_mmproj(path: str | Path, text_hidden_size: int | None = None) -> tuple[
         if shape != shapes[name]:
             raise CheckpointError(f"{path}: tensor {t.name} ({name}) has shape {shape}, the metadata "
                                   f"needs {shapes[name]}")
+    return {name: _dequantized(t, path) for name, t in stored.items()}, facts
+
+
+def mmproj_facts(path: str | Path, text_hidden_size: int | None = None) -> dict:
+    """load_mmproj's facts from the metadata alone (no tensor read), with the same checks of the metadata and
+    of `text_hidden_size`: to refuse a pair of files before any work."""
+    return _opened(Path(path), text_hidden_size)[1]
+
+
+def _opened(path: Path, text_hidden_size: int | None) -> tuple[gguf.GGUFReader, dict]:
+    reader = open_reader(path)
+    facts = _facts(reader, path)
+    # the projection's shape is checked against this metadata with every other tensor's
     if text_hidden_size is not None and text_hidden_size != facts["text_hidden_size"]:
         raise CheckpointError(f"{path}: tensor mm.input_projection.weight projects to width "
-                              f"{facts['text_hidden_size']}, the text model's hidden size is {text_hidden_size}")
-    return {name: _dequantized(t, path) for name, t in stored.items()}, facts
+                              f"{facts['text_hidden_size']} ({INT_KEYS['text_hidden_size']}), the text model's "
+                              f"hidden size is {text_hidden_size}")
+    return reader, facts
 
 
 def _facts(reader: gguf.GGUFReader, path: Path) -> dict:
@@ -221,4 +234,4 @@ def _dequantized(t: gguf.ReaderTensor, path: Path) -> torch.Tensor:
     return torch.from_numpy(w)
 
 
-__all__ = ["load_mmproj", "tensor_names", "expected_shapes", "GLOBAL_TENSORS", "BLOCK_TENSORS"]
+__all__ = ["load_mmproj", "mmproj_facts", "tensor_names", "expected_shapes", "GLOBAL_TENSORS", "BLOCK_TENSORS"]

@@ -111,6 +111,50 @@ def _siglip(vision, kind: str, source: str) -> SiglipConfig:
     return SiglipConfig(**kw)
 
 
+PREPROCESSOR = "preprocessor_config.json"
+# PIL's resampling filters, as image processors save them (an int, or in some versions the name)
+PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def with_preprocessor(folder: Path, config: VisionLanguageConfig) -> VisionLanguageConfig:
+    """The config with the image normalisation of the folder's preprocessor_config.json (image_mean / image_std;
+    none with do_normalize false), when it has one; its size must be the tower's and its resampling the one the
+    exporters and runtime_py apply for this kind of model."""
+    path = folder / PREPROCESSOR
+    if not path.is_file():
+        return config
+    from runtime_py.files import read_json
+    pre = read_json(path)
+    if not isinstance(pre, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    S = config.vision.image_size
+    size = pre.get("size")
+    sides = {k: size.get(k) for k in ("height", "width", "shortest_edge") if k in size} if isinstance(size, dict) \
+        else {"size": size} if size is not None else {}
+    if any(v != S for v in sides.values()):
+        raise CheckpointError(f"{path}: size {size!r} differs from the vision tower's image_size {S}")
+    resample = pre.get("resample")
+    named = PIL_RESAMPLE.get(resample, resample) if type(resample) is int else resample
+    if resample is not None and str(named).lower() != config.resample:
+        raise CheckpointError(f"{path}: resample {resample!r} ({named}); a {config.kind} model's images are resized "
+                              f"{config.resample} here")
+    if pre.get("do_normalize", True) is False:
+        return config.replace(image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0))
+    kw = {}
+    for key in ("image_mean", "image_std"):
+        v = pre.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, list) or len(v) != 3 or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            raise CheckpointError(f"{path}: {key} {v!r}: must be 3 numbers (R, G, B)")
+        kw[key] = tuple(float(x) for x in v)
+    try:
+        return config.replace(**kw)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
 def read_vision_tensors(folder: Path, config: VisionLanguageConfig, arch: str) -> dict[str, torch.Tensor]:
     _, outer = VISION_ARCHITECTURES[arch]
 
