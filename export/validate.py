@@ -61,7 +61,7 @@ def compare_logits(ref: np.ndarray, art: np.ndarray, ids: list[int], rows: int =
         max_diff = float(np.maximum(max_diff, np.abs(r - a).max()))     # NaN propagates
         agree += int((r.argmax(-1) == a.argmax(-1)).sum())
         kl += float((np.exp(lr) * (lr - la)).sum())
-        nxt = np.asarray(ids[s + 1:s + 1 + len(r)])          # next tokens; the last row has none
+        nxt = np.asarray(ids[s + 1:s + 1 + len(r)], np.int64)    # next tokens; the last row has none
         pos = np.arange(len(nxt))
         nll_art -= float(la[pos, nxt].sum())
         nll_ref -= float(lr[pos, nxt].sum())

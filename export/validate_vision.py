@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .data.images import bundled_images
+from .models.cache import init_cache
 from .models.generate import generate
 from .validate import agreement, compare_logits, greedy_match
 
@@ -58,11 +59,20 @@ def vision_logits(art, ref, sim, context: int, text_ids: list[int]) -> tuple[dic
         sims.append(model(t, pos, features=torch.from_numpy(art_rows), decoder=sim)[0][0].numpy())
         arts.append(art.backend.logits(ids, art_rows))
         all_ids += ids
+        # teacher-forced decode through the caches, on both sides (PaliGemma's decoded tokens are its causal
+        # suffix, unlike the same tokens inside one call, which are all prefix)
+        steps = min(DECODE_TOKENS, len(ids) - len(prompt))
         step = art.backend.stepper(len(ids), features=art_rows)
         step(prompt, 0)
-        steps = min(DECODE_TOKENS, len(ids) - len(prompt))
         dec_art.append(np.stack([step([ids[p]], p) for p in range(len(prompt), len(prompt) + steps)]))
-        dec_sim.append(sims[-1][len(prompt):len(prompt) + steps])
+        cache = init_cache(model.config.text, len(ids))
+        _, cache = model(torch.tensor([prompt]), torch.arange(len(prompt)), cache,
+                         features=torch.from_numpy(art_rows), decoder=sim)
+        rows = []
+        for p in range(len(prompt), len(prompt) + steps):
+            out, cache = model(torch.tensor([[ids[p]]]), torch.tensor([p]), cache, decoder=sim)
+            rows.append(out[0, -1].numpy())
+        dec_sim.append(np.stack(rows))
         ref_ids = generate(model, prompt, GREEDY_TOKENS, pixels=torch.from_numpy(pixels))
         art_ids = art.generate(prompt, GREEDY_TOKENS, stop_ids=(), images=[entry["file"]]).token_ids
         greedy.append(greedy_match(ref_ids, art_ids))

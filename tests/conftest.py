@@ -100,10 +100,10 @@ def real_model(real_gguf):
     original = checkpoints.load_model
     loaded = original(real_gguf)
 
-    def load_model(source=None, dtype=torch.float32):
-        if dtype == torch.float32 and checkpoints.resolve(source) == loaded.source:
+    def load_model(source=None, dtype=torch.float32, mmproj=None):
+        if dtype == torch.float32 and mmproj is None and checkpoints.resolve(source) == loaded.source:
             return loaded
-        return original(source, dtype)
+        return original(source, dtype, mmproj=mmproj)
     patch = pytest.MonkeyPatch()
     for module in [m for m in list(sys.modules.values()) if getattr(m, "load_model", None) is original]:
         patch.setattr(module, "load_model", load_model)        # imported by name before the session began

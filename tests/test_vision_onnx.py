@@ -210,3 +210,30 @@ def test_text_model_refuses_images(vision_onnx, tiny_vision):
     m = runtime_py.load(folder)
     with pytest.raises(ValueError, match="classify_image needs ShieldGemma 2"):
         m.classify_image(_images(1, 1)[0])
+
+
+# --- gemma-export validate on vision artifacts ---------------------------------------------------------------
+
+@pytest.mark.parametrize("arch,recipe", [("gemma3", "fp32"), ("paligemma2", "int4"), ("shieldgemma2", "int8")])
+def test_validate_passes_vision_artifacts(vision_onnx, tiny_vision, arch, recipe):
+    from export.validate import validate
+    _, folder = vision_onnx(arch, recipe)
+    report = validate(folder, loaded=tiny_vision(arch)[1])
+    assert report["passed"], report["failures"]
+    assert report["images"] == 2 and report["conversion"]["vision"]["relative_error"] <= \
+        report["conversion"]["vision"]["bound"]
+    assert ("violation_probability_max_diff" in report) == (arch == "shieldgemma2")
+
+
+def test_validate_catches_a_vision_graph_that_is_not_what_the_manifest_says(vision_onnx, tiny_vision, tmp_path):
+    """A float32 folder whose vision.onnx is the int8 one: its rows are off by more than float32 allows."""
+    import shutil
+
+    from export.validate import validate
+    _, folder = vision_onnx("gemma3")
+    _, int8 = vision_onnx("gemma3", "fp32", "int8")
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    shutil.copy(int8 / "vision.onnx", broken / "vision.onnx")
+    report = validate(broken, loaded=tiny_vision("gemma3")[1])
+    assert not report["passed"] and any("vision rows" in f for f in report["failures"])

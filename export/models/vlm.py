@@ -65,14 +65,13 @@ class VisionLanguageModel(nn.Module):
         image placeholders' rows replaced by `features` [N, tokens_per_image, d] in order (image n fills the
         n-th run of placeholders)."""
         is_image = tokens == self.config.image_token_id
-        # the placeholder id may lie outside the vocabulary (transformers looks up id 0 there)
         decoder = decoder or self.language_model
-        x = decoder.model.embed(torch.where(is_image, torch.zeros_like(tokens), tokens))
-        count = int(is_image.sum())
-        if features is None:
-            if count:
-                raise ValueError(f"the prompt has {count} image tokens but no image was given")
+        # the placeholder id may lie outside the vocabulary: transformers looks up id 0 there
+        outside = is_image if self.config.image_token_id >= decoder.config.vocab_size else torch.zeros_like(is_image)
+        x = decoder.model.embed(torch.where(outside, torch.zeros_like(tokens), tokens))
+        if features is None:         # no image with this call: a placeholder (e.g. generated) is an ordinary token
             return x
+        count = int(is_image.sum())
         rows = features.reshape(-1, features.shape[-1]).to(x.dtype)
         if count != rows.shape[0]:
             raise ValueError(f"the prompt has {count} image tokens, the images give {rows.shape[0]} rows "

@@ -53,7 +53,8 @@ def build_vision(model, quant: str = "fp32") -> onnx.ModelProto:
 
 
 def build_embedding(model) -> onnx.ModelProto:
-    """Mirrors VisionLanguageModel.embed (export.models.vlm)."""
+    """Mirrors VisionLanguageModel.embed (export.models.vlm): input_ids [B, T] + image_features [N, tokens, d]
+    (or no rows) -> inputs_embeds [B, T, d]."""
     vc = model.config
     c = vc.text
     g = Graph()
@@ -62,15 +63,23 @@ def build_embedding(model) -> onnx.ModelProto:
     feats = g.input(IMAGE_FEATURES, FLOAT, ["num_images", vc.tokens_per_image, c.hidden_size])     # see unranked
     n = "/embed"
     is_img = g.op("Equal", [ids, g.const(vc.image_token_id)], f"{n}/is_image")                        # [B, T]
-    body.embed(g.op("Where", [is_img, g.const(0), ids], f"{n}/ids"))
-    # Row k of [zeros; image rows] for the k-th placeholder (counted over the batch), row 0 elsewhere.
-    rows = g.op("Concat", [g.const(np.zeros((1, c.hidden_size), np.float32), np.float32),
-                           g.op("Reshape", [feats, g.const([-1, c.hidden_size])], f"{n}/rows")], f"{n}/padded", axis=0)
+    outside = vc.image_token_id >= c.vocab_size          # transformers looks up id 0 for such a placeholder
+    body.embed(g.op("Where", [is_img, g.const(0), ids], f"{n}/ids") if outside else ids)
+    # The k-th placeholder (counted over the batch) takes row k of [zeros; image rows] while there are rows:
+    # without images (a text prompt, a decode step) a placeholder stays an ordinary token, as in transformers.
+    flat_rows = g.op("Reshape", [feats, g.const([-1, c.hidden_size])], f"{n}/rows")
+    rows = g.op("Concat", [g.const(np.zeros((1, c.hidden_size), np.float32), np.float32), flat_rows],
+                f"{n}/padded", axis=0)
+    count = g.op("Shape", [flat_rows], f"{n}/count", start=0, end=1)                                  # [1]
     flat = g.op("Cast", [g.op("Reshape", [is_img, g.const([-1])], f"{n}/flat")], f"{n}/flat_i", to=onnx.TensorProto.INT64)
     k = g.op("Mul", [g.op("CumSum", [flat, g.const(0)], f"{n}/CumSum"), flat], f"{n}/k")
+    use = g.op("And", [is_img, g.op("Reshape", [g.op("LessOrEqual", [k, count], f"{n}/has_row"),
+                                                g.op("Shape", [ids], f"{n}/ids_shape")], f"{n}/has_row2d")],
+               f"{n}/use")
+    k = g.op("Min", [k, count], f"{n}/k_in_range")          # placeholders past the rows read a row, unused
     picked = g.op("Reshape", [g.op("Gather", [rows, k], f"{n}/Gather", axis=0),
                               g.op("Shape", [body.residual], f"{n}/shape")], f"{n}/picked")
-    g.op("Where", [g.op("Unsqueeze", [is_img, g.const([2])], f"{n}/is_image3"), picked, body.residual], f"{n}/Where",
+    g.op("Where", [g.op("Unsqueeze", [use, g.const([2])], f"{n}/use3"), picked, body.residual], f"{n}/Where",
          outputs=[INPUTS_EMBEDS])
     g.output(INPUTS_EMBEDS, FLOAT, ["batch_size", "sequence_length", c.hidden_size])
     return g.model(doc=f"{vc.family} token embedding + image rows, exported by gemma-export")
