@@ -66,8 +66,12 @@ def _generate(args) -> int:
         if args.mmproj is not None:
             raise ValueError(f"--mmproj {args.mmproj}: joins a text .gguf --model; {args.model} is an artifact")
         return _generate_artifact(args, sampling)
-    from .models.checkpoints import load_model
+    from .models.checkpoints import load_model, read_config, resolve
     from .models.generate import generate
+    if args.image and args.mmproj is None and not (resolve(args.model).is_dir() and
+                                                   hasattr(read_config(args.model), "vision")):
+        raise ValueError(f"--image: {args.model or 'the bundled model'} is a text model; it takes no images "
+                         f"(a vision-language Hugging Face folder, or a text .gguf with --mmproj, does)")
     t0 = time.perf_counter()
     loaded = load_model(args.model, mmproj=args.mmproj)
     tok = loaded.tokenizer
@@ -76,15 +80,18 @@ def _generate(args) -> int:
     if loaded.config.embedding_head is not None:
         raise SystemExit(f"error: {loaded.source} is an embedding model; it does not generate text")
     load_s = time.perf_counter() - t0
-    # chat: the user's text cannot become turn markers (encoded with special pieces off)
-    prompt = tok.chat_ids([{"role": "user", "content": args.prompt}]) if args.chat else tok.encode(args.prompt)
+    pixels = None
+    if args.image:
+        prompt, pixels = _image_prompt(loaded, tok, args)
+    else:       # chat: the user's text cannot become turn markers (encoded with special pieces off)
+        prompt = tok.chat_ids([{"role": "user", "content": args.prompt}]) if args.chat else tok.encode(args.prompt)
     stream = None
     if not args.json:
         sd = StreamDecoder(tok)
         sys.stdout.write(args.prompt if not args.chat else "")
         stream = lambda t: (sys.stdout.write(sd.push(t)), sys.stdout.flush())  # noqa: E731
     t1 = time.perf_counter()
-    ids = generate(loaded.model, prompt, args.max_new_tokens, sampling, tok.stop_ids, stream)
+    ids = generate(loaded.model, prompt, args.max_new_tokens, sampling, tok.stop_ids, stream, pixels=pixels)
     gen_s = time.perf_counter() - t1
     out = tok.decode(ids)
     budget = token_budget(len(prompt), args.max_new_tokens, loaded.config.max_position, loaded.source)
@@ -97,6 +104,22 @@ def _generate(args) -> int:
     else:
         print(f"\n[{len(ids)} tokens in {gen_s:.2f} s; model loaded in {load_s:.1f} s]", file=sys.stderr)
     return 0
+
+
+def _image_prompt(loaded, tok, args):
+    """(prompt ids, pixels) of --prompt with the --image files, laid out as the checkpoint's processor does."""
+    import torch
+
+    from runtime_py.vision_api import VisionFacts
+    if not hasattr(loaded.config, "vision"):
+        raise ValueError(f"--image: {loaded.source} is a text model; it takes no images")
+    facts = VisionFacts(loaded.config.runtime_facts(), str(loaded.source))
+    if args.chat:
+        items = [{"type": "image", "image": path} for path in args.image] + [{"type": "text", "text": args.prompt}]
+        ids, _ = facts.chat_ids(tok, [{"role": "user", "content": items}])
+    else:
+        ids = facts.prompt_ids(tok, args.prompt, len(args.image))
+    return ids, torch.from_numpy(facts.pixels(args.image))
 
 
 def _export(args) -> int:
@@ -138,9 +161,14 @@ def _generate_artifact(args, sampling) -> int:
     on_text = None if args.json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     if not args.json and not args.chat:
         sys.stdout.write(args.prompt)
-    run = m.chat if args.chat else m.generate
-    prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
-    g = run(prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, on_text=on_text)
+    images = {"images": args.image} if args.image and not args.chat else {}
+    if args.chat:
+        content = args.prompt if not args.image else \
+            [{"type": "image", "image": path} for path in args.image] + [{"type": "text", "text": args.prompt}]
+        g = m.chat([{"role": "user", "content": content}], max_new_tokens=args.max_new_tokens, sampling=sampling,
+                   on_text=on_text)
+    else:
+        g = m.generate(args.prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, on_text=on_text, **images)
     t = g.timings
     if args.json:
         print(json.dumps({"model": str(args.model), "prompt": args.prompt, "text": g.text, "token_ids": g.token_ids,
@@ -211,6 +239,7 @@ def _mmproj_flag(p, default: str = "") -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .converters.onnx.vision import VISION_QUANT
     from .quantize.recipes import GPTQ_SEQ, GPTQ_TOKENS
     from .targets import TARGETS
     p = _Parser(prog="gemma-export", description=__doc__, epilog=EXIT_CODES,
@@ -232,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat template")
+    g.add_argument("--image", action="append", default=None, metavar="PATH",
+                   help="an image for a vision-language model (repeatable, in order; Gemma 3: one per "
+                        "<start_of_image> in the prompt, or in front of it; PaliGemma: in front)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for artifacts (default: all)")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=_generate)
@@ -248,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--target", required=True, choices=list(TARGETS), help="deployment profile (gemma-export targets)")
     e.add_argument("--model", default=None, help="HF folder, .gguf file (default: bundled Gemma 3 270M)")
     _mmproj_flag(e)
+    e.add_argument("--vision-quant", default=None, choices=list(VISION_QUANT),
+                   help="a vision-language model's vision graph (ONNX): fp32, fp16 or int8 (default: fp32 beside "
+                        "an fp32 decoder, fp16 beside fp16, int8 beside a quantized one)")
     e.add_argument("--out", default=None, help="artifact folder (default: out/<model>-<target>-<quant>)")
     e.add_argument("--force", action="store_true", help="replace --out even if it is not a gemma-export artifact")
     e.add_argument("--quant", default=None, help="quantization recipe (default: the target's); `auto` with "

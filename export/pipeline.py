@@ -93,8 +93,10 @@ def run(args) -> int:
     source, mmproj = resolve(args.model), getattr(args, "mmproj", None)
     out = Path(args.out) if args.out else default_out(source, target.name, recipe)
     check_out(out, force=getattr(args, "force", False), reads=(source, mmproj))     # before any work
-    if mmproj is not None:
-        read_config(source, mmproj)         # a pair of files that do not fit is refused before any work
+    # a pair of files that do not fit, or a vision model asked for what it cannot do, is refused before any work
+    # (a lone GGUF is a text model: its metadata is not read twice)
+    config = read_config(source, mmproj) if mmproj is not None or source.is_dir() else None
+    _check_vision_request(args, target, config, auto is not None or calibration is not None)
     progress = Progress(steps, quiet=args.json)
     with progress.step("load", str(args.model or "bundled Gemma 3 270M") + (f" + {mmproj}" if mmproj else "")):
         loaded = load_model(args.model, mmproj=mmproj)
@@ -117,7 +119,7 @@ def run(args) -> int:
         loaded = dataclasses.replace(loaded, stored={**loaded.stored, **rounded},
                                      rounding={**rounded.info, "calibration": calibration[0]})
     with progress.step("convert", f"{quant}{target.bundle} -> {out}"), _weights_of(loaded, rounded):
-        target.export(loaded, out, recipe, args.context, prefill)
+        target.export(loaded, out, recipe, args.context, prefill, getattr(args, "vision_quant", None))
     manifest = json.loads((out / "manifest.json").read_text())
     summary = {"artifact": str(out), "target": target.name, "format": target.format, "bundle": target.bundle,
                "recipe": manifest["recipe"], **({"plan": plan_report} if plan_report else {}), "context": manifest.get("context_length"),
@@ -143,6 +145,19 @@ def run(args) -> int:
         write_atomic(summary["report"]["md"], markdown(summary))
     print(json.dumps(summary, indent=2) if args.json else text_summary(summary))
     return 0 if summary["validation"] is None or summary["validation"]["passed"] else 1
+
+
+def _check_vision_request(args, target, config, planned: bool) -> None:
+    """What a vision-language model can be exported with, and flags only they take, checked before any work."""
+    vision = config is not None and hasattr(config, "vision")
+    if getattr(args, "vision_quant", None) and not vision:
+        raise ValueError(f"--vision-quant: {args.model or 'the bundled model'} is a text model (no vision graph)")
+    if vision and target.format != "onnx":
+        raise ValueError(f"--target {target.name}: a {config.family} vision-language model has no LiteRT export yet "
+                         f"(its ONNX one runs: --target onnx, web or desktop)")
+    if vision and planned:
+        raise ValueError(f"--quant auto / --gptq: not for vision-language models yet; use a fixed recipe "
+                         f"(fp32, fp16, int8, int4, ...)")
 
 
 def user_bar(args):
@@ -261,7 +276,7 @@ def validation_lines(v: dict) -> list[str]:
     """The two checks of a validation report, one line each (export.validate)."""
     conv, quant = v["conversion"], v["quantization"]
     verdict = lambda ok: "passed" if ok else "FAILED"  # noqa: E731
-    paths = [(p, f) for p, f in conv.items() if isinstance(f, dict) and p != "thresholds"]
+    paths = [(p, f) for p, f in conv.items() if isinstance(f, dict) and p not in ("thresholds", "vision")]
     if "embedding_cosine" in v:
         conv_text = f"embedding cosine {paths[0][1]['embedding_cosine']:.6f} to the simulated recipe"
         quant_text = f"embedding cosine {v['embedding_cosine']:.6f} to the float model"
@@ -269,6 +284,9 @@ def validation_lines(v: dict) -> list[str]:
         conv_text = "; ".join(f"{p} top-1 {f['top1_agreement']:.4f}, KL {f['kl_divergence']:.1e}, rel. error "
                               f"{f['relative_error']:.1e} ({f['positions']} positions)" for p, f in paths) + \
             " vs the simulated recipe"
+        if "vision" in conv:
+            conv_text += (f"; image rows rel. error {conv['vision']['relative_error']:.1e} (bound "
+                          f"{conv['vision']['bound']:g}, {v.get('vision_quant')} vision graph)")
         quant_text = (f"top-1 {v['top1_agreement']:.4f}, KL {v['kl_divergence']:.2e}, perplexity "
                       f"{v['perplexity']:.4f} (float {v['reference_perplexity']:.4f}), greedy "
                       f"{v['greedy_match_tokens']}/{v['greedy_tokens']} vs the float model")

@@ -87,6 +87,15 @@ class VisionLanguageConfig:
             raise AttributeError(name)
         return getattr(self.text, name)
 
+    def runtime_facts(self) -> dict:
+        """What runtime_py.vision_api.VisionFacts reads (an artifact's manifest `vision` section): how images are
+        preprocessed and how prompts place their tokens."""
+        return {"kind": self.kind, "image_size": self.vision.image_size, "resample": self.resample,
+                "mean": list(self.image_mean), "std": list(self.image_std), "rescale": 1 / 255,
+                "tokens_per_image": self.tokens_per_image, "image_token_id": self.image_token_id,
+                "boi_id": self.boi_id, "eoi_id": self.eoi_id,
+                "classifier": list(self.classifier) if self.classifier else None}
+
     @property
     def family(self) -> str:
         return f"{self.kind}-vision" if self.kind == GEMMA3 else self.kind

@@ -34,12 +34,9 @@ def default_vision_quant(recipe: Recipe) -> str:
 
 
 def vision_facts(vc, quant: str) -> dict:
-    """manifest.json `vision`: what runtime_py needs to lay out prompts and preprocess images."""
-    return {"kind": vc.kind, "image_size": vc.vision.image_size, "resample": vc.resample, "mean": list(vc.image_mean),
-            "std": list(vc.image_std), "rescale": 1 / 255, "tokens_per_image": vc.tokens_per_image,
-            "image_token_id": vc.image_token_id, "boi_id": vc.boi_id, "eoi_id": vc.eoi_id,
-            "classifier": list(vc.classifier) if vc.classifier else None, "quant": quant,
-            "files": {"vision": VISION_FILE, "embedding": EMBEDDING_FILE}}
+    """manifest.json `vision`: what runtime_py needs to lay out prompts and preprocess images, the vision
+    graph's storage and the two graphs' files."""
+    return {**vc.runtime_facts(), "quant": quant, "files": {"vision": VISION_FILE, "embedding": EMBEDDING_FILE}}
 
 
 def vision_genai_config(vc, context: int) -> dict:

@@ -1,0 +1,68 @@
+"""The command line with vision-language models: `generate --image` on a checkpoint (the reference) and on its
+artifact give the same tokens; `export --vision-quant` writes and validates; what cannot be done is refused with
+one line and exit 2, nothing written."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pytest
+
+from export.cli import main
+from export.data.images import bundled_images
+
+IMAGE = str(bundled_images()[0]["file"])
+
+
+def _run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(argv)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_vision, tmp_path_factory):
+    _, loaded = tiny_vision("gemma3")
+    out = tmp_path_factory.mktemp("vision_cli") / "gemma3-int4"
+    status, text, _ = _run(["export", "--target", "onnx", "--model", str(loaded.source), "--quant", "int4",
+                            "--vision-quant", "fp16", "--out", str(out), "--json"])
+    return loaded, out, status, json.loads(text)
+
+
+def test_export_with_vision_quant_validates(exported):
+    _, out, status, summary = exported
+    assert status == 0 and summary["validation"]["passed"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["vision"]["quant"] == "fp16" and {"vision.onnx", "embedding.onnx"} <= set(summary["files"])
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_generate_with_image_on_checkpoint_and_artifact(tiny_vision, exported, tmp_path, chat):
+    loaded, _, _, _ = exported
+    from export.converters.onnx import export_onnx
+    folder = export_onnx(loaded, tmp_path / "fp32", "fp32", 1024)
+    args = ["generate", "--prompt", "Describe <start_of_image> this." if not chat else "Describe this.",
+            "--image", IMAGE, "--max-new-tokens", "6", "--json", *(["--chat"] if chat else [])]
+    s1, ref, _ = _run([*args, "--model", str(loaded.source)])
+    s2, art, _ = _run([*args, "--model", str(folder)])
+    assert s1 == s2 == 0
+    assert json.loads(ref)["token_ids"] == json.loads(art)["token_ids"]
+    assert json.loads(ref)["prompt_tokens"] == json.loads(art)["prompt_tokens"] > 16
+
+
+def test_refusals(exported, tmp_path):
+    loaded, _, _, _ = exported
+    cases = [
+        (["export", "--target", "android", "--model", str(loaded.source), "--out", str(tmp_path / "a")],
+         "no LiteRT export yet"),
+        (["export", "--target", "onnx", "--model", str(loaded.source), "--quant", "auto", "--min-top1", "0.9",
+          "--out", str(tmp_path / "b")], "not for vision-language models"),
+        (["export", "--target", "onnx", "--vision-quant", "int8", "--out", str(tmp_path / "c")], "text model"),
+        (["generate", "--prompt", "hi", "--image", IMAGE], "text model; it takes no images"),
+    ]
+    for argv, message in cases:
+        status, _, err = _run(argv)
+        assert status == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not any(tmp_path.iterdir())
