@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .images import ImageSpec, preprocess
+from .tokenizer import SPECIAL_PIECE
 from .vision_prompts import (SHIELDGEMMA2_POLICIES, START_OF_IMAGE, Gemma3ImageTokens, PaliGemmaImageTokens, gemma3_chat_prompt,
                              gemma3_prompt, paligemma_prompt, shieldgemma2_prompts)
 
@@ -52,6 +53,15 @@ class VisionFacts:
             raise ValueError("PaliGemma has no chat format: use generate(prompt, images=...)")
         images = [item.get("image") for m in messages if isinstance(m.get("content"), (list, tuple))
                   for item in m["content"] if isinstance(item, Mapping) and item.get("type") == "image"]
+        for i, m in enumerate(messages):     # the prompt is encoded whole (as the processor does): no forged markers
+            content = m.get("content")
+            texts = [content] if isinstance(content, str) else [
+                str(item.get("text", "")) for item in content or () if isinstance(item, Mapping)]
+            for text in texts:
+                found = [p.group() for p in SPECIAL_PIECE.finditer(text) if p.group() in tokenizer]
+                if found:
+                    raise ValueError(f"chat message {i}: its text holds the control token {found[0]!r}; a chat with "
+                                     f"images cannot take control tokens in its texts")
         if any(image is None for image in images):
             raise ValueError("an image item of the chat has no 'image'")
         return gemma3_chat_prompt(tokenizer, messages, True, self.tokens).input_ids, images
