@@ -38,16 +38,20 @@ def _count(text: str) -> int:
 
 def _models(args) -> int:
     from .models import PRESETS, count_parameters
+    from .models.vision_presets import VISION_PRESETS
     rows = [{"name": n, "family": c.family, "parameters": count_parameters(c), "layers": c.num_layers,
-             "hidden_size": c.hidden_size, "context": c.max_position,
-             "sliding_window": c.sliding_window} for n, c in PRESETS.items()]
+             "hidden_size": c.hidden_size, "context": c.max_position, "sliding_window": c.sliding_window,
+             **({"image_size": c.vision.image_size, "tokens_per_image": c.tokens_per_image}
+                if n in VISION_PRESETS else {})}
+            for n, c in {**PRESETS, **VISION_PRESETS}.items()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'name':22} {'family':15} {'parameters':>15} {'layers':>6} {'window':>6} {'context':>8}")
+    print(f"{'name':22} {'family':15} {'parameters':>15} {'layers':>6} {'window':>6} {'context':>8} {'image':>9}")
     for r in rows:
+        image = f"{r['image_size']}px/{r['tokens_per_image']}" if "image_size" in r else "-"
         print(f"{r['name']:22} {r['family']:15} {r['parameters']:>15,} {r['layers']:>6} "
-              f"{r['sliding_window'] or '-':>6} {r['context']:>8}")
+              f"{r['sliding_window'] or '-':>6} {r['context']:>8} {image:>9}")
     return 0
 
 
