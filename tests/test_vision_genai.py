@@ -15,7 +15,7 @@ from export.converters.onnx import export_onnx
 from export.data.images import bundled_images
 from export.models.checkpoints import load_model
 
-STEPS = 8
+STEPS = 32
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_onnxruntime_genai_runs_the_folder_with_an_image(genai_folder, real_toke
     pix = _pixels(entry["file"], vo.GENAI["image_size"])
     types = [int(t == vo.GENAI["image"]) for t in ids]
     want = vo.hf_logits(ref, ids, types, pix)[-1].numpy()
-    assert np.abs(first - want).max() < 1e-3          # genai's own resize: within 1.2e-7 of PIL's per pixel
+    assert np.abs(first - want).max() < 1e-4          # genai's own resize is within 1.2e-7 of PIL's per pixel
     assert tokens == vo.hf_generate(ref, ids, types, pix, STEPS)
 
 
