@@ -3,7 +3,8 @@
 - vision.onnx: `pixel_values` [N, 3, S, S] (normalised as the model's processor does) -> `image_features`
   [N, tokens_per_image, d]: export.models.vlm.VisionLanguageModel.image_features (SigLIP tower + projector)
   traced by torch's ONNX exporter -- it has no cache and no fused operator to reach, so its graph is not
-  written a second time. Stored as float32, float16 or int8 (MatMulNBits 8-bit weights, blocks of 32).
+  written a second time. Stored as float32, float16 or int8 (MatMulNBits 8-bit weights and int8 activations,
+  blocks of 32).
 - embedding.onnx: `input_ids` [B, T] + `image_features` -> `inputs_embeds` [B, T, d]: VisionLanguageModel.embed
   (the scaled token embedding, image placeholders' rows replaced in order by the images' rows)."""
 from __future__ import annotations
@@ -20,15 +21,22 @@ from .quantize import _matmul_nbits, _quiet, to_fp16
 
 VISION_QUANT = ("fp32", "fp16", "int8")
 VISION_INT8_BLOCK = 32
+# int8 activations per block too (MatMulNBits accuracy_level 4): with float activations its 8-bit path dequantizes
+# the weights and runs slower than float32 on CPU; with int8 ones it runs faster (bench/vision_quant.py, README)
+VISION_INT8_LEVEL = 4
 
 
 class _ImageFeatures(torch.nn.Module):
+    """VisionLanguageModel.image_features with only the modules it runs (the decoder is not traced, and may
+    live elsewhere, e.g. on the meta device)."""
+
     def __init__(self, model):
         super().__init__()
-        self.model = model
+        self.vision_tower, self.multi_modal_projector = model.vision_tower, model.multi_modal_projector
+        self.image_features = type(model).image_features.__get__(self)
 
     def forward(self, pixel_values):
-        return self.model.image_features(pixel_values)
+        return self.image_features(pixel_values)
 
 
 def build_vision(model, quant: str = "fp32") -> onnx.ModelProto:
@@ -48,7 +56,7 @@ def build_vision(model, quant: str = "fp32") -> onnx.ModelProto:
             proto = to_fp16(proto, keep_io=[PIXEL_VALUES, IMAGE_FEATURES])
     elif quant == "int8":
         with _quiet():
-            proto = _matmul_nbits(proto, 8, VISION_INT8_BLOCK, None)
+            proto = _matmul_nbits(proto, 8, VISION_INT8_BLOCK, VISION_INT8_LEVEL)
     return proto
 
 
