@@ -14,10 +14,11 @@ from .graph import FLOAT, INT64, Graph
 from .plain_attention import additive, plain_attention
 
 
-def build_embedder(model) -> onnx.ModelProto:
+def build_embedder(model, state=None, packer=None) -> onnx.ModelProto:
+    """state, packer: as for decoder.build_decoder."""
     c: GemmaConfig = model.config
-    g = Graph()
-    body = Body(g, c, model.state_dict())
+    g = Graph(packer)
+    body = Body(g, c, model.state_dict() if state is None else state)
     ids = g.input("input_ids", INT64, ["batch_size", "sequence_length"])
     mask = g.input("attention_mask", INT64, ["batch_size", "sequence_length"])
     attention = BidirectionalAttention(body, mask)

@@ -12,6 +12,12 @@ from ..hf_tokenizer import write_hf_tokenizer
 MAX_INLINE_BYTES = 1 << 30     # above this, weights go to <file>.data (protobuf caps at 2 GB)
 
 
+def check(proto: onnx.ModelProto) -> None:
+    """onnx's checker, on graphs it can take: it serializes the model, and protobuf stops at 2 GB."""
+    if proto.ByteSize() < 2 ** 31 - 1:
+        onnx.checker.check_model(proto)
+
+
 def save_model(proto: onnx.ModelProto, path: Path):
     size = sum(len(t.raw_data) for t in proto.graph.initializer)
     if size > MAX_INLINE_BYTES:
