@@ -55,7 +55,7 @@ class CausalAttention:
                               to=onnx.TensorProto.INT32)
         self.width = g.op("Gather", [g.op("Shape", [mask], f"{n}/Shape"), g.const(1)], f"{n}/Gather", axis=0)
         self.total_len = g.op("Cast", [self.width], f"{n}/Gather/Cast", to=onnx.TensorProto.INT32)
-        self.ropes = {t: body.rope_cache(t, context_length) for t in set(c.layer_types)
+        self.ropes = {t: body.rope_cache(t, context_length) for t in dict.fromkeys(c.layer_types)
                       if t is not LayerType.RECURRENT}
 
     def __call__(self, i: int, q: str, k: str, v: str) -> str:

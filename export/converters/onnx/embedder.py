@@ -52,14 +52,14 @@ class BidirectionalAttention:
                                            g.op("Unsqueeze", [pos, g.const([0])], f"{n}/k")], f"{n}/Sub"),
                               g.const(P - 1)], f"{n}/offset")                                      # [T, T]
         self.bias = {}
-        for t in set(c.layer_types):
+        for t in dict.fromkeys(c.layer_types):
             rule = visible(c, t, torch.arange(-(P - 1), P)).numpy()
             allowed = real
             if not rule.all():
                 seen = g.op("Gather", [g.init(f"visible_{t.value}", rule), offset], f"{n}/{t.value}/visible")
                 allowed = g.op("And", [real, seen], f"{n}/{t.value}/And")
             self.bias[t] = additive(g, allowed, f"{n}/{t.value}/bias")
-        self.ropes = {t: body.rope_cache(t, P) for t in set(c.layer_types)}
+        self.ropes = {t: body.rope_cache(t, P) for t in dict.fromkeys(c.layer_types)}
 
     def __call__(self, i: int, q: str, k: str, v: str) -> str:
         t = self.c.layer_types[i]
