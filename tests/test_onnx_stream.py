@@ -17,7 +17,7 @@ import torch
 from gguf import GGMLQuantizationType as Q
 
 import vision_oracle as vo
-from export.converters.onnx import export_onnx, folder as onnx_folder
+from export.converters.onnx import export_onnx, folder as onnx_folder, stream
 from export.converters.onnx.decoder import build_decoder
 from export.converters.onnx.embedder import build_embedder
 from export.converters.onnx.quantize import TABLE, quantize
@@ -101,6 +101,16 @@ def test_vision_decoder_and_embedding_streamed(tiny_vision, arch, name):
     _same(lambda p: build_vision_decoder(loaded.model, 1024, None, p), r)
     emb, _ = _same(lambda p: build_embedding(loaded.model, None, p), r)
     assert [n.op_type for n in emb.graph.node if n.domain == "com.microsoft"] == ["GatherBlockQuantized"]
+
+
+@pytest.mark.parametrize("name", ["int4", "int8"])
+def test_packing_a_few_columns_at_a_time_is_the_same(models, tiny_vision, monkeypatch, name):
+    """stream.COLUMNS output columns (the table's rows) are packed at a time: a tiny model's in several pieces."""
+    monkeypatch.setattr(stream, "COLUMNS", 96)
+    m = models["gemma3"]
+    _same(lambda p: build_decoder(m.model, CONTEXT, None, p), recipe(name, "onnx"))
+    _, loaded = tiny_vision("gemma3")
+    _same(lambda p: build_vision_decoder(loaded.model, 1024, None, p), recipe(name, "onnx"))
 
 
 def test_the_build_holds_no_float_matmul_weight_nor_the_table(models):

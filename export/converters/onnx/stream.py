@@ -22,6 +22,9 @@ from ...quantize.recipes import Layout, Recipe
 from .quantize import HEAD, HEAD_WEIGHT, TABLE, check_layout, level, nbits_quantizer, node_layout, quantize, rows_of, streams
 
 
+COLUMNS = 16384          # output columns packed at a time (the table's rows: 2,560 floats each for a 4B Gemma)
+
+
 @dataclasses.dataclass
 class Packed:
     """One weight as MatMulNBits stores it: its packed blocks and scales (TensorProtos named as the
@@ -37,10 +40,16 @@ class Packed:
 
 
 def pack(w: np.ndarray, weight: str, node: str, quantizer) -> Packed:
-    """w [K, N] float32 -> Packed, as MatMulNBitsQuantizer's node quantizer packs a MatMul's 2-D constant weight."""
+    """w [K, N] float32 (a view will do) -> Packed, as MatMulNBitsQuantizer's node quantizer packs a MatMul's 2-D
+    constant weight. Its blocks run down the K inputs of one output column, so it is fed COLUMNS columns at a
+    time: a contiguous copy of that many, not of the whole transposed table."""
     import onnx_ir as ir
     cfg = quantizer.config
-    packed, scales, _ = quantizer.qbits_block_quant(w)
+    parts = [quantizer.qbits_block_quant(np.ascontiguousarray(w[:, c:c + COLUMNS]))
+             for c in range(0, w.shape[1], COLUMNS)]
+    packed = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    scales = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    del parts
     tensors = [ir.serde.serialize_tensor(ir.Tensor(packed, name=f"{weight}_Q{cfg.bits}")),
                ir.serde.serialize_tensor(ir.Tensor(scales, name=f"{weight}_scales"))]
     attrs = dict(K=w.shape[0], N=w.shape[1], bits=cfg.bits, block_size=cfg.block_size)
@@ -74,8 +83,7 @@ class Packer:
         if name != TABLE or self.table_layout is None:
             return False
         self.table_shape = tuple(array.shape)
-        self.head = pack(np.ascontiguousarray(np.asarray(array, np.float32).T), HEAD_WEIGHT, HEAD,
-                         self._quantizer(self.table_layout))
+        self.head = pack(np.asarray(array, np.float32).T, HEAD_WEIGHT, HEAD, self._quantizer(self.table_layout))
         self.rows_from[HEAD_WEIGHT] = [(TABLE, array.shape[0])]
         return True
 
