@@ -13,7 +13,7 @@ from ...models.vision_config import VisionLanguageConfig
 from ...quantize.recipes import recipe as recipe_for
 from .decoder import build_decoder
 from .embedder import build_embedder
-from .folder import check, finish_folder, save_model
+from .folder import finish_folder, save_model
 from .genai_config import genai_config, genai_supported
 from .stream import build_quantized
 
@@ -37,7 +37,6 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
     m, state = loaded.model, loaded.weights
     proto, carried = build_quantized(lambda packer: build_embedder(m, state, packer) if embedder
                                      else build_decoder(m, context, state, packer), r, loaded.stored)
-    check(proto)
     extra = {"context_length": context, "kind": "embedder" if embedder else "causal_lm"}
     with staged_dir(out) as tmp:
         save_model(proto, tmp / "model.onnx")

@@ -85,15 +85,13 @@ def export_onnx_vision(loaded, out: str | Path, r: Recipe, context: int, vision_
     with staged_dir(out) as tmp:
         decoder, carried = build_quantized(lambda packer: build_vision_decoder(m, context, state, packer), r,
                                            loaded.stored)
-        check(decoder)
         save_model(decoder, tmp / "model.onnx")
         del decoder
         embedding, _ = build_quantized(lambda packer: build_embedding(m, state, packer), r)  # the table as the head's
-        check(embedding)
-        save_model(unranked(embedding), tmp / EMBEDDING_FILE)
+        check(embedding)                     # before unranked: the checker wants the input's shape
+        save_model(unranked(embedding), tmp / EMBEDDING_FILE, checked=True)
         del embedding
         vision = build_vision(m, quant)
-        check(vision)
         save_model(vision, tmp / VISION_FILE)
         del vision
         if vc.kind == GEMMA3:
