@@ -117,3 +117,17 @@ def test_android_with_an_fp32_override_builds_a_validated_litertlm_twice_byte_id
     assert set(s["files"]) == {"model.litertlm", "tokenizer.model"}
     assert main(["--target", "android", "--out", str(tmp_path / "b"), "--no-validate", *args]) == 0
     assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
+
+
+def test_onnx_export_is_the_same_bytes_in_other_processes(hf, tmp_path):
+    """Python's string hashes are seeded per process (a set's order with them): two processes, two seeds."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-m", "export.cli", "--target", "onnx", "--model", str(hf), "--quant", "int4",
+                        "--context", "384", "--no-validate", "--out", str(tmp_path / seed)], env=env, check=True,
+                       capture_output=True, cwd=Path(__file__).parents[1])
+    assert _digests(tmp_path / "1") == _digests(tmp_path / "2")

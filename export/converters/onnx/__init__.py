@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import onnx
-
 from runtime_py.contract import DEFAULT_CONTEXT
 
 from ..artifact import staged_dir
@@ -17,8 +15,7 @@ from .decoder import build_decoder
 from .embedder import build_embedder
 from .folder import finish_folder, save_model
 from .genai_config import genai_config, genai_supported
-from .quantize import quantize
-
+from .stream import build_quantized
 
 
 def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: int | None = None,
@@ -37,9 +34,9 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
         raise ValueError(f"partial RoPE over {c.rotary_dim} of {c.head_dim} head dimensions: onnxruntime's "
                          f"GroupQueryAttention needs a multiple of 16")
     embedder = c.embedding_head is not None
-    proto = build_embedder(loaded.model) if embedder else build_decoder(loaded.model, context)
-    proto, carried = quantize(proto, r, loaded.stored)
-    onnx.checker.check_model(proto)
+    m, state = loaded.model, loaded.weights
+    proto, carried = build_quantized(lambda packer: build_embedder(m, state, packer) if embedder
+                                     else build_decoder(m, context, state, packer), r, loaded.stored)
     extra = {"context_length": context, "kind": "embedder" if embedder else "causal_lm"}
     with staged_dir(out) as tmp:
         save_model(proto, tmp / "model.onnx")

@@ -23,10 +23,11 @@ from .graph import FLOAT, INT64, Graph
 from .griffin import recurrent_block
 
 
-def build_decoder(model, context_length: int) -> onnx.ModelProto:
+def build_decoder(model, context_length: int, state=None, packer=None) -> onnx.ModelProto:
+    """state: the weights by parameter name (default: the model's own); packer: Graph's (stream.py)."""
     c: GemmaConfig = model.config
-    g = Graph()
-    body = Body(g, c, model.state_dict())
+    g = Graph(packer)
+    body = Body(g, c, model.state_dict() if state is None else state)
     ids = g.input("input_ids", INT64, ["batch_size", "sequence_length"])
     mask = g.input("attention_mask", INT64, ["batch_size", "total_sequence_length"])
     attention = CausalAttention(body, mask, context_length)
@@ -54,7 +55,7 @@ class CausalAttention:
                               to=onnx.TensorProto.INT32)
         self.width = g.op("Gather", [g.op("Shape", [mask], f"{n}/Shape"), g.const(1)], f"{n}/Gather", axis=0)
         self.total_len = g.op("Cast", [self.width], f"{n}/Gather/Cast", to=onnx.TensorProto.INT32)
-        self.ropes = {t: body.rope_cache(t, context_length) for t in set(c.layer_types)
+        self.ropes = {t: body.rope_cache(t, context_length) for t in dict.fromkeys(c.layer_types)
                       if t is not LayerType.RECURRENT}
 
     def __call__(self, i: int, q: str, k: str, v: str) -> str:

@@ -14,10 +14,11 @@ from .graph import FLOAT, INT64, Graph
 from .plain_attention import additive, plain_attention
 
 
-def build_embedder(model) -> onnx.ModelProto:
+def build_embedder(model, state=None, packer=None) -> onnx.ModelProto:
+    """state, packer: as for decoder.build_decoder."""
     c: GemmaConfig = model.config
-    g = Graph()
-    body = Body(g, c, model.state_dict())
+    g = Graph(packer)
+    body = Body(g, c, model.state_dict() if state is None else state)
     ids = g.input("input_ids", INT64, ["batch_size", "sequence_length"])
     mask = g.input("attention_mask", INT64, ["batch_size", "sequence_length"])
     attention = BidirectionalAttention(body, mask)
@@ -51,14 +52,14 @@ class BidirectionalAttention:
                                            g.op("Unsqueeze", [pos, g.const([0])], f"{n}/k")], f"{n}/Sub"),
                               g.const(P - 1)], f"{n}/offset")                                      # [T, T]
         self.bias = {}
-        for t in set(c.layer_types):
+        for t in dict.fromkeys(c.layer_types):
             rule = visible(c, t, torch.arange(-(P - 1), P)).numpy()
             allowed = real
             if not rule.all():
                 seen = g.op("Gather", [g.init(f"visible_{t.value}", rule), offset], f"{n}/{t.value}/visible")
                 allowed = g.op("And", [real, seen], f"{n}/{t.value}/And")
             self.bias[t] = additive(g, allowed, f"{n}/{t.value}/bias")
-        self.ropes = {t: body.rope_cache(t, P) for t in set(c.layer_types)}
+        self.ropes = {t: body.rope_cache(t, P) for t in dict.fromkeys(c.layer_types)}
 
     def __call__(self, i: int, q: str, k: str, v: str) -> str:
         t = self.c.layer_types[i]

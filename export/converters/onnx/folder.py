@@ -12,13 +12,29 @@ from ..hf_tokenizer import write_hf_tokenizer
 MAX_INLINE_BYTES = 1 << 30     # above this, weights go to <file>.data (protobuf caps at 2 GB)
 
 
-def save_model(proto: onnx.ModelProto, path: Path):
-    size = sum(len(t.raw_data) for t in proto.graph.initializer)
-    if size > MAX_INLINE_BYTES:
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-    else:
+def _inline(proto: onnx.ModelProto) -> bool:
+    return sum(len(t.raw_data) for t in proto.graph.initializer) <= MAX_INLINE_BYTES
+
+
+def check(proto: onnx.ModelProto) -> None:
+    """onnx's checker on a graph in memory, when it is one save_model keeps whole: the checker serializes what
+    it is given (protobuf stops at 2 GB, and the copy costs the graph's size again)."""
+    if _inline(proto):
+        onnx.checker.check_model(proto)
+
+
+def save_model(proto: onnx.ModelProto, path: Path, checked: bool = False) -> None:
+    """Save `proto` (weights in <file>.data when large) after onnx's checker (unless `checked`): on the graph in
+    memory, or, when its weights go beside it, on the saved file (it reads the graph, not the weights)."""
+    if _inline(proto):
+        if not checked:
+            check(proto)
         onnx.save_model(proto, str(path))
+        return
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)
+    if not checked:
+        onnx.checker.check_model(str(path))
 
 
 def finish_folder(tmp: Path, loaded, recipe, context: int, carried: dict, extra: dict,

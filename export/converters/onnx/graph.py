@@ -12,7 +12,10 @@ ROWS_FROM = "rows_from"      # initializer doc_string key: the checkpoint tensor
 
 
 class Graph:
-    def __init__(self):
+    def __init__(self, packer=None):
+        """packer: a stream.Packer, which packs MatMul weights (and the embedding table) as they are made."""
+        self.packer = packer
+        self._weights: dict[str, onnx.TensorProto] = {}      # with a packer: initializers by name
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
@@ -32,10 +35,14 @@ class Graph:
         make up its output dimension, in order, as (name, rows); recorded in the doc_string so that the
         quantizer can carry a tensor's stored blocks over (export.converters.onnx.quantize)."""
         name = self._unique(name)
+        if self.packer is not None and self.packer.take(name, array):
+            return name
         t = numpy_helper.from_array(np.array(array, order="C", copy=None), name)
         if rows_from:
             t.doc_string = json.dumps({ROWS_FROM: rows_from})
         self.initializers.append(t)
+        if self.packer is not None:
+            self._weights[name] = t
         return name
 
     def const(self, value, dtype=np.int64) -> str:
@@ -55,8 +62,22 @@ class Graph:
             outs = [f"{name}/output_{i}" for i in range(outputs)]
         else:
             outs = [f"{name}/output_{i}" if o is None else o for i, o in enumerate(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, domain=domain or None, **attrs))
+        node = helper.make_node(op_type, inputs, outs, name=name, domain=domain or None, **attrs)
+        packed = self._pack(node) if op_type == "MatMul" and self.packer is not None else None
+        self.nodes.extend(packed or [node])
         return outs[0] if len(outs) == 1 else outs
+
+    def _pack(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        """The packer's replacement of a MatMul on the initializer made just before it (Body.linear's
+        weight, which nothing else reads), or None."""
+        weight = self._weights.get(node.input[1])
+        if weight is None or not self.initializers or self.initializers[-1] is not weight:
+            return None
+        packed = self.packer.matmul(node, weight)
+        if packed is not None:
+            self.initializers.pop()
+            del self._weights[weight.name]
+        return packed
 
     def input(self, name: str, elem_type: int, shape: list, default: np.ndarray | None = None) -> str:
         """A graph input; with `default`, an optional one (an initializer of the same name, which callers

@@ -35,49 +35,79 @@ FP32_IO = ["logits", "embeddings"]
 FP32_STATE_OPS = ["Scan"]             # RecurrentGemma's RG-LRU recurrence accumulates in float32
 
 
-def quantize(model: onnx.ModelProto, recipe: Recipe, stored: dict | None = None) -> tuple[onnx.ModelProto, dict]:
+def streams(recipe: Recipe) -> bool:
+    """Whether `recipe` packs weights into blocks, so that they can be packed as the graph is built (stream.py)."""
+    return not recipe.float32 and not _all_fp16(recipe)
+
+
+def _all_fp16(recipe: Recipe) -> bool:
+    return recipe.weight_bits == 16 and recipe.embedding_bits == 16 and recipe.activations == "fp16" and not recipe.plan
+
+
+def quantize(model: onnx.ModelProto, recipe: Recipe, stored: dict | None = None,
+             packer=None) -> tuple[onnx.ModelProto, dict]:
     """Apply `recipe` to a float32 graph from build_decoder / build_embedder (modified in place).
     stored: a checkpoint's quantized blocks by parameter name (LoadedModel.stored); the rows of
-    the tensors whose layout matches the recipe's are carried over exactly. -> (model, {"carried":
-    [parameter names], "requantized": [parameter names]})."""
+    the tensors whose layout matches the recipe's are carried over exactly. packer: the stream.Packer the
+    graph was built with (its weights already packed as they were made); the result is the same graph.
+    -> (model, {"carried": [parameter names], "requantized": [parameter names]})."""
     if recipe.float32:
         return model, {}
-    if recipe.weight_bits == 16 and recipe.embedding_bits == 16 and recipe.activations == "fp16" and not recipe.plan:
+    if _all_fp16(recipe):
         return to_fp16(model), {}
     rows_from = _rows_from(model)
     nodes = _node_layouts(model, recipe, rows_from)
+    if packer is not None:
+        rows_from.update(packer.rows_from)
+        nodes.update(packer.layouts)
     table = recipe.layout(TABLE, table=True)
     for what, lay in [(TABLE, table), *nodes.items()]:
-        if lay is None or (lay.bits in (4, 8) and lay.block) or (lay.bits == 16 and what != TABLE):
-            continue
-        raise ValueError(f"--quant {recipe.name}: the ONNX target stores {what} as 4- or 8-bit blocks or "
-                         f"float16 (body only), not {lay.bits}-bit / block {lay.block}")
+        check_layout(recipe, what, lay)
     with _quiet():
         if table is not None:
-            model = quantize_embedding(model, table.bits, table.block, _level(table))
+            model = quantize_embedding(model, table.bits, table.block, level(table),
+                                       packer and packer.head, packer and packer.table_shape)
         for lay in sorted({lay for lay in nodes.values() if lay is not None and lay.bits < 16},
                           key=lambda x: (x.bits, x.block or 0, x.activations)):
-            model = _matmul_nbits(model, lay.bits, lay.block, _level(lay),
+            if packer is not None:         # where this layout's pass appends them
+                _move(packer.groups.pop(lay, []), model.graph.initializer)
+            model = _matmul_nbits(model, lay.bits, lay.block, level(lay),
                                   exclude=[n for n, other in nodes.items() if other != lay])
     _half_weights(model, [n for n, lay in nodes.items() if lay is not None and lay.bits == 16])
     return model, carry_blocks(model, rows_from, stored or {})
 
 
+def check_layout(recipe: Recipe, what: str, lay) -> None:
+    if lay is None or (lay.bits in (4, 8) and lay.block) or (lay.bits == 16 and what != TABLE):
+        return
+    raise ValueError(f"--quant {recipe.name}: the ONNX target stores {what} as 4- or 8-bit blocks or "
+                     f"float16 (body only), not {lay.bits}-bit / block {lay.block}")
+
+
+def _move(tensors: list, field) -> None:
+    """Append `tensors` to a repeated field, letting go of each once copied (protobuf copies on append)."""
+    tensors.reverse()
+    while tensors:
+        field.append(tensors.pop())
+
+
 def _node_layouts(model: onnx.ModelProto, recipe: Recipe, rows_from: dict) -> dict:
-    """{MatMul node name: Layout or None (float32)} over the MatMuls with a constant weight; a packed
-    weight's checkpoint tensors must share one layout."""
+    """{MatMul node name: Layout or None (float32)} over the MatMuls with a constant weight."""
     inits = {t.name for t in model.graph.initializer}
-    out = {}
-    for node in model.graph.node:
-        if node.op_type != "MatMul" or node.input[1] not in inits or node.input[1] == TABLE:
-            continue
-        names = [n for n, _ in rows_from.get(node.input[1], [])] or [node.input[1]]
-        lays = {recipe.layout(n, table=False) for n in names}
-        if len(lays) > 1:
-            raise ValueError(f"--quant {recipe.name}: {', '.join(names)} are one packed MatMul ({node.name}) "
-                             f"and need one layout, not {len(lays)}")
-        out[node.name] = lays.pop()
-    return out
+    return {node.name: node_layout(recipe, node.name, node.input[1], rows_from.get(node.input[1], []))
+            for node in model.graph.node
+            if node.op_type == "MatMul" and node.input[1] in inits and node.input[1] != TABLE}
+
+
+def node_layout(recipe: Recipe, node: str, weight: str, rows: list):
+    """The Layout (None: float32) of MatMul `node` whose weight is made of the checkpoint tensors `rows`
+    ([(name, rows)], empty: the weight itself); a packed weight's tensors must share one layout."""
+    names = [n for n, _ in rows] or [weight]
+    lays = {recipe.layout(n, table=False) for n in names}
+    if len(lays) > 1:
+        raise ValueError(f"--quant {recipe.name}: {', '.join(names)} are one packed MatMul ({node}) "
+                         f"and need one layout, not {len(lays)}")
+    return lays.pop()
 
 
 def _half_weights(model: onnx.ModelProto, node_names: list[str]) -> None:
@@ -108,11 +138,16 @@ def _rows_from(model: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
     tied head (built from the table here) is the table's rows."""
     out = {}
     for t in model.graph.initializer:
-        if t.doc_string and ROWS_FROM in t.doc_string:
-            out[t.name] = [tuple(p) for p in json.loads(t.doc_string)[ROWS_FROM]]
+        if rows := rows_of(t):
+            out[t.name] = rows
         if t.name == TABLE:
             out[HEAD_WEIGHT] = [(TABLE, t.dims[0])]
     return out
+
+
+def rows_of(t: onnx.TensorProto) -> list[tuple[str, int]]:
+    """The checkpoint tensors behind an initializer's rows (Graph.init's rows_from), or []."""
+    return [tuple(p) for p in json.loads(t.doc_string)[ROWS_FROM]] if ROWS_FROM in t.doc_string else []
 
 
 def carry_blocks(model: onnx.ModelProto, rows_from: dict, stored: dict) -> dict:
@@ -158,7 +193,7 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
 
 
-def _level(layout) -> int | None:
+def level(layout) -> int | None:
     """MatMulNBits accuracy_level: 4 quantizes activations to int8 per block; unset keeps float."""
     return 4 if layout.activations == "int8" else None
 
@@ -209,25 +244,34 @@ def _value_types(model: onnx.ModelProto, keep: list[str]) -> list[onnx.ValueInfo
             if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type and v.name not in internal]
 
 
-def _matmul_nbits(model: onnx.ModelProto, bits: int, block: int, level: int | None,
+def _matmul_nbits(model: onnx.ModelProto, bits: int, block: int, accuracy: int | None,
                   exclude: list[str] | None = None) -> onnx.ModelProto:
     """Every MatMul with a constant weight (not in `exclude`) -> MatMulNBits."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True, accuracy_level=level,
-                             nodes_to_exclude=exclude or [])
+    q = nbits_quantizer(model, bits, block, accuracy, exclude)
     q.process()
     return q.model.model
 
 
-def quantize_embedding(model: onnx.ModelProto, bits: int, block: int, level: int | None) -> onnx.ModelProto:
-    """Pack the embedding table once for the LM head (MatMulNBits) and the lookup (GatherBlockQuantized)."""
+def nbits_quantizer(model: onnx.ModelProto | None, bits: int, block: int, accuracy: int | None,
+                    exclude: list[str] | None = None):
+    """onnxruntime's MatMulNBitsQuantizer as every recipe uses it: symmetric blocks, `accuracy` (level())."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    return MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True, accuracy_level=accuracy,
+                                nodes_to_exclude=exclude or [])
+
+
+def quantize_embedding(model: onnx.ModelProto, bits: int, block: int, accuracy: int | None,
+                       packed=None, shape: tuple[int, int] | None = None) -> onnx.ModelProto:
+    """Pack the embedding table once for the LM head (MatMulNBits) and the lookup (GatherBlockQuantized).
+    packed: the head's weight already packed (stream.Packed) from a table of `shape`, which the graph then
+    holds no initializer for."""
     g = model.graph
     table_init = next((t for t in g.initializer if t.name == TABLE), None)
     gather = next((n for n in g.node if n.op_type == "Gather" and n.input[0] == TABLE), None)
     users = [n for n in g.node if TABLE in n.input and n is not gather]
-    if table_init is None or (gather is None and not users):
+    if (table_init is None and packed is None) or (gather is None and not users):
         return model
-    vocab, width = table_init.dims
+    vocab, width = table_init.dims if packed is None else shape
     padded = -(-width // block) * block           # the quantizer pads each row to whole blocks
     head = users[0] if users else None
     if len(users) > 1 or (head is not None and not _is_tied_head(head)):
@@ -236,16 +280,20 @@ def quantize_embedding(model: onnx.ModelProto, bits: int, block: int, level: int
 
     # The head as x @ table.T, a MatMul with a constant weight that MatMulNBitsQuantizer packs as
     # [V, d / block, block * bits / 8] plus scales [V, d / block]: row v of the table is row v of the blob.
-    weight = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(table_init).T), HEAD_WEIGHT)
-    matmul = helper.make_node("MatMul", [head.input[0] if head else "", weight.name],
-                              [head.output[0] if head else "/lm_head/unused"], name=HEAD)
+    x, out = (head.input[0], head.output[0]) if tied else ("", "/lm_head/unused")
+    if packed is None:
+        weights = [numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(table_init).T), HEAD_WEIGHT)]
+        matmul = helper.make_node("MatMul", [x, HEAD_WEIGHT], [out], name=HEAD)
+    else:
+        matmul = packed.node(x, out)
+        weights = packed.tensors              # moved into the graph
     if tied:
         head.CopyFrom(matmul)
     else:
         g.node.append(matmul)
-    g.initializer.append(weight)
+    _move(weights, g.initializer)
     others = [n.name for n in g.node if n.op_type == "MatMul" and n.name != HEAD]
-    model = _matmul_nbits(model, bits, block, level, exclude=others)
+    model = _matmul_nbits(model, bits, block, accuracy, exclude=others)    # packed: the pass's other steps only
 
     g = model.graph
     gather = next((n for n in g.node if n.op_type == "Gather" and n.input[0] == TABLE), None)
@@ -280,9 +328,9 @@ def quantize_embedding(model: onnx.ModelProto, bits: int, block: int, level: int
 
 def _drop_table(model: onnx.ModelProto, add: list | None = None) -> onnx.ModelProto:
     g = model.graph
-    keep = [t for t in g.initializer if t.name != TABLE]
-    del g.initializer[:]
-    g.initializer.extend(keep + (add or []))
+    for i in [i for i, t in enumerate(g.initializer) if t.name == TABLE][::-1]:
+        del g.initializer[i]              # in place: the others are not copied
+    g.initializer.extend(add or [])
     return model
 
 

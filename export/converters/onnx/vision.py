@@ -39,9 +39,14 @@ class _ImageFeatures(torch.nn.Module):
         return self.image_features(pixel_values)
 
 
-def build_vision(model, quant: str = "fp32") -> onnx.ModelProto:
+def check_vision_quant(quant: str) -> str:
     if quant not in VISION_QUANT:
         raise ValueError(f"--vision-quant {quant!r}: expected one of {', '.join(VISION_QUANT)}")
+    return quant
+
+
+def build_vision(model, quant: str = "fp32") -> onnx.ModelProto:
+    check_vision_quant(quant)
     S = model.config.vision.image_size
     example = torch.zeros(2, 3, S, S)
     images = torch.export.Dim("num_images", min=1, max=256)
@@ -60,13 +65,13 @@ def build_vision(model, quant: str = "fp32") -> onnx.ModelProto:
     return proto
 
 
-def build_embedding(model) -> onnx.ModelProto:
+def build_embedding(model, state=None, packer=None) -> onnx.ModelProto:
     """Mirrors VisionLanguageModel.embed (export.models.vlm): input_ids [B, T] + image_features [N, tokens, d]
-    (or no rows) -> inputs_embeds [B, T, d]."""
+    (or no rows) -> inputs_embeds [B, T, d]. state, packer: as for build_vision_decoder."""
     vc = model.config
     c = vc.text
-    g = Graph()
-    body = Body(g, c, model.language_model.state_dict())
+    g = Graph(packer)
+    body = Body(g, c, model.language_model.state_dict() if state is None else state)
     ids = g.input("input_ids", INT64, ["batch_size", "sequence_length"])
     feats = g.input(IMAGE_FEATURES, FLOAT, ["num_images", vc.tokens_per_image, c.hidden_size])     # see unranked
     n = "/embed"

@@ -20,11 +20,12 @@ from .plain_attention import additive, plain_attention
 from .quantize import TABLE
 
 
-def build_vision_decoder(model, context_length: int) -> onnx.ModelProto:
+def build_vision_decoder(model, context_length: int, state=None, packer=None) -> onnx.ModelProto:
+    """state: the language model's weights by parameter name (default: its own); packer: Graph's (stream.py)."""
     vc = model.config
     c = vc.text
-    g = Graph()
-    body = Body(g, c, model.language_model.state_dict())
+    g = Graph(packer)
+    body = Body(g, c, model.language_model.state_dict() if state is None else state)
     embeds = g.input(INPUTS_EMBEDS, FLOAT, ["batch_size", "sequence_length", c.hidden_size])
     ids = g.input("input_ids", INT64, ["batch_size", "sequence_length"])
     mask = g.input("attention_mask", INT64, ["batch_size", "total_sequence_length"])

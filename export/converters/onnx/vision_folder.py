@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import onnx
-
 from runtime_py.contract import EMBEDDING_FILE, IMAGE_FEATURES, INPUTS_EMBEDS, PIXEL_VALUES, VISION_FILE, VISION_KEY
 
 from runtime_py.vision_prompts import IMAGE_SOFT_TOKEN
@@ -17,10 +15,10 @@ from runtime_py.vision_prompts import IMAGE_SOFT_TOKEN
 from ...models.vision_config import GEMMA3
 from ...quantize.recipes import Recipe
 from ..artifact import staged_dir
-from .folder import finish_folder, save_model
+from .folder import check, finish_folder, save_model
 from .genai_config import genai_config
-from .quantize import quantize
-from .vision import build_embedding, build_vision, unranked
+from .stream import build_quantized
+from .vision import build_embedding, build_vision, check_vision_quant, unranked
 from .vision_decoder import build_vision_decoder
 
 PROCESSOR_CONFIG = "processor_config.json"
@@ -73,21 +71,24 @@ def processor_config(vc) -> dict:
 
 
 def export_onnx_vision(loaded, out: str | Path, r: Recipe, context: int, vision_quant: str | None = None) -> Path:
+    """Each graph is saved as soon as it is built and let go of, so that only one is held at a time."""
     vc = loaded.config
-    quant = vision_quant or default_vision_quant(r)
-    decoder, carried = quantize(build_vision_decoder(loaded.model, context), r, loaded.stored)
-    embedding, _ = quantize(build_embedding(loaded.model), r)     # its table stored as the decoder's head is
-    vision = build_vision(loaded.model, quant)
-    for proto in (decoder, embedding, vision):
-        if proto.ByteSize() < 2 ** 31 - 1:           # the checker cannot take a larger proto in memory
-            onnx.checker.check_model(proto)
-    embedding = unranked(embedding)
+    quant = check_vision_quant(vision_quant or default_vision_quant(r))
+    m, state = loaded.model, loaded.weights
     runtime = vision_genai_config(vc, context)
     extra = {"context_length": context, "kind": "vision_language", VISION_KEY: vision_facts(vc, quant)}
     with staged_dir(out) as tmp:
+        decoder, carried = build_quantized(lambda packer: build_vision_decoder(m, context, state, packer), r,
+                                           loaded.stored)
         save_model(decoder, tmp / "model.onnx")
-        save_model(embedding, tmp / EMBEDDING_FILE)
+        del decoder
+        embedding, _ = build_quantized(lambda packer: build_embedding(m, state, packer), r)  # the table as the head's
+        check(embedding)                     # before unranked: the checker wants the input's shape
+        save_model(unranked(embedding), tmp / EMBEDDING_FILE, checked=True)
+        del embedding
+        vision = build_vision(m, quant)
         save_model(vision, tmp / VISION_FILE)
+        del vision
         if vc.kind == GEMMA3:
             (tmp / "genai_config.json").write_text(json.dumps(runtime, indent=2) + "\n")
             (tmp / PROCESSOR_CONFIG).write_text(json.dumps(processor_config(vc), indent=2) + "\n")
@@ -98,3 +99,4 @@ def export_onnx_vision(loaded, out: str | Path, r: Recipe, context: int, vision_
         soft = {vc.image_token_id: IMAGE_SOFT_TOKEN} if vc.kind == GEMMA3 else None
         finish_folder(tmp, loaded, r, context, carried, extra, soft)
     return Path(out)
+

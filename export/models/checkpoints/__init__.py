@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -29,6 +30,10 @@ class LoadedModel:
     rounding: dict = dataclasses.field(default_factory=dict)
     # The mmproj GGUF whose vision tower joined the text GGUF `source` (gguf_vision); None: one source.
     mmproj: Path | None = None
+    # The text model's weights by state-dict name (a vision-language model: its language_model's), read one
+    # at a time, for a model whose own are left on the meta device (bench/vision_shapes.py: random weights at
+    # a 4B model's shapes); None: the exporters read `model`'s. Such a model exports, but cannot be validated.
+    weights: "Mapping[str, torch.Tensor] | None" = None
 
 
 def resolve(source: str | Path | None) -> Path:
