@@ -146,16 +146,36 @@ def exp_no_metadata_mask(work):
     return {"every row causal": all(r["mlast"] == r["pos"] for r in rows)}, rows, p
 
 
+def _chunks(rows):
+    """[(signature length, rows in the chunk)] in order, the decode row left out."""
+    out = []
+    for r in rows:
+        if r["flag"] == 1 and (not out or r["row"] == 0):
+            out.append([r["T"], 0])
+        out[-1][1] += r["flag"] == 1
+    return [tuple(c) for c in out]
+
+
 def exp_chunk_split(work):
-    """Prefill chunks follow the signature lengths, not the image: a block split across chunks loses its
-    bidirectionality at the boundary."""
-    p = Probe(Models(mask=True, prefill=(8,)), GEMMA3_BUNDLE, work)
+    """On CPU the prompt is cut greedily into the longest prefill signatures that fit (the remainder padded in
+    the shortest one covering it), whatever the image: a block split across chunks loses its bidirectionality
+    at the boundary (each chunk's mask only reaches its own end). Only a signature longer than the whole prompt
+    keeps the block in one chunk."""
+    p = Probe(Models(mask=True, H=2, W=3), GEMMA3_BUNDLE, work)          # prefill 8 and 32, a 19-token prompt
     rows = p.send([p.image()[0], {"type": "text", "text": "Hi"}])
     img = _image_rows(rows)
     chunk_end = {r["start"]: max(x["pos"] for x in rows if x["start"] == r["start"]) for r in img}
-    return {"image rows see only up to their chunk's end": all(
-        r["mlast"] == min(chunk_end[r["start"]], img[-1]["pos"]) for r in img),
-        "so the first rows miss the rest of the block": img[0]["mlast"] < img[-1]["pos"]}, rows, p
+    q = Probe(Models(mask=True, H=2, W=3, prefill=(32,)), GEMMA3_BUNDLE, work)
+    whole = q.send([q.image()[0], {"type": "text", "text": "Hi"}])
+    return {"19 tokens with prefill_8 and prefill_32: prefill_8 chunks (the last padded), not one prefill_32":
+            _chunks(rows) == [(8, 7), (8, 8), (8, 3)],
+            "image rows see only up to their chunk's end": all(
+                r["mlast"] == min(chunk_end[r["start"]], img[-1]["pos"]) for r in img),
+            "so the first rows miss the rest of the block": img[0]["mlast"] < img[-1]["pos"],
+            "prefill_32 alone: one chunk, the whole block": _chunks(whole) == [(32, 18)] and all(
+                r["mlast"] == _image_rows(whole)[-1]["pos"] for r in _image_rows(whole)),
+            "37 tokens with prefill_8 and prefill_32: 32 + 8": _chunks(exp_layout(work)[1]) == [(32, 31), (8, 5)]}, \
+        rows, p
 
 
 def exp_resize(work):
