@@ -78,3 +78,18 @@ def state_names(layer: int) -> tuple[str, str]:
 def is_cache(name: str) -> bool:
     """A LiteRT tensor carried from one call to the next: a KV cache or a recurrent state."""
     return name.startswith((KV_CACHE_PREFIX, *STATE_PREFIXES))
+
+# --- vision-language LiteRT (LiteRT-LM 0.18's vision sections; README "LiteRT vision bundles") ---------------
+# section model_type (the .litertlm section's `model_type` item) -> the .tflite file of an artifact folder
+LITERT_VISION_FILES = {"tf_lite_prefill_decode": "model.tflite", "tf_lite_embedder": "embedder.tflite",
+                       "tf_lite_vision_encoder": "vision_encoder.tflite",
+                       "tf_lite_vision_adapter": "vision_adapter.tflite",
+                       "tf_lite_end_of_vision": "end_of_vision.tflite"}
+EMBEDDINGS, ATTENTION_MASK = "embeddings", "mask"  # the decoder's inputs beside input_pos and the caches
+TOKEN_IDS = "token_ids"                    # the embedder's input, int32 [1, 1] -> embeddings [1, 1, d]
+IMAGES, FEATURES, MM_EMBEDDING = "images", "features", "mm_embedding"   # encoder in/out, adapter out
+# LiteRT-LM's attention mask values: 0 where a key is visible; masked keys far below any score
+MASK_VISIBLE, MASK_HIDDEN = 0.0, -0.7 * 3.4028234663852886e38
+# how image rows see each other (the executor metadata's attention mask type; our facts' `attention_mask`):
+# Gemma 3: each contiguous run of image rows both ways; PaliGemma: the whole prefill chunk both ways
+VISION_BIDIRECTIONAL, BIDIRECTIONAL = "vision_bidirectional", "bidirectional"

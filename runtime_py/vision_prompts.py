@@ -29,6 +29,38 @@ GEMMA3_IMAGE_ID = 262144               # Gemma3Config.image_token_index (the 64 
 GEMMA3_TOKENS_PER_IMAGE = 256          # Gemma3Config.mm_tokens_per_image
 IMAGE_PADDING = "\n\n"                 # Gemma3Processor writes it before <start_of_image> and after <end_of_image>
 
+# google/gemma-3-*-it's chat template (tokenizer_config.json), restated: its image branch writes <start_of_image>
+# for each {"type": "image"} item, the text items trimmed, nothing between them.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- if messages[0]['content'] is string -%}{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- else -%}{%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}{%- endif -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = \"\" -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'assistant') -%}{%- set role = \"model\" -%}"
+    "{%- else -%}{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}"
+    "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+# PaliGemma's prompt as a LiteRT-LM jinja template: the image (its marker, which the engine replaces by the image's
+# rows and the end-of-vision row, <bos>), the prefix, "\n"; no turns (LiteRT-LM renders templates, PaliGemma
+# has none of its own)
+PALIGEMMA_LITERT_TEMPLATE = (
+    "{%- for message in messages -%}{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}{%- endfor -%}{{ '\n' }}")
+
 # --- ShieldGemma 2 ------------------------------------------------------------------------------------------
 SHIELDGEMMA2_YES_ID = 10784            # ShieldGemma2ForImageClassification's yes_token_index: "Yes"
 SHIELDGEMMA2_NO_ID = 3771              # no_token_index: "No"

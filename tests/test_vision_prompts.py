@@ -21,29 +21,7 @@ from runtime_py.vision_prompts import (GEMMA3_BOI_ID, GEMMA3_EOI_ID, GEMMA3_IMAG
                                        SHIELDGEMMA2_YES_ID, START_OF_IMAGE, Gemma3ImageTokens,
                                        PaliGemmaImageTokens, gemma3_chat_prompt, gemma3_prompt, paligemma_prompt,
                                        shieldgemma2_prompts)
-
-# google/gemma-3-*-it's chat template (tokenizer_config.json), restated: its image branch writes <start_of_image>
-# for each {"type": "image"} item, the text items trimmed, nothing between them.
-GEMMA3_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- if messages[0]['content'] is string -%}{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
-    "{%- else -%}{%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}{%- endif -%}"
-    "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}{%- set first_user_prefix = \"\" -%}{%- set loop_messages = messages -%}{%- endif -%}"
-    "{%- for message in loop_messages -%}"
-    "{%- if (message['role'] == 'assistant') -%}{%- set role = \"model\" -%}"
-    "{%- else -%}{%- set role = message['role'] -%}{%- endif -%}"
-    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}"
-    "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
-    "{%- else -%}{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
-    "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{ '<end_of_turn>\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
-)
+from runtime_py.vision_prompts import GEMMA3_CHAT_TEMPLATE  # noqa: E402  (the published template, restated there)
 
 # ShieldGemma 2's chat template as transformers' conversion script writes it (chat_template.json), restated.
 # Each line of the published template is its own {{ ... }} on a line indented by 16 spaces, and nothing trims

@@ -53,6 +53,18 @@ TINY_VISION["gemma3-genai"] = ("Gemma3ForConditionalGeneration", lambda: tf.Gemm
                        patch_size=GENAI["patch_size"]),
     mm_tokens_per_image=GENAI["tokens"], boi_token_index=GENAI["boi"], eoi_token_index=GENAI["eoi"],
     image_token_index=GENAI["image"]))
+# LiteRT-LM 0.18 splices images by the real Gemma 3 marker pieces of the bundled 270M tokenizer: the real ids and
+# vocabulary (GENAI's), the odd Gemma 3 sizes above (48 px, 12 x 12 patches pooled 3 x 3 to 16 rows per image).
+LITERT = dict(GENAI, tokens=16, image_size=48, patch_size=4, yes=10784, no=3771)
+for _arch, _cls, _extra in (("gemma3", tf.Gemma3Config, {}),
+                            ("shieldgemma2", tf.ShieldGemma2Config, dict(yes_token_index=LITERT["yes"],
+                                                                         no_token_index=LITERT["no"]))):
+    TINY_VISION[f"{_arch}-litert"] = (TINY_VISION[_arch][0], lambda cls=_cls, extra=_extra: cls(
+        text_config={**_gemma3_text(), "vocab_size": LITERT["vocab"]},
+        vision_config=dict(SIGLIP, model_type="siglip_vision_model", image_size=LITERT["image_size"],
+                           patch_size=LITERT["patch_size"]),
+        mm_tokens_per_image=LITERT["tokens"], boi_token_index=LITERT["boi"], eoi_token_index=LITERT["eoi"],
+        image_token_index=LITERT["image"], **extra))
 MODEL_CLASSES = {"PaliGemmaForConditionalGeneration": tf.PaliGemmaForConditionalGeneration,
                  "Gemma3ForConditionalGeneration": tf.Gemma3ForConditionalGeneration,
                  "ShieldGemma2ForImageClassification": tf.ShieldGemma2ForImageClassification}

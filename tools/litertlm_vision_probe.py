@@ -56,15 +56,10 @@ FIELDS = [("e0", 0, 1, 0, 6), ("e1", 1, 1, 0, 1), ("e2", 2, 100000, 500000, 6), 
 # google/gemma-3-*-it's chat template, as restated (and tested against transformers) in tests/test_vision_prompts.py:
 # LiteRT-LM renders it (its {{ bos_token }} adds nothing beside the metadata's start token) and replaces each
 # <start_of_image> it writes for an image item by the image
-from tests.test_vision_prompts import GEMMA3_CHAT_TEMPLATE as GEMMA3_TEMPLATE  # noqa: E402
+from runtime_py.vision_prompts import GEMMA3_CHAT_TEMPLATE as GEMMA3_TEMPLATE  # noqa: E402
 # PaliGemma's prompt: the image, <bos>, the prefix, "\n" (no turns). LiteRT-LM can only prepend its start token,
 # so with --paligemma there is none and the end-of-vision model's row stands where <bos> goes.
-PALIGEMMA_TEMPLATE = (
-    "{%- for message in messages -%}{%- if message['content'] is string -%}{{ message['content'] }}"
-    "{%- else -%}{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
-    "{%- elif item['type'] == 'text' -%}{{ item['text'] }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}{%- endfor -%}{{ '\n' }}")
+from runtime_py.vision_prompts import PALIGEMMA_LITERT_TEMPLATE as PALIGEMMA_TEMPLATE  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

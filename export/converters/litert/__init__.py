@@ -21,18 +21,21 @@ LOW_MEMORY_FLAGS = dict(strict_export=False, lightweight_conversion=True, runtim
 
 def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths=DEFAULT_PREFILL,
                   cache_length: int | None = None, *, composites: bool = True,
-                  prefill_logits: bool = True) -> Path:
+                  prefill_logits: bool = True, vision_quant: str | None = None) -> Path:
     """Export a causal LoadedModel (export.models.checkpoints) to a LiteRT artifact folder.
 
     cache_length: positions the caches hold (global layers' cache length; the manifest's
     context_length); default min(DEFAULT_CONTEXT, the model's context). composites: mark RMSNorm and the
     attention core as odml.rms_norm / odml.scaled_dot_product_attention. prefill_logits: prefill
-    signatures output logits for every position (LiteRT-LM ignores them; validation reads them)."""
+    signatures output logits for every position (LiteRT-LM ignores them; validation reads them). A
+    vision-language model: export.converters.litert.vision (vision_quant: its vision encoder's storage)."""
     r = recipe_for(recipe, "litert")
     c = loaded.config
     if hasattr(c, "vision"):
-        raise ValueError(f"{loaded.source}: a {c.family} vision-language model has no LiteRT export yet (its ONNX "
-                         f"one runs: --target onnx, web or desktop)")
+        from .vision import export_litert_vision
+        return export_litert_vision(loaded, out, r, prefill_lengths, cache_length, vision_quant)
+    if vision_quant:
+        raise ValueError(f"--vision-quant: {loaded.source} is a text model (no vision graph)")
     if c.embedding_head is not None:
         return _export_embedder(loaded, out, r, None if prefill_lengths == DEFAULT_PREFILL else prefill_lengths,
                                 composites)

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from runtime_py.contract import (CONFIG_KEY, DEFAULT_PREFILL, END_OF_TURN, RECURRENT, SLIDING_ATTENTION,
-                                 TURN_TEMPLATES, kv_cache_names, parse_kv_cache_name)
+                                 TURN_TEMPLATES, VISION_KEY, kv_cache_names, parse_kv_cache_name)
 from runtime_py.files import atomic_path
 
 from ... import __version__
@@ -31,10 +31,9 @@ BUNDLE = "model.litertlm"
 def unbundleable(config) -> str | None:
     """Why a .litertlm bundle cannot hold a model (None: it can); config: a GemmaConfig or a manifest's config."""
     get = config.get if isinstance(config, dict) else lambda key: getattr(config, key)
-    family = get("family")
     if (config.get("vision") if isinstance(config, dict) else getattr(config, "vision", None)) is not None:
-        return (f"a {family} vision-language model has no LiteRT export yet (its ONNX one runs: --target onnx, "
-                f"web or desktop)")
+        return None                       # a vision-language model: its decoder is a plain Gemma one
+    family = get("family")
     if get("embedding_head") is not None:
         return (f"a {family} embedding model has no .litertlm bundle yet (LiteRT-LM bundles hold text generators); "
                 f"use --target litert (embed_{{T}} signatures, run by runtime_py)")
@@ -120,9 +119,12 @@ def _reproducible_system_metadata(system: dict, *inputs: Path):
 
 def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int | None = None) -> Path:
     """Bundle a LiteRT artifact folder (model.tflite, tokenizer.model, manifest.json, as export_litert
-    writes it) into `out_file` (.litertlm), atomically: a temporary sibling renamed into place.
+    writes it; a vision-language one also its embedder, vision encoder / adapter and end-of-vision models)
+    into `out_file` (.litertlm), atomically: a temporary sibling renamed into place.
     max_tokens: LlmMetadata.max_num_tokens (default and maximum: the artifact's context length)."""
     from litert_lm_builder import DType, LitertLmFileBuilder, Metadata, TfLiteModelType
+
+    from .vision_bundle import vision_files, vision_llm_metadata, vision_mask_type
 
     folder, out_file = Path(folder), Path(out_file)
     model, tok = folder / "model.tflite", folder / "tokenizer.model"
@@ -134,15 +136,24 @@ def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int 
     config, context = manifest.get("config") or {}, int(manifest.get("context_length") or 0)
     if why := unbundleable(config):
         raise ValueError(f"{folder / MANIFEST}: {why}")
+    vision = manifest.get(VISION_KEY)
+    models = vision_files(folder, vision) if vision else [("tf_lite_prefill_decode", model)]
+    text = config.get("text") if vision else config          # the decoder's config
     max_tokens = int(max_tokens or context)
     if max_tokens < 1 or (context and max_tokens > context):
         raise ValueError(f"max_tokens {max_tokens}: must be between 1 and the artifact's context length {context}")
-    meta = llm_metadata(config, tok.read_bytes(), max_tokens)
+    meta = llm_metadata(text, tok.read_bytes(), max_tokens)
     names = (manifest.get("kv_cache") or {}).get("names") or [
-        name for i in range(len(config.get("layer_types") or [])) for name in kv_cache_names(i)]
-    executor = executor_metadata(config, names)
+        name for i in range(len(text.get("layer_types") or [])) for name in kv_cache_names(i)]
+    executor = executor_metadata(text, names)
+    if vision:
+        import sentencepiece as spm
+        check_encoder_size(dict(models)["tf_lite_vision_encoder"], int(vision["image_size"]))
+        vision_llm_metadata(meta, vision, spm.SentencePieceProcessor(model_proto=tok.read_bytes()), str(tok))
+        vision_mask_type(executor, vision)
     facts = {"config": config, "context_length": context, "prefill_lengths": manifest.get("prefill_lengths"),
-             "recipe": manifest.get("recipe"), "source": manifest.get("source")}
+             "recipe": manifest.get("recipe"), "source": manifest.get("source"),
+             **({VISION_KEY: vision} if vision else {})}
     system = {"Authors": "gemma-export", "tool": "gemma-export", "tool_version": __version__,
               CONFIG_KEY: json.dumps(facts, sort_keys=True, separators=(",", ":"))}
 
@@ -158,8 +169,10 @@ def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int 
             builder.add_llm_metadata(str(meta_file))
             builder.add_executor_metadata(str(exec_file))
             builder.add_sentencepiece_tokenizer(str(tok))
-            builder.add_tflite_model(str(model), TfLiteModelType.PREFILL_DECODE)
-            with open(tmp, "wb") as f, _reproducible_system_metadata(system, meta_file, exec_file, tok, model):
+            for section, path in models:
+                builder.add_tflite_model(str(path), TfLiteModelType(section))
+            with open(tmp, "wb") as f, _reproducible_system_metadata(system, meta_file, exec_file, tok,
+                                                                     *(path for _, path in models)):
                 builder.build(f)
             tmp.chmod(0o644)
     finally:
@@ -168,8 +181,20 @@ def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int 
     return out_file
 
 
+def check_encoder_size(encoder: Path, size: int) -> None:
+    """LiteRT-LM stretches every image to the metadata's size and feeds it to the encoder whatever its input
+    shape: the two must agree (the engine does not check)."""
+    from ai_edge_litert.interpreter import Interpreter
+    it = Interpreter(model_path=str(encoder))
+    (name,) = it.get_signature_list()
+    (shape,) = (d["shape"] for d in it.get_signature_runner(name).get_input_details().values())
+    if tuple(int(x) for x in shape) != (1, size, size, 3):
+        raise ValueError(f"{encoder}: its input is {list(shape)}, the metadata's image size {size}x{size} "
+                         f"(expected [1, {size}, {size}, 3])")
+
+
 def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_lengths=None,
-                    cache_length: int | None = None) -> Path:
+                    cache_length: int | None = None, vision_quant: str | None = None) -> Path:
     """Export a causal LoadedModel to `out_dir`: model.litertlm (+ tokenizer.model and manifest.json beside
     it). The LiteRT artifact is converted into a temporary folder first, then bundled."""
     from . import export_litert
@@ -180,7 +205,8 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
         raise ValueError(f"{loaded.source}: a .litertlm bundle needs the model's tokenizer (tokenizer.model)")
     out_dir = Path(out_dir)
     with work_dir(out_dir) as work:
-        litert = export_litert(loaded, work / "litert", recipe, prefill_lengths or DEFAULT_PREFILL, cache_length)
+        litert = export_litert(loaded, work / "litert", recipe, prefill_lengths or DEFAULT_PREFILL, cache_length,
+                               **({"vision_quant": vision_quant} if vision_quant else {}))
         inner = json.loads((litert / MANIFEST).read_text())
         with staged_dir(out_dir) as tmp:
             build_litertlm(litert, tmp / BUNDLE)
