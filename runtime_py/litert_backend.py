@@ -22,7 +22,8 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, KV_CACHE_PREFIX, PREFILL_PREFIX, STATE_PREFIXES,
-                       is_cache, signature_length)
+                       VISION_KEY, is_cache, signature_length)
+from .litert_vision import LiteRTVisionBackend, greedy_chunks
 from .sampling import check_step
 
 # .litertlm container: magic, u32 version x3, u64 header end at byte 24, flatbuffer header from byte 32.
@@ -99,16 +100,8 @@ class LiteRTBackend:
         return np.asarray(outputs["logits"][0, :n], dtype=np.float32)
 
     def chunks(self, count: int) -> list[tuple[int, int]]:
-        """LiteRT-LM's CPU chunking ("cautious greedy" with greedy cascading): the largest prefill length that
-        fits the remaining tokens, repeatedly; a remainder shorter than every length is padded into the
-        smallest. -> [(signature length, real tokens)]."""
-        out, left = [], count
-        while left > 0:
-            fits = [t for t in self.prefill_lengths if t <= left]
-            t = fits[-1] if fits else self.prefill_lengths[0]
-            out.append((t, min(t, left)))
-            left -= min(t, left)
-        return out
+        """How LiteRT-LM cuts `count` prompt tokens into prefill calls (litert_vision.greedy_chunks)."""
+        return greedy_chunks(count, self.prefill_lengths)
 
     def stepper(self, max_len: int | None = None) -> "Stepper":
         return Stepper(self, max_len or self.context_length)
@@ -268,7 +261,8 @@ def _proto_fields(data: bytes) -> dict:
 
 
 def read_litertlm(path: str | Path) -> dict:
-    """The sections runtime_py uses from a `.litertlm` file: {"tflite": bytes, "tokenizer": bytes | None,
+    """The sections runtime_py uses from a `.litertlm` file: {"tflite": bytes (the prefill/decode model),
+    "models": {section model type: bytes} (every TFLite section), "tokenizer": bytes | None,
     "max_num_tokens": int | None, "system": {key: str}}."""
     path = Path(path)
     size = path.stat().st_size
@@ -296,10 +290,10 @@ def read_litertlm(path: str | Path) -> dict:
             f.seek(begin)
             return f.read(stop - begin)
 
-        out = {"tflite": None, "tokenizer": None, "max_num_tokens": None, "system": system}
+        out = {"tflite": None, "models": {}, "tokenizer": None, "max_num_tokens": None, "system": system}
         for kind, begin, stop, items in spans:
-            if kind == _TFLITE and items.get("model_type", "tf_lite_prefill_decode") == "tf_lite_prefill_decode":
-                out["tflite"] = read(begin, stop)
+            if kind == _TFLITE:
+                out["models"][items.get("model_type", "tf_lite_prefill_decode")] = read(begin, stop)
             elif kind == _TFLITE_WEIGHTS:
                 raise ValueError(f"{path}: external TFLite weights sections are not supported by runtime_py")
             elif kind == _SP_TOKENIZER and out["tokenizer"] is None:
@@ -309,13 +303,15 @@ def read_litertlm(path: str | Path) -> dict:
                     out["max_num_tokens"] = _proto_fields(read(begin, stop)).get(5) or None    # max_num_tokens
                 except (KeyError, IndexError) as e:
                     raise ValueError(f"{path}: damaged LlmMetadata section ({e!r})") from e
+    out["tflite"] = out["models"].get("tf_lite_prefill_decode")
     if out["tflite"] is None:
         raise ValueError(f"{path}: no TFLite prefill/decode model section")
     return out
 
 
 def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBackend, bytes | None, dict]:
-    """(backend, SentencePiece model bytes or None, our stored facts {config, context_length, ...} or {})."""
+    """(backend, SentencePiece model bytes or None, our stored facts {config, context_length, ...} or {}).
+    A vision-language bundle (its facts have a `vision` section): a LiteRTVisionBackend over its sections."""
     bundle = read_litertlm(path)
     try:
         facts = json.loads(bundle["system"].get(CONFIG_KEY, "{}"))
@@ -324,6 +320,9 @@ def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBac
     if not isinstance(facts, dict):
         raise ValueError(f"{path}: its {CONFIG_KEY} metadata is not a JSON object")
     limits = [n for n in (bundle["max_num_tokens"], facts.get("context_length")) if n]
+    if isinstance(facts.get(VISION_KEY), dict):
+        return (LiteRTVisionBackend(bundle["models"], facts[VISION_KEY], threads, min(limits) if limits else None,
+                                    str(path)), bundle["tokenizer"], facts)
     backend = LiteRTBackend(model_content=bundle["tflite"], threads=threads,
                             context_length=min(limits) if limits else None, name=str(path))
     return backend, bundle["tokenizer"], facts

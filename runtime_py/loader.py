@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .api import Model
-from .contract import FULL_ATTENTION, SLIDING_ATTENTION
+from .contract import FULL_ATTENTION, SLIDING_ATTENTION, VISION_KEY
 from .files import inside, read_json
 from .tokenizer import Tokenizer
 
@@ -47,6 +47,14 @@ def _open_litert(path: Path, threads: int | None) -> Model:
     tok_bytes, facts = None, {}
     if bundle is not None:
         backend, tok_bytes, facts = open_bundle(bundle, threads)
+        if manifest is None and isinstance(facts.get(VISION_KEY), dict):
+            manifest = {VISION_KEY: facts[VISION_KEY]}        # how images become rows, for Model.vision
+    elif isinstance((manifest or {}).get(VISION_KEY), dict):   # a vision-language folder: its five .tflite files
+        from .litert_vision import LiteRTVisionBackend
+        files = {section: inside(folder, name, f"{folder / 'manifest.json'}: vision files").read_bytes()
+                 for section, name in (manifest[VISION_KEY].get("files") or {}).items()}
+        backend = LiteRTVisionBackend(files, manifest[VISION_KEY], threads, manifest.get("context_length"),
+                                      str(folder))
     else:
         backend = open_tflite(model_file, threads=threads, context_length=(manifest or {}).get("context_length"))
     tok_path = folder / "tokenizer.model"
