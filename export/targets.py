@@ -31,7 +31,7 @@ class Target:
     def export(self, loaded, out, recipe: str | None = None, context: int | None = None,
                prefill: tuple[int, ...] | None = None, vision_quant: str | None = None):
         """Export `loaded` to `out` with this profile, each argument overriding its column; vision_quant: the
-        vision graph's storage of a vision-language model (ONNX)."""
+        vision graph's storage of a vision-language model."""
         module, func = EXPORTERS[self.bundle].split(":")
         if self.bundle == "litertlm":       # refused before any conversion work
             from .converters.litert.bundle import unbundleable
@@ -44,11 +44,13 @@ class Target:
             if prefill:
                 raise ValueError(f"--prefill: --target {self.name} builds ONNX, which has no prefill signatures")
             return fn(loaded, out, recipe, context_length=context, vision_quant=vision_quant)
-        if vision_quant:
-            raise ValueError(f"--vision-quant: --target {self.name} builds LiteRT, which has no vision graph yet")
-        # the profile's lengths that fit the context; a user's --prefill is taken as given (checked by the exporter)
+        # the profile's lengths that fit the context; a user's --prefill is taken as given (checked by the exporter;
+        # a vision-language model's takes one length, export.converters.litert.vision)
         lengths = tuple(prefill) if prefill else tuple(t for t in self.prefill if t <= context) or (context,)
-        return fn(loaded, out, recipe, prefill_lengths=lengths, cache_length=context)
+        if hasattr(loaded.config, "vision") and not prefill:
+            lengths = DEFAULT_PREFILL
+        return fn(loaded, out, recipe, prefill_lengths=lengths, cache_length=context,
+                  **({"vision_quant": vision_quant} if vision_quant else {}))
 
 
 # Prefill lengths: the exporters' defaults (runtime_py.contract). Contexts: the default on phones (Gemma 3's

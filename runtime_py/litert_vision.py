@@ -17,8 +17,8 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from .contract import (ATTENTION_MASK, BIDIRECTIONAL, DECODE_SIGNATURE, EMBEDDINGS, IMAGES, LITERT_VISION_FILES,
-                       MASK_HIDDEN, MASK_VISIBLE, MM_EMBEDDING, PREFILL_PREFIX, TOKEN_IDS, is_cache,
-                       signature_length)
+                       MASK_HIDDEN, MASK_VISIBLE, MM_EMBEDDING, PREFILL_PREFIX, TOKEN_IDS, VISION_BIDIRECTIONAL,
+                       is_cache, signature_length)
 from .sampling import check_step
 
 DECODER, EMBEDDER, ENCODER, ADAPTER, _ = LITERT_VISION_FILES
@@ -105,14 +105,14 @@ class LiteRTVisionBackend:
 
     def mask(self, tokens: list[int], start: int, length: int) -> np.ndarray:
         """The engine's mask for a chunk of `tokens` (its real rows) at `start`, padded to `length` rows:
-        [1, 1, length, slots], 0 where visible."""
+        [1, 1, length, slots], 0 where visible; causal under any other mask type."""
         m = np.full((1, 1, length, self.slots), MASK_HIDDEN, np.float32)
         n = len(tokens)
         for r in range(n):
             m[0, 0, r, :start + r + 1] = MASK_VISIBLE
         if n > 1 and self.blocks == BIDIRECTIONAL:
             m[0, 0, :n, start:start + n] = MASK_VISIBLE
-        elif n > 1:                                          # each contiguous run of image rows, both ways
+        elif n > 1 and self.blocks == VISION_BIDIRECTIONAL:  # each contiguous run of image rows, both ways
             r = 0
             while r < n:
                 e = r

@@ -124,7 +124,7 @@ def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int 
     max_tokens: LlmMetadata.max_num_tokens (default and maximum: the artifact's context length)."""
     from litert_lm_builder import DType, LitertLmFileBuilder, Metadata, TfLiteModelType
 
-    from .vision_bundle import vision_files, vision_llm_metadata, vision_mask_type
+    from .vision_bundle import check_markers, vision_files, vision_llm_metadata, vision_mask_type
 
     folder, out_file = Path(folder), Path(out_file)
     model, tok = folder / "model.tflite", folder / "tokenizer.model"
@@ -147,9 +147,9 @@ def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int 
         name for i in range(len(text.get("layer_types") or [])) for name in kv_cache_names(i)]
     executor = executor_metadata(text, names)
     if vision:
-        import sentencepiece as spm
+        check_markers(tok.read_bytes(), vision, str(tok))
         check_encoder_size(dict(models)["tf_lite_vision_encoder"], int(vision["image_size"]))
-        vision_llm_metadata(meta, vision, spm.SentencePieceProcessor(model_proto=tok.read_bytes()), str(tok))
+        vision_llm_metadata(meta, vision)
         vision_mask_type(executor, vision)
     facts = {"config": config, "context_length": context, "prefill_lengths": manifest.get("prefill_lengths"),
              "recipe": manifest.get("recipe"), "source": manifest.get("source"),
@@ -203,6 +203,9 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
         raise ValueError(f"{loaded.source}: {why}")
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.source}: a .litertlm bundle needs the model's tokenizer (tokenizer.model)")
+    if hasattr(loaded.config, "vision"):               # before any conversion
+        from .vision_bundle import check_markers
+        check_markers(loaded.tokenizer.model_proto(), loaded.config.runtime_facts(), f"{loaded.source}")
     out_dir = Path(out_dir)
     with work_dir(out_dir) as work:
         litert = export_litert(loaded, work / "litert", recipe, prefill_lengths or DEFAULT_PREFILL, cache_length,

@@ -27,16 +27,23 @@ def vision_files(folder: Path, facts: dict) -> list[tuple[str, Path]]:
     return out
 
 
-def vision_llm_metadata(meta, facts: dict, sp, where: str) -> None:
-    """Turn a text LlmMetadata (bundle.llm_metadata) into the vision one, in place. sp: the bundle's
-    SentencePiece processor (the engine looks the image markers up in it: their ids must be the model's)."""
+def check_markers(model_proto: bytes, facts: dict, where: str) -> None:
+    """Gemma 3: the engine looks the image markers up by their pieces in the bundle's tokenizer: their ids must
+    be the model's."""
+    if facts["kind"] != GEMMA3:
+        return
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    for piece, want in ((START_OF_IMAGE, facts["boi_id"]), (END_OF_IMAGE, facts["eoi_id"])):
+        got = sp.piece_to_id(piece)
+        if sp.id_to_piece(got) != piece or got != want:
+            raise ValueError(f"{where}: the tokenizer's {piece} is id {got if sp.id_to_piece(got) == piece else None}, "
+                             f"the model's is {want}; LiteRT-LM finds the image markers by their pieces")
+
+
+def vision_llm_metadata(meta, facts: dict) -> None:
+    """Turn a text LlmMetadata (bundle.llm_metadata) into the vision one, in place."""
     gemma3 = facts["kind"] == GEMMA3
-    if gemma3:
-        for piece, want in ((START_OF_IMAGE, facts["boi_id"]), (END_OF_IMAGE, facts["eoi_id"])):
-            got = sp.piece_to_id(piece)
-            if sp.id_to_piece(got) != piece or got != want:
-                raise ValueError(f"{where}: the tokenizer's {piece} is id {got if sp.id_to_piece(got) == piece else None}"
-                                 f", the model's is {want}; LiteRT-LM finds the image markers by their pieces")
     size = int(facts["image_size"])
     meta.ClearField("prompt_templates")
     meta.jinja_prompt_template = GEMMA3_CHAT_TEMPLATE if gemma3 else PALIGEMMA_LITERT_TEMPLATE
