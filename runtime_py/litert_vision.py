@@ -7,8 +7,11 @@ they come from) run as LiteRT-LM 0.18 runs it, so that runtime_py and the engine
   engine writes its end-of-vision row where the prompt has <end_of_image> / <bos>: the same row);
 - the decoder's `mask`: what the engine fills it with (the bundle's attention mask type): causal, plus each
   contiguous run of image rows both ways (Gemma 3) or every real row of the chunk both ways (PaliGemma);
-- a prompt: all but its last token in prefill chunks cut as the engine cuts them (greedy, largest first), the
-  last one through `decode` (the engine holds it back too; prefill has no logits).
+- a prompt: in prefill chunks cut as the engine cuts them (greedy, largest first), the logits of its last token
+  from the last chunk's `logits` (the last real row's): transformers' prompt exactly, PaliGemma's two-way prefix
+  included. LiteRT-LM instead holds the last prompt token back for a first `decode` step (no prefix row sees
+  it: PaliGemma's first logits differ from transformers'); `hold_last = True` does what the engine does (the
+  default for a bundle whose prefill has no logits).
 
 Depends on ai_edge_litert and numpy (plus runtime_py's leaf modules)."""
 from __future__ import annotations
@@ -77,6 +80,7 @@ class LiteRTVisionBackend:
         self.context_length = min(self.slots, context_length) if context_length else self.slots
         self.vocab_size = int(self.decode.get_output_details()["logits"]["shape"][-1])
         self.prefill_lengths = sorted(self.prefill)
+        self.hold_last = any("logits" not in r.get_output_details() for r in self.prefill.values())
         self._zeros = {k: np.zeros(inputs[k]["shape"], inputs[k]["dtype"]) for k in self.caches}
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
@@ -136,8 +140,9 @@ class LiteRTVisionBackend:
         return VisionStepper(self, max_len or self.context_length, features)
 
     def logits(self, ids: list[int], features: np.ndarray | None = None) -> np.ndarray:
-        raise ValueError(f"{self.path}: a vision-language LiteRT model's prefill signatures have no logits (as "
-                         f"LiteRT-LM's); only the last prompt position's and the decode steps' exist")
+        raise ValueError(f"{self.path}: a vision-language LiteRT model's prefill signatures give the last row's "
+                         f"logits only (as LiteRT-LM needs); only the last prompt position's and the decode steps' "
+                         f"exist")
 
 
 class VisionStepper:
@@ -155,13 +160,15 @@ class VisionStepper:
         tokens = check_step(tokens, start, self.length, self.max_len, b.path, b.context_length)
         features, self.features = self.features, None
         rows = b.rows(tokens, features)
-        head, pos = tokens[:-1], 0
+        held = 1 if b.hold_last or len(tokens) == 1 else 0      # through decode
+        head, pos = tokens[:len(tokens) - held], 0
         for t, n in greedy_chunks(len(head), b.prefill_lengths):
             self.caches = b.run(b.prefill[t], head[pos:pos + n], rows[pos:pos + n], self.length, t, self.caches)
             self.length += n
             pos += n
-        self.caches = b.run(b.decode, tokens[-1:], rows[-1:], self.length, 1, self.caches)
-        self.length += 1
+        if held:
+            self.caches = b.run(b.decode, tokens[-1:], rows[-1:], self.length, 1, self.caches)
+            self.length += 1
         return np.asarray(self.caches["logits"][0, -1], np.float32)
 
     def fork(self) -> "VisionStepper":

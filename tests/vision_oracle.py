@@ -27,12 +27,7 @@ TINY_VISION = {
         text_config=tf.GemmaConfig(**TEXT, num_hidden_layers=2, num_key_value_heads=1).to_dict(),
         vision_config=dict(SIGLIP, model_type="siglip_vision_model", image_size=42, patch_size=6),
         image_token_index=IMAGE, vocab_size=VOCAB, projection_dim=48)),
-    "paligemma2": ("PaliGemmaForConditionalGeneration", lambda: tf.PaliGemmaConfig(
-        text_config=tf.Gemma2Config(**TEXT, num_hidden_layers=3, num_key_value_heads=2, sliding_window=8,
-                                    query_pre_attn_scalar=24, attn_logit_softcapping=3.0,
-                                    final_logit_softcapping=2.0).to_dict(),
-        vision_config=dict(SIGLIP, model_type="siglip_vision_model", image_size=42, patch_size=6),
-        image_token_index=IMAGE, vocab_size=VOCAB, projection_dim=48)),
+    "paligemma2": ("PaliGemmaForConditionalGeneration", lambda: _paligemma2(VOCAB, IMAGE)),
     "gemma3": ("Gemma3ForConditionalGeneration", lambda: tf.Gemma3Config(
         text_config=_gemma3_text(), vision_config=dict(SIGLIP, model_type="siglip_vision_model", image_size=48,
                                                        patch_size=4),
@@ -65,6 +60,10 @@ for _arch, _cls, _extra in (("gemma3", tf.Gemma3Config, {}),
                            patch_size=LITERT["patch_size"]),
         mm_tokens_per_image=LITERT["tokens"], boi_token_index=LITERT["boi"], eoi_token_index=LITERT["eoi"],
         image_token_index=LITERT["image"], **extra))
+# PaliGemma 2 for LiteRT-LM: the real vocabulary (the engine tokenizes the text with the bundled tokenizer), an
+# image id past its pieces (the engine splices rows, it never sees the id)
+TINY_VISION["paligemma2-litert"] = (TINY_VISION["paligemma2"][0],
+                                    lambda: _paligemma2(LITERT["vocab"], LITERT["image"]))
 MODEL_CLASSES = {"PaliGemmaForConditionalGeneration": tf.PaliGemmaForConditionalGeneration,
                  "Gemma3ForConditionalGeneration": tf.Gemma3ForConditionalGeneration,
                  "ShieldGemma2ForImageClassification": tf.ShieldGemma2ForImageClassification}
@@ -83,6 +82,15 @@ IMAGE_MEAN, IMAGE_STD = [0.25, 0.5, 0.75], [0.3, 0.4, 0.6]
 # transformers' parameter names -> the published checkpoints' (transformers maps them back when loading)
 PUBLISHED = (("model.language_model.", "language_model.model."), ("model.vision_tower.", "vision_tower.vision_model."),
              ("model.multi_modal_projector.", "multi_modal_projector."), ("lm_head.", "language_model.lm_head."))
+
+
+def _paligemma2(vocab: int, image: int):
+    return tf.PaliGemmaConfig(
+        text_config=tf.Gemma2Config(**{**TEXT, "vocab_size": vocab}, num_hidden_layers=3, num_key_value_heads=2,
+                                    sliding_window=8, query_pre_attn_scalar=24, attn_logit_softcapping=3.0,
+                                    final_logit_softcapping=2.0).to_dict(),
+        vision_config=dict(SIGLIP, model_type="siglip_vision_model", image_size=42, patch_size=6),
+        image_token_index=image, vocab_size=vocab, projection_dim=48)
 
 
 def _gemma3_text() -> dict:

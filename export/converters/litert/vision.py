@@ -81,9 +81,8 @@ def export_litert_vision(loaded, out: str | Path, r, prefill_lengths=None, cache
     lm = vlm.language_model
     from . import vision_graphs as g
     with staged_dir(out) as tmp:
-        decoder = [(prefill_signature(prefill), g.Decoder(lm, logits=False), g.decoder_sample(lm.config, prefill,
-                                                                                                 context)),
-                   (DECODE_SIGNATURE, g.Decoder(lm, logits=True), g.decoder_sample(lm.config, 1, context))]
+        decoder = [(prefill_signature(prefill), g.Decoder(lm), g.decoder_sample(lm.config, prefill, context)),
+                   (DECODE_SIGNATURE, g.Decoder(lm), g.decoder_sample(lm.config, 1, context))]
         _convert(decoder, lm, tmp, DECODER, r, LOW_MEMORY_FLAGS)
         _convert([("embedder", g.Embedder(lm), g.embedder_sample())], lm, tmp, EMBEDDER, r)
         _convert([("vision_encoder", g.VisionEncoder(vlm), g.encoder_sample(vc))], vlm.vision_tower, tmp, ENCODER,
@@ -95,7 +94,7 @@ def export_litert_vision(loaded, out: str | Path, r, prefill_lengths=None, cache
         loaded.tokenizer.save(tmp / "tokenizer.model")
         write_manifest(tmp, source=str(loaded.source), config=vc, recipe=r, target="litert", extra={
             "kind": "vision_language", "context_length": context, "prefill_lengths": [prefill],
-            "signatures": [prefill_signature(prefill), DECODE_SIGNATURE], "prefill_logits": False,
+            "signatures": [prefill_signature(prefill), DECODE_SIGNATURE], "prefill_logits": "last",
             "kv_cache": {"layout": "[1, kv_heads, slots, head_dim]", "names": cache_names(vc.text),
                          "slots": [vc.text.cache_length(i, context) for i in range(vc.text.num_layers)],
                          "sliding_window": vc.text.sliding_window},

@@ -9,7 +9,9 @@ bundles"; the contract verified by tools/litertlm_vision_probe.py):
   end_of_vision   no input -> embeddings [1, 1, d]: the row after an image's rows (Gemma 3: <end_of_image>;
                   PaliGemma: <bos>, which its prompt has after the image)
   prefill_decode  prefill_{T} / decode: embeddings [1, T, d], input_pos int32 [T], mask f32 [1, 1, T, S],
-                  kv_cache_k_{i} / kv_cache_v_{i} -> the caches (decode: and logits [1, 1, V])
+                  kv_cache_k_{i} / kv_cache_v_{i} -> the caches and logits [1, 1, V]: the last real row's (the
+                  engine reads decode's only; runtime_py reads prefill's to end a prompt inside one two-way
+                  chunk, as PaliGemma's prefix needs: LiteRT-LM itself holds the last prompt token back)
 
 The decoder takes the engine's global `mask` (0 = visible): which earlier positions and which rows of its own
 chunk each row sees, image blocks included. The sliding window is applied in the graph on top of it (the engine's
@@ -114,11 +116,12 @@ def engine_masks(backbone, visible: torch.Tensor, end: torch.Tensor):
 
 
 class Decoder(nn.Module):
-    """forward(embeddings, input_pos, mask, **caches) -> {"logits"?, caches}: the decoder on the engine's rows."""
+    """forward(embeddings, input_pos, mask, **caches) -> {"logits": the last real row's [1, 1, V], caches}: the
+    decoder on the engine's rows."""
 
-    def __init__(self, lm, logits: bool):
+    def __init__(self, lm):
         super().__init__()
-        self.lm, self.logits = lm, logits
+        self.lm = lm
         names = cache_names(lm.config)
         self.names = list(zip(names[::2], names[1::2]))
 
@@ -135,7 +138,7 @@ class Decoder(nn.Module):
             else:
                 with padded_chunk(self.lm, cache, start, real) as chunk:
                     h, new = backbone(None, positions, chunk, embeds=embeddings)
-        out = {"logits": self.lm.logits(h)} if self.logits else {}
+        out = {"logits": self.lm.logits(h if T == 1 else h.index_select(1, (real - 1).reshape(1)))}
         for (a, b), entry in zip(self.names, new):
             out[a], out[b] = entry
         return out
