@@ -208,7 +208,9 @@ class Model:
         """ShieldGemma 2: {policy: P(the image violates it)} (softmax over the Yes/No logits after each policy's
         prompt). policies: names among the built-in "dangerous", "sexual", "violence" and `custom_policies`
         (name -> description); default all. The image is encoded once and the prompts' shared prefix (up to
-        and past the image) is run once; each policy continues a copy of its cache."""
+        and past the image) is run once, each policy continuing a copy of its cache, unless running each
+        prompt whole costs the backend less (`prefill_cost`: a LiteRT vision bundle runs whole padded chunks
+        of its one prefill length, and a prompt that fits one chunk is cheaper whole than prefix + rest)."""
         self._need("causal", "classify_image()")
         vision = self._vision()
         names, prompts = vision.policy_prompts(self._tok(), policies, custom_policies)
@@ -217,14 +219,15 @@ class Model:
         if longest > self.backend.context_length:
             raise ValueError(f"the ShieldGemma 2 prompt has {longest} tokens; {self.path} takes at most "
                              f"{self.backend.context_length}")
-        prefix = self.backend.stepper(longest, features=self.image_features([image]))
-        logits = prefix(prompts[0][:shared], 0)
-        out = {}
-        for name, ids in zip(names, prompts):
-            rest = ids[shared:]
-            last = prefix.fork()(rest, shared) if rest else logits
-            out[name] = yes_probability(last, *vision.classifier)
-        return out
+        features = self.image_features([image])
+        cost = getattr(self.backend, "prefill_cost", lambda count: count)     # default: per token
+        if cost(shared) + sum(cost(len(p) - shared) for p in prompts) > sum(cost(len(p)) for p in prompts):
+            lasts = [self.backend.stepper(len(ids), features=features)(ids, 0) for ids in prompts]
+        else:
+            prefix = self.backend.stepper(longest, features=features)
+            logits = prefix(prompts[0][:shared], 0)
+            lasts = [prefix.fork()(ids[shared:], shared) if len(ids) > shared else logits for ids in prompts]
+        return {name: yes_probability(last, *vision.classifier) for name, last in zip(names, lasts)}
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """Logits at every position of `ids` (one forward pass): [T, V] float32."""

@@ -136,6 +136,10 @@ class LiteRTVisionBackend:
         return runner(**{EMBEDDINGS: x, "input_pos": pos, ATTENTION_MASK: self.mask(tokens, start, length)},
                       **caches)
 
+    def prefill_cost(self, count: int) -> int:
+        """What prefilling `count` tokens costs: the chunks run (each costs its whole length, padded or not)."""
+        return len(greedy_chunks(count, self.prefill_lengths))
+
     def stepper(self, max_len: int | None = None, features: np.ndarray | None = None) -> "VisionStepper":
         return VisionStepper(self, max_len or self.context_length, features)
 

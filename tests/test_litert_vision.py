@@ -166,12 +166,16 @@ def test_the_image_block_is_two_way_past_the_window(bundles, png):
     assert np.abs(got - want).max() > 1e-3
 
 
-def test_shieldgemma2_probabilities_with_the_shared_image_prefix(bundles, png):
+def test_shieldgemma2_probabilities_one_chunk_per_policy(bundles, png):
     import runtime_py
     ref, _, folder = bundles["shieldgemma2-litert"]
     m = runtime_py.load(folder / BUNDLE)
+    runs, run = [], m.backend.run
+    m.backend.run = lambda runner, *a: runs.append(runner) or run(runner, *a)
     got = m.classify_image(str(png))
     names, prompts = m.vision.policy_prompts(m.tokenizer)
+    # every prompt fits the one prefill chunk: each run whole costs one chunk, prefix + rest would cost two
+    assert max(map(len, prompts)) <= SIZES["shieldgemma2-litert"][0] and len(runs) == len(prompts)
     pix = torch.from_numpy(m.vision.pixels([str(png)]))
     for name, ids in zip(names, prompts):
         logits = vo.hf_logits(ref, ids, [int(t == vo.LITERT["image"]) for t in ids], pix)[-1]
@@ -191,3 +195,34 @@ def test_a_tokenizer_without_the_models_image_markers_is_refused(bundles, tmp_pa
         build_litertlm(folder, tmp_path / "x.litertlm")
     assert not (tmp_path / "x.litertlm").exists()
     shutil.rmtree(folder)
+
+
+@pytest.fixture(scope="module", params=["int8", "int4"])
+def quantized(request, real_tokenizer_proto, tmp_path_factory):
+    """(transformers model, the export folder) of the tiny Gemma 3 with widths divisible by 32 (int4 blocks) and
+    the all-zero padding row transformers gives a random model, bundled with `recipe` (encoder: int8)."""
+    ref = vo.build("gemma3-litert32")
+    assert not ref.get_input_embeddings().weight[0].any()
+    root = tmp_path_factory.mktemp(f"litert-{request.param}")
+    loaded = load_model(vo.save_folder(ref, root / "hf", tokenizer=real_tokenizer_proto))
+    return ref, export_litertlm(loaded, root / "out", request.param, (PREFILL,), CONTEXT)
+
+
+def test_quantized_bundles_load_run_and_keep_the_zero_row(quantized, png, tmp_path):
+    """int8 / int4 decoder + int8 encoder: the engine answers with runtime_py's greedy text on the same bundle;
+    the zero row, whose scale ai-edge-quantizer made 0 (XNNPACK refuses it) and the export made positive,
+    still embeds to zeros and scores 0; the int8 encoder's rows within validate's bound of transformers'."""
+    import runtime_py
+    from export.validate_vision import VISION_FEATURE_ERROR, relative_rms
+    ref, folder = quantized
+    m = runtime_py.load(folder / BUNDLE)
+    assert m.vision is not None and m.manifest["vision"]["quant"] == "int8"
+    ids = _chat(m)
+    got = _text(m, m.generate(ids, STEPS, images=[str(png)], stop_ids=()).token_ids)
+    assert _engine(folder / BUNDLE, png, TEXT, tmp_path) == got and len(got) > 10
+    assert not m.backend._embedder(token_ids=np.zeros((1, 1), np.int32))["embeddings"].any()
+    assert m.backend.stepper(len(ids), features=m.image_features([str(png)]))(ids, 0)[0] == 0.0
+    with torch.no_grad():
+        rows = ref.model.get_image_features(pixel_values=torch.from_numpy(m.vision.pixels([str(png)])))
+    rows = np.asarray(getattr(rows, "pooler_output", rows)).reshape(1, vo.LITERT["tokens"], -1)
+    assert relative_rms(m.image_features([str(png)]), rows) < VISION_FEATURE_ERROR["int8"]

@@ -51,11 +51,14 @@ TINY_VISION["gemma3-genai"] = ("Gemma3ForConditionalGeneration", lambda: tf.Gemm
 # LiteRT-LM 0.18 splices images by the real Gemma 3 marker pieces of the bundled 270M tokenizer: the real ids and
 # vocabulary (GENAI's), the odd Gemma 3 sizes above (48 px, 12 x 12 patches pooled 3 x 3 to 16 rows per image).
 LITERT = dict(GENAI, tokens=16, image_size=48, patch_size=4, yes=10784, no=3771)
-for _arch, _cls, _extra in (("gemma3", tf.Gemma3Config, {}),
-                            ("shieldgemma2", tf.ShieldGemma2Config, dict(yes_token_index=LITERT["yes"],
-                                                                         no_token_index=LITERT["no"]))):
-    TINY_VISION[f"{_arch}-litert"] = (TINY_VISION[_arch][0], lambda cls=_cls, extra=_extra: cls(
-        text_config={**_gemma3_text(), "vocab_size": LITERT["vocab"]},
+# "gemma3-litert32": its decoder's widths (64, 96) divisible by 32, as int4 blocks of 32 need.
+for _arch, _cls, _extra, _text in (
+        ("gemma3", tf.Gemma3Config, {}, {}),
+        ("shieldgemma2", tf.ShieldGemma2Config, dict(yes_token_index=LITERT["yes"], no_token_index=LITERT["no"]), {}),
+        ("gemma3", tf.Gemma3Config, {}, dict(hidden_size=64, intermediate_size=96))):
+    _name = f"{_arch}-litert{'32' if _text else ''}"
+    TINY_VISION[_name] = (TINY_VISION[_arch][0], lambda cls=_cls, extra=_extra, text=_text: cls(
+        text_config={**_gemma3_text(), "vocab_size": LITERT["vocab"], **text},
         vision_config=dict(SIGLIP, model_type="siglip_vision_model", image_size=LITERT["image_size"],
                            patch_size=LITERT["patch_size"]),
         mm_tokens_per_image=LITERT["tokens"], boi_token_index=LITERT["boi"], eoi_token_index=LITERT["eoi"],

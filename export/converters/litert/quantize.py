@@ -15,7 +15,8 @@ ai-edge-quantizer, the library LiteRT's own tools use:
 
 ai-edge-quantizer skips a config it does not support without a word (int4 weight-only blockwise,
 int8 blockwise): every FULLY_CONNECTED / EMBEDDING_LOOKUP weight is checked afterwards and a
-float one left behind is an error, not a silently float artifact."""
+float one left behind is an error, not a silently float artifact. A zero scale (an all-zero row) is made
+positive so XNNPACK loads the model (zero_scales.py)."""
 from __future__ import annotations
 
 import collections
@@ -27,6 +28,7 @@ from ...quantize.recipes import Layout, Recipe
 from ..artifact import stdout_to_stderr
 from .graph import weight_types
 from .lossless import ALGORITHM, carried_scopes, weight_scopes
+from .zero_scales import nudge_zero_scales
 
 FC, EMBEDDING = "FULLY_CONNECTED", "EMBEDDING_LOOKUP"
 HEAD_REGEX = ".*logits.*"                # the tied LM head's output tensor (`{signature}_logits_output`)
@@ -113,6 +115,7 @@ def quantize_tflite(src: Path, dst: Path, r: Recipe, model=None, stored: dict | 
         root.setLevel(level)
     dst.write_bytes(result.quantized_model)
     del result, q
+    nudge_zero_scales(dst)
     check_quantized(dst, r, planned)
     return report if report.get("carried") else {}
 
