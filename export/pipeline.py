@@ -97,14 +97,6 @@ def run(args) -> int:
     # (a lone GGUF is a text model: its metadata is not read twice)
     config = read_config(source, mmproj) if mmproj is not None or source.is_dir() else None
     _check_vision_request(args, target, config, auto is not None or calibration is not None)
-    unvalidated = None
-    if args.validate and target.format == "litert" and config is not None and hasattr(config, "vision"):
-        # its prefill signatures have no logits (as LiteRT-LM's): validate's whole-sequence comparison has nothing
-        # to read; tests/test_litert_vision.py holds it to transformers instead
-        unvalidated = ("not validated: a vision-language LiteRT artifact has no whole-sequence logits to compare "
-                       "(tests/test_litert_vision.py checks the format against transformers)")
-        args.validate, steps = False, [s for s in steps if s != "validate"]
-        print(f"note: {unvalidated}", file=sys.stderr)
     progress = Progress(steps, quiet=args.json)
     with progress.step("load", str(args.model or "bundled Gemma 3 270M") + (f" + {mmproj}" if mmproj else "")):
         loaded = load_model(args.model, mmproj=mmproj)
@@ -136,8 +128,7 @@ def run(args) -> int:
                "files": {name: f["bytes"] for name, f in manifest["files"].items()},
                "bytes": sum(f["bytes"] for f in manifest["files"].values()),
                "sha256": {name: f["sha256"] for name, f in manifest["files"].items()}, "validation": None,
-               **({"rounding": manifest["rounding"]} if "rounding" in manifest else {}),
-               **({"validation_skipped": unvalidated} if unvalidated else {})}
+               **({"rounding": manifest["rounding"]} if "rounding" in manifest else {})}
     if args.validate:
         from .validate import validate
         with progress.step("validate", "artifact vs the simulated recipe and vs the float model"):

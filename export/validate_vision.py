@@ -4,7 +4,8 @@
 The conversion check is split where the artifact is: the vision graph (its image rows against the reference's,
 relative RMS error, bounded by how the graph is stored) and the decoder (its logits against the reference
 decoder with the recipe simulated, both fed the artifact's own image rows, over whole prompts and teacher-forced
-decode steps through its caches, against the recipe's thresholds). The quantization figures compare the
+decode steps through its caches, against the recipe's thresholds; a LiteRT artifact, whose prefill gives its last
+row's logits only: each prompt's last position and the decode steps). The quantization figures compare the
 artifact, end to end, with the float reference; ShieldGemma 2 also reports its largest probability change."""
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ def vision_logits(art, ref, sim, context: int, text_ids: list[int]) -> tuple[dic
     reference's own language_model for float recipes)."""
     model, facts = ref.model, art.vision
     quant = (art.manifest or {}).get("vision", {}).get("quant", "fp32")
+    # a LiteRT vision artifact's prefill gives its last row's logits only: its whole prompts are checked at their
+    # last position, with the decode steps
+    whole = getattr(art.backend, "sequence_logits", True)
     refs, sims, arts, all_ids, dec_sim, dec_art, errors, greedy = [], [], [], [], [], [], [], []
     for entry, prompt, ids in _sequences(art, model.config.text.sliding_window, context, text_ids):
         pixels = facts.pixels([entry["file"]])
@@ -55,24 +59,23 @@ def vision_logits(art, ref, sim, context: int, text_ids: list[int]) -> tuple[dic
         ref_rows = model.image_features(torch.from_numpy(pixels))
         errors.append(relative_rms(art_rows, ref_rows.numpy()))
         t, pos = torch.tensor([ids]), torch.arange(len(ids))
-        refs.append(model(t, pos, features=ref_rows)[0][0].numpy())
-        sims.append(model(t, pos, features=torch.from_numpy(art_rows), decoder=sim)[0][0].numpy())
-        arts.append(art.backend.logits(ids, art_rows))
-        all_ids += ids
         # teacher-forced decode through the caches, on both sides (PaliGemma's decoded tokens are its causal
-        # suffix, unlike the same tokens inside one call, which are all prefix)
+        # suffix, unlike the same tokens inside one call, which are all prefix); row 0: the prompt's last
         steps = min(DECODE_TOKENS, len(ids) - len(prompt))
         step = art.backend.stepper(len(ids), features=art_rows)
-        step(prompt, 0)
-        dec_art.append(np.stack([step([ids[p]], p) for p in range(len(prompt), len(prompt) + steps)]))
-        cache = init_cache(model.config.text, len(ids))
-        _, cache = model(torch.tensor([prompt]), torch.arange(len(prompt)), cache,
-                         features=torch.from_numpy(art_rows), decoder=sim)
-        rows = []
-        for p in range(len(prompt), len(prompt) + steps):
-            out, cache = model(torch.tensor([[ids[p]]]), torch.tensor([p]), cache, decoder=sim)
-            rows.append(out[0, -1].numpy())
-        dec_sim.append(np.stack(rows))
+        first = step(prompt, 0)
+        dec_art.append(np.stack([first] + [step([ids[p]], p) for p in range(len(prompt), len(prompt) + steps)]))
+        dec_sim.append(_teacher_forced(model, sim, torch.from_numpy(art_rows), prompt, ids, steps))
+        if whole:
+            refs.append(model(t, pos, features=ref_rows)[0][0].numpy())
+            sims.append(model(t, pos, features=torch.from_numpy(art_rows), decoder=sim)[0][0].numpy())
+            arts.append(art.backend.logits(ids, art_rows))
+            all_ids += ids
+            dec_art[-1], dec_sim[-1] = dec_art[-1][1:], dec_sim[-1][1:]
+        else:
+            refs.append(_teacher_forced(model, None, ref_rows, prompt, ids, steps))
+            arts.append(dec_art[-1])
+            all_ids += ids[len(prompt) - 1:len(prompt) + steps]
         ref_ids = generate(model, prompt, GREEDY_TOKENS, pixels=torch.from_numpy(pixels))
         art_ids = art.generate(prompt, GREEDY_TOKENS, stop_ids=(), images=[entry["file"]]).token_ids
         greedy.append(greedy_match(ref_ids, art_ids))
@@ -82,10 +85,24 @@ def vision_logits(art, ref, sim, context: int, text_ids: list[int]) -> tuple[dic
                "vision_quant": quant, "vision_feature_error": max(errors)}
     if facts.classifier is not None:
         figures["violation_probability_max_diff"] = _shield_diff(art, ref)
+    if not whole:
+        figures["logits_checked"] = "each prompt's last position and the teacher-forced decode steps"
     conversion = {"vision": {"relative_error": max(errors), "bound": VISION_FEATURE_ERROR.get(quant, 0.0)},
-                  "prefill": agreement(np.concatenate(sims), art_all),
+                  **({"prefill": agreement(np.concatenate(sims), art_all)} if whole else {}),
                   "decode": agreement(np.concatenate(dec_sim), np.concatenate(dec_art))}
     return figures, conversion
+
+
+def _teacher_forced(model, decoder, features, prompt: list[int], ids: list[int], steps: int) -> np.ndarray:
+    """[1 + steps, V]: the prompt's last logits, then `steps` decode steps on ids past it, through the caches
+    (decoder None: the model's own)."""
+    cache = init_cache(model.config.text, len(ids))
+    out, cache = model(torch.tensor([prompt]), torch.arange(len(prompt)), cache, features=features, decoder=decoder)
+    rows = [out[0, -1].numpy()]
+    for p in range(len(prompt), len(prompt) + steps):
+        out, cache = model(torch.tensor([[ids[p]]]), torch.tensor([p]), cache, decoder=decoder)
+        rows.append(out[0, -1].numpy())
+    return np.stack(rows)
 
 
 def _shield_diff(art, ref) -> float:

@@ -54,6 +54,7 @@ class LiteRTVisionBackend:
     """kind "causal": `stepper(max_len, features=None)`, `encode_images(pixels)`."""
 
     kind = "causal"
+    sequence_logits = False          # prefill gives the last row's logits only (`logits` raises)
 
     def __init__(self, models: dict[str, bytes], vision: dict, threads: int | None = None,
                  context_length: int | None = None, name: str = "model"):

@@ -226,3 +226,18 @@ def test_quantized_bundles_load_run_and_keep_the_zero_row(quantized, png, tmp_pa
         rows = ref.model.get_image_features(pixel_values=torch.from_numpy(m.vision.pixels([str(png)])))
     rows = np.asarray(getattr(rows, "pooler_output", rows)).reshape(1, vo.LITERT["tokens"], -1)
     assert relative_rms(m.image_features([str(png)]), rows) < VISION_FEATURE_ERROR["int8"]
+
+
+def test_validate_checks_a_litert_vision_artifact(bundles, quantized, real_tokenizer_proto, tmp_path):
+    """validate on LiteRT vision exports: the encoder's rows against the reference's, each prompt's last logits
+    and the teacher-forced decode steps against the simulated recipe (prefill gives no other logits), greedy
+    tokens; PaliGemma fp32 exactly. Against another model's weights the same artifact fails."""
+    from export.validate import validate
+    pali = validate(bundles["paligemma2-litert"][2])
+    assert pali["passed"] and "prefill" not in pali["conversion"] and pali["greedy_match_tokens"] == 16
+    assert pali["conversion"]["decode"]["max_abs_logit_diff"] < 1e-4 and pali["conversion"]["decode"]["positions"] > 2
+    ref, folder = quantized
+    assert validate(folder)["passed"]
+    other = vo.save_folder(vo.build("gemma3-litert32", seed=1), tmp_path / "other", tokenizer=real_tokenizer_proto)
+    report = validate(folder, str(other))
+    assert not report["passed"] and any("decode" in f for f in report["conversion"]["failures"])

@@ -93,12 +93,13 @@ def aeq_values(w: torch.Tensor, bits: int, block: int | None, octav: bool = Fals
     qmax = float((1 << (bits - 1)) - 1)
     qmin = -qmax if bits >= 8 else -qmax - 1
     b, padded = _padded_blocks(w, block)
-    bound = b.abs().amax(-1, keepdim=True).clamp(min=1e-9)
+    bound = b.abs().amax(-1, keepdim=True)
     if octav:
         bound = torch.minimum(bound, _octav_clip(b, bits))
-    s = bound / qmax
+    s = bound.clamp(min=1e-9) / qmax                      # an all-zero row (OCTAV's clip 0 too) stays zeros
     if block is not None:
         s = s.to(torch.bfloat16).to(torch.float16).float()
+        s = torch.where(s == 0, torch.ones_like(s), s)   # underflowed in float16: an all-zero block
     q = torch.round(b / s).clamp_(qmin, qmax)
     return _unblock(q * s, w.shape, padded)
 
