@@ -54,9 +54,11 @@ def manifest_of(artifact: Path) -> dict:
 
 
 def config_of(artifact: Path) -> dict:
-    """The model config an artifact's manifest records (or runtime_py's reading of it)."""
+    """The model config an artifact's manifest records (or runtime_py's reading of it); a vision-language model's
+    whole config (devices.vision.text_config: its decoder's)."""
+    from .vision import text_config
     config = manifest_of(artifact).get("config")
-    if isinstance(config, dict) and config.get("layer_types"):
+    if isinstance(config, dict) and text_config(config).get("layer_types"):
         return config
     import runtime_py
     return runtime_py.load(artifact).config
@@ -65,6 +67,7 @@ def config_of(artifact: Path) -> dict:
 def host_estimate(artifact: Path, device_name: str, args, host_profile: dict | None = None) -> dict:
     from .estimate import calibrate, device, estimate, measure_host, weight_bytes
     from .host import profile_host
+    from .vision import encoder_flops, text_config
     dev = device(device_name)
     if host_profile is None and args.calibration:
         host_profile = read_json(Path(args.calibration))
@@ -76,12 +79,15 @@ def host_estimate(artifact: Path, device_name: str, args, host_profile: dict | N
         host_profile = profile_host(artifact, threads=args.threads, runs=args.runs, spin=args.spin,
                                     prompt_lengths=_lengths(args.prompt_lengths), decode_tokens=args.decode_tokens,
                                     on_run=_progress)
-    config, weights = config_of(artifact), weight_bytes(artifact)
+    full, weights = config_of(artifact), weight_bytes(artifact)
+    config = text_config(full)
+    encoder = encoder_flops(full) if config is not full else None
     kv = 2 if manifest_of(artifact).get("recipe") == "fp16" else 4          # bytes per KV cache element
-    cal = calibrate(host_profile, config, weights, measure_host(host_profile["settings"].get("threads")), kv)
+    cal = calibrate(host_profile, config, weights, measure_host(host_profile["settings"].get("threads")), kv,
+                    encoder=encoder)
     prompt = min(int(n) for n in host_profile["prefill_tok_s"])
     return estimate(dev, config, weights, cal, threads=args.threads or 4, prompt=prompt,
-                    decode_tokens=host_profile["settings"]["decode_tokens"], kv_bytes=kv)
+                    decode_tokens=host_profile["settings"]["decode_tokens"], kv_bytes=kv, encoder=encoder)
 
 
 def run(args) -> int:
@@ -113,7 +119,8 @@ def run(args) -> int:
         est = host_estimate(artifact, name, args)
         result = {"artifact": str(artifact), "device": {"name": name, "estimate": True},
                   "artifact_mb": round(artifact_bytes(artifact) / 1e6, 3), **{k: est[k] for k in
-                  ("ttft_ms", "prefill_tok_s", "decode_tok_s")}, "estimate": est}
+                  ("ttft_ms", "prefill_tok_s", "decode_tok_s", "image_encode_ms", "image_ttft_ms") if k in est},
+                  "estimate": est}
         from .estimate import markdown as estimate_markdown
         from .profile import with_suffix
         base.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .measure import attended_positions, bandwidth_gb_s, kv_bytes as kv_read
+from .vision import decoder_bytes
 
 WEIGHT_SUFFIXES = (".onnx", ".data", ".tflite", ".litertlm")
 
@@ -44,8 +45,11 @@ def peak_gflops(dev: dict, threads: int) -> float:
 
 def weight_bytes(artifact: str | Path) -> int:
     """Bytes of the model file(s): what decode streams from memory every token (a .litertlm minus the
-    tokenizer.model stored in it, counted from the copy beside it)."""
+    tokenizer.model stored in it, counted from the copy beside it; a vision-language artifact's decoder only)."""
     artifact = Path(artifact)
+    decoder = decoder_bytes(artifact)
+    if decoder is not None:
+        return decoder
     files = [artifact] if artifact.is_file() else [p for p in artifact.iterdir() if p.suffix in WEIGHT_SUFFIXES]
     total = sum(p.stat().st_size for p in files)
     tok = (artifact.parent if artifact.is_file() else artifact) / "tokenizer.model"
@@ -87,8 +91,10 @@ def _err(predicted: float, measured: float) -> float:
     return round(100 * (predicted - measured) / measured, 1)
 
 
-def calibrate(host_profile: dict, config: dict, weights: int, host: dict, kv_bytes: int = 4) -> dict:
-    """Efficiencies from a host profile (devices.host) of the artifact, and the host's own error."""
+def calibrate(host_profile: dict, config: dict, weights: int, host: dict, kv_bytes: int = 4,
+              encoder: int | None = None) -> dict:
+    """Efficiencies from a host profile (devices.host) of the artifact, and the host's own error. encoder: a
+    vision-language artifact's FLOPs per image (devices.vision.encoder_flops): e_encode from the measured encode."""
     s = host_profile["settings"]
     prefill = {int(n): v for n, v in host_profile["prefill_tok_s"].items()}
     first, last = min(prefill), max(prefill)
@@ -97,6 +103,9 @@ def calibrate(host_profile: dict, config: dict, weights: int, host: dict, kv_byt
         host["bandwidth_gbs"] * 1e9)
     e_flops = prefill[first] * per_token(config, weights, first / 2, kv_bytes)["flops"] / (host["gflops"] * 1e9)
     out = {"host": host, "e_bw": round(e_bw, 4), "e_flops": round(e_flops, 4), "host_check": None}
+    if encoder and host_profile.get("image_encode_ms"):
+        out["e_encode"] = round(encoder / (host_profile["image_encode_ms"] / 1e3 * host["gflops"] * 1e9), 6)
+        out["image_prompt_tokens"] = host_profile.get("image_prompt_tokens")
     if last != first:
         predicted = e_flops * host["gflops"] * 1e9 / per_token(config, weights, last / 2, kv_bytes)["flops"]
         out["host_check"] = {"what": f"prefill at {last} tokens, from the calibration at {first}",
@@ -106,8 +115,10 @@ def calibrate(host_profile: dict, config: dict, weights: int, host: dict, kv_byt
 
 
 def estimate(dev: dict, config: dict, weights: int, cal: dict, *, threads: int = 4, prompt: int = 128,
-             decode_tokens: int = 128, kv_bytes: int = 4) -> dict:
-    """Estimated prefill / decode tok/s of the artifact on `dev`, and the model's error on its references."""
+             decode_tokens: int = 128, kv_bytes: int = 4, encoder: int | None = None) -> dict:
+    """Estimated prefill / decode tok/s of the artifact on `dev`, and the model's error on its references.
+    encoder (a vision-language artifact's FLOPs per image): the image's encode, compute-bound at the efficiency
+    the host's measured encode gives (calibrate), and the time to first token of the image's prompt."""
     flops_s, bw = peak_gflops(dev, threads) * 1e9, dev["bandwidth_gbs"] * 1e9
     dec = per_token(config, weights, prompt + decode_tokens / 2, kv_bytes)
     pre = per_token(config, weights, prompt / 2, kv_bytes)
@@ -128,7 +139,19 @@ def estimate(dev: dict, config: dict, weights: int, cal: dict, *, threads: int =
             "prefill_tok_s": {str(prompt): round(cal["e_flops"] * flops_s / pre["flops"], 1)},
             "decode_tok_s": round(cal["e_bw"] * bw / dec["bytes"], 1),
             "ttft_ms": round(1e3 * pre["flops"] * prompt / (cal["e_flops"] * flops_s), 1),
-            "reference_checks": checks}
+            "reference_checks": checks, **_image(config, weights, cal, flops_s, encoder, kv_bytes)}
+
+
+def _image(config: dict, weights: int, cal: dict, flops_s: float, encoder: int | None, kv_bytes: int) -> dict:
+    if not encoder:
+        return {}
+    if not cal.get("e_encode"):
+        return {"image_encode_ms": None, "encoder_flops": encoder}
+    encode_s = encoder / (cal["e_encode"] * flops_s)
+    n = cal.get("image_prompt_tokens") or 0
+    prefill_s = n * per_token(config, weights, n / 2, kv_bytes)["flops"] / (cal["e_flops"] * flops_s)
+    return {"encoder_flops": encoder, "image_encode_ms": round(1e3 * encode_s, 1),
+            "image_ttft_ms": round(1e3 * (encode_s + prefill_s), 1) if n else None, "image_prompt_tokens": n}
 
 
 def markdown(e: dict) -> str:
@@ -141,6 +164,16 @@ def markdown(e: dict) -> str:
              f"- time to first token ~{e['ttft_ms']} ms",
              f"- efficiencies calibrated on this host: {cal['host']['bandwidth_gbs']} GB/s copy, "
              f"{cal['host']['gflops']} GFLOP/s matmul"]
+    if "image_encode_ms" in e:
+        if e["image_encode_ms"] is None:
+            lines.append("- image encode: not estimated (the host profile it is calibrated on has no image encode)")
+        else:
+            lines += [f"- image encode **{e['image_encode_ms']} ms** per image = {e['encoder_flops'] / 1e9:.2f} GFLOP "
+                      f"(vision tower + projector) / ({cal['e_encode']} x {e['peak_gflops']} GFLOP/s): compute-bound, "
+                      f"its efficiency calibrated on this host's measured encode (no published figure checks it)"]
+            if e.get("image_ttft_ms"):
+                lines.append(f"- time to first token with the image ~{e['image_ttft_ms']} ms (encode + prefill of the "
+                             f"{e['image_prompt_tokens']}-token prompt; preprocessing left out)")
     if cal.get("host_check"):
         c = cal["host_check"]
         lines.append(f"- error on the host: {c['what']}: {c['predicted_tok_s']} vs {c['measured_tok_s']} tok/s "

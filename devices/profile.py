@@ -3,6 +3,9 @@ report and a PNG chart. Every profiler (host, adb) produces runs in one shape:
 
     {"ttft_ms": float, "prefill_tok_s": {"128": float, "512": float}, "decode_tok_s": float,
      "peak_rss_mb": float | None, "load_s": float | None}
+
+plus, for a vision-language artifact profiled on the host, the image request's fields (devices.vision.METRICS
+and "image_prompt_tokens").
 """
 from __future__ import annotations
 
@@ -10,9 +13,13 @@ import json
 import statistics
 from pathlib import Path
 
+from .vision import METRICS as IMAGE_METRICS
+
 METRICS = ("ttft_ms", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "load_s")
 LABELS = {"ttft_ms": "time to first token (ms)", "decode_tok_s": "decode (tokens/s)",
-          "peak_rss_mb": "peak RSS (MB)", "load_s": "load (s)", "artifact_mb": "artifact (MB)"}
+          "peak_rss_mb": "peak RSS (MB)", "load_s": "load (s)", "artifact_mb": "artifact (MB)",
+          "image_preprocess_ms": "image: preprocessing (ms)", "image_encode_ms": "image: encode, per image (ms)",
+          "image_ttft_ms": "image: time to first token (ms; preprocessing + encode + prefill)"}
 
 
 def artifact_bytes(path: str | Path) -> int:
@@ -42,6 +49,8 @@ def summarize(runs: list[dict], *, artifact: str | Path, device: dict, settings:
         "decode_tok_s": _median(r["decode_tok_s"] for r in runs),
         "peak_rss_mb": _median(r.get("peak_rss_mb") for r in runs),
         "load_s": _median(r.get("load_s") for r in runs),
+        **{k: _median(r[k] for r in runs) for k in IMAGE_METRICS if k in runs[0]},
+        **({"image_prompt_tokens": runs[0]["image_prompt_tokens"]} if "image_prompt_tokens" in runs[0] else {}),
         "artifact_mb": round(artifact_bytes(artifact) / 1e6, 3),
         "runs": runs,
     }
@@ -86,6 +95,10 @@ def markdown(result: dict, chart: str | None = None) -> str:
         row(f"prefill, {n}-token prompt (tokens/s)", v, [r["prefill_tok_s"].get(n) for r in runs])
     for key in ("decode_tok_s", "peak_rss_mb", "load_s"):
         row(LABELS[key], result[key], [r.get(key) for r in runs])
+    if "image_encode_ms" in result:
+        for key in IMAGE_METRICS:
+            label = LABELS.get(key) or f"image: prefill, {result['image_prompt_tokens']}-token prompt (tokens/s)"
+            row(label, result[key], [r.get(key) for r in runs])
     lines.append(f"| {LABELS['artifact_mb']} | {_fmt(result['artifact_mb'])} |" + " |" * len(runs))
     if chart:
         lines += ["", f"![prefill and decode speed]({chart})"]

@@ -168,16 +168,17 @@ class Model:
         timings.decode_tokens = len(out)
         return Generation("".join(pieces), out, len(ids), timings, finish_reason(len(out), n, max_new_tokens))
 
-    def time_steps(self, prompt: list[int], decode_steps: int) -> StepTimes:
+    def time_steps(self, prompt: list[int], decode_steps: int, features: np.ndarray | None = None) -> StepTimes:
         """Greedy-continue `prompt` (token ids) by 1 + `decode_steps` tokens, never stopping early, timing the
-        prefill call and every decode call separately (no sampling or detokenization inside the timings)."""
+        prefill call and every decode call separately (no sampling or detokenization inside the timings).
+        features: image rows (image_features) for the prompt's image placeholders."""
         self._need("causal", "time_steps()")
         ids = self._ids(prompt)
         total = len(ids) + int(decode_steps)
         if decode_steps < 0 or total > self.backend.context_length:
             raise ValueError(f"{len(ids)} prompt tokens + {decode_steps} decode steps: must fit {self.path}'s "
                              f"context length {self.backend.context_length}")
-        step = self.backend.stepper(total)
+        step = self.backend.stepper(total) if features is None else self.backend.stepper(total, features=features)
         t0 = time.perf_counter()
         logits = step(ids, 0)
         t1 = time.perf_counter()

@@ -260,6 +260,35 @@ def _proto_fields(data: bytes) -> dict:
     return out
 
 
+def _header(f, path: Path, size: int) -> tuple[int, dict, list]:
+    """A .litertlm file's header: (its end, the system metadata, [(section kind, begin, end, items)])."""
+    head = f.read(_HEADER_BEGIN)
+    if len(head) < _HEADER_BEGIN or head[:8] != _MAGIC:
+        raise ValueError(f"{path}: not a .litertlm file (no {_MAGIC.decode()} magic)")
+    end = _u("Q", head, 24)
+    if not _HEADER_BEGIN < end <= size:           # sizes are bounded by the file before anything is read
+        raise ValueError(f"{path}: damaged .litertlm header (it ends at byte {end}, the file has {size})")
+    buf = memoryview(f.read(end - _HEADER_BEGIN))
+    try:
+        root = _deref(buf, 0)
+        system = _items(buf, _deref(buf, _field(buf, root, 0)), 0)
+        sections = _vector(buf, _field(buf, _deref(buf, _field(buf, root, 1)), 0))
+        spans = [(buf[_field(buf, s, 3)], _u("Q", buf, _field(buf, s, 1)), _u("Q", buf, _field(buf, s, 2)),
+                  _items(buf, s, 0)) for s in sections]
+    except (struct.error, TypeError, IndexError, UnicodeDecodeError, MemoryError, OverflowError) as e:
+        raise ValueError(f"{path}: damaged .litertlm header ({e})") from None
+    return end, system, spans
+
+
+def tflite_section_sizes(path: str | Path) -> dict[str, int]:
+    """{section model type: bytes} of a `.litertlm` file's TFLite sections, from its header alone."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        _, _, spans = _header(f, path, path.stat().st_size)
+    return {items.get("model_type", "tf_lite_prefill_decode"): stop - begin
+            for kind, begin, stop, items in spans if kind == _TFLITE}
+
+
 def read_litertlm(path: str | Path) -> dict:
     """The sections runtime_py uses from a `.litertlm` file: {"tflite": bytes (the prefill/decode model),
     "models": {section model type: bytes} (every TFLite section), "tokenizer": bytes | None,
@@ -267,21 +296,7 @@ def read_litertlm(path: str | Path) -> dict:
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(_HEADER_BEGIN)
-        if len(head) < _HEADER_BEGIN or head[:8] != _MAGIC:
-            raise ValueError(f"{path}: not a .litertlm file (no {_MAGIC.decode()} magic)")
-        end = _u("Q", head, 24)
-        if not _HEADER_BEGIN < end <= size:           # sizes are bounded by the file before anything is read
-            raise ValueError(f"{path}: damaged .litertlm header (it ends at byte {end}, the file has {size})")
-        buf = memoryview(f.read(end - _HEADER_BEGIN))
-        try:
-            root = _deref(buf, 0)
-            system = _items(buf, _deref(buf, _field(buf, root, 0)), 0)
-            sections = _vector(buf, _field(buf, _deref(buf, _field(buf, root, 1)), 0))
-            spans = [(buf[_field(buf, s, 3)], _u("Q", buf, _field(buf, s, 1)), _u("Q", buf, _field(buf, s, 2)),
-                      _items(buf, s, 0)) for s in sections]
-        except (struct.error, TypeError, IndexError, UnicodeDecodeError, MemoryError, OverflowError) as e:
-            raise ValueError(f"{path}: damaged .litertlm header ({e})") from None
+        end, system, spans = _header(f, path, size)
 
         def read(begin, stop):
             if not end <= begin <= stop <= size:
