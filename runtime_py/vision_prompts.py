@@ -41,15 +41,15 @@ GEMMA3_CHAT_TEMPLATE = (
     "{%- for message in loop_messages -%}"
     "{%- if (message['role'] == 'assistant') -%}{%- set role = \"model\" -%}"
     "{%- else -%}{%- set role = message['role'] -%}{%- endif -%}"
-    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}"
+    "{{ '" + START_OF_TURN + "' + role + '\n' + (first_user_prefix if loop.first else \"\") }}"
     "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
     "{%- else -%}{%- for item in message['content'] -%}"
     "{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
     "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
-    "{{ '<end_of_turn>\n' }}"
+    "{{ '" + END_OF_TURN + "\n' }}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{ '" + START_OF_TURN + "model\n' }}{%- endif -%}"
 )
 # PaliGemma's prompt as a LiteRT-LM jinja template: the image (its marker, which the engine replaces by the image's
 # rows and the end-of-vision row, <bos>), the prefix, "\n"; no turns (LiteRT-LM renders templates, PaliGemma
