@@ -84,7 +84,8 @@ def export_litert_vision(loaded, out: str | Path, r, prefill_lengths=None, cache
         decoder = [(prefill_signature(prefill), g.Decoder(lm), g.decoder_sample(lm.config, prefill, context)),
                    (DECODE_SIGNATURE, g.Decoder(lm), g.decoder_sample(lm.config, 1, context))]
         _convert(decoder, lm, tmp, DECODER, r, LOW_MEMORY_FLAGS)
-        _convert([("embedder", g.Embedder(lm), g.embedder_sample())], lm, tmp, EMBEDDER, r)
+        # the embedder's module holds the whole backbone: a default conversion would copy its unused layers too
+        _convert([("embedder", g.Embedder(lm), g.embedder_sample())], lm, tmp, EMBEDDER, r, LOW_MEMORY_FLAGS)
         _convert([("vision_encoder", g.VisionEncoder(vlm), g.encoder_sample(vc))], vlm.vision_tower, tmp, ENCODER,
                  _VISION_RECIPES.get(quant, RECIPES["fp32"]))
         _convert([("vision_adapter", g.VisionAdapter(vlm), g.adapter_sample(vc))], None, tmp, ADAPTER,
