@@ -59,14 +59,15 @@ class RandomWeights(Mapping):
         return len(self.shapes)
 
 
-def config(name: str, layers: int | None = None):
-    """The preset, or (a trial run) its decoder and SigLIP cut to `layers` layers."""
+def config(name: str, layers: int | None = None, tower: bool = True):
+    """The preset, or (a trial run) its decoder, and with `tower` its SigLIP, cut to `layers` layers."""
     import dataclasses
     from export.models.vision_presets import VISION_PRESETS
     vc = VISION_PRESETS[name]
     if layers:
-        vc = vc.replace(text=vc.text.replace(layer_types=vc.text.layer_types[:layers]),
-                        vision=dataclasses.replace(vc.vision, num_layers=layers))
+        vc = vc.replace(text=vc.text.replace(layer_types=vc.text.layer_types[:layers]))
+        if tower:
+            vc = vc.replace(vision=dataclasses.replace(vc.vision, num_layers=layers))
     return vc
 
 
@@ -79,18 +80,27 @@ def tokenizer():
     return Tokenizer.from_bytes(sentencepiece_model_from_gguf(load_gguf(path).reader), str(path))
 
 
-def random_model(name: str, layers: int | None = None):
+def random_model(name: str, layers: int | None = None, materialize: bool = False, tower: bool = True):
     """A LoadedModel at the preset's shapes: decoder on the meta device with RandomWeights, SigLIP tower and
-    projector float32 on the CPU (normal(0, STD); LayerNorm weights 1, biases and RMSNorm weights 0)."""
+    projector float32 on the CPU (normal(0, STD); LayerNorm weights 1, biases and RMSNorm weights 0).
+    materialize: the decoder too is a float32 module holding RandomWeights' tensors (what litert-torch converts);
+    layers / tower: config()'s cut."""
     import numpy as np
     import torch
     from export.models.checkpoints import LoadedModel
     from export.models.vlm import VisionLanguageModel
-    vc = config(name, layers)
+    vc = config(name, layers, tower)
     with torch.device("meta"):
         model = VisionLanguageModel(vc)
     model.vision_tower = model.vision_tower.to_empty(device="cpu")
     model.multi_modal_projector = model.multi_modal_projector.to_empty(device="cpu")
+    shapes = {n: tuple(t.shape) for n, t in model.language_model.state_dict().items()}
+    weights = RandomWeights(shapes)
+    if materialize:          # one tensor drawn at a time, straight into its parameter
+        model.language_model = model.language_model.to_empty(device="cpu")
+        with torch.no_grad():
+            for pname, p in model.language_model.named_parameters():
+                p.copy_(weights[pname])
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if pname.startswith("language_model."):
@@ -102,8 +112,8 @@ def random_model(name: str, layers: int | None = None):
             else:
                 rng = np.random.default_rng([SEED, zlib.crc32(pname.encode())])
                 p.copy_(torch.from_numpy(rng.standard_normal(tuple(p.shape), dtype=np.float32) * STD))
-    shapes = {n: tuple(t.shape) for n, t in model.language_model.state_dict().items()}
-    return LoadedModel(model.eval(), vc, tokenizer(), Path(f"random:{name}"), weights=RandomWeights(shapes))
+    return LoadedModel(model.eval(), vc, tokenizer(), Path(f"random:{name}"),
+                       weights=None if materialize else weights)
 
 
 def peak_rss_gb() -> dict:
