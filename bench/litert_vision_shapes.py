@@ -4,7 +4,7 @@ costs on this machine, phase by phase (wall time, peak RSS), in a child process 
 The LiteRT path converts the torch reference with litert-torch, so the model must exist as float32 tensors (no
 meta-device streaming as on the ONNX side): bench.vision_shapes.random_model(materialize=True). A whole 4B model
 is 17 GB of float32 before the converter copies anything, past what a shared 24 GB machine can give; `--layers
-1,2,4` (the default) converts the decoder cut to that many of its 34 layers, the SigLIP tower whole, and the
+1,4,8` (the default) converts the decoder cut to that many of its 34 layers, the SigLIP tower whole, and the
 figures for 34 layers are extrapolated per layer from the runs (least-squares line; the JSON says which figures
 are measured and which extrapolated, and how far each run lies from the line). A watchdog kills a run whose RSS
 passes --max-rss-gb or when the machine's available memory falls under --min-available-gb (other engineers
@@ -14,7 +14,7 @@ Phases, in the exporter's order (export.converters.litert.vision, then bundle.bu
 float32 model), then `convert X` / `quantize X` for each of the five models, then `bundle`. Each phase's peak is
 the process's VmHWM reset at its start (devices.measure); RSS is also sampled every second.
 
-    .venv/bin/python -m bench.litert_vision_shapes [--layers 1,2,4] [--max-rss-gb 18]
+    .venv/bin/python -m bench.litert_vision_shapes [--layers 1,4,8] [--max-rss-gb 18]
 Results: bench/results/litert_vision_shapes.json; artifacts in bench/cache/litert_vision_shapes/.
 """
 from __future__ import annotations
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(convert_child(layers, out, max_rss, min_avail)), flush=True)
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--layers", default="1,2,4", help="decoder layers per run (two or more: the fit's points)")
+    ap.add_argument("--layers", default="1,4,8", help="decoder layers per run (two or more: the fit's points)")
     ap.add_argument("--max-rss-gb", type=float, default=18.0, help="the watchdog kills a run past this RSS")
     ap.add_argument("--min-available-gb", type=float, default=1.5, help="... or when the machine has less available")
     ap.add_argument("--results", default=str(ROOT / "results" / "litert_vision_shapes.json"))
