@@ -150,6 +150,13 @@ def fit(runs: list[dict], layers: int) -> dict:
             "peak_gb": line([r["peak_gb"] for r in runs]), "bundle_bytes": line([r["bundle_bytes"] for r in runs])}
 
 
+def dumps(results: dict) -> str:
+    """JSON, indented, each [seconds, GiB] RSS sample on one line."""
+    import re
+    text = json.dumps(results, indent=1)
+    return re.sub(r"\[\s+(-?[\d.]+),\s+(-?[\d.]+)\s+\]", r"[\1, \2]", text) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = [r for r in results["runs"] if r["status"] == "ok"]
     if len(ok) >= 2:
         results["extrapolated"] = fit(ok, full)
-    Path(args.results).write_text(json.dumps(results, indent=1) + "\n")
+    Path(args.results).write_text(dumps(results))
     return 0
 
 
