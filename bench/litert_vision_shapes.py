@@ -29,8 +29,10 @@ import threading
 import time
 from pathlib import Path
 
+from runtime_py.contract import DEFAULT_CONTEXT
+
 ROOT = Path(__file__).resolve().parent
-PRESET, RECIPE, CONTEXT = "gemma3-4b-vision", "int4", 4096        # the android target's recipe and context
+PRESET, RECIPE = "gemma3-4b-vision", "int4"        # the android target's recipe; its context is DEFAULT_CONTEXT
 GB = 2 ** 30
 
 
@@ -106,7 +108,7 @@ def convert_child(layers: int, out: Path, max_rss_gb: float, min_available_gb: f
     vision._convert, vision.quantize_tflite = timed_convert, timed_quantize
     folder = out / "litert"
     shutil.rmtree(out, ignore_errors=True)
-    export_litert(loaded, folder, RECIPE, cache_length=CONTEXT)
+    export_litert(loaded, folder, RECIPE, cache_length=DEFAULT_CONTEXT)
     phases.switch("bundle")
     build_litertlm(folder, out / BUNDLE)
     phases.close()
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     from .vision_shapes import config, wait_for_memory
     full = len(config(PRESET).text.layer_types)
     results = {"date": time.strftime("%Y-%m-%d"), "machine": describe(2, os.getloadavg()), "preset": PRESET,
-               "recipe": RECIPE, "context": CONTEXT, "full_layers": full, "runs": []}
+               "recipe": RECIPE, "context": DEFAULT_CONTEXT, "full_layers": full, "runs": []}
     for layers in sorted({int(x) for x in args.layers.split(",")}):
         before = wait_for_memory(args.max_rss_gb + 1, 3600.0)
         run = child(layers, ROOT / "cache" / "litert_vision_shapes" / f"{layers}l", args)
