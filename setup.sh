@@ -2,7 +2,8 @@
 # Creates .venv (Python 3.11) with the pinned dependencies and installs gemma-export into it.
 #   bash setup.sh          runtime + export dependencies
 #   bash setup.sh --test   also the test-only ones (transformers is the parity oracle) and llama.cpp's
-#                          converter (tests/llama_cpp_converter.py: pip downloads its pinned sdist)
+#                          converter (tests/llama_cpp_converter.py: pip downloads its pinned sdist), and
+#                          transformers.js for the web target's tests (tools/web: npm ci, Node.js 20 from Debian)
 # torch is installed first and alone, pinned to the CPU wheel on this machine's disk; installing
 # it through another spec could pull a multi-GB CUDA build. Use pip (uv/poetry don't see that wheel).
 set -euo pipefail
@@ -17,4 +18,9 @@ req=requirements.txt
 "${PIP[@]}" --no-deps -e . 2> >(grep -v "is ignored" >&2)
 # tests: llama.cpp's own HF -> GGUF converter, from llama-cpp-python's pinned sdist, into tests/cache/
 [ "${1:-}" = "--test" ] && .venv/bin/python tests/llama_cpp_converter.py >/dev/null
+# tests: transformers.js and onnxruntime-node (its bundled CPU binary; no install scripts run) from the lock file
+if [ "${1:-}" = "--test" ]; then
+    command -v npm >/dev/null || { echo "setup.sh --test: npm not found (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+    (cd tools/web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+fi
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"

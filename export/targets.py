@@ -12,6 +12,7 @@ from runtime_py.contract import DEFAULT_CONTEXT, DEFAULT_PREFILL
 # bundle type -> the exporter that writes it: module:function(loaded, out, recipe, ...)
 EXPORTERS = {
     "onnx-folder": "export.converters.onnx:export_onnx",
+    "onnx-web": "export.converters.onnx:export_onnx_web",      # embedding models in transformers.js's layout
     "tflite-folder": "export.converters.litert:export_litert",
     "litertlm": "export.converters.litert.bundle:export_litertlm",
 }
@@ -62,8 +63,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "LiteRT-LM on Android (model.litertlm)", ("pixel-8", "pixel-9", "galaxy-s24", "galaxy-a54")),
     Target("ios", "litert", "litertlm", "int4", DEFAULT_CONTEXT, DEFAULT_PREFILL,
            "LiteRT-LM on iOS (model.litertlm)", ("iphone-15-pro",)),
-    Target("web", "onnx", "onnx-folder", "int4", 2048, None,
-           "onnxruntime-web (WebGPU / wasm) or Transformers.js: ONNX folder"),
+    Target("web", "onnx", "onnx-web", "int4", 2048, None,
+           "onnxruntime-web (WebGPU / wasm) or Transformers.js: ONNX folder (EmbeddingGemma: transformers.js's "
+           "layout, onnx/model_{dtype}.onnx)"),
     Target("desktop", "onnx", "onnx-folder", "fp16", 8192, None,
            "onnxruntime-genai on Windows / macOS / Linux: ONNX folder with genai_config.json"),
     Target("litert", "litert", "tflite-folder", "fp32", DEFAULT_CONTEXT, DEFAULT_PREFILL,

@@ -29,6 +29,12 @@ ONNX_PAST_NAMES = ("past_key_values.%d.key", "past_key_values.%d.value")
 ONNX_PRESENT_NAMES = ("present.%d.key", "present.%d.value")
 ONNX_PRESENT_PREFIX = "present_"           # a recurrent state's output: this prefix + its input name
 
+# --- EmbeddingGemma ONNX: input_ids, attention_mask -> these (the names transformers.js and onnx-community's
+# EmbeddingGemma folders use): the pooled, dense-projected, L2-normalised vector [B, D], and the final-norm
+# hidden states [B, T, d] that transformers.js's feature-extraction pipeline reads
+SENTENCE_EMBEDDING, LAST_HIDDEN_STATE = "sentence_embedding", "last_hidden_state"
+MODEL_FILE = "model_file"                  # manifest.json: the graph's path in the folder when not model.onnx
+
 # --- vision-language ONNX folders (onnxruntime-genai's vision / embedding / decoder split) ---------------------
 VISION_FILE, EMBEDDING_FILE = "vision.onnx", "embedding.onnx"
 PIXEL_VALUES, IMAGE_FEATURES, INPUTS_EMBEDS = "pixel_values", "image_features", "inputs_embeds"

@@ -10,7 +10,9 @@ RecurrentGemma's folders (no genai_config.json; the same description as manifest
 have KV caches on `kv_layers` only and fixed-size `states` (input, output pairs such as
 rg_lru_state_{i} -> present_rg_lru_state_{i}), zero at the start and fed back like the caches.
 
-Embedding models map `input_ids`, `attention_mask` [B, T] to `embeddings` [B, D] (L2-normalised).
+Embedding models map `input_ids`, `attention_mask` [B, T] to `sentence_embedding` [B, D] (L2-normalised;
+contract.SENTENCE_EMBEDDING). Their graph is `model.onnx`, or the file manifest.json's `model_file` names (a
+transformers.js folder keeps it under onnx/).
 
 Depends on onnxruntime, numpy and the standard library only (plus runtime_py's leaf helpers).
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .contract import IMAGE_FEATURES, INPUTS_EMBEDS, PIXEL_VALUES
+from .contract import IMAGE_FEATURES, INPUTS_EMBEDS, MODEL_FILE, PIXEL_VALUES, SENTENCE_EMBEDDING
 from .files import inside, read_json
 from .sampling import check_step
 
@@ -46,11 +48,16 @@ class OnnxBackend:
         genai_path = self.folder / "genai_config.json"
         self.genai = read_json(genai_path) if genai_path.exists() else None
         manifest_path = self.folder / "manifest.json"
-        if self.genai is None and manifest_path.exists():     # models onnxruntime-genai cannot run
-            self.genai = read_json(manifest_path).get("runtime_config")
+        manifest = read_json(manifest_path) if manifest_path.exists() else {}
+        if self.genai is None and manifest:     # models onnxruntime-genai cannot run
+            self.genai = manifest.get("runtime_config")
             genai_path = manifest_path if self.genai else genai_path
         decoder = (self.genai or {}).get("model", {}).get("decoder", {})
-        self.path = inside(self.folder, decoder.get("filename", "model.onnx"), f"{genai_path}: model.decoder.filename")
+        if not decoder and manifest.get(MODEL_FILE):
+            self.path = inside(self.folder, manifest[MODEL_FILE], f"{manifest_path}: {MODEL_FILE}")
+        else:
+            self.path = inside(self.folder, decoder.get("filename", "model.onnx"),
+                               f"{genai_path}: model.decoder.filename")
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such file (an ONNX artifact folder holds the model graph "
                                     f"{self.path.name}{' named by genai_config.json' if decoder else ''})")
@@ -70,7 +77,7 @@ class OnnxBackend:
             else None
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = {o.name: o for o in self.session.get_outputs()}
-        if "embeddings" in self.outputs:
+        if SENTENCE_EMBEDDING in self.outputs:
             self.kind = "embedding"
             self._check_inputs({"input_ids", "attention_mask"})
             self.context_length = (self.genai or {}).get("model", {}).get("context_length")
@@ -206,7 +213,7 @@ class OnnxBackend:
         self._require("embedding", "embed()")
         feed = {"input_ids": np.asarray(ids, _dtype(self.inputs["input_ids"], str(self.path))),
                 "attention_mask": np.asarray(mask, _dtype(self.inputs["attention_mask"], str(self.path)))}
-        (out,) = self.session.run(["embeddings"], feed)
+        (out,) = self.session.run([SENTENCE_EMBEDDING], feed)
         return out.astype(np.float32, copy=False)
 
 

@@ -341,5 +341,5 @@ def test_pooling_head_is_the_models_head():
     h, mask = p.input("h", [B, "T", p.c.hidden_size]), p.input("attention_mask", [B, "T"], INT64)
     pooling_head(p.body, h, mask)
     h_val, mask_val = _x(B, 9, p.c.hidden_size) * 4, _padding_mask(9)
-    out = _run(p.session(), {"h": h_val, "attention_mask": mask_val}, ["embeddings"])["embeddings"]
+    out = _run(p.session(), {"h": h_val, "attention_mask": mask_val}, ["sentence_embedding"])["sentence_embedding"]
     _close(out, model.head(h_val, mask_val.bool()), "pooling head")

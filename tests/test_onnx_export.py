@@ -136,7 +136,7 @@ def test_embeddinggemma_embeddings_match_the_reference_head(tiny_hf, tmp_path):
     hidden = ref(input_ids=toks, attention_mask=mask).last_hidden_state
     pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
     expected = F.normalize(pooled @ denses[0].T @ denses[1].T, dim=-1).numpy()
-    got = _session(out).run(["embeddings"], {"input_ids": toks.numpy(), "attention_mask": mask.numpy()})[0]
+    got = _session(out).run(["sentence_embedding"], {"input_ids": toks.numpy(), "attention_mask": mask.numpy()})[0]
     assert np.abs(got - expected).max() < 1e-5
     assert (got * expected).sum(-1).min() > 0.9999
     assert not (out / "genai_config.json").exists()

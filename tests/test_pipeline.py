@@ -17,7 +17,7 @@ from oracle import save_hf_folder
 DOCUMENTED = {
     "android": ("litert", "litertlm", "int4", 4096, [32, 128, 512]),
     "ios": ("litert", "litertlm", "int4", 4096, [32, 128, 512]),
-    "web": ("onnx", "onnx-folder", "int4", 2048, None),
+    "web": ("onnx", "onnx-web", "int4", 2048, None),
     "desktop": ("onnx", "onnx-folder", "fp16", 8192, None),
     "litert": ("litert", "tflite-folder", "fp32", None, [32, 128, 512]),
     "onnx": ("onnx", "onnx-folder", "fp32", None, None),

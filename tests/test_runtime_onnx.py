@@ -224,12 +224,12 @@ def embedder(tmp_path_factory):
              helper.make_node("ReduceSum", ["hm", "axis1"], ["s"], keepdims=0),          # [B, D]
              helper.make_node("ReduceSum", ["m3", "axis1"], ["n"], keepdims=0),          # [B, 1]
              helper.make_node("Div", ["s", "n"], ["mean"]),
-             helper.make_node("LpNormalization", ["mean"], ["embeddings"], axis=-1, p=2)]
+             helper.make_node("LpNormalization", ["mean"], ["sentence_embedding"], axis=-1, p=2)]
     graph = helper.make_graph(
         nodes, "tiny_embedder",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "T"]),
          helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "T"])],
-        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["B", EMB_DIM])],
+        [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["B", EMB_DIM])],
         [numpy_helper.from_array(table, "table"), one,
          numpy_helper.from_array(np.array([-1], np.int64), "minus1")])
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "model.onnx"))

@@ -19,7 +19,7 @@ transformers' SentencePiece -> fast conversion gives for Gemma:
   tokens they only ever match a literal "\u2581\u2581" in the text (spaces reach them through the merges
   anyway), which SentencePiece does not do, and onnxruntime-extensions decodes added tokens verbatim, so
   indentation would come back as "\u2581\u2581\u2581\u2581".
-* post_processor: TemplateProcessing "<bos> $A".
+* post_processor: TemplateProcessing "<bos> $A" ("<bos> $A <eos>" for EmbeddingGemma, whose tokenizer adds both).
 
 onnxruntime-extensions still differs from SentencePiece on runs of more than 31 spaces and on words of
 more than ~100 characters: it runs BPE on chunks of at most 100 characters and merges every occurrence of
@@ -93,13 +93,14 @@ def _added_token(i: int, content: str, special: bool) -> dict:
             "normalized": False, "special": special}
 
 
-def tokenizer_json(model_proto: bytes, extra_tokens: dict[int, str] | None = None) -> dict:
+def tokenizer_json(model_proto: bytes, extra_tokens: dict[int, str] | None = None, add_eos: bool = False) -> dict:
     """The Hugging Face `tokenizer.json` of a Gemma SentencePiece BPE model; extra_tokens: special tokens past
-    its pieces ({id: text}; Gemma 3 4B+'s <image_soft_token> at 262144 is one in its published tokenizer.json)."""
+    its pieces ({id: text}; Gemma 3 4B+'s <image_soft_token> at 262144 is one in its published tokenizer.json);
+    add_eos: <eos> after each sequence too (EmbeddingGemma)."""
     m = _proto(model_proto)
     vocab = _vocab(m)
     specials = special_pieces(model_proto)
-    bos, unk = specials["bos_token"], specials["unk_token"]
+    bos, unk, eos = specials["bos_token"], specials["unk_token"], specials["eos_token"]
     added = [_added_token(i, vocab[i][0], p.type != _PIECE.USER_DEFINED or p.piece in SPECIAL_PIECES)
              for i, p in enumerate(m.pieces) if p.type in _ADDED_TYPES and p.piece.strip(_SPACE)]
     added += [_added_token(i, text, True) for i, text in sorted((extra_tokens or {}).items()) if i >= len(m.pieces)]
@@ -111,10 +112,13 @@ def tokenizer_json(model_proto: bytes, extra_tokens: dict[int, str] | None = Non
 
         def seq(name, type_id):
             return {"Sequence": {"id": name, "type_id": type_id}}
+        end = lambda type_id: [tok(eos, type_id)] if add_eos else []  # noqa: E731
         post = {"type": "TemplateProcessing",
-                "single": [tok(bos, 0), seq("A", 0)],
-                "pair": [tok(bos, 0), seq("A", 0), tok(bos, 1), seq("B", 1)],
-                "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
+                "single": [tok(bos, 0), seq("A", 0), *end(0)],
+                "pair": [tok(bos, 0), seq("A", 0), *end(0), tok(bos, 1), seq("B", 1), *end(1)],
+                "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]},
+                                   **({eos: {"id": eos, "ids": [m.trainer_spec.eos_id], "tokens": [eos]}}
+                                      if add_eos else {})}}
     vocab_map: dict[str, int] = {}
     for i, (piece, _) in enumerate(vocab):
         vocab_map.setdefault(piece, i)
@@ -137,12 +141,12 @@ def tokenizer_json(model_proto: bytes, extra_tokens: dict[int, str] | None = Non
     }
 
 
-def tokenizer_config(model_proto: bytes, model_max_length: int | None = None) -> dict:
+def tokenizer_config(model_proto: bytes, model_max_length: int | None = None, add_eos: bool = False) -> dict:
     """The `tokenizer_config.json` beside it. onnxruntime-genai creates its tokenizer with
     add_special_tokens=false, so `Tokenizer.encode` never prepends <bos> (prompts carry it, as Gemma's chat
     template does); after `update_options(add_special_tokens="true")` onnxruntime-extensions prepends it when
     `add_bos_token` is true (or absent for a GemmaTokenizer, or false with <bos> in the post_processor)."""
-    cfg = {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
+    cfg = {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": add_eos,
            **special_pieces(model_proto), "clean_up_tokenization_spaces": False,
            "spaces_between_special_tokens": False}
     if model_max_length is not None:
@@ -155,9 +159,9 @@ def _write(path: Path, obj: dict) -> None:
 
 
 def write_hf_tokenizer(model_proto: bytes, folder: str | os.PathLike, model_max_length: int | None = None,
-                       extra_tokens: dict[int, str] | None = None):
-    """Write `tokenizer.json` and `tokenizer_config.json` for the model into `folder` (extra_tokens: see
-    tokenizer_json)."""
+                       extra_tokens: dict[int, str] | None = None, add_eos: bool = False):
+    """Write `tokenizer.json` and `tokenizer_config.json` for the model into `folder` (extra_tokens, add_eos:
+    see tokenizer_json)."""
     folder = Path(folder)
-    _write(folder / "tokenizer.json", tokenizer_json(model_proto, extra_tokens))
-    _write(folder / "tokenizer_config.json", tokenizer_config(model_proto, model_max_length))
+    _write(folder / "tokenizer.json", tokenizer_json(model_proto, extra_tokens, add_eos))
+    _write(folder / "tokenizer_config.json", tokenizer_config(model_proto, model_max_length, add_eos))

@@ -1,6 +1,7 @@
 """`--target onnx`: model.onnx (+ external data when large), genai_config.json, tokenizer.model,
 manifest.json — a folder onnxruntime-genai 0.18 and runtime_py run unchanged. RecurrentGemma
-folders run in runtime_py only (its decoder description is in manifest.json, see genai_config.py)."""
+folders run in runtime_py only (its decoder description is in manifest.json, see genai_config.py).
+`--target web` writes an embedding model in transformers.js's layout (web_folder.py); decoders as above."""
 from __future__ import annotations
 
 import json
@@ -16,13 +17,24 @@ from .embedder import build_embedder
 from .folder import finish_folder, save_model
 from .genai_config import genai_config, genai_supported
 from .stream import build_quantized
+from .web_folder import WEB_LAYOUT, web_dtype, write_web_embedder
+
+
+def export_onnx_web(loaded, out: str | Path, recipe: str = "int4", context_length: int | None = None,
+                    vision_quant: str | None = None) -> Path:
+    """export_onnx, an embedding model in the folder layout transformers.js reads (web_folder.py)."""
+    return export_onnx(loaded, out, recipe, context_length, vision_quant, layout=WEB_LAYOUT)
 
 
 def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: int | None = None,
-                vision_quant: str | None = None) -> Path:
+                vision_quant: str | None = None, layout: str | None = None) -> Path:
     """Export a LoadedModel (export.models.checkpoints) to an ONNX artifact folder. vision_quant: the vision
-    graph's storage of a vision-language model (fp32 | fp16 | int8; default: vision_folder.default_vision_quant)."""
+    graph's storage of a vision-language model (fp32 | fp16 | int8; default: vision_folder.default_vision_quant).
+    layout: WEB_LAYOUT puts an embedding model's graph where transformers.js reads it."""
     r = recipe_for(recipe, "onnx")
+    web = layout == WEB_LAYOUT and loaded.config.embedding_head is not None
+    if web:
+        web_dtype(r.name)             # a recipe transformers.js has no file name for is refused before any work
     c = loaded.config
     context = min(context_length or DEFAULT_CONTEXT, c.max_position)
     if isinstance(c, VisionLanguageConfig):
@@ -39,7 +51,10 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
                                      else build_decoder(m, context, state, packer), r, loaded.stored)
     extra = {"context_length": context, "kind": "embedder" if embedder else "causal_lm"}
     with staged_dir(out) as tmp:
-        save_model(proto, tmp / "model.onnx")
+        if web:
+            extra.update(write_web_embedder(proto, tmp, c, r.name))
+        else:
+            save_model(proto, tmp / "model.onnx")
         if not embedder and genai_supported(c):
             (tmp / "genai_config.json").write_text(json.dumps(genai_config(c, context), indent=2) + "\n")
         elif not embedder:     # runtime_py reads the same description from the manifest

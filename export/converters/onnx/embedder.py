@@ -1,11 +1,14 @@
-"""EmbeddingGemma as ONNX: input_ids [B, T], attention_mask [B, T] -> embeddings [B, D]
-(L2-normalised, full width). Bidirectional attention in plain ops; RoPE through onnxruntime's
+"""EmbeddingGemma as ONNX: input_ids [B, T], attention_mask [B, T] -> sentence_embedding [B, D]
+(L2-normalised, full width) and last_hidden_state [B, T, d] (after the final norm), the names
+transformers.js reads (runtime_py.contract). Bidirectional attention in plain ops; RoPE through onnxruntime's
 RotaryEmbedding; masked mean pooling and the bias-free dense head."""
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import torch
+
+from runtime_py.contract import LAST_HIDDEN_STATE, SENTENCE_EMBEDDING
 
 from ...models.config import GemmaConfig
 from ...models.layers import visible
@@ -25,7 +28,9 @@ def build_embedder(model, state=None, packer=None) -> onnx.ModelProto:
     body.embed(ids)
     for i in range(c.num_layers):
         body.layer(i, attention)
-    pooling_head(body, body.final_norm(), mask)
+    h = g.op("Identity", [body.final_norm()], "/model/last_hidden_state", outputs=[LAST_HIDDEN_STATE])
+    g.output(LAST_HIDDEN_STATE, FLOAT, ["batch_size", "sequence_length", c.hidden_size])
+    pooling_head(body, h, mask)
     return g.model(doc="EmbeddingGemma exported by gemma-export")
 
 
@@ -69,7 +74,7 @@ class BidirectionalAttention:
 
 def pooling_head(body: Body, h: str, mask: str) -> str:
     """Mirrors GemmaEmbedder.head (export.models.gemma) at full width: masked mean pooling, the bias-free
-    dense layers, L2 normalisation. h [B, T, d], mask [B, T] -> `embeddings` [B, D]."""
+    dense layers, L2 normalisation. h [B, T, d], mask [B, T] -> `sentence_embedding` [B, D]."""
     g, c = body.g, body.c
     n = "/pooling"
     w = g.op("Unsqueeze", [g.op("Cast", [mask], f"{n}/Cast", to=onnx.TensorProto.FLOAT), g.const([2])], f"{n}/w")
@@ -81,6 +86,6 @@ def pooling_head(body: Body, h: str, mask: str) -> str:
         x = body.linear(x, [f"dense.{j}.weight"], f"/dense.{j}/MatMul")
     norm = g.op("Max", [g.op("ReduceL2", [x, g.const([-1])], "/normalize/ReduceL2", keepdims=1),
                         g.const(1e-12, np.float32)], "/normalize/Max")
-    out = g.op("Div", [x, norm], "/normalize/Div", outputs=["embeddings"])
-    g.output("embeddings", FLOAT, ["batch_size", c.embedding_head.dense_dims[-1]])
+    out = g.op("Div", [x, norm], "/normalize/Div", outputs=[SENTENCE_EMBEDDING])
+    g.output(SENTENCE_EMBEDDING, FLOAT, ["batch_size", c.embedding_head.dense_dims[-1]])
     return out

@@ -23,27 +23,29 @@ def check(proto: onnx.ModelProto) -> None:
         onnx.checker.check_model(proto)
 
 
-def save_model(proto: onnx.ModelProto, path: Path, checked: bool = False) -> None:
-    """Save `proto` (weights in <file>.data when large) after onnx's checker (unless `checked`): on the graph in
-    memory, or, when its weights go beside it, on the saved file (it reads the graph, not the weights)."""
+def save_model(proto: onnx.ModelProto, path: Path, checked: bool = False, data_suffix: str = ".data") -> None:
+    """Save `proto` (weights in <file><data_suffix> when large) after onnx's checker (unless `checked`): on the
+    graph in memory, or, when its weights go beside it, on the saved file (it reads the graph, not the weights)."""
     if _inline(proto):
         if not checked:
             check(proto)
         onnx.save_model(proto, str(path))
         return
     onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)
+                    location=path.name + data_suffix, size_threshold=1024)
     if not checked:
         onnx.checker.check_model(str(path))
 
 
 def finish_folder(tmp: Path, loaded, recipe, context: int, carried: dict, extra: dict,
                   extra_tokens: dict[int, str] | None = None) -> None:
-    """tokenizer.model + the Hugging Face tokenizer files (with `extra_tokens` past the pieces), then
-    manifest.json (config, recipe, import record)."""
+    """tokenizer.model + the Hugging Face tokenizer files (with `extra_tokens` past the pieces; an embedding
+    model's append <eos>, as EmbeddingGemma's tokenizer does), then manifest.json (config, recipe, import
+    record)."""
     if loaded.tokenizer is not None:
         loaded.tokenizer.save(tmp / "tokenizer.model")
-        write_hf_tokenizer(loaded.tokenizer.model_proto(), tmp, model_max_length=context, extra_tokens=extra_tokens)
+        write_hf_tokenizer(loaded.tokenizer.model_proto(), tmp, model_max_length=context, extra_tokens=extra_tokens,
+                           add_eos=getattr(loaded.config, "embedding_head", None) is not None)
     extra.update(import_record(loaded, carried))
     write_manifest(tmp, source=str(loaded.source), config=loaded.config, recipe=recipe, target="onnx", extra=extra,
                    mmproj=getattr(loaded, "mmproj", None))

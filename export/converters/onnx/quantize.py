@@ -4,7 +4,7 @@ onnxruntime's own tools:
 - fp16: onnxruntime.transformers' float16 converter, with the residual stream and the RMS norms
   (SkipSimplifiedLayerNormalization, RMSNormalization) kept float32: Gemma 2/3's residual outgrows
   float16's range (65504) and every logit turns NaN. KV caches become float16;
-  logits / embeddings and RecurrentGemma's RG-LRU state and scan stay float32.
+  logits / EmbeddingGemma's outputs and RecurrentGemma's RG-LRU state and scan stay float32.
 - int4 / int8: MatMulNBitsQuantizer (symmetric blockwise weights -> MatMulNBits; accuracy_level 4
   quantizes the activations to int8 at run time, per block of the weights' block size).
   Not quantize_dynamic (per-channel weights, DynamicQuantizeMatMul): its activations are quantized
@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from runtime_py.contract import LAST_HIDDEN_STATE, SENTENCE_EMBEDDING
+
 from ...quantize.recipes import Recipe
 from .graph import ROWS_FROM
 
@@ -31,7 +33,7 @@ TABLE = "model.embed_tokens.weight"
 HEAD = "/lm_head/MatMul"
 HEAD_WEIGHT = "lm_head.MatMul.weight"
 FP32_OPS = ["SkipSimplifiedLayerNormalization", "RMSNormalization"]     # the residual stream's ops
-FP32_IO = ["logits", "embeddings"]
+FP32_IO = ["logits", SENTENCE_EMBEDDING, LAST_HIDDEN_STATE]
 FP32_STATE_OPS = ["Scan"]             # RecurrentGemma's RG-LRU recurrence accumulates in float32
 
 

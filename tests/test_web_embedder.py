@@ -1,0 +1,148 @@
+"""`--target web` on EmbeddingGemma: the folder transformers.js 4.3.2 reads (onnx/model{suffix}.onnx per dtype,
+config.json, tokenizer.json with <bos> ... <eos>, outputs sentence_embedding / last_hidden_state), run by
+transformers.js itself in Node (tools/web, onnxruntime-node's bundled CPU binary), by onnxruntime in Python and by
+runtime_py, against transformers' Gemma3TextModel with sentence-transformers' head written out (masked mean
+pooling, the two bias-free Dense layers, L2 normalisation) on the same weights."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+
+import runtime_py
+from export.converters.onnx import export_onnx, export_onnx_web
+from export.models.checkpoints import load_model
+
+WEB = Path(__file__).resolve().parents[1] / "tools" / "web"
+# longer than the tiny sliding window (8 tokens), of different lengths (padding), one a task prompt
+TEXTS = ["The quick brown fox jumps over the lazy dog while the old cat sleeps on the warm red carpet.",
+         "Yes it is.",
+         "task: search result | query: Is this a question? Hello world! The old dog sleeps on the carpet."]
+
+
+def transformers_js(folder: Path, texts: list[str], dtype: str | None = None) -> dict:
+    """{input_ids, sentence_embedding} from transformers.js (tools/web/embed.mjs) on `folder`."""
+    node = shutil.which("node")
+    assert node, "node is not installed: setup.sh --test needs Node.js (Debian: apt-get install nodejs npm)"
+    assert (WEB / "node_modules" / "@huggingface" / "transformers").is_dir(), \
+        "tools/web/node_modules is missing: run setup.sh --test (npm ci --ignore-scripts in tools/web)"
+    run = subprocess.run([node, "embed.mjs", str(folder), *([dtype] if dtype else [])], cwd=WEB,
+                         input=json.dumps(texts), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout)
+
+
+@torch.no_grad()
+def reference(hf, ids: list[list[int]]) -> np.ndarray:
+    """sentence-transformers' EmbeddingGemma on transformers' model: mean over the real tokens, Dense, Dense
+    (no bias, Identity), L2 normalise; `ids` right-padded."""
+    width = max(map(len, ids))
+    toks = torch.tensor([s + [0] * (width - len(s)) for s in ids])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids])
+    hidden = hf.ref(input_ids=toks, attention_mask=mask).last_hidden_state
+    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    for w in hf.denses:
+        pooled = pooled @ w.T
+    return F.normalize(pooled, dim=-1).numpy()
+
+
+def cosines(a, b) -> np.ndarray:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_hf):
+    return tiny_hf("embeddinggemma", tokenizer=True)
+
+
+@pytest.fixture(scope="module")
+def web_fp32(tiny, tmp_path_factory):
+    return export_onnx_web(load_model(tiny.path), tmp_path_factory.mktemp("web") / "fp32", "fp32", 512)
+
+
+def test_layout_is_what_transformers_js_reads(web_fp32, tiny):
+    files = sorted(p.relative_to(web_fp32).as_posix() for p in web_fp32.rglob("*") if p.is_file())
+    assert files == ["config.json", "manifest.json", "onnx/model.onnx", "tokenizer.json", "tokenizer.model",
+                     "tokenizer_config.json"]
+    config = json.loads((web_fp32 / "config.json").read_text())
+    assert config["model_type"] == "gemma3_text" and config["transformers.js_config"] == {"dtype": "fp32"}
+    # transformers reads the same config.json as the model it was exported from
+    import transformers as tf
+    ours = tf.Gemma3TextConfig(**{k: v for k, v in config.items() if k != "transformers.js_config"})
+    for key in ("hidden_size", "num_hidden_layers", "layer_types", "sliding_window", "head_dim",
+                "num_key_value_heads", "query_pre_attn_scalar", "use_bidirectional_attention", "vocab_size"):
+        assert getattr(ours, key) == getattr(tiny.ref.config, key), key
+    session = ort.InferenceSession(str(web_fp32 / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    assert {o.name for o in session.get_outputs()} == {"sentence_embedding", "last_hidden_state"}
+
+
+def test_transformers_js_onnxruntime_and_runtime_py_match_the_reference(web_fp32, tiny):
+    got = transformers_js(web_fp32, TEXTS)
+    model = runtime_py.load(web_fp32)
+    # transformers.js tokenizes with our tokenizer.json as runtime_py does with the SentencePiece model
+    assert got["input_ids"] == [model.embedding_ids(t) for t in TEXTS]
+    expected = reference(tiny, got["input_ids"])
+    assert cosines(got["sentence_embedding"], expected).min() >= 0.9999
+    np.testing.assert_allclose(got["sentence_embedding"], expected, atol=1e-5)
+    assert cosines(model.embed(TEXTS), expected).min() >= 0.9999
+    # onnxruntime (Python) on the graph, padded batch: both outputs
+    width = max(map(len, got["input_ids"]))
+    ids = np.array([s + [0] * (width - len(s)) for s in got["input_ids"]])
+    mask = (np.arange(width)[None] < np.array([len(s) for s in got["input_ids"]])[:, None]).astype(np.int64)
+    session = ort.InferenceSession(str(web_fp32 / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    emb, hidden = session.run(["sentence_embedding", "last_hidden_state"], {"input_ids": ids, "attention_mask": mask})
+    assert cosines(emb, expected).min() >= 0.9999
+    with torch.no_grad():
+        ref_hidden = tiny.ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
+    assert np.abs(hidden - ref_hidden.numpy())[mask.astype(bool)].max() < 1e-4
+
+
+@pytest.mark.parametrize("recipe,name", [("int4", "model_q4.onnx"), ("int8", "model_quantized.onnx")])
+def test_quantized_file_names_load_by_dtype(tiny, tmp_path, recipe, name):
+    out = export_onnx_web(load_model(tiny.path), tmp_path / recipe, recipe, 512)
+    assert (out / "onnx" / name).is_file() and not (out / "onnx" / "model.onnx").exists()
+    dtype = json.loads((out / "config.json").read_text())["transformers.js_config"]["dtype"]
+    got = transformers_js(out, TEXTS)                       # no dtype: the config's picks the file
+    explicit = transformers_js(out, TEXTS[:1], dtype)
+    ours = runtime_py.load(out).embed(TEXTS)
+    assert cosines(got["sentence_embedding"], ours).min() >= 0.9999
+    assert cosines(explicit["sentence_embedding"], ours[:1]).min() >= 0.9999
+    assert cosines(ours, reference(tiny, got["input_ids"])).min() >= 0.9
+
+
+def test_external_data_is_named_as_transformers_js_loads_it(tiny, tmp_path, monkeypatch):
+    import export.converters.onnx.folder as folder
+    monkeypatch.setattr(folder, "MAX_INLINE_BYTES", 0)       # as a real-size graph: weights beside it
+    out = export_onnx_web(load_model(tiny.path), tmp_path / "ext", "fp32", 512)
+    assert (out / "onnx" / "model.onnx_data").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["transformers.js_config"]["use_external_data_format"] == {"model.onnx": 1}
+    got = transformers_js(out, TEXTS[:2])
+    assert cosines(got["sentence_embedding"], reference(tiny, got["input_ids"])).min() >= 0.9999
+
+
+def test_plain_onnx_target_has_the_same_outputs(tiny, tmp_path):
+    out = export_onnx(load_model(tiny.path), tmp_path / "onnx", "fp32", 512)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert {o.name for o in session.get_outputs()} == {"sentence_embedding", "last_hidden_state"}
+    assert json.loads((out / "tokenizer_config.json").read_text())["add_eos_token"] is True
+    model = runtime_py.load(out)
+    ids = [model.embedding_ids(t) for t in TEXTS]
+    assert cosines(model.embed(TEXTS), reference(tiny, ids)).min() >= 0.9999
+
+
+def test_web_target_refuses_a_recipe_without_a_transformers_js_file_name(tiny, tmp_path):
+    from export.converters.onnx.web_folder import DTYPES
+    assert set(DTYPES) >= {"fp32", "fp16", "int8", "int4", "mixed"}
+    with pytest.raises(ValueError, match="--quant nope"):
+        export_onnx_web(load_model(tiny.path), tmp_path / "x", "nope", 512)
+    assert not (tmp_path / "x").exists()
