@@ -185,6 +185,34 @@ def _generate_artifact(args, sampling) -> int:
     return 0
 
 
+def _embed(args) -> int:
+    from runtime_py.prompts import embedding_prompt
+
+    from .embed import open_embedder
+    embedding_prompt(args.task, args.title)                 # a bad --task / --title is refused before loading
+    if args.dim is not None and args.dim < 1:
+        raise ValueError(f"--dim {args.dim}: expected a positive width (EmbeddingGemma: 768, 512, 256 or 128)")
+    t0 = time.perf_counter()
+    m = open_embedder(args.model, _is_artifact(args.model), args.threads)
+    load_s = time.perf_counter() - t0
+    if m.kind != "embedding":
+        raise ValueError(f"{args.model} is a causal LM, not an embedding model; `embed` needs EmbeddingGemma")
+    t1 = time.perf_counter()
+    emb = m.embed(list(args.text), dim=args.dim, task=args.task, title=args.title)
+    embed_s = time.perf_counter() - t1
+    if args.json:
+        print(json.dumps({"model": str(args.model), "task": args.task, "dim": int(emb.shape[-1]),
+                          "prompt": embedding_prompt(args.task, args.title),
+                          "tokens": [len(m.embedding_ids(t, args.task, args.title)) for t in args.text],
+                          "embeddings": [[float(x) for x in row] for row in emb],
+                          "load_s": round(load_s, 3), "embed_s": round(embed_s, 3)}))
+    else:
+        for row in emb:
+            print(" ".join(f"{x:.6g}" for x in row))
+        print(f"[{len(emb)} x {emb.shape[-1]} in {embed_s:.2f} s; model loaded in {load_s:.1f} s]", file=sys.stderr)
+    return 0
+
+
 def _validate(args) -> int:
     from .pipeline import user_bar
     from .validate import format_report, validate
@@ -271,6 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="CPU threads for artifacts (default: all)")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=_generate)
+
+    from runtime_py.prompts import EMBED_TASKS
+    b = sub.add_parser("embed", help="EmbeddingGemma vectors of texts, from a checkpoint or an artifact")
+    b.add_argument("text", nargs="+", help="texts to embed (one vector each)")
+    b.add_argument("--model", required=True,
+                   help="EmbeddingGemma: HF folder, .gguf file, ONNX artifact folder or LiteRT artifact")
+    b.add_argument("--task", default=None, help=f"prompt: {', '.join(EMBED_TASKS)} (default: the text alone)")
+    b.add_argument("--title", default=None, help="--task document: the document's title (default: none)")
+    b.add_argument("--dim", type=int, default=None,
+                   help="Matryoshka width: truncate, then re-normalise (EmbeddingGemma: 768, 512, 256, 128)")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads for artifacts (default: all)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=_embed)
 
     v = sub.add_parser("validate", help="compare an artifact with its reference PyTorch model")
     v.add_argument("artifact", help="artifact folder (or .litertlm file)")

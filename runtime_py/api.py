@@ -247,22 +247,28 @@ class Model:
         logits = self.backend.stepper(len(ids))(ids, 0)
         return yes_probability(logits, tok.id_of("Yes"), tok.id_of("No"))
 
-    def embedding_ids(self, text: str, task: str | None = None) -> list[int]:
+    def embedding_ids(self, text: str, task: str | None = None, title: str | None = None) -> list[int]:
         """The ids embed() feeds for `text`: <bos> prompt+text <eos> (EmbeddingGemma's tokenizer adds both),
         cut to the context length with <eos> kept last."""
         tok = self._tok()
         limit = self.config.get("max_position") or self.backend.context_length or 2048
-        return tok.encode(embedding_prompt(task) + text)[:limit - 1] + [tok.eos_id]
+        return tok.encode(embedding_prompt(task, title) + text)[:limit - 1] + [tok.eos_id]
 
     def embed(self, texts: str | list[str], dim: int | None = None, task: str | None = None,
-              batch_size: int = 32) -> np.ndarray:
+              batch_size: int = 32, title: str | None = None) -> np.ndarray:
         """Embeddings of `texts` ([N, D]; [D] for one str), L2-normalised. `dim` truncates to a Matryoshka
-        size (then re-normalises); `task` picks EmbeddingGemma's prompt (see `embedding_prompt`)."""
+        size (then re-normalises); `task` (and a document's `title`) picks EmbeddingGemma's prompt (see
+        `embedding_prompt`). A bad `dim` or `task` is refused before anything runs."""
         self._need("embedding", "embed()")
+        head = self.config.get("embedding_head") or {}
+        width = (head.get("dense_dims") or [None])[-1]
+        if dim is not None and width:
+            truncate_embeddings(np.zeros((0, width), np.float32), dim, head.get("matryoshka_dims"))
+        embedding_prompt(task, title)
         tok, single = self._tok(), isinstance(texts, str)
         texts = [texts] if single else list(texts)
         pad = self.config.get("pad_id", tok.pad_id if tok.pad_id >= 0 else 0)
-        seqs = [self.embedding_ids(t, task) for t in texts]
+        seqs = [self.embedding_ids(t, task, title) for t in texts]
         rows = []
         for i in range(0, len(seqs), batch_size):
             batch = seqs[i:i + batch_size]
@@ -274,7 +280,6 @@ class Model:
             rows.append(self.backend.embed(ids, mask))                       # [B, D]
         emb = np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
         if dim is not None:
-            head = self.config.get("embedding_head") or {}
             emb = truncate_embeddings(emb, dim, head.get("matryoshka_dims"))
         return emb[0] if single else emb
 
@@ -282,7 +287,7 @@ class Model:
 def truncate_embeddings(emb: np.ndarray, dim: int, allowed: Iterable[int] | None = None) -> np.ndarray:
     """Matryoshka truncation: the first `dim` components of each row [N, D], re-normalised to unit length."""
     full = emb.shape[-1]
-    allowed = sorted(set(allowed or ()) | {full}, reverse=True) if allowed else None
+    allowed = sorted({d for d in allowed if d <= full} | {full}, reverse=True) if allowed else None
     if (allowed and dim not in allowed) or not 0 < dim <= full:
         raise ValueError(f"embedding dim {dim} is not supported; choose one of "
                          f"{allowed or f'1..{full}'}")

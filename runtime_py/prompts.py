@@ -18,19 +18,23 @@ _SHIELD_QUESTION = ("Does the {who} violate the above principle? Your answer mus
                     "And then walk through step by step to be sure we answer correctly.\n\n")
 
 
-def embedding_prompt(task: str | None) -> str:
+def embedding_prompt(task: str | None, title: str | None = None) -> str:
     """EmbeddingGemma's prefix for `task`: None -> "", "query" -> "task: search result | query: ",
-    "document" -> "title: none | text: ", other tasks (EMBED_TASKS; '_'/'-' may stand for spaces)
-    -> "task: {task} | query: "."""
+    "document" -> "title: {title or none} | text: ", other tasks (EMBED_TASKS; '_'/'-' may stand for spaces)
+    -> "task: {task} | query: ". `title` belongs to the document prompt only."""
     if task is None:
+        if title is not None:
+            raise ValueError("an embedding title goes with the document task (task='document')")
         return ""
     key = str(task).strip().lower().replace("_", " ").replace("-", " ")
     if key == "document":
-        return "title: none | text: "
+        return f"title: {title.strip() if title and title.strip() else 'none'} | text: "
     if key == "query":
         key = "search result"
     if key not in _QUERY_TASKS:
         raise ValueError(f"unknown embedding task {task!r}; expected one of {', '.join(EMBED_TASKS)}")
+    if title is not None:
+        raise ValueError(f"an embedding title goes with the document task, not {task!r}")
     return f"task: {key} | query: "
 
 

@@ -66,6 +66,17 @@ def tiny_litert(tiny_hf, tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def tiny_embedding_web(tiny_hf, tmp_path_factory):
+    """(hf, folder): tiny_hf("embeddinggemma", tokenizer=True) and its fp32 `--target web` folder (transformers.js
+    layout, context 512), exported once. Read-only."""
+    from export.converters.onnx import export_onnx_web
+    from export.models.checkpoints import load_model
+    hf = tiny_hf("embeddinggemma", tokenizer=True)
+    return SimpleNamespace(hf=hf, folder=export_onnx_web(load_model(hf.path), tmp_path_factory.mktemp("web") / "fp32",
+                                                         "fp32", 512))
+
+
 # --- the real Gemma 3 270M --------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

@@ -59,13 +59,13 @@ def cosines(a, b) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_hf):
-    return tiny_hf("embeddinggemma", tokenizer=True)
+def tiny(tiny_embedding_web):
+    return tiny_embedding_web.hf
 
 
 @pytest.fixture(scope="module")
-def web_fp32(tiny, tmp_path_factory):
-    return export_onnx_web(load_model(tiny.path), tmp_path_factory.mktemp("web") / "fp32", "fp32", 512)
+def web_fp32(tiny_embedding_web):
+    return tiny_embedding_web.folder
 
 
 def test_layout_is_what_transformers_js_reads(web_fp32, tiny):

@@ -1,0 +1,68 @@
+"""`gemma-export embed` on an EmbeddingGemma checkpoint and on its artifact: the same vectors, the task prompts,
+Matryoshka widths, bad --task / --dim / model refused with one line (exit 2, nothing on stdout)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from export.cli import main
+from test_web_embedder import cosines, reference
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello world! Yes it is."]
+
+
+def _embed(capsys, *argv) -> dict:
+    assert main(["embed", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_checkpoint_and_artifact_give_the_reference_vectors_with_the_task_prompt(tiny_embedding_web, capsys):
+    hf, folder = tiny_embedding_web.hf, tiny_embedding_web.folder
+    ckpt = _embed(capsys, "--model", str(hf.path), "--task", "query", *TEXTS)
+    art = _embed(capsys, "--model", str(folder), "--task", "query", *TEXTS)
+    assert ckpt["prompt"] == "task: search result | query: " and ckpt["dim"] == 64
+    import runtime_py
+    m = runtime_py.load(folder)
+    ids = [m.embedding_ids("task: search result | query: " + t) for t in TEXTS]     # the prompt written out
+    expected = reference(hf, ids)
+    assert cosines(ckpt["embeddings"], expected).min() >= 0.9999
+    assert cosines(art["embeddings"], expected).min() >= 0.9999
+    doc = _embed(capsys, "--model", str(folder), "--task", "document", "--title", "Foxes", TEXTS[0])
+    assert doc["prompt"] == "title: Foxes | text: "
+    assert cosines(doc["embeddings"], reference(hf, [m.embedding_ids("title: Foxes | text: " + TEXTS[0])])) >= 0.9999
+
+
+def test_matryoshka_dim_truncates_then_renormalises(tiny_embedding_web, tmp_path, capsys):
+    folder = tmp_path / "web"
+    shutil.copytree(tiny_embedding_web.folder, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["config"]["embedding_head"]["matryoshka_dims"] = [64, 32, 16]    # tiny stand-ins for 768/512/...
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    full = np.array(_embed(capsys, "--model", str(folder), *TEXTS)["embeddings"])
+    short = np.array(_embed(capsys, "--model", str(folder), "--dim", "16", *TEXTS)["embeddings"])
+    expected = full[:, :16] / np.linalg.norm(full[:, :16], axis=-1, keepdims=True)
+    np.testing.assert_allclose(short, expected, atol=1e-6)
+    assert main(["embed", "--model", str(folder), "--dim", "24", "x"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "dim 24" in captured.err and "[64, 32, 16]" in captured.err
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--task", "translation", "x"], "'translation'"),
+    (["--dim", "0", "x"], "--dim 0"),
+    (["--dim", "4096", "x"], "dim 4096"),
+    (["--task", "query", "--title", "T", "x"], "title"),
+])
+def test_bad_task_or_dim_is_one_line(tiny_embedding_web, argv, named, capsys):
+    assert main(["embed", "--model", str(tiny_embedding_web.folder), *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and named in captured.err and captured.err.strip().count("\n") == 0
+
+
+def test_a_causal_model_is_refused(tiny_hf, capsys):
+    path = tiny_hf("gemma3", tokenizer=True).path
+    assert main(["embed", "--model", str(path), "x"]) == 2
+    assert "not an embedding model" in capsys.readouterr().err
