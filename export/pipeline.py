@@ -21,6 +21,7 @@ from .converters.artifact import SOURCE_MMPROJ
 SPINNER = "|/-\\"
 VALIDATION_KEYS = ("passed", "failures", "top1_agreement", "kl_divergence", "max_abs_logit_diff",
                    "greedy_match_tokens", "greedy_tokens", "perplexity", "reference_perplexity", "embedding_cosine",
+                   "retrieval_top10_overlap",
                    "conversion", "quantization")
 
 

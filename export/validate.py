@@ -6,8 +6,8 @@ on the same bundled multi-domain text, longer than the sliding window, and answe
   whole-sequence logits and over teacher-forced decode steps through the artifact's caches, against
   the recipe's model-independent thresholds. A miss is a converter bug on any model.
 - quantization (reported): what did the recipe cost on this checkpoint? The artifact against the
-  float reference: top-1 agreement, KL, perplexity, greedy match (embedding cosine for embedding
-  models). Only a floor that catches a catastrophe fails it by default; users set their own bar.
+  float reference: top-1 agreement, KL, perplexity, greedy match (embedding models: cosine and top-10
+  retrieval overlap on a bundled query/document set, export.validate_embedding). Only a floor that catches a catastrophe fails it by default; users set their own bar.
 
 The report's top-level figures are the float comparison; `passed` is true only when the conversion
 check and every bar pass."""
@@ -140,7 +140,8 @@ def validate(folder: str | Path, model_source: str | None = None, *, loaded=None
             figures, conversion = vision_logits(art, ref, sim, manifest.get("context_length", c.max_position), text)
             report.update(figures)
         elif c.embedding_head is not None:
-            figures, conversion = _embeddings(art, ref.model, sim)
+            from .validate_embedding import embedding_figures
+            figures, conversion = embedding_figures(art, ref, sim, validation_text().split("\n\n"))
             report.update(figures)
         else:
             figures, conversion = _logits(art, ref.model, sim, manifest.get("context_length", c.max_position))
@@ -208,17 +209,6 @@ def _logits(art, model, sim, context: int) -> tuple[dict, dict]:
     return figures, conversion
 
 
-def _embeddings(art, model, sim) -> tuple[dict, dict]:
-    texts = [t[:400] for t in validation_text().split("\n\n") if t.strip()][:8]
-    got = art.embed(texts)
-    cos_ref, cos_sim = [], []
-    for text, g in zip(texts, got):
-        ids = torch.tensor([art.embedding_ids(text)])           # the runtime's own token ids
-        cos_ref.append(float(np.dot(model(ids)[0].numpy(), g)))
-        cos_sim.append(float(np.dot(sim(ids)[0].numpy(), g)))
-    return {"embedding_cosine": min(cos_ref), "texts": len(texts)}, {"embeddings": {"embedding_cosine": min(cos_sim)}}
-
-
 def _conversion_check(figures: dict, t) -> dict:
     bad = []
     for path, f in figures.items():
@@ -242,7 +232,8 @@ def _conversion_check(figures: dict, t) -> dict:
 def _quantization_check(r: dict, bar: Bar) -> dict:
     bad = []
     if "embedding_cosine" in r:
-        figures = {"embedding_cosine": r["embedding_cosine"]}
+        figures = {k: r[k] for k in ("embedding_cosine", "embedding_cosine_mean", "retrieval_top10_overlap",
+                                     "retrieval_top10_overlap_min")}
         if bar.min_embedding_cosine is not None and not r["embedding_cosine"] >= bar.min_embedding_cosine:
             bad.append(f"embedding cosine {r['embedding_cosine']:.6f} < {bar.min_embedding_cosine}")
     else:
