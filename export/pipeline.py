@@ -277,7 +277,8 @@ def validation_lines(v: dict) -> list[str]:
     paths = [(p, f) for p, f in conv.items() if isinstance(f, dict) and p not in ("thresholds", "vision")]
     if "embedding_cosine" in v:
         conv_text = f"embedding cosine {paths[0][1]['embedding_cosine']:.6f} to the simulated recipe"
-        quant_text = f"embedding cosine {v['embedding_cosine']:.6f} to the float model"
+        quant_text = (f"embedding cosine {v['embedding_cosine']:.6f} to the float model, top-10 retrieval overlap "
+                      f"{v['retrieval_top10_overlap']:.3f}")
     else:
         conv_text = "; ".join(f"{p} top-1 {f['top1_agreement']:.4f}, KL {f['kl_divergence']:.1e}, rel. error "
                               f"{f['relative_error']:.1e} ({f['positions']} positions)" for p, f in paths) + \
