@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import torch
 import pytest
 
 from export.cli import main
@@ -66,3 +67,22 @@ def test_a_causal_model_is_refused(tiny_hf, capsys):
     path = tiny_hf("gemma3", tokenizer=True).path
     assert main(["embed", "--model", str(path), "x"]) == 2
     assert "not an embedding model" in capsys.readouterr().err
+
+
+@torch.no_grad()
+def test_gguf_checkpoint(tmp_path, capsys):
+    """A GGUF EmbeddingGemma as llama.cpp writes it (toy vocabulary): the reference model's vectors on the ids of
+    the GGUF's own tokenizer, <bos> .. <eos>, with the document prompt."""
+    from oracle import hf_model, write_tiny
+    # a GGUF carries no per-layer sliding pattern: llama.cpp's default (5 sliding per global), over 7 layers
+    src = hf_model("embeddinggemma", num_hidden_layers=7, layer_types=None)
+    g = torch.Generator().manual_seed(5)
+    dense = (torch.randn(128, 64, generator=g) * 0.1, torch.randn(64, 128, generator=g) * 0.1)
+    path = write_tiny(tmp_path / "m.gguf", src, "embeddinggemma", dense)
+    got = _embed(capsys, "--model", str(path), "--task", "document", TEXTS[0])
+    from export.models.checkpoints import load_model
+    tok = load_model(path).tokenizer
+    ids = torch.tensor([tok.encode("title: none | text: " + TEXTS[0]) + [tok.eos_id]])
+    pooled = src(input_ids=ids).last_hidden_state.mean(1)
+    expected = torch.nn.functional.normalize(pooled @ dense[0].T @ dense[1].T, dim=-1).numpy()
+    assert got["tokens"] == [ids.shape[1]] and cosines(got["embeddings"], expected).min() >= 0.9999
