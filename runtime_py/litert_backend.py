@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, KV_CACHE_PREFIX, PREFILL_PREFIX, STATE_PREFIXES,
-                       VISION_KEY, is_cache, signature_length)
+from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, KV_CACHE_PREFIX, PREFILL_PREFIX,
+                       STATE_PREFIXES, TEXT_ENCODER_SECTION, VISION_KEY, is_cache, signature_length)
 from .litert_vision import LiteRTVisionBackend, greedy_chunks
 from .sampling import check_step
 
@@ -172,14 +172,19 @@ class LiteRTEmbedder:
         rows = []
         for row, m in zip(ids, mask):
             n = int(m.sum())
-            t = next((t for t in self.signatures if t >= n), None)
-            if t is None:
-                raise ValueError(f"{self.path}: {n} tokens exceed the longest signature "
-                                 f"{EMBED_PREFIX}{self.context_length}")
+            t = padded_length(self.signatures, n, self.path, EMBED_PREFIX)
             tokens, valid = np.zeros((1, t), np.int32), np.zeros((1, t), np.int32)
             tokens[0, :n], valid[0, :n] = row[:n], 1
             rows.append(self.signatures[t](tokens=tokens, mask=valid)["embeddings"][0])
         return np.stack(rows).astype(np.float32)
+
+
+def padded_length(lengths, n: int, where: str, prefix: str) -> int:
+    """The shortest signature length >= n of `lengths` (ascending) that a sequence of n tokens is padded to."""
+    t = next((t for t in lengths if t >= n), None)
+    if t is None:
+        raise ValueError(f"{where}: {n} tokens exceed the longest signature {prefix}{max(lengths)}")
+    return t
 
 
 def open_tflite(model_path: str | Path | None = None, *, model_content: bytes | None = None,
@@ -319,14 +324,15 @@ def read_litertlm(path: str | Path) -> dict:
                 except (KeyError, IndexError) as e:
                     raise ValueError(f"{path}: damaged LlmMetadata section ({e!r})") from e
     out["tflite"] = out["models"].get("tf_lite_prefill_decode")
-    if out["tflite"] is None:
-        raise ValueError(f"{path}: no TFLite prefill/decode model section")
+    if out["tflite"] is None and TEXT_ENCODER_SECTION not in out["models"]:
+        raise ValueError(f"{path}: no TFLite prefill/decode (or text encoder) model section")
     return out
 
 
 def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBackend, bytes | None, dict]:
     """(backend, SentencePiece model bytes or None, our stored facts {config, context_length, ...} or {}).
-    A vision-language bundle (its facts have a `vision` section): a LiteRTVisionBackend over its sections."""
+    A vision-language bundle (its facts have a `vision` section): a LiteRTVisionBackend over its sections; an
+    embedding bundle (a text encoder section): a LiteRTBundleEmbedder."""
     bundle = read_litertlm(path)
     try:
         facts = json.loads(bundle["system"].get(CONFIG_KEY, "{}"))
@@ -338,6 +344,9 @@ def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBac
     if isinstance(facts.get(VISION_KEY), dict):
         return (LiteRTVisionBackend(bundle["models"], facts[VISION_KEY], threads, min(limits) if limits else None,
                                     str(path)), bundle["tokenizer"], facts)
+    if TEXT_ENCODER_SECTION in bundle["models"]:          # EmbeddingGemma: LiteRT-LM's embedding bundle
+        from .litert_embedding import LiteRTBundleEmbedder
+        return LiteRTBundleEmbedder(bundle["models"], threads, str(path)), bundle["tokenizer"], facts
     backend = LiteRTBackend(model_content=bundle["tflite"], threads=threads,
                             context_length=min(limits) if limits else None, name=str(path))
     return backend, bundle["tokenizer"], facts
