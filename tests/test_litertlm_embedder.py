@@ -166,3 +166,18 @@ def test_manifest_records_the_bundle(bundles):
     assert manifest["target"] == "litertlm" and manifest["bundle"] == "model.litertlm"
     assert manifest["kind"] == "embedding_bundle" and manifest["sequence_lengths"] == list(LENGTHS)
     assert set(manifest["tflite"]) == {"embedder.tflite", "text_encoder.tflite"}
+
+
+def test_a_text_past_the_longest_signature_is_truncated_as_the_engine_does(odd_eg, bundles):
+    """LiteRT-LM's TRUNCATE keeps the first tokens and ends with <eos>; runtime_py cuts the same way (its limit:
+    the bundle's longest signature, shorter than the model's context)."""
+    import litert_lm
+    sp, text = odd_eg[3], "the quick brown fox jumps over the lazy dog " * 3
+    assert len(sp.encode(text)) + 2 > LENGTHS[-1]
+    with engine(bundles("fp32")) as e:
+        got = np.array(e.compute_embedding(text, litert_lm.EmbeddingOptions(
+            input_overflow_strategy=litert_lm.InputOverflowStrategy.TRUNCATE)).embedding)
+    m = runtime_py.load(bundles("fp32"))
+    ids = m.embedding_ids(text)
+    assert len(ids) == LENGTHS[-1] and ids[-1] == sp.eos_id() and ids[:-1] == [sp.bos_id(), *sp.encode(text)][:36]
+    assert np.abs(m.embed(text) - got).max() < 1e-5
