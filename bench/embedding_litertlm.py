@@ -14,8 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+from runtime_py.contract import DEFAULT_PREFILL
+
 PRESET = "embeddinggemma-300m"
-LENGTHS = (32, 128, 512)             # the encoder's signatures and the texts' token counts (with <bos>, <eos>)
+LENGTHS = DEFAULT_PREFILL            # 32, 128, 512: the encoder's signatures and the texts' token counts
 BATCH = 8
 THREADS = 2
 ROOT = Path(__file__).resolve().parent
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from devices.measure import describe
     lengths = [int(x) for x in args.lengths.split(",")]
-    results = {"preset": PRESET, "lengths": lengths, "batch": BATCH, "machine": describe(THREADS, os.getloadavg()), "recipes": {}}
+    results = {"preset": PRESET, "lengths": lengths, "batch": BATCH, "machine": describe(THREADS, os.getloadavg()),
+               "recipes": {}}
     for recipe in args.recipes.split(","):
         out = Path(args.out) / recipe
         row = {"convert": _child({"step": "convert", "recipe": recipe, "out": str(out), "lengths": lengths})}

@@ -181,3 +181,13 @@ def test_a_text_past_the_longest_signature_is_truncated_as_the_engine_does(odd_e
     ids = m.embedding_ids(text)
     assert len(ids) == LENGTHS[-1] and ids[-1] == sp.eos_id() and ids[:-1] == [sp.bos_id(), *sp.encode(text)][:36]
     assert np.abs(m.embed(text) - got).max() < 1e-5
+
+
+def test_blocks_that_do_not_divide_the_widths_are_refused_before_converting(odd_eg, tmp_path):
+    from export.converters.litert.embedding_bundle import check_blocks
+    from export.quantize.recipes import recipe
+    loaded = load_model(odd_eg[0])
+    with pytest.raises(ValueError, match=r"--quant int4: its blocks of 32 .* 42"):
+        target("android").export(loaded, tmp_path / "out", "int4")
+    assert not (tmp_path / "out").exists()
+    check_blocks(loaded.model, recipe("int8", "litert"), "x")                 # per channel: any width

@@ -208,8 +208,9 @@ def check_encoder_size(encoder: Path, size: int) -> None:
 
 def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_lengths=None,
                     cache_length: int | None = None, vision_quant: str | None = None) -> Path:
-    """Export a LoadedModel (causal, vision-language or EmbeddingGemma) to `out_dir`: model.litertlm (+ tokenizer.model and manifest.json beside
-    it). The LiteRT artifact is converted into a temporary folder first, then bundled."""
+    """Export a LoadedModel (causal, vision-language or EmbeddingGemma) to `out_dir`: model.litertlm (+
+    tokenizer.model and manifest.json beside it). The LiteRT artifact is converted into a temporary folder first,
+    then bundled."""
     from . import export_litert
 
     if why := unbundleable(loaded.config):

@@ -52,6 +52,18 @@ def encoder_lengths(config, lengths) -> list[int]:
     return out
 
 
+def check_blocks(model: nn.Module, r, source) -> None:
+    """Refuse, before minutes of conversion, a recipe whose blocks do not divide the input width of a matmul (the
+    body's) or of the embedding table's rows: ai-edge-quantizer would stop on it after the conversion."""
+    widths = {"matmul": {m.in_features for m in model.modules() if isinstance(m, nn.Linear)},
+              "embedding table": {model.model.embed_tokens.embedding_dim}}
+    for what, lay in (("matmul", r.layout("", table=False)), ("embedding table", r.layout("", table=True))):
+        bad = sorted(w for w in widths[what] if lay is not None and lay.block and w % lay.block)
+        if bad:
+            raise ValueError(f"--quant {r.name}: its blocks of {lay.block} do not divide the {what} input width "
+                             f"{', '.join(map(str, bad))} of {source}; use a per-channel recipe (int8, int8-wo)")
+
+
 def export_embedding_litert(loaded, out: str | Path, r, lengths=None) -> Path:
     """The artifact folder a bundle is built from: embedder.tflite, text_encoder.tflite (both with recipe `r`),
     tokenizer.model, manifest.json."""
@@ -62,6 +74,7 @@ def export_embedding_litert(loaded, out: str | Path, r, lengths=None) -> Path:
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.source}: a .litertlm bundle needs the model's tokenizer (tokenizer.model)")
     model = loaded.model.eval()
+    check_blocks(model, r, loaded.source)
     encoder = [(encoder_signature(t), TextEncoder(model),
                 {EMBEDDINGS: torch.zeros(1, t, c.hidden_size), INPUT_MASK: torch.ones(1, t)}) for t in lengths]
     with staged_dir(out) as tmp:
