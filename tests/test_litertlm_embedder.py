@@ -191,3 +191,19 @@ def test_blocks_that_do_not_divide_the_widths_are_refused_before_converting(odd_
         target("android").export(loaded, tmp_path / "out", "int4")
     assert not (tmp_path / "out").exists()
     check_blocks(loaded.model, recipe("int8", "litert"), "x")                 # per channel: any width
+
+
+@pytest.mark.parametrize("prefill,want", [(None, [128, 512]), ((32, 128, 512), [32, 128, 512]), ((600,), [512])])
+def test_prefill_names_the_encoder_lengths(odd_eg, tmp_path, monkeypatch, prefill, want):
+    """--prefill (any lengths, the causal targets' default ones too) sets encoder_{S}; none: 128/512/2048, each
+    capped by the model's context (512 for the tiny model)."""
+    import export.converters.litert.embedding_bundle as eb
+    seen = []
+
+    def stop(loaded, out, r, lengths=None):
+        seen.append(eb.encoder_lengths(loaded.config, lengths))
+        raise KeyboardInterrupt
+    monkeypatch.setattr(eb, "export_embedding_litert", stop)
+    with pytest.raises(KeyboardInterrupt):
+        target("android").export(load_model(odd_eg[0]), tmp_path / "out", "fp32", None, prefill)
+    assert seen == [want]

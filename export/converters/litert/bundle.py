@@ -225,9 +225,7 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
         if loaded.config.embedding_head is not None:
             from ...quantize.recipes import recipe as recipe_for
             from .embedding_bundle import export_embedding_litert
-            default = prefill_lengths is None or tuple(prefill_lengths) == tuple(DEFAULT_PREFILL)
-            litert = export_embedding_litert(loaded, work / "litert", recipe_for(recipe, "litert"),
-                                             None if default else prefill_lengths)
+            litert = export_embedding_litert(loaded, work / "litert", recipe_for(recipe, "litert"), prefill_lengths)
         else:
             litert = export_litert(loaded, work / "litert", recipe, prefill_lengths or DEFAULT_PREFILL, cache_length,
                                    **({"vision_quant": vision_quant} if vision_quant else {}))
