@@ -42,7 +42,7 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
     context = cache_length or min(DEFAULT_CONTEXT, c.max_position)
     if not 1 <= context <= c.max_position:
         raise ValueError(f"--context {context}: must be between 1 and the model's context length {c.max_position}")
-    lengths = sorted({int(t) for t in prefill_lengths or DEFAULT_PREFILL})
+    lengths = sorted({int(t) for t in (DEFAULT_PREFILL if prefill_lengths is None else prefill_lengths)})
     if not lengths or lengths[0] < 1 or lengths[-1] > context:
         raise ValueError(f"prefill lengths {tuple(lengths)}: each must be between 1 and the context "
                          f"length {context}")
