@@ -39,12 +39,14 @@ class Target:
             if why := unbundleable(loaded.config):
                 raise ValueError(f"--target {self.name}: {why}")
         fn = getattr(importlib.import_module(module), func)
-        recipe, context = recipe or self.recipe, context or self.context
+        user_context, recipe, context = context, recipe or self.recipe, context or self.context
         context = min(context, loaded.config.max_position)
         if self.format == "onnx":
             if prefill:
                 raise ValueError(f"--prefill: --target {self.name} builds ONNX, which has no prefill signatures")
             return fn(loaded, out, recipe, context_length=context, vision_quant=vision_quant)
+        if not hasattr(loaded.config, "vision") and loaded.config.embedding_head is not None:
+            return _export_embedder(fn, loaded, out, recipe, user_context, prefill)
         # the profile's lengths that fit the context; a user's --prefill is taken as given (checked by the exporter;
         # a vision-language model's takes one length, export.converters.litert.vision)
         lengths = tuple(prefill) if prefill else tuple(t for t in self.prefill if t <= context) or (context,)
@@ -52,6 +54,15 @@ class Target:
             lengths = DEFAULT_PREFILL
         return fn(loaded, out, recipe, prefill_lengths=lengths, cache_length=context,
                   **({"vision_quant": vision_quant} if vision_quant else {}))
+
+
+def _export_embedder(fn, loaded, out, recipe: str, context: int | None, prefill):
+    """EmbeddingGemma on a LiteRT target: --prefill names the sequence lengths of its signatures (LiteRT:
+    embed_{T}; a bundle: the text encoder's encoder_{S}); it has no KV cache, so --context has no meaning."""
+    if context:
+        raise ValueError(f"--context {context}: {loaded.source} is an embedding model (no KV cache); its longest "
+                         f"sequence is set by --prefill (the signature lengths)")
+    return fn(loaded, out, recipe, prefill_lengths=tuple(prefill) if prefill else None)
 
 
 # Prefill lengths: the exporters' defaults (runtime_py.contract). Contexts: the default on phones (Gemma 3's

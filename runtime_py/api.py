@@ -249,9 +249,10 @@ class Model:
 
     def embedding_ids(self, text: str, task: str | None = None, title: str | None = None) -> list[int]:
         """The ids embed() feeds for `text`: <bos> prompt+text <eos> (EmbeddingGemma's tokenizer adds both),
-        cut to the context length with <eos> kept last."""
+        cut to the context length (the model's, or the artifact's longest signature if shorter) with <eos> kept
+        last, as LiteRT-LM's EmbeddingEngine truncates."""
         tok = self._tok()
-        limit = self.config.get("max_position") or self.backend.context_length or 2048
+        limit = min([n for n in (self.config.get("max_position"), self.backend.context_length) if n] or [2048])
         return tok.encode(embedding_prompt(task, title) + text)[:limit - 1] + [tok.eos_id]
 
     def embed(self, texts: str | list[str], dim: int | None = None, task: str | None = None,

@@ -61,7 +61,7 @@ def embed_signature(length: int) -> str:
 
 
 def signature_length(name: str) -> int:
-    """T of `prefill_{T}` / `embed_{T}`."""
+    """T of `prefill_{T}` / `embed_{T}` / `encoder_{T}`."""
     return int(name.rsplit("_", 1)[1])
 
 
@@ -99,3 +99,15 @@ MASK_VISIBLE, MASK_HIDDEN = 0.0, -0.7 * 3.4028234663852886e38
 # how image rows see each other (the executor metadata's attention mask type; our facts' `attention_mask`):
 # Gemma 3: each contiguous run of image rows both ways; PaliGemma: the whole prefill chunk both ways
 VISION_BIDIRECTIONAL, BIDIRECTIONAL = "vision_bidirectional", "bidirectional"
+
+# --- EmbeddingGemma as LiteRT-LM 0.18's embedding bundle (embedding_litert_compiled_model_executor.cc) -------
+# section model_type -> the .tflite file of an artifact folder: the embedder (TOKEN_IDS -> EMBEDDINGS, one row)
+# and the text encoder, whose signatures `encoder_{S}` take EMBEDDINGS [1, S, d] and INPUT_MASK f32 [1, S]
+# (1 = a real row; the engine fills it) and output first the pooled, dense, L2-normalised POOLED [1, D]
+LITERT_EMBEDDING_FILES = {"tf_lite_embedder": "embedder.tflite", "tf_lite_text_encoder": "text_encoder.tflite"}
+EMBEDDER_SECTION, TEXT_ENCODER_SECTION = LITERT_EMBEDDING_FILES
+ENCODER_PREFIX, INPUT_MASK, POOLED = "encoder_", "input_mask", "embedding"
+
+
+def encoder_signature(length: int) -> str:
+    return f"{ENCODER_PREFIX}{length}"

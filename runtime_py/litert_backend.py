@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, KV_CACHE_PREFIX, PREFILL_PREFIX, STATE_PREFIXES,
-                       VISION_KEY, is_cache, signature_length)
+from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, KV_CACHE_PREFIX, PREFILL_PREFIX,
+                       STATE_PREFIXES, TEXT_ENCODER_SECTION, VISION_KEY, is_cache)
+from .litert_embedding import LiteRTBundleEmbedder, LiteRTEmbedder
 from .litert_vision import LiteRTVisionBackend, greedy_chunks
 from .sampling import check_step
 
@@ -151,37 +152,6 @@ class Stepper:
         return self.backend.logits_of(self.outputs, 1)[0] if "logits" in self.outputs else None
 
 
-# --- .litertlm container -----------------------------------------------------------------------------------
-
-class LiteRTEmbedder:
-    """kind "embedding": an EmbeddingGemma .tflite with signatures `embed_{T}` (inputs tokens, mask int32
-    [1, T]; output embeddings [1, D]). A sequence of n tokens runs through the shortest T >= n, padded."""
-
-    kind = "embedding"
-
-    def __init__(self, interpreter: Interpreter, path: str):
-        self.it, self.path = interpreter, path
-        sigs = {signature_length(n): interpreter.get_signature_runner(n)
-                for n in interpreter.get_signature_list() if n.startswith(EMBED_PREFIX)}
-        self.signatures = dict(sorted(sigs.items()))              # T -> runner
-        self.context_length = max(self.signatures)
-        self.vocab_size = None
-
-    def embed(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """ids, mask [B, T] (right-padded) -> [B, D] float32, L2-normalised by the graph."""
-        rows = []
-        for row, m in zip(ids, mask):
-            n = int(m.sum())
-            t = next((t for t in self.signatures if t >= n), None)
-            if t is None:
-                raise ValueError(f"{self.path}: {n} tokens exceed the longest signature "
-                                 f"{EMBED_PREFIX}{self.context_length}")
-            tokens, valid = np.zeros((1, t), np.int32), np.zeros((1, t), np.int32)
-            tokens[0, :n], valid[0, :n] = row[:n], 1
-            rows.append(self.signatures[t](tokens=tokens, mask=valid)["embeddings"][0])
-        return np.stack(rows).astype(np.float32)
-
-
 def open_tflite(model_path: str | Path | None = None, *, model_content: bytes | None = None,
                 threads: int | None = None, context_length: int | None = None):
     """The backend a .tflite's signatures call for: LiteRTEmbedder (embed_{T}) or LiteRTBackend."""
@@ -199,6 +169,8 @@ def _interpreter(model_path, model_content, threads, where: str) -> Interpreter:
     except (ValueError, RuntimeError) as e:
         raise ValueError(f"{where}: ai_edge_litert cannot load it: {e}") from e
 
+
+# --- .litertlm container -----------------------------------------------------------------------------------
 
 def _u(fmt: str, buf, at: int):
     return struct.unpack_from("<" + fmt, buf, at)[0]
@@ -319,14 +291,15 @@ def read_litertlm(path: str | Path) -> dict:
                 except (KeyError, IndexError) as e:
                     raise ValueError(f"{path}: damaged LlmMetadata section ({e!r})") from e
     out["tflite"] = out["models"].get("tf_lite_prefill_decode")
-    if out["tflite"] is None:
-        raise ValueError(f"{path}: no TFLite prefill/decode model section")
+    if out["tflite"] is None and TEXT_ENCODER_SECTION not in out["models"]:
+        raise ValueError(f"{path}: no TFLite prefill/decode (or text encoder) model section")
     return out
 
 
 def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBackend, bytes | None, dict]:
     """(backend, SentencePiece model bytes or None, our stored facts {config, context_length, ...} or {}).
-    A vision-language bundle (its facts have a `vision` section): a LiteRTVisionBackend over its sections."""
+    A vision-language bundle (its facts have a `vision` section): a LiteRTVisionBackend over its sections; an
+    embedding bundle (a text encoder section): a LiteRTBundleEmbedder."""
     bundle = read_litertlm(path)
     try:
         facts = json.loads(bundle["system"].get(CONFIG_KEY, "{}"))
@@ -338,6 +311,10 @@ def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBac
     if isinstance(facts.get(VISION_KEY), dict):
         return (LiteRTVisionBackend(bundle["models"], facts[VISION_KEY], threads, min(limits) if limits else None,
                                     str(path)), bundle["tokenizer"], facts)
+    if TEXT_ENCODER_SECTION in bundle["models"]:          # EmbeddingGemma: LiteRT-LM's embedding bundle
+        models = {section: _interpreter(None, content, threads, str(path))
+                  for section, content in bundle["models"].items()}
+        return LiteRTBundleEmbedder(models, str(path)), bundle["tokenizer"], facts
     backend = LiteRTBackend(model_content=bundle["tflite"], threads=threads,
                             context_length=min(limits) if limits else None, name=str(path))
     return backend, bundle["tokenizer"], facts

@@ -76,17 +76,20 @@ def embedder_folder(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("target", ["android", "ios"])
-def test_bundle_targets_refuse_an_embedding_model_before_converting(embedder_folder, target, monkeypatch, capsys):
-    import export.converters.litert as litert
+def test_bundle_targets_refuse_an_embedders_context_before_converting(embedder_folder, target, monkeypatch, capsys):
+    """EmbeddingGemma bundles (LiteRT-LM's embedding layout, tests/test_litertlm_embedder.py) have no KV cache:
+    --context is refused, in one line, before any conversion."""
+    import export.converters.litert.embedding_bundle as embedding_bundle
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("the model was converted before the refusal")
-    monkeypatch.setattr(litert, "export_litert", no_conversion)
+    monkeypatch.setattr(embedding_bundle, "export_embedding_litert", no_conversion)
     out = embedder_folder / "runs" / target
-    assert main(["--target", target, "--model", str(embedder_folder / "hf"), "--out", str(out)]) == 2
+    assert main(["--target", target, "--model", str(embedder_folder / "hf"), "--out", str(out),
+                 "--context", "256"]) == 2
     err = capsys.readouterr().err.strip().splitlines()          # progress lines, then the error
     assert [line for line in err if line.startswith("error:")] == err[-1:] and "Traceback" not in "".join(err)
-    assert f"--target {target}" in err[-1] and "embedding" in err[-1]
+    assert "--context 256" in err[-1] and "embedding" in err[-1]
     assert not (embedder_folder / "runs").exists()          # nothing written, not even the output's parent
 
 

@@ -19,12 +19,13 @@ from .signatures import cache_names, cache_shapes
 LOW_MEMORY_FLAGS = dict(strict_export=False, lightweight_conversion=True, runtime_constant_folding=False)
 
 
-def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths=DEFAULT_PREFILL,
+def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths=None,
                   cache_length: int | None = None, *, composites: bool = True,
                   prefill_logits: bool = True, vision_quant: str | None = None) -> Path:
     """Export a causal LoadedModel (export.models.checkpoints) to a LiteRT artifact folder.
 
-    cache_length: positions the caches hold (global layers' cache length; the manifest's
+    prefill_lengths: the prefill signatures' lengths (default DEFAULT_PREFILL; EmbeddingGemma: its embed_{T}
+    lengths, default embedder.DEFAULT_LENGTHS). cache_length: positions the caches hold (global layers' cache length; the manifest's
     context_length); default min(DEFAULT_CONTEXT, the model's context). composites: mark RMSNorm and the
     attention core as odml.rms_norm / odml.scaled_dot_product_attention. prefill_logits: prefill
     signatures output logits for every position (LiteRT-LM ignores them; validation reads them). A
@@ -37,14 +38,13 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
     if vision_quant:
         raise ValueError(f"--vision-quant: {loaded.source} is a text model (no vision graph)")
     if c.embedding_head is not None:
-        return _export_embedder(loaded, out, r, None if prefill_lengths == DEFAULT_PREFILL else prefill_lengths,
-                                composites)
+        return _export_embedder(loaded, out, r, prefill_lengths, composites)
     context = cache_length or min(DEFAULT_CONTEXT, c.max_position)
     if not 1 <= context <= c.max_position:
         raise ValueError(f"--context {context}: must be between 1 and the model's context length {c.max_position}")
-    lengths = sorted({int(t) for t in prefill_lengths})
+    lengths = sorted({int(t) for t in (DEFAULT_PREFILL if prefill_lengths is None else prefill_lengths)})
     if not lengths or lengths[0] < 1 or lengths[-1] > context:
-        raise ValueError(f"prefill lengths {tuple(prefill_lengths)}: each must be between 1 and the context "
+        raise ValueError(f"prefill lengths {tuple(lengths)}: each must be between 1 and the context "
                          f"length {context}")
     edge = convert(loaded.model, lengths, context, composites=composites, prefill_logits=prefill_logits)
     with staged_dir(out) as tmp:

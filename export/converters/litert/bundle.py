@@ -35,8 +35,7 @@ def unbundleable(config) -> str | None:
         return None                       # a vision-language model: its decoder is a plain Gemma one
     family = get("family")
     if get("embedding_head") is not None:
-        return (f"a {family} embedding model has no .litertlm bundle yet (LiteRT-LM bundles hold text generators); "
-                f"use --target litert (embed_{{T}} signatures, run by runtime_py)")
+        return None                       # LiteRT-LM's embedding bundle (embedding_bundle.py)
     if RECURRENT in (get("layer_types") or ()):
         return (f"a {family} model has recurrent state tensors, which LiteRT-LM has no buffer type for; use "
                 f"--target litert and run it with runtime_py")
@@ -122,17 +121,18 @@ def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int 
     writes it; a vision-language one also its embedder, vision encoder / adapter and end-of-vision models)
     into `out_file` (.litertlm), atomically: a temporary sibling renamed into place.
     max_tokens: LlmMetadata.max_num_tokens (default and maximum: the artifact's context length)."""
-    from litert_lm_builder import DType, LitertLmFileBuilder, Metadata, TfLiteModelType
-
+    from .embedding_bundle import KIND as EMBEDDING_KIND, build_embedding_litertlm
     from .vision_bundle import check_markers, vision_files, vision_llm_metadata, vision_mask_type
 
     folder, out_file = Path(folder), Path(out_file)
     model, tok = folder / "model.tflite", folder / "tokenizer.model"
+    manifest = json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).is_file() else {}
+    if manifest.get("kind") == EMBEDDING_KIND:
+        return build_embedding_litertlm(folder, out_file, manifest)
     for p in (model, tok, folder / MANIFEST):
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such file (a .litertlm bundle needs the LiteRT artifact's "
                                     f"model.tflite, tokenizer.model and {MANIFEST})")
-    manifest = json.loads((folder / MANIFEST).read_text())
     config, context = manifest.get("config") or {}, int(manifest.get("context_length") or 0)
     if why := unbundleable(config):
         raise ValueError(f"{folder / MANIFEST}: {why}")
@@ -154,31 +154,44 @@ def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int 
     facts = {"config": config, "context_length": context, "prefill_lengths": manifest.get("prefill_lengths"),
              "recipe": manifest.get("recipe"), "source": manifest.get("source"),
              **({VISION_KEY: vision} if vision else {})}
-    system = {"Authors": "gemma-export", "tool": "gemma-export", "tool_version": __version__,
-              CONFIG_KEY: json.dumps(facts, sort_keys=True, separators=(",", ":"))}
+    write_litertlm(out_file, system_metadata(facts), tok, models, llm=meta, executor=executor)
+    return out_file
 
-    meta_file = out_file.with_name(f".{out_file.name}.{os.getpid()}.llm_metadata.pb")
-    exec_file = out_file.with_name(f".{out_file.name}.{os.getpid()}.executor_metadata.pb")
+
+def system_metadata(facts: dict) -> dict[str, str]:
+    """The bundle's system metadata: who wrote it and our facts (CONFIG_KEY, JSON) for runtime_py."""
+    return {"Authors": "gemma-export", "tool": "gemma-export", "tool_version": __version__,
+            CONFIG_KEY: json.dumps(facts, sort_keys=True, separators=(",", ":"))}
+
+
+def write_litertlm(out_file: Path, system: dict, tok: Path, models: list[tuple[str, Path]], *, llm=None,
+                   executor=None, embedding=None) -> None:
+    """Write a .litertlm atomically: the system metadata {key: str}, the metadata protos given (LlmMetadata,
+    ExecutorMetadata, EmbeddingMetadata), the SentencePiece tokenizer and the TFLite sections [(model type,
+    path)], stamped reproducibly."""
+    from litert_lm_builder import DType, LitertLmFileBuilder, Metadata, TfLiteModelType
+
+    protos = [(name, proto) for name, proto in (("llm", llm), ("executor", executor), ("embedding", embedding))
+              if proto is not None]
+    files = {name: out_file.with_name(f".{out_file.name}.{os.getpid()}.{name}_metadata.pb") for name, _ in protos}
     try:
         with atomic_path(out_file) as tmp:
-            meta_file.write_bytes(meta.SerializeToString())
-            exec_file.write_bytes(executor.SerializeToString())
             builder = LitertLmFileBuilder()
             for key, value in system.items():
                 builder.add_system_metadata(Metadata(key=key, value=value, dtype=DType.STRING))
-            builder.add_llm_metadata(str(meta_file))
-            builder.add_executor_metadata(str(exec_file))
+            for name, proto in protos:
+                files[name].write_bytes(proto.SerializeToString())
+                getattr(builder, f"add_{name}_metadata")(str(files[name]))
             builder.add_sentencepiece_tokenizer(str(tok))
             for section, path in models:
                 builder.add_tflite_model(str(path), TfLiteModelType(section))
-            with open(tmp, "wb") as f, _reproducible_system_metadata(system, meta_file, exec_file, tok,
+            with open(tmp, "wb") as f, _reproducible_system_metadata(system, *files.values(), tok,
                                                                      *(path for _, path in models)):
                 builder.build(f)
             tmp.chmod(0o644)
     finally:
-        meta_file.unlink(missing_ok=True)
-        exec_file.unlink(missing_ok=True)
-    return out_file
+        for path in files.values():
+            path.unlink(missing_ok=True)
 
 
 def check_encoder_size(encoder: Path, size: int) -> None:
@@ -195,8 +208,9 @@ def check_encoder_size(encoder: Path, size: int) -> None:
 
 def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_lengths=None,
                     cache_length: int | None = None, vision_quant: str | None = None) -> Path:
-    """Export a causal LoadedModel to `out_dir`: model.litertlm (+ tokenizer.model and manifest.json beside
-    it). The LiteRT artifact is converted into a temporary folder first, then bundled."""
+    """Export a LoadedModel (causal, vision-language or EmbeddingGemma) to `out_dir`: model.litertlm (+
+    tokenizer.model and manifest.json beside it). The LiteRT artifact is converted into a temporary folder first,
+    then bundled."""
     from . import export_litert
 
     if why := unbundleable(loaded.config):
@@ -208,8 +222,13 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
         check_markers(loaded.tokenizer.model_proto(), loaded.config.runtime_facts(), f"{loaded.source}")
     out_dir = Path(out_dir)
     with work_dir(out_dir) as work:
-        litert = export_litert(loaded, work / "litert", recipe, prefill_lengths or DEFAULT_PREFILL, cache_length,
-                               **({"vision_quant": vision_quant} if vision_quant else {}))
+        if loaded.config.embedding_head is not None:
+            from ...quantize.recipes import recipe as recipe_for
+            from .embedding_bundle import export_embedding_litert
+            litert = export_embedding_litert(loaded, work / "litert", recipe_for(recipe, "litert"), prefill_lengths)
+        else:
+            litert = export_litert(loaded, work / "litert", recipe, prefill_lengths or DEFAULT_PREFILL, cache_length,
+                                   **({"vision_quant": vision_quant} if vision_quant else {}))
         inner = json.loads((litert / MANIFEST).read_text())
         with staged_dir(out_dir) as tmp:
             build_litertlm(litert, tmp / BUNDLE)
@@ -218,6 +237,8 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
                      if k not in ("tool", "tool_version", "target", "recipe", "source", "config", "files", "plan")}
             write_manifest(tmp, source=str(loaded.source), config=loaded.config, recipe=recipe,
                            target="litertlm", extra={**extra, "bundle": BUNDLE, "tflite": {
+                               name: inner["files"][name] for name in inner["files"] if name.endswith(".tflite")}
+                               if "model.tflite" not in inner["files"] else {
                                "bytes": inner["files"]["model.tflite"]["bytes"],
                                "sha256": inner["files"]["model.tflite"]["sha256"]}})
     return out_dir
