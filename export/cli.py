@@ -320,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from devices.command import add_parser as add_profile
     add_profile(sub)
+    from .sae_cli import add_parser as add_features
+    add_features(sub)
 
     q = sub.add_parser("qat", help="quantization-aware training: distil into fake-quantized weights, save a GGUF")
     q.add_argument("--model", default=None, help="HF folder, .gguf file (default: bundled Gemma 3 270M)")
