@@ -29,10 +29,13 @@ class Target:
     devices: tuple[str, ...] = ()     # devices/catalogue.json entries the cost report estimates
 
     def export(self, loaded, out, recipe: str | None = None, context: int | None = None,
-               prefill: tuple[int, ...] | None = None, vision_quant: str | None = None):
+               prefill: tuple[int, ...] | None = None, vision_quant: str | None = None, sae=None):
         """Export `loaded` to `out` with this profile, each argument overriding its column; vision_quant: the
-        vision graph's storage of a vision-language model."""
+        vision graph's storage of a vision-language model; sae: an export.models.sae.SaeRequest (ONNX only)."""
         module, func = EXPORTERS[self.bundle].split(":")
+        if sae and self.format != "onnx":
+            raise ValueError(f"--sae: --target {self.name} builds LiteRT; sparse autoencoders are exported to "
+                             f"ONNX only so far")
         if self.bundle == "litertlm":       # refused before any conversion work
             from .converters.litert.bundle import unbundleable
             if why := unbundleable(loaded.config):
@@ -43,7 +46,8 @@ class Target:
         if self.format == "onnx":
             if prefill:
                 raise ValueError(f"--prefill: --target {self.name} builds ONNX, which has no prefill signatures")
-            return fn(loaded, out, recipe, context_length=context, vision_quant=vision_quant)
+            return fn(loaded, out, recipe, context_length=context, vision_quant=vision_quant,
+                      **({"sae": sae} if sae else {}))
         # the profile's lengths that fit the context; a user's --prefill is taken as given (checked by the exporter;
         # a vision-language model's takes one length, export.converters.litert.vision)
         lengths = tuple(prefill) if prefill else tuple(t for t in self.prefill if t <= context) or (context,)

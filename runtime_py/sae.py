@@ -25,3 +25,44 @@ def firing(values: np.ndarray, indices: np.ndarray, k: int | None = None) -> lis
         keep = np.nonzero(v)[0][:k]
         rows.append({"indices": [int(x) for x in i[keep]], "values": [float(x) for x in v[keep]]})
     return rows
+
+
+class SaeSites:
+    """The sparse autoencoders an artifact carries (manifest.json's SAE_KEY entries): their outputs, and the
+    steering inputs built from the decoder rows beside the graph."""
+
+    def __init__(self, folder, entries: list[dict]):
+        from pathlib import Path
+        self.folder, self.entries = Path(folder), list(entries)
+        self._decoders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def outputs(self) -> list[str]:
+        from .contract import SAE_INDICES, SAE_VALUES
+        return [name.format(n=n) for n in range(len(self.entries)) for name in (SAE_VALUES, SAE_INDICES)]
+
+    def decoder(self, n: int) -> np.ndarray:
+        if n not in self._decoders:
+            path = self.folder / self.entries[n]["decoder"]
+            w = np.load(path, mmap_mode="r")
+            want = (self.entries[n]["width"], self.entries[n]["d_in"])
+            if w.shape != want:
+                raise ValueError(f"{path}: shape {list(w.shape)}, the manifest says {list(want)}")
+            self._decoders[n] = w
+        return self._decoders[n]
+
+    def steer_inputs(self, steer) -> dict[str, np.ndarray]:
+        """steer: {feature id: strength} (an artifact with one SAE) or one such dict (or None) per SAE ->
+        {steering input name: vector}."""
+        from .contract import SAE_STEER
+        if not self.entries:
+            raise ValueError(f"{self.folder}: steer needs an artifact exported with --sae")
+        per = [steer] if isinstance(steer, dict) else list(steer)
+        if isinstance(steer, dict) and len(self.entries) > 1:
+            raise ValueError(f"{self.folder} carries {len(self.entries)} SAEs: give steer as one dict per SAE")
+        if len(per) != len(self.entries):
+            raise ValueError(f"steer: {len(per)} dicts for {len(self.entries)} SAEs in {self.folder}")
+        return {SAE_STEER.format(n=n): steer_vector(self.decoder(n), s, str(self.folder / self.entries[n]["decoder"]))
+                for n, s in enumerate(per) if s}

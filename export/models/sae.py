@@ -206,3 +206,18 @@ def features(model, saes: list[SAE], ids: list[int], steer: list[dict | None] | 
     with probing(model, saes, steer) as probes:
         logits, _ = model(tokens, torch.arange(len(ids)))
     return logits[0], [torch.cat(p.acts, dim=1)[0] for p in probes]
+
+
+@dataclasses.dataclass
+class SaeRequest:
+    """What `export --sae` asks of an exporter: the SAEs (checked against the model), the top-k each site emits,
+    the encoder's storage (export.quantize.recipes.SAE_ENCODERS)."""
+    saes: list[SAE]
+    k: int
+    encoder: str = "fp32"
+
+    def manifest(self, decoder_files: list[str]) -> list[dict]:
+        """manifest.json's SAE_KEY entries, in output order n = 0, 1, ..."""
+        return [{"path": str(s.path), "site": s.site, "layer": s.layer, "hook": s.hook, "width": s.width,
+                 "d_in": s.d_in, "k": self.k, "encoder": self.encoder, "decoder": f}
+                for s, f in zip(self.saes, decoder_files)]
