@@ -124,8 +124,8 @@ class OnnxBackend:
         self.cache_dtype = _dtype(self.inputs[self.caches[0][0]], str(self.path))
         self.logits_dtype = _dtype(self.outputs[self.logits_name], str(self.path))
         # Optional input (ours): logits at the last k positions only; steps need just the last one's.
-        optional = {i.name for i in self.session.get_overridable_initializers()}
-        self.keep_name = "logits_to_keep" if "logits_to_keep" in optional else None
+        self.optional = {i.name: i for i in self.session.get_overridable_initializers()}
+        self.keep_name = "logits_to_keep" if "logits_to_keep" in self.optional else None
         # onnxruntime-genai's flag: past and present may be one buffer (GroupQueryAttention appends in place).
         # Recurrent states are rewritten whole by ops that may not alias their input and output: not shared.
         self.share_buffer = bool((self.genai.get("search") or {}).get("past_present_share_buffer", False)) \
@@ -176,6 +176,15 @@ class OnnxBackend:
                 _dtype(self.inputs[self.positions_name], str(self.path)))
         return feed
 
+    def optional_feed(self, extra: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        """Optional inputs by name, each in the graph's type for it (float16 in a float16 graph)."""
+        out = {}
+        for name, value in (extra or {}).items():
+            if name not in self.optional:
+                raise ValueError(f"{self.path}: no optional input {name!r}")
+            out[name] = np.ascontiguousarray(value, _dtype(self.optional[name], str(self.path)))
+        return out
+
     def stepper(self, max_len: int | None = None, prefill_chunk: int = 256,
                 features: np.ndarray | None = None, extra: dict[str, np.ndarray] | None = None) -> "Stepper":
         """A fresh KV cache for one sequence of at most `max_len` tokens (default: the context length).
@@ -189,7 +198,7 @@ class OnnxBackend:
         if extra:
             if self.keep_name is None:
                 raise ValueError(f"{self.path}: optional inputs need the logits_to_keep path (run_with_ort_values)")
-            step.extra = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in extra.items()}
+            step.extra = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in self.optional_feed(extra).items()}
         return step
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
@@ -215,7 +224,7 @@ class OnnxBackend:
         missing = [n for n in names if n not in self.outputs]
         if missing:
             raise ValueError(f"{self.path}: no output {missing[0]!r}")
-        outs = self.session.run(names, {**self.feed(ids, 0, features), **self.empty_past(), **(extra or {})})
+        outs = self.session.run(names, {**self.feed(ids, 0, features), **self.empty_past(), **self.optional_feed(extra)})
         return [o[0] for o in outs]
 
     def embed(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -105,3 +105,24 @@ def test_int8_encoder_top_k_agreement(exported):
     int8 = runtime_py.load(outs["int8"]).features(ids)[0]["positions"]
     overlap = [len(set(a["indices"]) & set(b["indices"])) / max(len(a["indices"]), 1) for a, b in zip(fp32, int8)]
     assert np.mean(overlap) > 0.8
+
+
+def test_features_cli_on_the_artifact_and_refusals(exported, capsys):
+    hf, _, outs = exported
+    status, out = run_cli(["features", "--model", str(outs["sae"]), "--k", "4", "hello world"])
+    assert status == 0
+    m = runtime_py.load(outs["sae"])
+    want = m.features(m.tokenizer.encode("hello world"), k=4)
+    assert [[(p["indices"], p["values"]) for p in s["positions"]] for s in out["saes"]] == \
+        [[(p["indices"], p["values"]) for p in s["positions"]] for s in want]
+    from export.cli import main
+    sae = json.loads((outs["sae"] / "manifest.json").read_text())["sae"][0]["path"]
+    for argv, message in [(["features", "--model", str(outs["sae"]), "--sae", sae, "hi"], "carries the SAEs"),
+                          (["--target", "android", "--model", str(hf.path), "--sae", sae, "--out",
+                            str(outs["sae"].parent / "never")], "sparse autoencoders are exported to ONNX only")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not (outs["sae"].parent / "never").exists()
+    with pytest.raises(ValueError, match="out of range"):
+        m.generate([2, 5], max_new_tokens=2, steer=[{WIDTH: 1.0}, None])
