@@ -3,7 +3,8 @@ SAE of width 16k on the residual stream after the middle layer (no Gemma Scope w
 thresholds set so a few percent of the features fire), exported with the model's recipe (default int4) three ways:
 no SAE, the SAE with an fp32 encoder, with an int8 encoder. Reported: the files' sizes, decode speed (runtime_py,
 greedy, one thread count, the runs interleaved, medians), and the int8 encoder's top-k agreement with the fp32
-one (mean Jaccard of the index sets per position, and the share of positions with equal sets) on a text.
+one (mean Jaccard of the index sets per position, and the share of positions with equal sets) over the first
+512 tokens of export/data/validation.txt.
 
     python -m bench.sae_cost [--quant int4] [--width 16384] [--k 16] [--runs 3] [--out DIR]
 
@@ -11,6 +12,8 @@ Writes DIR/sae_cost.json (default bench/results/)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+ROOT = Path(__file__).resolve().parent.parent
 TEXT = ("The history of the printing press begins in the fifteenth century, when movable type changed how "
         "books were made. Within fifty years presses ran in more than two hundred cities across Europe, and the "
         "price of a book fell so far that ordinary merchants could own a few.")
@@ -60,6 +64,7 @@ def main(argv=None) -> None:
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--agreement-tokens", type=int, default=512, help="tokens of export/data/validation.txt")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
     import runtime_py
@@ -75,8 +80,9 @@ def main(argv=None) -> None:
     folders = {}
     for name, flags in variants.items():
         folders[name] = root / name.replace(" ", "-")
-        status = cli(["--target", "onnx", "--quant", args.quant, "--out", str(folders[name]), "--no-validate",
-                      "--sae-k", str(args.k), *flags, "--json"])
+        with contextlib.redirect_stdout(io.StringIO()):         # its summary JSON
+            status = cli(["--target", "onnx", "--quant", args.quant, "--out", str(folders[name]), "--no-validate",
+                          "--sae-k", str(args.k), *flags, "--json"])
         assert status == 0, name
     models = {name: runtime_py.load(f) for name, f in folders.items()}
     prompt = loaded.tokenizer.encode(TEXT)
@@ -87,8 +93,9 @@ def main(argv=None) -> None:
             decode[name].append(len(t.decode_s) / sum(t.decode_s))
     sizes = {name: {p.name: p.stat().st_size for p in f.iterdir() if p.suffix in (".onnx", ".data", ".npy")}
              for name, f in folders.items()}
-    fp32 = models["SAE fp32 encoder"].features(prompt)[0]["positions"]
-    int8 = models["SAE int8 encoder"].features(prompt)[0]["positions"]
+    text = loaded.tokenizer.encode((ROOT / "export" / "data" / "validation.txt").read_text())[:args.agreement_tokens]
+    fp32 = models["SAE fp32 encoder"].features(text)[0]["positions"]
+    int8 = models["SAE int8 encoder"].features(text)[0]["positions"]
     jac = [len(set(a["indices"]) & set(b["indices"])) / max(len(set(a["indices"]) | set(b["indices"])), 1)
            for a, b in zip(fp32, int8)]
     result = {"model": str(loaded.source), "recipe": args.quant, "layer": layer, "width": args.width, "k": args.k,
@@ -97,7 +104,7 @@ def main(argv=None) -> None:
               "files_bytes": sizes, "total_mb": {n: round(sum(s.values()) / 1e6, 1) for n, s in sizes.items()},
               "decode_tok_s": {n: round(statistics.median(v), 1) for n, v in decode.items()},
               "decode_tok_s_runs": {n: [round(x, 1) for x in v] for n, v in decode.items()},
-              "int8_topk": {"mean_jaccard": round(float(np.mean(jac)), 4),
+              "int8_topk": {"tokens": len(text), "mean_jaccard": round(float(np.mean(jac)), 4),
                             "equal_sets": round(float(np.mean([j == 1.0 for j in jac])), 4)}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ encoder of what then passes feeds TopK: outputs `sae_{n}_topk_values` / `sae_{n}
 onnxruntime-genai binds the outputs its genai_config.json names and leaves the others alone, and an optional
 input is an overridable initializer it never sees: the folder runs in genai unchanged (tests/test_sae_onnx.py).
 The encoder matrix is a Gemm (float32; the model recipe's MatMul passes leave it alone) or its own MatMulNBits
-(int8 blocks of 32, export.quantize.recipes.SAE_ENCODERS), whatever the model's recipe."""
+(int8 blocks of 32, int8 activations: export.quantize.recipes.SAE_ENCODERS), whatever the model's recipe."""
 from __future__ import annotations
 
 import numpy as np
@@ -55,11 +55,11 @@ def sae_site(g: Graph, x: str, n: int, sae: SAE, k: int, layout) -> str:
     return x
 
 
-def _nbits(g: Graph, x: str, w: np.ndarray, n: int, bits: int, block: int) -> str:
+def _nbits(g: Graph, x: str, w: np.ndarray, n: int, bits: int, block: int, level: int) -> str:
     """x [M, d] @ w [d, W] as a MatMulNBits of its own, packed by onnxruntime's quantizer."""
     from .quantize import nbits_quantizer
     from .stream import pack
-    packed = pack(w, f"sae.{n}.w_enc", f"/sae.{n}/encoder/MatMul", nbits_quantizer(None, bits, block, None)
+    packed = pack(w, f"sae.{n}.w_enc", f"/sae.{n}/encoder/MatMul", nbits_quantizer(None, bits, block, level)
                   .node_quantizer)
     g.initializers.extend(packed.tensors)
     out = f"/sae.{n}/encoder/MatMulNBits/output_0"
