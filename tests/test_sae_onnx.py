@@ -15,12 +15,12 @@ from oracle import genai_greedy, hf_greedy
 from sae_oracle import hf_site, jumprelu, random_sae, topk_sets, write_gemma_scope_2
 
 K, WIDTH = 8, 256
-SITES = (("resid_post", 1), ("attn_out", 2))
+SITES = (("resid_post", 1), ("attn_out", 2), ("mlp_out", 0))
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_hf, tmp_path_factory):
-    """The tiny Gemma 3 exported fp32 with two SAEs (resid_post of layer 1, attn_out of layer 2), with one SAE
+    """The tiny Gemma 3 exported fp32 with three SAEs (resid_post of layer 1, attn_out of 2, mlp_out of 0), with one SAE
     and an int8 encoder, and without SAEs."""
     hf = tiny_hf("gemma3", tokenizer=True)
     root = tmp_path_factory.mktemp("sae")
@@ -58,7 +58,8 @@ def test_features_match_the_numpy_jumprelu_on_transformers(exported):
         for pos, row in zip(s["positions"], want):
             assert np.abs(np.array(pos["values"]) - row[pos["indices"]]).max(initial=0) < 1e-4
     manifest = json.loads((outs["sae"] / "manifest.json").read_text())
-    assert [e["hook"] for e in manifest["sae"]] == ["model.layers.1.output", "model.layers.2.self_attn.o_proj.input"]
+    assert [e["hook"] for e in manifest["sae"]] == ["model.layers.1.output", "model.layers.2.self_attn.o_proj.input",
+                                                   "model.layers.0.post_feedforward_layernorm.output"]
 
 
 def test_zero_steering_leaves_the_logits_and_steering_moves_them_as_transformers(exported):
@@ -69,7 +70,7 @@ def test_zero_steering_leaves_the_logits_and_steering_moves_them_as_transformers
     _, hf_logits = hf_site(hf.ref, "resid_post", 1, torch.tensor([ids]))
     assert np.abs(base - plain.logits(ids)).max() < 1e-5
     assert np.abs(base - hf_logits).max() < 1e-4
-    assert np.array_equal(base, m.logits(ids, steer=[{5: 0.0}, None]))       # a zero vector fed explicitly
+    assert np.array_equal(base, m.logits(ids, steer=[{5: 0.0}, None, None]))       # a zero vector fed explicitly
     for n, (site, layer) in enumerate(SITES):
         steer = {3: 4.0, 11: -2.0}
         vec = 4.0 * params[n]["w_dec"][3] - 2.0 * params[n]["w_dec"][11]
@@ -125,4 +126,4 @@ def test_features_cli_on_the_artifact_and_refusals(exported, capsys):
         assert err.count("\n") == 1 and message in err, err
     assert not (outs["sae"].parent / "never").exists()
     with pytest.raises(ValueError, match="out of range"):
-        m.generate([2, 5], max_new_tokens=2, steer=[{WIDTH: 1.0}, None])
+        m.generate([2, 5], max_new_tokens=2, steer=[{WIDTH: 1.0}, None, None])
