@@ -30,9 +30,9 @@ def _reference(args) -> tuple[list[int], list[dict], object]:
     if not args.sae:
         raise ValueError("--sae: a checkpoint needs at least one SAE (a params.npz or a Gemma Scope 2 folder)")
     loaded = load_model(args.model)
-    if loaded.config.embedding_head is not None or not hasattr(loaded.model, "logits"):
-        raise ValueError(f"--model {loaded.source}: SAEs read a causal text LM")
     saes = load_saes(args.sae, loaded.config)
+    if loaded.tokenizer is None:
+        raise ValueError(f"--model {loaded.source}: no tokenizer.model to encode the text with")
     ids = loaded.tokenizer.encode(args.text)
     _, acts = features(loaded.model, saes, ids)
     out = []

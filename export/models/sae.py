@@ -139,9 +139,15 @@ def site_width(config, site: str) -> tuple[int, str]:
 
 def check_sae(sae: SAE, config) -> None:
     """The SAE fits the model: its layer exists, its d_in is the model's width at its site, its site exists."""
+    from .config import GemmaConfig, LayerType
+    if not isinstance(config, GemmaConfig) or config.embedding_head is not None:
+        raise ValueError(f"{sae.path}: SAEs read a causal text LM; this model is {getattr(config, 'family', '?')} "
+                         f"({'an embedding model' if isinstance(config, GemmaConfig) else 'vision-language'})")
     n = config.num_layers
     if not 0 <= sae.layer < n:
         raise ValueError(f"{sae.path}: SAE for layer {sae.layer}, the model has {n} layers")
+    if sae.site == "attn_out" and config.layer_types[sae.layer] is LayerType.RECURRENT:
+        raise ValueError(f"{sae.path}: an attn_out SAE at layer {sae.layer}, a recurrent layer (no attention)")
     if sae.site == "mlp_out" and not config.sandwich_norms:
         raise ValueError(f"{sae.path}: an mlp_out SAE reads post_feedforward_layernorm, which this model "
                          f"({config.family}) does not have")
