@@ -127,3 +127,17 @@ def test_features_cli_on_the_artifact_and_refusals(exported, capsys):
     assert not (outs["sae"].parent / "never").exists()
     with pytest.raises(ValueError, match="out of range"):
         m.generate([2, 5], max_new_tokens=2, steer=[{WIDTH: 1.0}, None, None])
+
+
+def test_a_float16_artifact_takes_steering_in_its_own_type(exported, tmp_path):
+    hf, params, outs = exported
+    sae = json.loads((outs["sae"] / "manifest.json").read_text())["sae"][0]["path"]
+    status, _ = run_cli(["--target", "onnx", "--quant", "fp16", "--model", str(hf.path), "--out", str(tmp_path / "o"),
+                         "--no-validate", "--sae", sae, "--sae-k", str(K)])
+    assert status == 0
+    m, ids = runtime_py.load(tmp_path / "o"), _ids(hf)
+    steered = m.logits(ids, steer={3: 4.0})
+    vec = 4.0 * params[0]["w_dec"][3]
+    _, want = hf_site(hf.ref, "resid_post", 1, torch.tensor([ids]), add=vec)
+    assert np.abs(steered - want).max() < 0.05 * np.abs(want).max()
+    assert len(m.features(ids)[0]["positions"]) == len(ids)
