@@ -272,7 +272,9 @@ def _mmproj_flag(p, default: str = "") -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .converters.onnx.vision import VISION_QUANT
-    from .quantize.recipes import GPTQ_SEQ, GPTQ_TOKENS
+    from runtime_py.contract import DEFAULT_SAE_K
+
+    from .quantize.recipes import GPTQ_SEQ, GPTQ_TOKENS, SAE_ENCODERS
     from .targets import TARGETS
     p = _Parser(prog="gemma-export", description=__doc__, epilog=EXIT_CODES,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -346,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "--min-top1 cannot be reached within it)")
     e.add_argument("--calibration-tokens", type=int, default=None, metavar="N",
                    help=f"--gptq: calibration tokens, in windows of {GPTQ_SEQ} (default {GPTQ_TOKENS})")
+    e.add_argument("--sae", action="append", default=None, metavar="PATH",
+                   help="a Gemma Scope SAE (params.npz, or a Gemma Scope 2 folder) whose top-k features the ONNX "
+                        "artifact also emits at its site, with a steering input there (repeatable)")
+    e.add_argument("--sae-k", type=int, default=None, metavar="K", help=f"--sae: features per token (default {DEFAULT_SAE_K})")
+    e.add_argument("--sae-encoder", default=None, choices=list(SAE_ENCODERS),
+                   help="--sae: the encoder matrix's storage (default fp32)")
     e.add_argument("--no-validate", dest="validate", action="store_false", help="skip the validation step")
     _bar_flags(e)
     e.add_argument("--profile", action="store_true",
@@ -361,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from devices.command import add_parser as add_profile
     add_profile(sub)
+    from .sae_cli import add_parser as add_features
+    add_features(sub)
 
     q = sub.add_parser("qat", help="quantization-aware training: distil into fake-quantized weights, save a GGUF")
     q.add_argument("--model", default=None, help="HF folder, .gguf file (default: bundled Gemma 3 270M)")

@@ -98,9 +98,13 @@ def run(args) -> int:
     # (a lone GGUF is a text model: its metadata is not read twice)
     config = read_config(source, mmproj) if mmproj is not None or source.is_dir() else None
     _check_vision_request(args, target, config, auto is not None or calibration is not None)
+    if getattr(args, "sae", None) and target.format != "onnx":
+        raise ValueError(f"--sae: --target {target.name} builds LiteRT; sparse autoencoders are exported to ONNX "
+                         f"only so far")
     progress = Progress(steps, quiet=args.json)
     with progress.step("load", str(args.model or "bundled Gemma 3 270M") + (f" + {mmproj}" if mmproj else "")):
         loaded = load_model(args.model, mmproj=mmproj)
+        sae = _sae_request(args, loaded.config)
     quant = "" if recipe == "fp32" else f"quantize {recipe} + "
     plan_report = None
     if auto is not None:
@@ -120,7 +124,8 @@ def run(args) -> int:
         loaded = dataclasses.replace(loaded, stored={**loaded.stored, **rounded},
                                      rounding={**rounded.info, "calibration": calibration[0]})
     with progress.step("convert", f"{quant}{target.bundle} -> {out}"), _weights_of(loaded, rounded):
-        target.export(loaded, out, recipe, args.context, prefill, getattr(args, "vision_quant", None))
+        target.export(loaded, out, recipe, args.context, prefill, getattr(args, "vision_quant", None),
+                      **({"sae": sae} if sae else {}))
     manifest = json.loads((out / "manifest.json").read_text())
     summary = {"artifact": str(out), "target": target.name, "format": target.format, "bundle": target.bundle,
                "recipe": manifest["recipe"], **({"plan": plan_report} if plan_report else {}), "context": manifest.get("context_length"),
@@ -146,6 +151,18 @@ def run(args) -> int:
         write_atomic(summary["report"]["md"], markdown(summary))
     print(json.dumps(summary, indent=2) if args.json else text_summary(summary))
     return 0 if summary["validation"] is None or summary["validation"]["passed"] else 1
+
+
+def _sae_request(args, config):
+    """--sae / --sae-k / --sae-encoder as an export.models.sae.SaeRequest (None without --sae); the SAEs are
+    checked against the model before anything is converted."""
+    if not getattr(args, "sae", None):
+        return None
+    from runtime_py.contract import DEFAULT_SAE_K
+
+    from .models.sae import SaeRequest, load_saes
+    return SaeRequest(load_saes(args.sae, config), getattr(args, "sae_k", None) or DEFAULT_SAE_K,
+                      getattr(args, "sae_encoder", None) or "fp32")
 
 
 def _check_vision_request(args, target, config, planned: bool) -> None:

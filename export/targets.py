@@ -30,10 +30,13 @@ class Target:
     devices: tuple[str, ...] = ()     # devices/catalogue.json entries the cost report estimates
 
     def export(self, loaded, out, recipe: str | None = None, context: int | None = None,
-               prefill: tuple[int, ...] | None = None, vision_quant: str | None = None):
+               prefill: tuple[int, ...] | None = None, vision_quant: str | None = None, sae=None):
         """Export `loaded` to `out` with this profile, each argument overriding its column; vision_quant: the
-        vision graph's storage of a vision-language model."""
+        vision graph's storage of a vision-language model; sae: an export.models.sae.SaeRequest (ONNX only)."""
         module, func = EXPORTERS[self.bundle].split(":")
+        if sae and self.format != "onnx":
+            raise ValueError(f"--sae: --target {self.name} builds LiteRT; sparse autoencoders are exported to "
+                             f"ONNX only so far")
         if self.bundle == "litertlm":       # refused before any conversion work
             from .converters.litert.bundle import unbundleable
             if why := unbundleable(loaded.config):
@@ -44,7 +47,8 @@ class Target:
         if self.format == "onnx":
             if prefill:
                 raise ValueError(f"--prefill: --target {self.name} builds ONNX, which has no prefill signatures")
-            return fn(loaded, out, recipe, context_length=context, vision_quant=vision_quant)
+            return fn(loaded, out, recipe, context_length=context, vision_quant=vision_quant,
+                      **({"sae": sae} if sae else {}))
         if not hasattr(loaded.config, "vision") and loaded.config.embedding_head is not None:
             return _export_embedder(fn, loaded, out, recipe, user_context, prefill)
         # the profile's lengths that fit the context; a user's --prefill is taken as given (checked by the exporter;

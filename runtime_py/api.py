@@ -10,14 +10,16 @@ library; it imports no backend (runtime_py.loader picks one).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
-from .contract import VISION_KEY
+from .contract import SAE_KEY, VISION_KEY
 from .prompts import embedding_prompt, shieldgemma_prompt
+from .sae import SaeSites, firing
 from .sampling import Sampler, Sampling, finish_reason, generate_tokens, token_budget
 from .tokenizer import StreamDecoder, Tokenizer
 from .vision_api import VisionFacts, common_prefix, yes_probability
@@ -115,29 +117,52 @@ class Model:
 
     def generate(self, prompt: str | list[int], max_new_tokens: int = 64, sampling: Sampling = Sampling(),
                  stop_ids: Iterable[int] | None = None,
-                 on_text: Callable[[str], None] | None = None, images: list | None = None) -> Generation:
+                 on_text: Callable[[str], None] | None = None, images: list | None = None,
+                 steer: dict | list | None = None) -> Generation:
         """Continue `prompt` (text: encoded with <bos>; a list of ids: used as is). Stops at a stop id
         (default: the tokenizer's <eos>/<end_of_turn>), after `max_new_tokens`, or when the context is full.
         `on_text` receives the text as it is completed (UTF-8-safe streaming). `images` (a vision-language
         model): paths, bytes, PIL images or arrays, laid out as the model's processor does (Gemma 3: one per
         <start_of_image> in the prompt, or in front of it; PaliGemma: in front, then <bos>, prompt, "\n"); with
-        a list of ids, the ids already hold each image's placeholder tokens."""
+        a list of ids, the ids already hold each image's placeholder tokens. `steer` (an artifact exported with
+        --sae): {feature id: strength}, or one such dict per SAE; sum(strength * W_dec[feature]) is added at the
+        SAE's site at every position."""
         self._need("causal", "generate()")
         features = None
         if images:
             if isinstance(prompt, str):
                 prompt = self._vision().prompt_ids(self._tok(), prompt, len(images))
             features = self.image_features(images)
-        return self._generate(self._ids(prompt), max_new_tokens, sampling, stop_ids, on_text, features)
+        return self._generate(self._ids(prompt), max_new_tokens, sampling, stop_ids, on_text, features,
+                              self.sae.steer_inputs(steer) if steer else None)
+
+    @functools.cached_property
+    def sae(self) -> SaeSites:
+        """The sparse autoencoders the artifact carries (none unless exported with --sae)."""
+        return SaeSites(self.path, (self.manifest or {}).get(SAE_KEY, []))
+
+    def features(self, text: str | list[int], k: int | None = None, steer: dict | list | None = None) -> list[dict]:
+        """Which SAE features fire at each position of `text` (encoded with <bos>; or token ids), one call: per
+        SAE {"site", "layer", "hook", "positions": [{"indices", "values"} per token, largest first, at most k
+        (default: the k exported), zeros left out]}."""
+        self._need("causal", "features()")
+        sae = self.sae
+        if not len(sae):
+            raise ValueError(f"{self.path}: no SAE outputs (export it with --sae)")
+        if not hasattr(self.backend, "run"):
+            raise ValueError(f"{self.path}: SAE outputs are read from ONNX artifacts only")
+        outs = self.backend.run(sae.outputs(), self._ids(text), extra=sae.steer_inputs(steer) if steer else None)
+        return [{**{key: e[key] for key in ("path", "site", "layer", "hook")},
+                 "positions": firing(outs[2 * n], outs[2 * n + 1], k)} for n, e in enumerate(sae.entries)]
 
     def _generate(self, ids: list[int], max_new_tokens: int, sampling: Sampling, stop_ids, on_text,
-                  features: np.ndarray | None = None) -> Generation:
+                  features: np.ndarray | None = None, extra: dict | None = None) -> Generation:
         sampler = Sampler(sampling, self.config.get("vocab_size") or getattr(self.backend, "vocab_size", None))
         n = token_budget(len(ids), max_new_tokens, self.backend.context_length, self.path)
         if stop_ids is None:
             stop_ids = self.tokenizer.stop_ids if self.tokenizer else [self.config.get("eos_id", 1)]
-        step = self.backend.stepper(len(ids) + n, features=features) if features is not None \
-            else self.backend.stepper(len(ids) + n)
+        more = {**({"features": features} if features is not None else {}), **({"extra": extra} if extra else {})}
+        step = self.backend.stepper(len(ids) + n, **more)
         timings = Timings(prefill_tokens=len(ids))
 
         def timed_step(tokens, start):
@@ -230,9 +255,11 @@ class Model:
             lasts = [prefix.fork()(ids[shared:], shared) if len(ids) > shared else logits for ids in prompts]
         return {name: yes_probability(last, *vision.classifier) for name, last in zip(names, lasts)}
 
-    def logits(self, ids: list[int]) -> np.ndarray:
-        """Logits at every position of `ids` (one forward pass): [T, V] float32."""
+    def logits(self, ids: list[int], steer: dict | list | None = None) -> np.ndarray:
+        """Logits at every position of `ids` (one forward pass): [T, V] float32. steer: as in generate()."""
         self._need("causal", "logits()")
+        if steer:
+            return self.backend.logits(self._ids(ids), extra=self.sae.steer_inputs(steer))
         return self.backend.logits(self._ids(ids))
 
     def classify(self, text: str, policy: str, response: str | None = None) -> float:

@@ -111,3 +111,12 @@ ENCODER_PREFIX, INPUT_MASK, POOLED = "encoder_", "input_mask", "embedding"
 
 def encoder_signature(length: int) -> str:
     return f"{ENCODER_PREFIX}{length}"
+
+
+# --- sparse autoencoders (Gemma Scope) carried by an artifact, one per `--sae`, numbered n = 0, 1, ... ---------
+DEFAULT_SAE_K = 16                         # features per token an artifact emits (export --sae-k)
+SAE_KEY = "sae"                            # manifest.json: [{site, layer, hook, width, d_in, k, encoder, decoder}]
+SAE_VALUES = "sae_{n}_topk_values"         # output [B, T, k] float32: the k largest JumpReLU activations
+SAE_INDICES = "sae_{n}_topk_indices"       # output [B, T, k] int64: their feature ids
+SAE_STEER = "sae_{n}_steer"                # optional input [d_in] float32 (default zeros), added at the site
+SAE_DECODER = "sae_{n}_decoder.npy"        # W_dec [width, d_in] float32: the rows steering is built from

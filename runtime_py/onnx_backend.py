@@ -131,8 +131,8 @@ class OnnxBackend:
         self.cache_dtype = _dtype(self.inputs[self.caches[0][0]], str(self.path))
         self.logits_dtype = _dtype(self.outputs[self.logits_name], str(self.path))
         # Optional input (ours): logits at the last k positions only; steps need just the last one's.
-        optional = {i.name for i in self.session.get_overridable_initializers()}
-        self.keep_name = "logits_to_keep" if "logits_to_keep" in optional else None
+        self.optional = {i.name: i for i in self.session.get_overridable_initializers()}
+        self.keep_name = "logits_to_keep" if "logits_to_keep" in self.optional else None
         # onnxruntime-genai's flag: past and present may be one buffer (GroupQueryAttention appends in place).
         # Recurrent states are rewritten whole by ops that may not alias their input and output: not shared.
         self.share_buffer = bool((self.genai.get("search") or {}).get("past_present_share_buffer", False)) \
@@ -183,15 +183,30 @@ class OnnxBackend:
                 _dtype(self.inputs[self.positions_name], str(self.path)))
         return feed
 
+    def optional_feed(self, extra: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        """Optional inputs by name, each in the graph's type for it (float16 in a float16 graph)."""
+        out = {}
+        for name, value in (extra or {}).items():
+            if name not in self.optional:
+                raise ValueError(f"{self.path}: no optional input {name!r}")
+            out[name] = np.ascontiguousarray(value, _dtype(self.optional[name], str(self.path)))
+        return out
+
     def stepper(self, max_len: int | None = None, prefill_chunk: int = 256,
-                features: np.ndarray | None = None) -> "Stepper":
+                features: np.ndarray | None = None, extra: dict[str, np.ndarray] | None = None) -> "Stepper":
         """A fresh KV cache for one sequence of at most `max_len` tokens (default: the context length).
         features: image rows (encode_images) for the placeholders of the first call, which then takes the whole
-        prompt (an image's tokens see each other only within one call)."""
+        prompt (an image's tokens see each other only within one call). extra: optional inputs fed on every call
+        (a sparse autoencoder's steering vector)."""
         self._require("causal", "stepper()")
         if features is not None and self.vision_parts is None:
             raise ValueError(f"{self.path} is a text model: it takes no images")
-        return Stepper(self, max_len or self.context_length, prefill_chunk, features)
+        step = Stepper(self, max_len or self.context_length, prefill_chunk, features)
+        if extra:
+            if self.keep_name is None:
+                raise ValueError(f"{self.path}: optional inputs need the logits_to_keep path (run_with_ort_values)")
+            step.extra = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in self.optional_feed(extra).items()}
+        return step
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """pixels [N, 3, S, S] (preprocessed) -> image rows [N, tokens_per_image, d] (vision.onnx)."""
@@ -199,14 +214,25 @@ class OnnxBackend:
             raise ValueError(f"{self.path} is a text model: it has no vision graph")
         return self.vision_parts.encode(pixels)
 
-    def logits(self, ids: list[int], features: np.ndarray | None = None) -> np.ndarray:
-        """Logits at every position of `ids`, one call from an empty cache: [T, V] float32."""
+    def logits(self, ids: list[int], features: np.ndarray | None = None,
+               extra: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Logits at every position of `ids`, one call from an empty cache: [T, V] float32. extra: optional
+        inputs by name (a sparse autoencoder's steering vector)."""
+        (out,) = self.run([self.logits_name], ids, features, extra)
+        return out.astype(np.float32, copy=False)                      # [T, V]
+
+    def run(self, names: list[str], ids: list[int], features: np.ndarray | None = None,
+            extra: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """The outputs `names` of one call on `ids` from an empty cache (batch row 0 of each)."""
         self._require("causal", "logits()")
         ids = [int(i) for i in ids]
         if not 0 < len(ids) <= self.context_length:
             raise ValueError(f"logits() takes 1..{self.context_length} tokens ({self.path}), got {len(ids)}")
-        (out,) = self.session.run([self.logits_name], {**self.feed(ids, 0, features), **self.empty_past()})
-        return out[0].astype(np.float32, copy=False)                      # [T, V]
+        missing = [n for n in names if n not in self.outputs]
+        if missing:
+            raise ValueError(f"{self.path}: no output {missing[0]!r}")
+        outs = self.session.run(names, {**self.feed(ids, 0, features), **self.empty_past(), **self.optional_feed(extra)})
+        return [o[0] for o in outs]
 
     def embed(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """ids, mask: [B, T] -> embeddings [B, D] float32 (L2-normalised by the graph)."""
@@ -251,6 +277,7 @@ class Stepper:
         self.binding = self._bind_caches(b.session.io_binding()) if b.share_buffer and b.vocab_size else None
         self._logits: dict[int, np.ndarray] = {}      # T -> [1, T, V] output buffer, reused across steps
         self._feed = None
+        self.extra: dict = {}       # optional inputs (OrtValues) for every call, which IOBinding cannot bind
 
     def _bind_caches(self, binding):
         for past, present, _ in self.backend.caches:
@@ -265,7 +292,8 @@ class Stepper:
         tokens = check_step(tokens, start, self.length, self.max_len, self.backend.path, self.backend.context_length)
         for i in range(0, len(tokens), self.chunk):
             chunk = tokens[i:i + self.chunk]
-            logits = self._run_last(chunk) if len(chunk) > 1 and self.backend.keep_name else self._run(chunk)
+            last = (len(chunk) > 1 or self.extra) and self.backend.keep_name
+            logits = self._run_last(chunk) if last else self._run(chunk)
         return logits
 
     def _run_last(self, tokens: list[int]) -> np.ndarray:
@@ -276,6 +304,7 @@ class Stepper:
         feed = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in b.feed(tokens, self.length,
                                                                                   self._take_features()).items()}
         feed[b.keep_name] = ort.OrtValue.ortvalue_from_numpy(np.ones(1, np.int64))
+        feed.update(self.extra)
         outs = b.session.run_with_ort_values([b.logits_name] + [p for _, p, _ in b.caches], {**feed, **self.past})
         self.past = {past: value for (past, _, _), value in zip(b.caches, outs[1:])}
         if self.binding is not None:

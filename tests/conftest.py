@@ -122,6 +122,21 @@ def real_model(real_gguf):
     patch.undo()
 
 
+@pytest.fixture(scope="session")
+def hf_real(real_model):
+    """transformers' own model of the bundled GGUF (it dequantizes the file itself; ~40 s to read), the
+    independent reference on the real model. Shared: run it, never change it."""
+    import time
+
+    import torch
+    import transformers as tf
+    path = real_model.source
+    t0 = time.perf_counter()
+    ref = tf.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    print(f"\nload: transformers {time.perf_counter() - t0:.1f} s")
+    return ref
+
+
 def run_cli(argv: list[str]) -> tuple[int, dict]:
     """export.cli.main in this process with --json: (exit status, the JSON it printed)."""
     from export.cli import main

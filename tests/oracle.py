@@ -80,6 +80,22 @@ def tokens(n: int, vocab: int = 160, seed: int = 1, batch: int = 1) -> torch.Ten
 
 
 @torch.no_grad()
+def genai_greedy(folder, prompt, max_length: int) -> list[int]:
+    """The tokens onnxruntime-genai picks greedily after `prompt` ([1, T] ids) in the artifact `folder`, up to
+    `max_length` tokens in all."""
+    import onnxruntime_genai as og
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=max_length, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.asarray(prompt).astype(np.int32))
+    got = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    return got
+
+
 def hf_greedy(ref, prompt, n: int) -> list[int]:
     """The `n` tokens transformers' model picks greedily after `prompt`, by its full forward re-run per
     token (not its `generate`, whose sliding caches disagree with its forward for tiny Gemma 2 models)."""

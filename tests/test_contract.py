@@ -172,6 +172,19 @@ def test_runtime_py_has_no_import_cycle():
     assert {"contract", "files"} <= leaves and not graph["api"] & {"onnx_backend", "litert_backend", "loader"}
 
 
+def test_models_use_only_runtime_pys_lowest_layer():
+    """The reference models may take the artifact contract, file writes, the tokenizer, the sampler and the prompt
+    formats from runtime_py, never its backends or its API (the charter's import direction)."""
+    lowest = {"contract", "files", "tokenizer", "sampling", "prompts", "vision_prompts"}
+    for p in _sources("export/models"):
+        tree = ast.parse(p.read_text())
+        used = {n.module.split(".")[1] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0
+                and (n.module or "").startswith("runtime_py.")}
+        used |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "runtime_py"
+                 for a in n.names}
+        assert used <= lowest, f"{p.relative_to(ROOT)} imports runtime_py.{sorted(used - lowest)}"
+
+
 def test_bench_does_not_reach_into_tests():
     for p in _sources("bench"):
         tree = ast.parse(p.read_text())

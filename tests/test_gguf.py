@@ -3,7 +3,6 @@ them (gguf-py's own tensor-name map, +1 on every norm weight, no q/k permutation
 metadata keys), some tensors Q8_0/F16. Two oracles: transformers' GGUF reader (gemma2, gemma3),
 and the source transformers model itself (every family, unquantized files). Then the real
 Gemma 3 270M GGUF against transformers reading the same file."""
-import time
 
 import gguf
 import numpy as np
@@ -162,15 +161,6 @@ def test_not_a_gguf_is_named(tmp_path):
 
 
 # --- the real Gemma 3 270M GGUF (slow: transformers takes ~40 s to read it) ------------------------
-
-@pytest.fixture(scope="module")
-def hf_real(real_model):
-    path = real_model.source
-    t0 = time.perf_counter()
-    ref = tf.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
-    print(f"\nload: transformers {time.perf_counter() - t0:.1f} s")
-    return ref
-
 
 @torch.no_grad()
 def test_real_gguf_matches_transformers(real_model, hf_real):

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import onnx
 import onnxruntime as ort
-import onnxruntime_genai as og
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +13,7 @@ import torch.nn.functional as F
 from export.converters.onnx import export_onnx
 from export.models.checkpoints import load_model
 
-from oracle import TINY, hf_greedy, save_hf_folder, tokens
+from oracle import TINY, genai_greedy, hf_greedy, save_hf_folder, tokens
 
 # onnxruntime-genai's contract (genai_config.json, its generator); RecurrentGemma, which it cannot
 # run, is tested through runtime_py in test_recurrentgemma_export.py.
@@ -113,16 +112,7 @@ def test_chunked_decoding_past_the_window_keeps_window_sized_caches(artifact):
 def test_onnxruntime_genai_greedy_matches_transformers(artifact):
     ref, out = artifact
     prompt = _tokens(12, seed=3)
-    model = og.Model(str(out))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=42, do_sample=False)
-    gen = og.Generator(model, params)
-    gen.append_tokens(prompt.numpy().astype(np.int32))
-    got = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        got.append(int(gen.get_next_tokens()[0]))
-    assert got == hf_greedy(ref, prompt, 30)
+    assert genai_greedy(out, prompt, 42) == hf_greedy(ref, prompt, 30)
 
 
 @torch.no_grad()

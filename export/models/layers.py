@@ -96,12 +96,13 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(c.head_dim, c.rms_eps)
             self.k_norm = RMSNorm(c.head_dim, c.rms_eps)
         self.rope_base, self.rope_scale = rope_params(c, layer_type)
+        self.taps = {}     # "self_attn.o_proj.input" -> callable(z) -> z (export.models.sae); not parameters
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
                 positions: torch.Tensor, cache: AttentionCache | None):
         """x: [B, T, d]; mask: bool [B or 1, T, S + T] over (cache slots, new tokens)."""
         q, keys, values, cache = self.project(x, rope, positions, cache)
-        return self.o_proj(self.core(q, keys, values, mask)), cache
+        return self.o_proj(tap(self, "self_attn.o_proj.input", self.core(q, keys, values, mask))), cache
 
     def project(self, x, rope, positions, cache):
         """Projections, q/k norms, RoPE and the cache write -> q [B, H, T, D], keys/values
@@ -171,12 +172,21 @@ class DecoderLayer(nn.Module):
             self.pre_feedforward_layernorm = norm()
             self.post_feedforward_layernorm = norm()
         self.mlp = MLP(config)
+        # site -> callable(x) -> x: a sparse autoencoder's probe (export.models.sae), kept out of the parameters
+        self.taps = {}
 
     def forward(self, x, rope, mask, positions, cache):
         temporal = self.recurrent if self.is_recurrent else self.self_attn
         h, cache = temporal(self.input_layernorm(x), rope, mask, positions, cache)
         if self.sandwich:
             x = x + self.post_attention_layernorm(h)
-            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), cache
+            mlp = self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+            return tap(self, "output", x + tap(self, "post_feedforward_layernorm.output", mlp)), cache
         x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x)), cache
+        return tap(self, "output", x + self.mlp(self.post_attention_layernorm(x))), cache
+
+
+def tap(module: nn.Module, site: str, x: torch.Tensor) -> torch.Tensor:
+    """x through `module`'s tap at `site` (transformers' module path within the layer), if it has one."""
+    fn = module.taps.get(site) if module.taps else None
+    return x if fn is None else fn(x)

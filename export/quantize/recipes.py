@@ -231,3 +231,9 @@ def recipe(name: "str | Recipe", target: str) -> Recipe:
         ok = [n for n, x in RECIPES.items() if target in x.targets]
         raise ValueError(f"--quant {name} is not supported for --target {target}; supported: {', '.join(ok) or 'none'}")
     return r.for_format(target)
+
+# A sparse autoencoder's encoder (--sae-encoder), apart from the model's recipe: None = float32 (the published
+# weights as they are), else (bits, block, accuracy level) of onnxruntime's MatMulNBits. Level 4 quantizes the
+# activations to int8 per block too: its kernel is the fast one (level 0 dequantizes 16k columns each call, ~100x
+# slower; README). Biases and thresholds stay float32.
+SAE_ENCODERS = {"fp32": None, "int8": (8, 32, 4)}

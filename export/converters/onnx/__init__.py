@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runtime_py.contract import DEFAULT_CONTEXT
+import numpy as np
+
+from runtime_py.contract import DEFAULT_CONTEXT, SAE_DECODER, SAE_KEY
 
 from ..artifact import staged_dir
 from ...models.vision_config import VisionLanguageConfig
@@ -16,27 +18,31 @@ from .decoder import build_decoder
 from .embedder import build_embedder
 from .folder import finish_folder, save_model
 from .genai_config import genai_config, genai_supported
+from .sae import sae_taps
 from .stream import build_quantized
 from .web_folder import WEB_LAYOUT, web_dtype, write_web_embedder
 
 
 def export_onnx_web(loaded, out: str | Path, recipe: str = "int4", context_length: int | None = None,
-                    vision_quant: str | None = None) -> Path:
+                    vision_quant: str | None = None, sae=None) -> Path:
     """export_onnx, an embedding model in the folder layout transformers.js reads (web_folder.py)."""
-    return export_onnx(loaded, out, recipe, context_length, vision_quant, layout=WEB_LAYOUT)
+    return export_onnx(loaded, out, recipe, context_length, vision_quant, layout=WEB_LAYOUT, sae=sae)
 
 
 def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: int | None = None,
-                vision_quant: str | None = None, layout: str | None = None) -> Path:
+                vision_quant: str | None = None, layout: str | None = None, sae=None) -> Path:
     """Export a LoadedModel (export.models.checkpoints) to an ONNX artifact folder. vision_quant: the vision
     graph's storage of a vision-language model (fp32 | fp16 | int8; default: vision_folder.default_vision_quant).
-    layout: WEB_LAYOUT puts an embedding model's graph where transformers.js reads it."""
+    layout: WEB_LAYOUT puts an embedding model's graph where transformers.js reads it. sae: an
+    export.models.sae.SaeRequest (sae.py: the SAEs' outputs and steering inputs in the decoder)."""
     r = recipe_for(recipe, "onnx")
     web = layout == WEB_LAYOUT and loaded.config.embedding_head is not None
     if web:
         web_dtype(r.name)             # a recipe transformers.js has no file name for is refused before any work
     c = loaded.config
     context = min(context_length or DEFAULT_CONTEXT, c.max_position)
+    if sae is not None and (isinstance(c, VisionLanguageConfig) or c.embedding_head is not None):
+        raise ValueError("--sae: sparse autoencoders are exported with causal text LMs only")
     if isinstance(c, VisionLanguageConfig):
         from .vision_folder import export_onnx_vision
         return export_onnx_vision(loaded, out, r, context, vision_quant)
@@ -47,14 +53,20 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
                          f"GroupQueryAttention needs a multiple of 16")
     embedder = c.embedding_head is not None
     m, state = loaded.model, loaded.weights
+    taps = sae_taps(sae.saes, sae.k, sae.encoder) if sae else None
     proto, carried = build_quantized(lambda packer: build_embedder(m, state, packer) if embedder
-                                     else build_decoder(m, context, state, packer), r, loaded.stored)
+                                     else build_decoder(m, context, state, packer, taps), r, loaded.stored)
     extra = {"context_length": context, "kind": "embedder" if embedder else "causal_lm"}
     with staged_dir(out) as tmp:
         if web:
             extra.update(write_web_embedder(proto, tmp, c, r.name))
         else:
             save_model(proto, tmp / "model.onnx")
+        if sae:
+            files = [SAE_DECODER.format(n=n) for n in range(len(sae.saes))]
+            for s, f in zip(sae.saes, files):
+                np.save(tmp / f, s.w_dec)
+            extra[SAE_KEY] = sae.manifest(files)
         if not embedder and genai_supported(c):
             (tmp / "genai_config.json").write_text(json.dumps(genai_config(c, context), indent=2) + "\n")
         elif not embedder:     # runtime_py reads the same description from the manifest

@@ -20,6 +20,13 @@ class Body:
         self.g, self.c, self.state = g, config, state
         self.residual: str | None = None
         self.pending: str | None = None     # branch output not yet added to the residual stream
+        # (layer, tap name of export.models.layers) -> fn(g, x) -> x: a sparse autoencoder's site (sae.py)
+        self.taps: dict[tuple[int, str], Callable[[Graph, str], str]] = {}
+
+    def tap(self, i: int, site: str, x: str) -> str:
+        """Mirrors export.models.layers.tap: x through layer i's tap at `site`, if there is one."""
+        fn = self.taps.get((i, site))
+        return x if fn is None else fn(self.g, x)
 
     def w(self, name: str) -> np.ndarray:
         return self.state[name].detach().float().numpy()
@@ -80,7 +87,11 @@ class Body:
         out = self.mlp(i, self.add_and_norm(p + pre_ffn + ".weight", f"{n}/{pre_ffn}"))
         if c.sandwich_norms:
             out = self.norm(out, p + "post_feedforward_layernorm.weight", f"{n}/post_feedforward_layernorm")
+            out = self.tap(i, "post_feedforward_layernorm.output", out)
         self.pending = out
+        if (i, "output") in self.taps:      # the layer's output as one tensor (else the next norm adds it)
+            self.residual = self.tap(i, "output", self.g.op("Add", [self.residual, out], f"{n}/output"))
+            self.pending = None
 
     def mlp(self, i: int, h: str) -> str:
         """Mirrors export.models.layers.MLP (model.layers.{i}.mlp): h [B, T, d] -> [B, T, d], gate and up
@@ -105,7 +116,8 @@ class Body:
         if c.qk_norm:
             q = self.head_norm(q, a + "q_norm.weight", c.num_heads, f"{n}/q_norm")
             k = self.head_norm(k, a + "k_norm.weight", c.num_kv_heads, f"{n}/k_norm")
-        return self.linear(attention(i, q, k, v), [a + "o_proj.weight"], f"{n}/o_proj/MatMul", c.attn_out_bias)
+        z = self.tap(i, "self_attn.o_proj.input", attention(i, q, k, v))
+        return self.linear(z, [a + "o_proj.weight"], f"{n}/o_proj/MatMul", c.attn_out_bias)
 
     def head_norm(self, x: str, weight: str, heads: int, node: str) -> str:
         """Mirrors Attention.q_norm / k_norm (export.models.layers.RMSNorm over each head):

@@ -23,11 +23,13 @@ from .graph import FLOAT, INT64, Graph
 from .griffin import recurrent_block
 
 
-def build_decoder(model, context_length: int, state=None, packer=None) -> onnx.ModelProto:
-    """state: the weights by parameter name (default: the model's own); packer: Graph's (stream.py)."""
+def build_decoder(model, context_length: int, state=None, packer=None, taps: dict | None = None) -> onnx.ModelProto:
+    """state: the weights by parameter name (default: the model's own); packer: Graph's (stream.py); taps:
+    Body.taps (sparse autoencoders' sites, sae.py)."""
     c: GemmaConfig = model.config
     g = Graph(packer)
     body = Body(g, c, model.state_dict() if state is None else state)
+    body.taps.update(taps or {})
     ids = g.input("input_ids", INT64, ["batch_size", "sequence_length"])
     mask = g.input("attention_mask", INT64, ["batch_size", "total_sequence_length"])
     attention = CausalAttention(body, mask, context_length)
