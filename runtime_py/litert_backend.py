@@ -71,6 +71,9 @@ class LiteRTBackend:
             if missing or (sig is self.decode and "logits" not in sig.outputs):
                 raise ValueError(f"{self.path}: signature {sig.name!r} lacks {missing or ['logits']}")
         self.prefill_logits = all("logits" in s.outputs for s in self.prefill.values())
+        # A prompt's last token goes through decode, as LiteRT-LM runs it: the prefill chunks' logits [1, T, V]
+        # (T MB each) are then never read, which would cost as much memory again. False: read from prefill.
+        self.hold_last = True
         slots = [int(self.decode.inputs[c]["shape"][2]) for c in self.caches if c.startswith(KV_CACHE_PREFIX)]
         longest = max(slots, default=0)
         self.context_length = min(longest, context_length) if context_length else longest
@@ -138,12 +141,13 @@ class Stepper:
             self.state = b.new_state()
         if len(tokens) == 1:
             return self._run(b.decode, tokens)
-        head = tokens if b.prefill_logits else tokens[:-1]     # else: the last token goes through decode
+        held = b.hold_last or not b.prefill_logits
+        head = tokens[:-1] if held else tokens
         for t, n in b.chunks(len(head)):
             ran = b.run(b.prefill[t], head[:n], self.length, self.state)
             self.length += n
             head = head[n:]
-        if not b.prefill_logits:
+        if held:
             return self._run(b.decode, tokens[-1:])
         return b.logits_of(ran, n)[-1]          # only the last chunk's rows are read, up to its last real one
 

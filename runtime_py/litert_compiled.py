@@ -62,19 +62,18 @@ class Signature:
     def run(self, feeds: dict[str, np.ndarray], state: "State | None" = None) -> None:
         """Run with `feeds` (every input that is not carried, as arrays of the input's shape and dtype) and the
         carried tensors of `state` (updated in place)."""
-        inputs, outputs = {}, {}
         for name, array in feeds.items():
-            buffer = self._buffer("in", name)
-            buffer.write(np.ascontiguousarray(array, self.inputs[name]["dtype"]))
-            inputs[name] = buffer
-        for name in self.outputs:
-            if state is None or name not in state.names:
-                outputs[name] = self._buffer("out", name)
-        if state is not None:
-            state.bind(inputs, outputs)
+            self._buffer("in", name).write(np.ascontiguousarray(array, self.inputs[name]["dtype"]))
+        inputs, outputs = state.maps(self) if state is not None else self.maps(())
         self.model.run_by_name(self.name, inputs, outputs)
         if state is not None:
             state.swap()
+
+    def maps(self, carried_names) -> tuple[dict, dict]:
+        """The input and output maps of a call, without the carried tensors (`carried_names`) bound."""
+        inputs = {n: self._buffer("in", n) for n in self.inputs if n not in carried_names}
+        outputs = {n: self._buffer("out", n) for n in self.outputs if n not in carried_names}
+        return inputs, outputs
 
     def __call__(self, **feeds) -> dict[str, np.ndarray]:
         """Run with `feeds` (nothing carried); -> every output (a signature runner's call)."""
@@ -99,15 +98,23 @@ class State:
     def __init__(self, signature: Signature, names: list[str]):
         model, sig = signature.model, signature.name
         self.names, self.shapes = list(names), {n: signature.inputs[n] for n in names}
+        self._maps = {}          # signature name -> its (inputs, outputs) maps, when nothing is swapped
         self.current = {n: model.create_input_buffer_by_name(sig, n) for n in names}
         self.spare = {n: model.create_input_buffer_by_name(sig, n) for n in names if not _in_place(n)}
         for n, buffer in self.current.items():
             buffer.write(np.zeros(self.shapes[n]["shape"], self.shapes[n]["dtype"]))
 
-    def bind(self, inputs: dict, outputs: dict) -> None:
+    def maps(self, sig: Signature) -> tuple[dict, dict]:
+        """`sig`'s input and output maps with this state's buffers bound (kept while no buffer is swapped)."""
+        if sig.name in self._maps:
+            return self._maps[sig.name]
+        inputs, outputs = sig.maps(self.names)
         for n in self.names:
             inputs[n] = self.current[n]
             outputs[n] = self.spare.get(n, self.current[n])
+        if not self.spare:
+            self._maps[sig.name] = inputs, outputs
+        return inputs, outputs
 
     def swap(self) -> None:
         for n in self.spare:

@@ -35,12 +35,14 @@ def art(tiny_litert):
 
 
 def test_decode_far_past_the_window_equals_the_interpreter(art):
-    """A prompt through prefill_16, then 45 decode steps (the window of 8 wrapped five times): every step's
-    logits equal the Interpreter's, and so do the caches the stepper holds."""
+    """A 16-token prompt (prefill_8 twice, its last token through decode, as LiteRT-LM runs a prompt), then 45
+    decode steps (the window of 8 wrapped five times): every step's logits equal the Interpreter's, and so do
+    the caches the stepper holds."""
     backend = runtime_py.load(art.folder, threads=2).backend
     ids = np.random.default_rng(4).integers(0, 384, 61).tolist()
     ref, step = _Reference(art.folder / "model.tflite"), backend.stepper(61)
-    assert np.abs(step(ids[:16], 0) - ref.step("prefill_16", ids[:16], 0, 16)).max() < 1e-5
+    ref.step("prefill_8", ids[:8], 0, 8), ref.step("prefill_8", ids[8:15], 8, 8)
+    assert np.abs(step(ids[:16], 0) - ref.step("decode", ids[15:16], 15, 1)).max() < 1e-5
     for p in range(16, 61):
         assert np.abs(step([ids[p]], p) - ref.step("decode", [ids[p]], p, 1)).max() < 1e-5, p
     for name in backend.caches:
@@ -55,7 +57,7 @@ def test_each_call_updates_the_stepper_buffers_in_place(art):
     ids = np.random.default_rng(5).integers(0, 384, 20).tolist()
     ref, step = _Reference(art.folder / "model.tflite"), backend.stepper(20)
     step(ids[:13], 0)
-    ref.step("prefill_16", ids[:13], 0, 16)
+    ref.step("prefill_8", ids[:8], 0, 8), ref.step("prefill_8", ids[8:12], 8, 8), ref.step("decode", ids[12:13], 12, 1)
     k0, _ = kv_cache_names(0)
     before = dict(step.state.current)
     old = step.state.read(k0)
@@ -75,8 +77,8 @@ def test_steppers_and_logits_do_not_share_caches(art):
     ids = np.random.default_rng(6).integers(0, 384, 30).tolist()
     a, b = backend.stepper(30), backend.stepper(30)
     ra, rb = _Reference(art.folder / "model.tflite"), _Reference(art.folder / "model.tflite")
-    a(ids[:9], 0), ra.step("prefill_8", ids[:8], 0, 8), ra.step("prefill_8", ids[8:9], 8, 8)
-    b(ids[:3], 0), rb.step("prefill_8", ids[:3], 0, 8)
+    a(ids[:9], 0), ra.step("prefill_8", ids[:8], 0, 8), ra.step("decode", ids[8:9], 8, 1)
+    b(ids[:3], 0), rb.step("prefill_8", ids[:2], 0, 8), rb.step("decode", ids[2:3], 2, 1)
     backend.logits(ids[:20])
     for p in range(9, 25):
         assert np.abs(a([ids[p]], p) - ra.step("decode", [ids[p]], p, 1)).max() < 1e-5
