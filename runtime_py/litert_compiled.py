@@ -13,6 +13,10 @@ Depends on ai_edge_litert, numpy and the standard library only (plus runtime_py'
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +36,41 @@ def compile_tflite(model_path: str | Path | None = None, content: bytes | None =
     None: LiteRT's default). A model LiteRT cannot load is a ValueError naming `where`."""
     global _environment
     options = Options(cpu_options=CpuOptions(num_threads=int(threads or 0), xnnpack_weight_cache_path=WEIGHT_CACHE))
-    try:
-        if _environment is None:             # one LiteRT environment per process, shared by its models
-            _environment = Environment.create()
-        if content is None:
-            return CompiledModel.from_file(str(model_path), environment=_environment, options=options)
-        return CompiledModel.from_buffer(bytes(content), environment=_environment, options=options)
-    except (ValueError, RuntimeError) as e:
-        raise ValueError(f"{where}: ai_edge_litert cannot load it: {e}") from e
+    with _native_log() as log:
+        try:
+            if _environment is None:             # one LiteRT environment per process, shared by its models
+                _environment = Environment.create()
+            if content is None:
+                return CompiledModel.from_file(str(model_path), environment=_environment, options=options)
+            return CompiledModel.from_buffer(bytes(content), environment=_environment, options=options)
+        except (ValueError, RuntimeError) as e:
+            errors = [line for line in log.lines() if line.startswith("ERROR")]
+            said = "; ".join(part.strip(" └") for part in [str(e), *errors[-1:]] for part in part.splitlines())
+            raise ValueError(f"{where}: ai_edge_litert cannot load it: {said}") from e
+
+
+class _Log:
+    def __init__(self, file):
+        self.file = file
+
+    def lines(self) -> list[str]:
+        self.file.seek(0)
+        return self.file.read().decode("utf-8", "replace").splitlines()
+
+
+@contextlib.contextmanager
+def _native_log():
+    """LiteRT logs its set-up (environment, accelerators, vendor plugins: some twenty lines) on the process's
+    stderr; while a model compiles, that goes to a file instead, read back for the error of a failed load."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield _Log(f)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 class Signature:

@@ -84,3 +84,14 @@ def test_steppers_and_logits_do_not_share_caches(art):
         assert np.abs(a([ids[p]], p) - ra.step("decode", [ids[p]], p, 1)).max() < 1e-5
         if p < 20:
             assert np.abs(b([ids[p - 6]], p - 6) - rb.step("decode", [ids[p - 6]], p - 6, 1)).max() < 1e-5
+
+
+def test_a_model_litert_cannot_load_is_one_line_naming_its_file(tmp_path, capfd):
+    """LiteRT's set-up log stays off stderr; its reason for refusing a file comes back in one line naming it."""
+    bad = tmp_path / "model.tflite"
+    bad.write_bytes(b"not a flatbuffer" * 8)
+    with pytest.raises(ValueError) as e:
+        runtime_py.load(bad)
+    assert str(e.value).startswith(f"{bad}: ai_edge_litert cannot load it: ") and "\n" not in str(e.value)
+    assert "TFL3" in str(e.value)                  # LiteRT's own words: the file's identifier is wrong
+    assert "INFO" not in capfd.readouterr().err
