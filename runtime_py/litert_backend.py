@@ -119,7 +119,7 @@ class LiteRTBackend:
         plan = self.chunks(len(ids)) if self.prefill_logits else [(1, 1)] * len(ids)
         for t, n in plan:
             ran = self.run(self.prefill[t] if self.prefill_logits else self.decode, ids[pos:pos + n], pos, state)
-            rows[pos:pos + n] = self.logits_of(ran, n)
+            ran.read_into("logits", rows[pos:pos + n])
             pos += n
         return rows
 

@@ -28,6 +28,11 @@ from .contract import KV_CACHE_PREFIX, is_cache
 WEIGHT_CACHE = ":memory:"
 
 _environment = None
+try:         # TensorBuffer.read's own reader, which fills an array it is given (None: read() and copy)
+    from ai_edge_litert import _pywrap_litert_tensor_buffer_wrapper as _tb_wrapper
+    _read_into = _tb_wrapper.ReadTensorToBuffer
+except (ImportError, AttributeError):
+    _read_into = None
 
 
 def compile_tflite(model_path: str | Path | None = None, content: bytes | None = None, threads: int | None = None,
@@ -119,6 +124,15 @@ class Signature:
             return self._buffer("out", name).read(int(np.prod(shape)), dtype).reshape(shape)
         inner = shape[2:]
         return self._buffer("out", name).read(rows * int(np.prod(inner)), dtype).reshape(rows, *inner)
+
+    def read_into(self, name: str, out: np.ndarray) -> None:
+        """The first len(out) rows of output `name` ([1, T, ...]) copied into `out` (C-contiguous, the output's
+        dtype), with no array in between: a [T, V] read costs T MB more otherwise."""
+        buffer = self._buffer("out", name)
+        if _read_into is None or not out.flags.c_contiguous or out.dtype != self.outputs[name]["dtype"]:
+            out[...] = self.read(name, len(out))
+        else:
+            _read_into(buffer.capsule, out.reshape(-1), out.dtype.name)
 
 
 class State:
