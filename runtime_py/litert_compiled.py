@@ -67,8 +67,14 @@ class _Log:
 def _native_log():
     """LiteRT logs its set-up (environment, accelerators, vendor plugins: some twenty lines) on the process's
     stderr; while a model compiles, that goes to a file instead, read back for the error of a failed load."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:              # no stderr to keep clean (fd 2 closed)
+        with tempfile.TemporaryFile() as f:
+            yield _Log(f)
+        return
     with tempfile.TemporaryFile() as f:
         os.dup2(f.fileno(), 2)
         try:
