@@ -1,5 +1,6 @@
 """LiteRT backend: a `.tflite` with signatures `prefill_{T}` (several T) and `decode`, run with ai_edge_litert's
-Interpreter, from an artifact folder (model.tflite) or a `.litertlm` bundle (its TFLite section).
+CompiledModel API (runtime_py.litert_compiled), from an artifact folder (model.tflite) or a `.litertlm` bundle
+(its TFLite section).
 
 Signature contract (LiteRT-LM's names, gemma-export's LiteRT target): inputs `tokens` int32 [1, T], `input_pos`
 int32 [T], `kv_cache_k_{i}` / `kv_cache_v_{i}` [1, G, S_i, D] (RecurrentGemma's recurrent layers: `rg_lru_state_{i}`
@@ -7,8 +8,8 @@ int32 [T], `kv_cache_k_{i}` / `kv_cache_v_{i}` [1, G, S_i, D] (RecurrentGemma's 
 updated caches and states. The attention mask is computed in the graph; a chunk of n < T tokens runs through
 `prefill_T` with the tail padded (tokens 0, input_pos 0) and the graph keeps only the n real tokens.
 
-Runs through ai_edge_litert's public Interpreter API (signature runners): each call copies the caches in and
-out, since the Python Interpreter cannot alias one call's output buffer as the next one's input.
+Each stepper owns its caches as TensorBuffers that every call updates in place (litert_compiled.State): a decode
+step copies no cache in or out, and reads back only the logits it returns.
 
 Depends on ai_edge_litert, numpy and the standard library only (plus runtime_py's leaf modules).
 """
@@ -19,11 +20,11 @@ import struct
 from pathlib import Path
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
 
-from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, KV_CACHE_PREFIX, PREFILL_PREFIX,
-                       STATE_PREFIXES, TEXT_ENCODER_SECTION, VISION_KEY, is_cache)
+from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, KV_CACHE_PREFIX, PREFILL_PREFIX, STATE_PREFIXES,
+                       TEXT_ENCODER_SECTION, VISION_KEY, is_cache)
 from .litert_embedding import LiteRTBundleEmbedder, LiteRTEmbedder
+from .litert_compiled import Signature, State, carried, compile_tflite
 from .litert_vision import LiteRTVisionBackend, greedy_chunks
 from .sampling import check_step
 
@@ -33,13 +34,11 @@ _TFLITE, _SP_TOKENIZER, _LLM_METADATA, _TFLITE_WEIGHTS = 3, 4, 5, 7     # AnySec
 _STRING_VALUE = 9                                                     # VData.StringValue
 
 
-class _Signature:
-    """One signature: its runner, input/output details by name, and its token and position inputs (static
-    shapes), filled in place for each call."""
+class _Signature(Signature):
+    """A prefill or decode signature: its token and position inputs (static shapes), filled for each call."""
 
-    def __init__(self, interpreter: Interpreter, name: str, where: str):
-        self.runner = interpreter.get_signature_runner(name)
-        self.name, self.inputs, self.outputs = name, self.runner.get_input_details(), self.runner.get_output_details()
+    def __init__(self, model, name: str, where: str):
+        super().__init__(model, name)
         extra = [k for k in self.inputs if k not in ("tokens", "input_pos") and not is_cache(k)]
         if extra or not {"tokens", "input_pos"} <= set(self.inputs):
             raise ValueError(f"{where}: signature {name!r} has inputs {list(self.inputs)}; runtime_py feeds tokens, "
@@ -57,22 +56,25 @@ class LiteRTBackend:
 
     def __init__(self, model_path: str | Path | None = None, *, model_content: bytes | None = None,
                  threads: int | None = None, context_length: int | None = None, name: str | None = None,
-                 interpreter: Interpreter | None = None):
+                 compiled=None):
         self.path = str(name or model_path)
-        self.it = interpreter or _interpreter(model_path, model_content, threads, self.path)
-        names = list(self.it.get_signature_list())
+        self.model = compiled or compile_tflite(model_path, model_content, threads, self.path)
+        names = list(self.model.get_signature_list())
         if DECODE_SIGNATURE not in names or not any(n.startswith(PREFILL_PREFIX) for n in names):
             raise ValueError(f"{self.path}: expected signatures {PREFILL_PREFIX}{{T}} and {DECODE_SIGNATURE}, "
                              f"found {names}")
-        self.decode = _Signature(self.it, DECODE_SIGNATURE, self.path)
-        prefill = [_Signature(self.it, n, self.path) for n in names if n.startswith(PREFILL_PREFIX)]
+        self.decode = _Signature(self.model, DECODE_SIGNATURE, self.path)
+        prefill = [_Signature(self.model, n, self.path) for n in names if n.startswith(PREFILL_PREFIX)]
         self.prefill = {s.length: s for s in sorted(prefill, key=lambda s: s.length)}   # T -> signature
-        self.caches = [k for k in self.decode.inputs if is_cache(k)]
+        self.caches = carried(self.decode.inputs)
         for sig in [self.decode, *self.prefill.values()]:
-            missing = [c for c in self.caches if c not in sig.inputs or c not in sig.outputs]
+            missing = [c for c in self.caches if sig.inputs.get(c) != self.decode.inputs[c] or c not in sig.outputs]
             if missing or (sig is self.decode and "logits" not in sig.outputs):
                 raise ValueError(f"{self.path}: signature {sig.name!r} lacks {missing or ['logits']}")
         self.prefill_logits = all("logits" in s.outputs for s in self.prefill.values())
+        # A prompt's last token goes through decode, as LiteRT-LM runs it: the prefill chunks' logits [1, T, V]
+        # (T MB each) are then never read, which would cost as much memory again. False: read from prefill.
+        self.hold_last = True
         slots = [int(self.decode.inputs[c]["shape"][2]) for c in self.caches if c.startswith(KV_CACHE_PREFIX)]
         longest = max(slots, default=0)
         self.context_length = min(longest, context_length) if context_length else longest
@@ -82,23 +84,24 @@ class LiteRTBackend:
             self.context_length = context_length
         self.vocab_size = int(self.decode.outputs["logits"]["shape"][-1])
         self.prefill_lengths = sorted(self.prefill)
-        self._zeros = {name: np.zeros(self.decode.inputs[name]["shape"], self.decode.inputs[name]["dtype"])
-                       for name in self.caches}       # the caches of an empty sequence (never written to)
 
-    def run(self, sig: _Signature, tokens: list[int], start: int, caches: dict | None) -> dict[str, np.ndarray]:
-        """Run `tokens` (len <= sig.length; the tail is padded) at positions start.. with `caches` ({name: array};
-        None: an empty sequence). -> the signature's outputs: the updated caches and, if it has them, the logits
-        [1, T, V] (real positions first)."""
+    def new_state(self) -> State:
+        """The caches of an empty sequence (zeros), in buffers of their own."""
+        return State(self.decode, self.caches)
+
+    def run(self, sig: _Signature, tokens: list[int], start: int, state: State) -> _Signature:
+        """Run `tokens` (len <= sig.length; the tail is padded) at positions start.. on `state` (updated in place).
+        -> `sig`, whose `logits(n)` reads the run's first n positions' logits, if it has them."""
         n = len(tokens)
         sig.tokens.reshape(-1)[:n], sig.tokens.reshape(-1)[n:] = tokens, 0
         sig.positions.reshape(-1)[:n], sig.positions.reshape(-1)[n:] = np.arange(start, start + n), 0
-        caches = self._zeros if caches is None else {name: caches[name] for name in self.caches}
-        return sig.runner(tokens=sig.tokens, input_pos=sig.positions, **caches)
+        sig.run({"tokens": sig.tokens, "input_pos": sig.positions}, state)
+        return sig
 
     @staticmethod
-    def logits_of(outputs: dict, n: int) -> np.ndarray:
-        """The logits of a run's n real positions: [n, V] float32."""
-        return np.asarray(outputs["logits"][0, :n], dtype=np.float32)
+    def logits_of(sig: _Signature, n: int) -> np.ndarray:
+        """The logits of the last run's n real positions: [n, V] float32."""
+        return np.asarray(sig.read("logits", n), dtype=np.float32)
 
     def chunks(self, count: int) -> list[tuple[int, int]]:
         """How LiteRT-LM cuts `count` prompt tokens into prefill calls (litert_vision.greedy_chunks)."""
@@ -113,61 +116,57 @@ class LiteRTBackend:
         ids = [int(i) for i in ids]
         if not 0 < len(ids) <= self.context_length:
             raise ValueError(f"logits() takes 1..{self.context_length} tokens ({self.path}), got {len(ids)}")
-        rows, caches, pos = [], None, 0
+        rows, state, pos = np.empty((len(ids), self.vocab_size), np.float32), self.new_state(), 0
         plan = self.chunks(len(ids)) if self.prefill_logits else [(1, 1)] * len(ids)
         for t, n in plan:
-            caches = self.run(self.prefill[t] if self.prefill_logits else self.decode, ids[pos:pos + n], pos, caches)
-            rows.append(self.logits_of(caches, n))
+            ran = self.run(self.prefill[t] if self.prefill_logits else self.decode, ids[pos:pos + n], pos, state)
+            ran.read_into("logits", rows[pos:pos + n])
             pos += n
-        return np.concatenate(rows)
+        return rows
 
 
 class Stepper:
-    """`step(tokens, start) -> last-position logits [V]`, keeping the caches in the interpreter's buffers."""
+    """`step(tokens, start) -> last-position logits [V]`, on caches of its own updated in place."""
 
     def __init__(self, backend: LiteRTBackend, max_len: int):
         if max_len > backend.context_length:
             raise ValueError(f"max_len {max_len} exceeds the context length {backend.context_length} "
                              f"of {backend.path}")
         self.backend, self.max_len, self.length = backend, int(max_len), 0
-        self.outputs = None     # the last run's outputs (the caches, the logits); None before the first run
+        self.state = None       # made on the first call
 
     def __call__(self, tokens: list[int], start: int) -> np.ndarray:
         b = self.backend
         tokens = check_step(tokens, start, self.length, self.max_len, b.path, b.context_length)
+        if self.state is None:
+            self.state = b.new_state()
         if len(tokens) == 1:
             return self._run(b.decode, tokens)
-        head = tokens if b.prefill_logits else tokens[:-1]     # else: the last token goes through decode
+        held = b.hold_last or not b.prefill_logits
+        head = tokens[:-1] if held else tokens
         for t, n in b.chunks(len(head)):
-            self._run(b.prefill[t], head[:n])
+            ran = b.run(b.prefill[t], head[:n], self.length, self.state)
+            self.length += n
             head = head[n:]
-        if not b.prefill_logits:
+        if held:
             return self._run(b.decode, tokens[-1:])
-        return b.logits_of(self.outputs, n)[-1]
+        return b.logits_of(ran, n)[-1]          # only the last chunk's rows are read, up to its last real one
 
-    def _run(self, sig: _Signature, tokens: list[int]) -> np.ndarray | None:
-        """Run `tokens` on the caches; -> the first position's logits [V] (None if `sig` has no logits output)."""
-        self.outputs = self.backend.run(sig, tokens, self.length, self.outputs)
-        self.length += len(tokens)
-        return self.backend.logits_of(self.outputs, 1)[0] if "logits" in self.outputs else None
+    def _run(self, sig: _Signature, tokens: list[int]) -> np.ndarray:
+        """Run one token through decode; -> its logits [V]."""
+        ran = self.backend.run(sig, tokens, self.length, self.state)
+        self.length += 1
+        return self.backend.logits_of(ran, 1)[0]
 
 
 def open_tflite(model_path: str | Path | None = None, *, model_content: bytes | None = None,
                 threads: int | None = None, context_length: int | None = None):
     """The backend a .tflite's signatures call for: LiteRTEmbedder (embed_{T}) or LiteRTBackend."""
     where = str(model_path)
-    it = _interpreter(model_path, model_content, threads, where)
-    if any(n.startswith(EMBED_PREFIX) for n in it.get_signature_list()):
-        return LiteRTEmbedder(it, where)
-    return LiteRTBackend(model_path, threads=threads, context_length=context_length, interpreter=it)
-
-
-def _interpreter(model_path, model_content, threads, where: str) -> Interpreter:
-    try:
-        return Interpreter(model_path=None if model_path is None else str(model_path), model_content=model_content,
-                           num_threads=threads)
-    except (ValueError, RuntimeError) as e:
-        raise ValueError(f"{where}: ai_edge_litert cannot load it: {e}") from e
+    model = compile_tflite(model_path, model_content, threads, where)
+    if any(n.startswith(EMBED_PREFIX) for n in model.get_signature_list()):
+        return LiteRTEmbedder(model, where)
+    return LiteRTBackend(model_path, threads=threads, context_length=context_length, compiled=model)
 
 
 # --- .litertlm container -----------------------------------------------------------------------------------
@@ -312,7 +311,7 @@ def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBac
         return (LiteRTVisionBackend(bundle["models"], facts[VISION_KEY], threads, min(limits) if limits else None,
                                     str(path)), bundle["tokenizer"], facts)
     if TEXT_ENCODER_SECTION in bundle["models"]:          # EmbeddingGemma: LiteRT-LM's embedding bundle
-        models = {section: _interpreter(None, content, threads, str(path))
+        models = {section: compile_tflite(None, content, threads, str(path))
                   for section, content in bundle["models"].items()}
         return LiteRTBundleEmbedder(models, str(path)), bundle["tokenizer"], facts
     backend = LiteRTBackend(model_content=bundle["tflite"], threads=threads,

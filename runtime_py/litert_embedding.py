@@ -1,18 +1,19 @@
 """EmbeddingGemma's LiteRT backends (kind "embedding"): LiteRTBundleEmbedder runs LiteRT-LM's embedding bundle as its
 EmbeddingEngine does (contract: runtime_py.contract, LITERT_EMBEDDING_FILES): each token's row from the embedder
 model, the rows into the shortest text-encoder signature `encoder_{S}` with S >= n, `input_mask` 1 on the n real rows
-and 0 after, output 0 the embedding; LiteRTEmbedder runs our `embed_{T}` .tflite. Both take interpreters built by
-runtime_py.litert_backend. Depends on numpy only."""
+and 0 after, output 0 the embedding; LiteRTEmbedder runs our `embed_{T}` .tflite. Both take compiled models built by
+runtime_py.litert_backend (LiteRT CompiledModels, run through litert_compiled.Signature)."""
 from __future__ import annotations
 
 import numpy as np
 
 from .contract import (EMBED_PREFIX, EMBEDDER_SECTION, EMBEDDINGS, ENCODER_PREFIX, INPUT_MASK, POOLED,
                        TEXT_ENCODER_SECTION, TOKEN_IDS, signature_length)
+from .litert_compiled import Signature
 
 
 class LiteRTBundleEmbedder:
-    """kind "embedding" over a bundle's embedder and text-encoder models ({section model type: Interpreter})."""
+    """kind "embedding" over a bundle's embedder and text-encoder models ({section model type: CompiledModel})."""
 
     kind = "embedding"
 
@@ -23,13 +24,13 @@ class LiteRTBundleEmbedder:
             raise ValueError(f"{where}: no {' / '.join(missing)} section (an embedding bundle has both)")
         embedder = models[EMBEDDER_SECTION]
         (name,) = embedder.get_signature_list()
-        self.lookup = embedder.get_signature_runner(name)
+        self.lookup = Signature(embedder, name)
         encoder = models[TEXT_ENCODER_SECTION]
         self.signatures = {}                      # S -> (runner, its input details)
         for name in encoder.get_signature_list():
             if name.startswith(ENCODER_PREFIX):
-                runner = encoder.get_signature_runner(name)
-                inputs = runner.get_input_details()
+                runner = Signature(encoder, name)
+                inputs = runner.inputs
                 if EMBEDDINGS not in inputs:
                     raise ValueError(f"{where}: signature {name!r} has no {EMBEDDINGS!r} input ({list(inputs)})")
                 self.signatures[int(inputs[EMBEDDINGS]["shape"][1])] = (runner, inputs)
@@ -71,10 +72,10 @@ class LiteRTEmbedder:
 
     kind = "embedding"
 
-    def __init__(self, interpreter: Interpreter, path: str):
-        self.it, self.path = interpreter, path
-        sigs = {signature_length(n): interpreter.get_signature_runner(n)
-                for n in interpreter.get_signature_list() if n.startswith(EMBED_PREFIX)}
+    def __init__(self, model, path: str):
+        self.model, self.path = model, path
+        sigs = {signature_length(n): Signature(model, n)
+                for n in model.get_signature_list() if n.startswith(EMBED_PREFIX)}
         self.signatures = dict(sorted(sigs.items()))              # T -> runner
         self.context_length = max(self.signatures)
         self.vocab_size = None

@@ -13,15 +13,17 @@ they come from) run as LiteRT-LM 0.18 runs it, so that runtime_py and the engine
   it: PaliGemma's first logits differ from transformers'); `hold_last = True` does what the engine does (the
   default for a bundle whose prefill has no logits).
 
+Each section is a CompiledModel (runtime_py.litert_compiled); a stepper's caches are TensorBuffers updated in place.
+
 Depends on ai_edge_litert and numpy (plus runtime_py's leaf modules)."""
 from __future__ import annotations
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
 
 from .contract import (ATTENTION_MASK, BIDIRECTIONAL, DECODE_SIGNATURE, EMBEDDINGS, IMAGES, LITERT_VISION_FILES,
                        MASK_HIDDEN, MASK_VISIBLE, MM_EMBEDDING, PREFILL_PREFIX, TOKEN_IDS, VISION_BIDIRECTIONAL,
-                       is_cache, signature_length)
+                       signature_length)
+from .litert_compiled import Signature, State, carried, compile_tflite
 from .sampling import check_step
 
 DECODER, EMBEDDER, ENCODER, ADAPTER, _ = LITERT_VISION_FILES
@@ -41,13 +43,11 @@ def greedy_chunks(count: int, lengths: list[int]) -> list[tuple[int, int]]:
 
 
 def _runner(models: dict, section: str, threads, where: str):
+    """(the section's CompiledModel, its first signature: the one the engine runs)."""
     if section not in models:
         raise ValueError(f"{where}: no {section} model")
-    try:
-        it = Interpreter(model_content=models[section], num_threads=threads)
-    except (ValueError, RuntimeError) as e:
-        raise ValueError(f"{where}: ai_edge_litert cannot load its {section} model: {e}") from e
-    return it, it.get_signature_runner(next(iter(it.get_signature_list())))     # the engine takes the first
+    model = compile_tflite(content=models[section], threads=threads, where=f"{where}: its {section} model")
+    return model, Signature(model, next(iter(model.get_signature_list())))
 
 
 class LiteRTVisionBackend:
@@ -65,24 +65,21 @@ class LiteRTVisionBackend:
             self.blocks = str(vision.get("attention_mask"))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{name}: the vision facts lack a valid field ({e})") from None
-        self.it = _runner(models, DECODER, threads, name)[0]
+        self.model = _runner(models, DECODER, threads, name)[0]
         self._embedder = _runner(models, EMBEDDER, threads, name)[1]
         self._encoder = _runner(models, ENCODER, threads, name)[1]
         self._adapter = _runner(models, ADAPTER, threads, name)[1]
-        names = list(self.it.get_signature_list())
-        self.prefill = {signature_length(n): self.it.get_signature_runner(n)
-                        for n in names if n.startswith(PREFILL_PREFIX)}
+        names = list(self.model.get_signature_list())
+        self.prefill = {signature_length(n): Signature(self.model, n) for n in names if n.startswith(PREFILL_PREFIX)}
         if DECODE_SIGNATURE not in names or not self.prefill:
             raise ValueError(f"{name}: expected signatures {PREFILL_PREFIX}{{T}} and {DECODE_SIGNATURE}, found {names}")
-        self.decode = self.it.get_signature_runner(DECODE_SIGNATURE)
-        inputs = self.decode.get_input_details()
-        self.caches = [k for k in inputs if is_cache(k)]
-        self.slots = int(inputs[ATTENTION_MASK]["shape"][-1])
+        self.decode = Signature(self.model, DECODE_SIGNATURE)
+        self.caches = carried(self.decode.inputs)
+        self.slots = int(self.decode.inputs[ATTENTION_MASK]["shape"][-1])
         self.context_length = min(self.slots, context_length) if context_length else self.slots
-        self.vocab_size = int(self.decode.get_output_details()["logits"]["shape"][-1])
+        self.vocab_size = int(self.decode.outputs["logits"]["shape"][-1])
         self.prefill_lengths = sorted(self.prefill)
-        self.hold_last = any("logits" not in r.get_output_details() for r in self.prefill.values())
-        self._zeros = {k: np.zeros(inputs[k]["shape"], inputs[k]["dtype"]) for k in self.caches}
+        self.hold_last = any("logits" not in r.outputs for r in self.prefill.values())
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """pixels [N, 3, S, S] (normalised by the processor's mean and std) -> rows [N, tokens_per_image, d]."""
@@ -128,14 +125,18 @@ class LiteRTVisionBackend:
         m[0, 0, n:, 0] = MASK_VISIBLE                        # padded rows (input_pos 0): never read
         return m
 
-    def run(self, runner, tokens: list[int], rows: np.ndarray, start: int, length: int, caches: dict | None):
+    def run(self, sig: Signature, tokens: list[int], rows: np.ndarray, start: int, length: int, state: State):
+        """Run a chunk on `state` (updated in place); -> `sig`, whose `read("logits")` is its logits."""
         x = np.zeros((1, length, rows.shape[-1]), np.float32)
         x[0, :len(tokens)] = rows
         pos = np.zeros(length, np.int32)
         pos[:len(tokens)] = np.arange(start, start + len(tokens))
-        caches = self._zeros if caches is None else {k: caches[k] for k in self.caches}
-        return runner(**{EMBEDDINGS: x, "input_pos": pos, ATTENTION_MASK: self.mask(tokens, start, length)},
-                      **caches)
+        sig.run({EMBEDDINGS: x, "input_pos": pos, ATTENTION_MASK: self.mask(tokens, start, length)}, state)
+        return sig
+
+    def new_state(self) -> State:
+        """The caches of an empty sequence (zeros), in buffers of their own."""
+        return State(self.decode, self.caches)
 
     def prefill_cost(self, count: int) -> int:
         """What prefilling `count` tokens costs: the chunks run (each costs its whole length, padded or not)."""
@@ -158,7 +159,7 @@ class VisionStepper:
             raise ValueError(f"max_len {max_len} exceeds the context length {backend.context_length} of "
                              f"{backend.path}")
         self.backend, self.max_len, self.length, self.features = backend, int(max_len), 0, features
-        self.caches = None
+        self.state = None       # made on the first call
 
     def __call__(self, tokens: list[int], start: int) -> np.ndarray:
         b = self.backend
@@ -167,17 +168,22 @@ class VisionStepper:
         rows = b.rows(tokens, features)
         held = 1 if b.hold_last or len(tokens) == 1 else 0      # through decode
         head, pos = tokens[:len(tokens) - held], 0
+        if self.state is None:
+            self.state = b.new_state()
         for t, n in greedy_chunks(len(head), b.prefill_lengths):
-            self.caches = b.run(b.prefill[t], head[pos:pos + n], rows[pos:pos + n], self.length, t, self.caches)
+            ran = b.run(b.prefill[t], head[pos:pos + n], rows[pos:pos + n], self.length, t, self.state)
             self.length += n
             pos += n
         if held:
-            self.caches = b.run(b.decode, tokens[-1:], rows[-1:], self.length, 1, self.caches)
+            ran = b.run(b.decode, tokens[-1:], rows[-1:], self.length, 1, self.state)
             self.length += 1
-        return np.asarray(self.caches["logits"][0, -1], np.float32)
+        return np.asarray(ran.read("logits")[0, -1], np.float32)
 
     def fork(self) -> "VisionStepper":
-        """A copy that continues from here independently (the caches are never written in place)."""
+        """A copy that continues from here independently (its caches copied into buffers of its own)."""
         other = VisionStepper(self.backend, self.max_len, None)
-        other.length, other.caches = self.length, self.caches
+        other.length = self.length
+        if self.state is not None:
+            other.state = self.backend.new_state()
+            other.state.copy_from(self.state)
         return other

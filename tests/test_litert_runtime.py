@@ -54,6 +54,7 @@ def test_greedy_and_logits_match_transformers(art):
 def test_prompt_chunking_over_mixed_prefill_lengths(art):
     model = runtime_py.load(art["folder"])
     b = model.backend
+    b.hold_last = False                  # the whole prompt through prefill, its last logits read from there
     assert b.chunks(1) == [(8, 1)] and b.chunks(8) == [(8, 8)] and b.chunks(16) == [(16, 16)]
     assert b.chunks(13) == [(8, 8), (8, 5)] and b.chunks(29) == [(16, 16), (8, 8), (8, 5)]
     assert b.chunks(37) == [(16, 16), (16, 16), (8, 5)]
@@ -85,6 +86,26 @@ def test_prompt_chunking_over_mixed_prefill_lengths(art):
         step(ids[:1], 3)
     with pytest.raises(ValueError, match="exceed"):
         step(ids[:6], 15)
+
+
+def test_a_prompt_holds_its_last_token_back_for_decode(art):
+    """By default a prompt runs as LiteRT-LM runs it: all but its last token in prefill chunks, whose logits are
+    never read (a [1, T, V] read per prompt), the last token through decode; the logits still transformers'."""
+    b = runtime_py.load(art["folder"]).backend
+    assert b.hold_last
+    calls, reads = [], []
+    run, logits_of = b.run, b.logits_of
+    b.run = lambda sig, tokens, start, src: calls.append((sig.name, len(tokens), start)) or run(sig, tokens, start, src)
+    b.logits_of = lambda sig, n: reads.append((sig.name, n)) or logits_of(sig, n)
+    ids = _ids(30, seed=11)
+    with torch.no_grad():
+        expected = art["ref"](torch.tensor([ids])).logits[0].numpy()
+    step = b.stepper(30)
+    assert np.abs(step(ids[:13], 0) - expected[12]).max() < 1e-4
+    assert np.abs(step(ids[13:30], 13) - expected[29]).max() < 1e-4
+    assert calls == [("prefill_8", 8, 0), ("prefill_8", 4, 8), ("decode", 1, 12),
+                     ("prefill_16", 16, 13), ("decode", 1, 29)]
+    assert reads == [("decode", 1), ("decode", 1)]
 
 
 def test_interleaved_steppers_keep_their_caches(art):
