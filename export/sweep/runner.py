@@ -1,0 +1,223 @@
+"""`gemma-export sweep`: a plan's cells as Ray tasks, each asking for the CPUs and memory its model needs
+(export.sweep.plan), so that Ray places no more cells on a node than it can hold. Without an address Ray starts in
+this process (`ray.init()`: a laptop needs nothing else); with one the sweep joins that cluster as it is. Phones
+are Ray resources (`adb:SERIAL`, 1 per phone): a node started with `ray start --resources '{"adb:SERIAL": 1}'`
+profiles the phone attached to it; a local Ray declares the plan's phones itself.
+
+Results stream into DIR/results.jsonl, one line per cell as it ends (a failed cell records its error; the others
+go on). A re-run skips each cell whose latest record is done (exported; its validation passed or failed) for the
+same key (export.sweep.plan.Cell.key: the checkpoint's bytes, the cell's options, the tool's version) and whose
+artifact still holds the files its manifest hashed (an artifact left on another node is taken on its record).
+At the end: DIR/summary.md and DIR/pareto.png (export.sweep.report)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from ..converters.artifact import sha256
+from .cell import run_cell, run_phone, source_digest, tool_version
+from .plan import GB, Plan
+
+RESULTS = "results.jsonl"
+DONE = ("ok", "check_failed")
+LOCAL_OBJECT_STORE = 1 << 30     # a local Ray's object store: artifacts for phones pass through it, nothing else
+
+
+def read_results(out: Path) -> dict[str, dict]:
+    """The latest record of each cell key in DIR/results.jsonl (a torn last line, from a killed run, is ignored)."""
+    latest = {}
+    path = out / RESULTS
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                latest[record["key"]] = record
+            except (ValueError, KeyError, TypeError):
+                continue
+    return latest
+
+
+def reusable(record: dict | None) -> bool:
+    """A done record whose artifact still holds the files its manifest hashed (or lies on another node)."""
+    if record is None or record.get("status") not in DONE:
+        return False
+    folder = Path(record["artifact"])
+    if not folder.exists():
+        return record.get("node") != socket.gethostname()
+    try:
+        return all(sha256(folder / name) == digest for name, digest in record["sha256"].items())
+    except OSError:
+        return False
+
+
+def _connect(address: str | None, phones) -> bool:
+    """Ray started here (True: shut it down at the end) or joined; a Ray this process already runs is used."""
+    import ray
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return False
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=LOCAL_OBJECT_STORE,
+             _memory=int(total - LOCAL_OBJECT_STORE), resources={f"adb:{p['serial']}": 1 for p in phones})
+    return True
+
+
+def _largest_node() -> tuple[float, float, set]:
+    """(CPUs, memory GB) of the largest alive node, and every resource name any node offers."""
+    import ray
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return (max((n.get("CPU", 0) for n in nodes), default=0), max((n.get("memory", 0) for n in nodes), default=0) / GB,
+            {k for n in nodes for k in n})
+
+
+class Bar:
+    """Progress on stderr: a bar redrawn in place on a terminal, one line per finished cell elsewhere."""
+
+    def __init__(self, total: int, stream=None):
+        self.total, self.stream, self.t0 = total, stream or sys.stderr, time.perf_counter()
+        self.live = getattr(self.stream, "isatty", lambda: False)()
+        self.counts = dict.fromkeys(("ok", "check_failed", "error", "skipped"), 0)
+
+    def update(self, running: int, finished: dict | None = None) -> None:
+        if finished is not None:
+            self.counts[finished["status"]] += 1
+        done = sum(self.counts.values())
+        c, elapsed = self.counts, time.perf_counter() - self.t0
+        text = (f"{done}/{self.total} cells: {c['ok']} ok, {c['check_failed']} failed a check, {c['error']} errors, "
+                f"{c['skipped']} skipped; {running} running; {elapsed:.0f} s")
+        if self.live:
+            fill = int(30 * done / max(self.total, 1))
+            self.stream.write(f"\r[{'#' * fill}{'.' * (30 - fill)}] {text}")
+            self.stream.flush()
+        elif finished is not None:
+            why = f": {finished['error']}" if finished.get("error") else ""
+            print(f"[{done}/{self.total}] {finished['cell']['name']} {finished['status']}{why}", file=self.stream,
+                  flush=True)
+
+    def close(self) -> None:
+        if self.live:
+            self.stream.write("\n")
+
+
+def sweep(plan: Plan, out: str | Path, address: str | None = None, stream=None) -> dict:
+    """Run (or resume) `plan` into `out`. -> the summary: every cell's latest record, counts, wall time."""
+    import ray
+
+    from .report import write_reports
+    out = Path(os.path.abspath(out))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file; the sweep writes a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    t0, tool = time.perf_counter(), tool_version()
+    previous, digests, results, todo = read_results(out), {}, {}, []
+    for cell in plan.cells:
+        if cell.source not in digests:
+            digests[cell.source] = source_digest(cell.source)
+        key = cell.key(digests[cell.source], tool)
+        if reusable(previous.get(key)):
+            results[key] = {**previous[key], "skipped": True}
+        else:
+            todo.append((key, cell))
+    bar = Bar(len(plan.cells), stream)
+    for record in results.values():
+        bar.update(0, {**record, "status": "skipped"})
+    started = _connect(address, plan.phones) if todo else False
+    try:
+        if todo:
+            _run(todo, plan, out, tool, bar, results)
+    finally:
+        bar.close()
+        if started:
+            ray.shutdown()
+    records = [results[k] for k in (c.key(digests[c.source], tool) for c in plan.cells)]
+    summary = {"plan": str(plan.path), "out": str(out), "wall_s": round(time.perf_counter() - t0, 1),
+               "counts": {s: sum(r["status"] == s for r in records) for s in ("ok", "check_failed", "error")},
+               "skipped": sum(bool(r.get("skipped")) for r in records),
+               "cell_seconds": round(sum(r["seconds"].get("cell", 0) for r in records if not r.get("skipped")), 1),
+               "cells": records}
+    summary["reports"] = write_reports(summary, out)
+    return summary
+
+
+def _run(todo, plan: Plan, out: Path, tool: str, bar: Bar, results: dict) -> None:
+    """Submit every cell, stream each record into results.jsonl as its cell (and its phones) end."""
+    import ray
+    cpus, memory, offered = _largest_node()
+    cell_task, phone_task = ray.remote(run_cell), ray.remote(run_phone)
+    pending, phones_of = {}, {}             # ObjectRef -> (key, cell, ...) ; key -> [refs still out]
+
+    def finish(key, cell, record):
+        record = {"key": key, "cell": {"name": cell.name, **{f: getattr(cell, f) for f in
+                  ("model", "source", "recipe", "target", "format", "parameters")}},
+                  "requests": {"cpus": min(cell.cpus, cpus), "memory_gb": cell.memory_gb}, **record,
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        results[key] = record
+        with open(out / RESULTS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        bar.update(len(pending), record)
+
+    for key, cell in todo:
+        if cell.memory_gb > memory:
+            finish(key, cell, {"status": "error", "artifact": str(out / cell.name), "seconds": {},
+                               "error": f"needs {cell.memory_gb:g} GB (estimated), the largest node offers "
+                                        f"{memory:.1f} GB: set memory_gb in the plan to override"})
+            continue
+        d = dataclasses.asdict(cell)
+        d["cpus"] = int(min(cell.cpus, cpus))
+        refs = cell_task.options(num_cpus=d["cpus"], memory=int(cell.memory_gb * GB), num_returns=2, max_retries=0,
+                                 name=cell.name).remote(d, str(out / cell.name), tool, bool(plan.phones))
+        pending[refs[0]] = ("cell", key, cell, refs[1])
+    bar.update(len(pending))
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+        if not ready:
+            bar.update(len(pending))
+            continue
+        kind, key, cell, extra = pending.pop(ready[0])
+        if kind == "cell":
+            record = _get(ready[0], out / cell.name)
+            file_ref = extra
+            if not plan.phones or record["status"] not in DONE:
+                finish(key, cell, record)
+                continue
+            record["profile"] = {**record.get("profile", {}), "adb": {}}
+            results[key] = record
+            phones_of[key] = []
+            for phone in plan.phones:
+                if f"adb:{phone['serial']}" not in offered:
+                    record["profile"]["adb"][phone["serial"]] = {
+                        "error": f"no Ray node offers the resource adb:{phone['serial']} (start the phone's node "
+                                 f"with --resources '{{\"adb:{phone['serial']}\": 1}}')"}
+                    continue
+                ref = phone_task.options(num_cpus=0, resources={f"adb:{phone['serial']}": 1}, max_retries=0).remote(
+                    dataclasses.asdict(cell), phone, file_ref)
+                pending[ref] = ("phone", key, cell, phone["serial"])
+                phones_of[key].append(ref)
+            if not phones_of[key]:
+                finish(key, cell, results[key])
+        else:
+            record = results[key]
+            try:
+                record["profile"]["adb"][extra] = ray.get(ready[0])
+            except Exception as e:       # noqa: BLE001  (a worker lost: recorded)
+                record["profile"]["adb"][extra] = {"error": f"{type(e).__name__}: {' '.join(str(e).split())}"}
+            phones_of[key].remove(ready[0])
+            if not phones_of[key]:
+                finish(key, cell, record)
+
+
+def _get(ref, artifact: Path) -> dict:
+    """The cell's record, or an error record when its worker died (killed for memory, a lost node)."""
+    import ray
+    try:
+        return ray.get(ref)
+    except Exception as e:               # noqa: BLE001
+        return {"status": "error", "artifact": str(artifact), "seconds": {},
+                "error": f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"}
