@@ -162,3 +162,16 @@ def tiny_vision(tmp_path_factory):
             built[arch, old_layout] = load_model(path)
         return refs[arch], built[arch, old_layout]
     return get
+
+
+# --- Ray ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session (its start costs seconds on 2 cores): 2 CPUs, 4 GiB of schedulable memory,
+    the smallest object store; `gemma-export sweep` uses a Ray this process already runs."""
+    import ray
+    ray.init(num_cpus=2, _memory=4 << 30, object_store_memory=80 << 20, include_dashboard=False,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()

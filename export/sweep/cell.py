@@ -73,7 +73,7 @@ def run_cell(cell: dict, out: str, driver_version: str, phones: bool) -> tuple[d
     import torch
     started = time.time()
     record = {"node": socket.gethostname(), "tool_version": tool_version(), "status": "error", "error": None,
-              "artifact": out, "seconds": {}}
+              "artifact": out, "started": started, "seconds": {}}
     model_file = ("", b"")
     try:
         if tool_version() != driver_version:

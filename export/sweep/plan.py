@@ -74,9 +74,9 @@ class Cell:
         return f"{self.model}-{self.target}-{self.recipe}"
 
     def key(self, source_digest: str, tool_version: str) -> str:
-        """What makes a result reusable: the same inputs (the checkpoint's bytes, the cell, the options) and the
-        same tool; resources are not inputs."""
-        blob = json.dumps({"source": source_digest, "recipe": self.recipe, "target": self.target,
+        """What makes a result reusable: the same inputs (the checkpoint's bytes, the cell and its folder, the
+        options) and the same tool; resources are not inputs."""
+        blob = json.dumps({"name": self.name, "source": source_digest, "recipe": self.recipe, "target": self.target,
                            "options": self.options, "tool": tool_version}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
