@@ -2,7 +2,11 @@
 runs every cell, a re-run reuses them all, failed cells are reported while the rest finish, Ray never runs more
 cells at once than the node's memory holds, and each cell's artifact and figures are the plain CLI's."""
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -147,6 +151,36 @@ def test_a_bad_plan_is_one_line_naming_the_file_and_key_exit_2_nothing_written(t
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(bad) in err and key in err, err
     assert not (tmp_path / "out").exists()
+
+
+# A Ray cluster another process runs (its node: 1 CPU, 3 GB), on loopback without Ray's token authentication
+HEAD = """import sys, ray
+ray.init(num_cpus=1, _memory=3 * 10**9, object_store_memory=80 << 20, include_dashboard=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()
+ray.shutdown()"""
+
+
+def test_address_joins_a_running_cluster_as_it_is(plan, tmp_path):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    (plan.parent / "joined.toml").write_text(
+        'models = ["gemma3", {path = "gemma3", name = "big", memory_gb = 3.5}]\nrecipes = ["fp32"]\n'
+        'targets = ["onnx"]\ncontext = 384\n[resources]\nmemory_gb = 2.5\n')
+    head = subprocess.Popen([sys.executable, "-c", HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env, text=True)
+    try:
+        address = head.stdout.readline().strip()
+        r = subprocess.run([sys.executable, "-m", "export.cli", "sweep", str(plan.parent / "joined.toml"), "--address",
+                            address, "--out", str(tmp_path / "out"), "--json"], env=env, capture_output=True, text=True,
+                           cwd=Path(__file__).parents[1], timeout=600)
+    finally:
+        head.stdin.close()
+        head.wait(120)
+    assert r.returncode == 1, r.stderr[-2000:]
+    cells = _by_name(json.loads(r.stdout))
+    assert cells["gemma3-onnx-fp32"]["status"] == "ok"
+    # the joined node's 3 GB, not this machine's memory as a Ray of its own would offer
+    assert "the largest node offers 3.0 GB" in cells["big-onnx-fp32"]["error"]
 
 
 def test_the_pareto_front():

@@ -94,7 +94,7 @@ def run_cell(cell: dict, out: str, driver_version: str, phones: bool) -> tuple[d
             t0 = time.perf_counter()
             record["profile"] = {"host": _host_profile(artifact, cell, Path(out))}
             record["seconds"]["profile_host"] = round(time.perf_counter() - t0, 2)
-        if phones:
+        if phones and cell["format"] == "litert":        # ONNX artifacts have no phone runner: host only
             from devices.adb import model_file as phone_file
             found = phone_file(artifact)
             model_file = (found.name, found.read_bytes())

@@ -166,7 +166,7 @@ def _run(todo, plan: Plan, out: Path, tool: str, bar: Bar, results: dict) -> Non
     for key, cell in todo:
         if cell.memory_gb > memory:
             finish(key, cell, {"status": "error", "artifact": str(out / cell.name), "seconds": {},
-                               "error": f"needs {cell.memory_gb:g} GB (estimated), the largest node offers "
+                               "error": f"asks for {cell.memory_gb:g} GB, the largest node offers "
                                         f"{memory:.1f} GB: set memory_gb in the plan to override"})
             continue
         d = dataclasses.asdict(cell)
@@ -184,7 +184,7 @@ def _run(todo, plan: Plan, out: Path, tool: str, bar: Bar, results: dict) -> Non
         if kind == "cell":
             record = _get(ready[0], out / cell.name)
             file_ref = extra
-            if not plan.phones or record["status"] not in DONE:
+            if not plan.phones or record["status"] not in DONE or cell.format != "litert":
                 finish(key, cell, record)
                 continue
             record["profile"] = {**record.get("profile", {}), "adb": {}}
