@@ -183,6 +183,23 @@ def test_address_joins_a_running_cluster_as_it_is(plan, tmp_path):
     assert "the largest node offers 3.0 GB" in cells["big-onnx-fp32"]["error"]
 
 
+def test_a_phone_task_profiles_the_model_file_it_is_sent(phone, tmp_path):
+    # what the task on the phone's node runs (the stand-in adb is on this process's PATH only, so it is called here)
+    from conftest import printed
+    from export.sweep.cell import run_phone
+    runner = tmp_path / "litert_lm_main"
+    runner.write_bytes(b"\x7fELF")
+    body = b"LITERTLM" + bytes(64)
+    cell = {"options": {"profile": {"runs": 1, "prompt_lengths": [128, 512], "decode_tokens": 128}}}
+    got = run_phone(cell, {"serial": "R5CW71ABCDE", "runner": str(runner)}, ("model.litertlm", body))
+    assert got["decode_tok_s"] == pytest.approx(printed("litert_lm_main_prefill128.log", "Decode"), 1e-4)
+    assert got["prefill_tok_s"]["512"] == pytest.approx(printed("litert_lm_main_prefill512.log", "Prefill"), 1e-4)
+    # pushed from a file of its own (the stand-in adb refuses a push of a file that is not there)
+    pushes = [c for c in phone() if c[3] == "push" and c[-1].endswith("/model.litertlm")]
+    assert len(pushes) == 1 and Path(pushes[0][4]).name == "model.litertlm"
+    assert "error" in run_phone(cell, {"serial": "OTHER", "runner": str(runner)}, ("model.litertlm", body))
+
+
 def test_the_pareto_front():
     from export.sweep.report import pareto
     # (MB, top-1): the second beats the fourth (smaller, better); the third is beaten by the second
