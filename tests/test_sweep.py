@@ -108,7 +108,8 @@ def test_a_rerun_reuses_every_done_cell_and_retries_the_failed_one(first, plan, 
     status, third = _run(["sweep", str(plan), "--out", str(out)], capsys)
     rerun = {n for n, r in _by_name(third).items() if not r.get("skipped")}
     assert rerun == {"gemma3-web-int8", "broken-onnx-fp32", "huge-onnx-fp32"}
-    assert _by_name(third)["gemma3-web-int8"]["sha256"] == _by_name(s)["gemma3-web-int8"]["sha256"]
+    redone = _by_name(third)["gemma3-web-int8"]
+    assert redone["status"] == "ok" and redone["sha256"] == _by_name(s)["gemma3-web-int8"]["sha256"], redone["error"]
 
 
 @pytest.mark.parametrize("model,target,recipe", [("gemma3", "web", "int8"), ("gemma", "onnx", "fp32")])
