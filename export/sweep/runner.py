@@ -14,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -60,13 +62,18 @@ def _connect(address: str | None, phones) -> bool:
     import ray
     if ray.is_initialized():
         return False
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return False
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=LOCAL_OBJECT_STORE,
-             _memory=int(total - LOCAL_OBJECT_STORE), resources={f"adb:{p['serial']}": 1 for p in phones})
-    return True
+    handler = signal.getsignal(signal.SIGTERM)     # ray.init replaces it; SIGTERM stays the CLI's clean exit
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+            return False
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=LOCAL_OBJECT_STORE,
+                 _memory=int(total - LOCAL_OBJECT_STORE), resources={f"adb:{p['serial']}": 1 for p in phones})
+        return True
+    finally:
+        if threading.current_thread() is threading.main_thread() and handler is not None:
+            signal.signal(signal.SIGTERM, handler)
 
 
 def _largest_node() -> tuple[float, float, set]:
@@ -131,7 +138,7 @@ def sweep(plan: Plan, out: str | Path, address: str | None = None, stream=None) 
     started = _connect(address, plan.phones) if todo else False
     try:
         if todo:
-            _run(todo, plan, out, tool, bar, results)
+            _Run(plan, out, tool, bar, results)(todo)
     finally:
         bar.close()
         if started:
@@ -146,71 +153,89 @@ def sweep(plan: Plan, out: str | Path, address: str | None = None, stream=None) 
     return summary
 
 
-def _run(todo, plan: Plan, out: Path, tool: str, bar: Bar, results: dict) -> None:
-    """Submit every cell, stream each record into results.jsonl as its cell (and its phones) end."""
-    import ray
-    cpus, memory, offered = _largest_node()
-    cell_task, phone_task = ray.remote(run_cell), ray.remote(run_phone)
-    pending, phones_of = {}, {}             # ObjectRef -> (key, cell, ...) ; key -> [refs still out]
+class _Run:
+    """The cells being run: submitted as Ray tasks, each record streamed into results.jsonl when its cell (and its
+    phones) end."""
 
-    def finish(key, cell, record):
-        record = {"key": key, "cell": {"name": cell.name, **{f: getattr(cell, f) for f in
-                  ("model", "source", "recipe", "target", "format", "parameters")}},
-                  "requests": {"cpus": min(cell.cpus, cpus), "memory_gb": cell.memory_gb}, **record,
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        results[key] = record
-        with open(out / RESULTS, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        bar.update(len(pending), record)
+    def __init__(self, plan: Plan, out: Path, tool: str, bar: Bar, results: dict):
+        import ray
+        self.plan, self.out, self.tool, self.bar, self.results = plan, out, tool, bar, results
+        self.cpus, self.memory, self.offered = _largest_node()
+        self.cell_task, self.phone_task = ray.remote(run_cell), ray.remote(run_phone)
+        self.pending, self.phones_of = {}, {}     # ObjectRef -> (kind, key, cell, extra); key -> phone refs still out
 
-    for key, cell in todo:
-        if cell.memory_gb > memory:
-            finish(key, cell, {"status": "error", "artifact": str(out / cell.name), "seconds": {},
-                               "error": f"asks for {cell.memory_gb:g} GB, the largest node offers "
-                                        f"{memory:.1f} GB: set memory_gb in the plan to override"})
-            continue
+    def __call__(self, todo) -> None:
+        import ray
+        for key, cell in todo:
+            self.submit(key, cell)
+        self.bar.update(len(self.pending))
+        try:
+            while self.pending:
+                ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0)
+                if ready:
+                    self.collect(ready[0])
+                else:
+                    self.bar.update(len(self.pending))
+        except BaseException:            # Ctrl-C / SIGTERM: a joined cluster would go on running them
+            for ref in self.pending:
+                ray.cancel(ref, force=True)
+            raise
+
+    def submit(self, key: str, cell) -> None:
+        if cell.memory_gb > self.memory:
+            self.finish(key, cell, {"status": "error", "artifact": str(self.out / cell.name), "seconds": {},
+                                    "error": f"asks for {cell.memory_gb:g} GB, the largest node offers "
+                                             f"{self.memory:.1f} GB: set memory_gb in the plan to override"})
+            return
         d = dataclasses.asdict(cell)
-        d["cpus"] = int(min(cell.cpus, cpus))
-        refs = cell_task.options(num_cpus=d["cpus"], memory=int(cell.memory_gb * GB), num_returns=2, max_retries=0,
-                                 name=cell.name).remote(d, str(out / cell.name), tool, bool(plan.phones))
-        pending[refs[0]] = ("cell", key, cell, refs[1])
-    bar.update(len(pending))
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-        if not ready:
-            bar.update(len(pending))
-            continue
-        kind, key, cell, extra = pending.pop(ready[0])
-        if kind == "cell":
-            record = _get(ready[0], out / cell.name)
-            file_ref = extra
-            if not plan.phones or record["status"] not in DONE or cell.format != "litert":
-                finish(key, cell, record)
-                continue
-            record["profile"] = {**record.get("profile", {}), "adb": {}}
-            results[key] = record
-            phones_of[key] = []
-            for phone in plan.phones:
-                if f"adb:{phone['serial']}" not in offered:
-                    record["profile"]["adb"][phone["serial"]] = {
-                        "error": f"no Ray node offers the resource adb:{phone['serial']} (start the phone's node "
-                                 f"with --resources '{{\"adb:{phone['serial']}\": 1}}')"}
-                    continue
-                ref = phone_task.options(num_cpus=0, resources={f"adb:{phone['serial']}": 1}, max_retries=0).remote(
-                    dataclasses.asdict(cell), phone, file_ref)
-                pending[ref] = ("phone", key, cell, phone["serial"])
-                phones_of[key].append(ref)
-            if not phones_of[key]:
-                finish(key, cell, results[key])
-        else:
-            record = results[key]
+        d["cpus"] = int(min(cell.cpus, self.cpus))
+        refs = self.cell_task.options(num_cpus=d["cpus"], memory=int(cell.memory_gb * GB), num_returns=2,
+                                      max_retries=0, name=cell.name).remote(d, str(self.out / cell.name), self.tool,
+                                                                            bool(self.plan.phones))
+        self.pending[refs[0]] = ("cell", key, cell, refs[1])
+
+    def collect(self, ref) -> None:
+        import ray
+        kind, key, cell, extra = self.pending.pop(ref)
+        if kind == "phone":
+            record = self.results[key]
             try:
-                record["profile"]["adb"][extra] = ray.get(ready[0])
+                record["profile"]["adb"][extra] = ray.get(ref)
             except Exception as e:       # noqa: BLE001  (a worker lost: recorded)
                 record["profile"]["adb"][extra] = {"error": f"{type(e).__name__}: {' '.join(str(e).split())}"}
-            phones_of[key].remove(ready[0])
-            if not phones_of[key]:
-                finish(key, cell, record)
+            self.phones_of[key].remove(ref)
+            if not self.phones_of[key]:
+                self.finish(key, cell, record)
+            return
+        record = _get(ref, self.out / cell.name)
+        if not self.plan.phones or record["status"] not in DONE or cell.format != "litert":
+            self.finish(key, cell, record)
+            return
+        record["profile"] = {**record.get("profile", {}), "adb": {}}
+        self.results[key], self.phones_of[key] = record, []
+        for phone in self.plan.phones:
+            resource = f"adb:{phone['serial']}"
+            if resource not in self.offered:
+                record["profile"]["adb"][phone["serial"]] = {
+                    "error": f"no Ray node offers the resource {resource} (start the phone's node with "
+                             f"--resources '{{\"{resource}\": 1}}')"}
+                continue
+            phone_ref = self.phone_task.options(num_cpus=0, resources={resource: 1}, max_retries=0).remote(
+                dataclasses.asdict(cell), phone, extra)
+            self.pending[phone_ref] = ("phone", key, cell, phone["serial"])
+            self.phones_of[key].append(phone_ref)
+        if not self.phones_of[key]:
+            self.finish(key, cell, record)
+
+    def finish(self, key: str, cell, record: dict) -> None:
+        record = {"key": key, "cell": {"name": cell.name, **{f: getattr(cell, f) for f in
+                  ("model", "source", "recipe", "target", "format", "parameters")}},
+                  "requests": {"cpus": min(cell.cpus, self.cpus), "memory_gb": cell.memory_gb}, **record,
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.results[key] = record
+        with open(self.out / RESULTS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        self.bar.update(len(self.pending), record)
 
 
 def _get(ref, artifact: Path) -> dict:
