@@ -98,7 +98,7 @@ class Bar:
         done = sum(self.counts.values())
         c, elapsed = self.counts, time.perf_counter() - self.t0
         text = (f"{done}/{self.total} cells: {c['ok']} ok, {c['check_failed']} failed a check, {c['error']} errors, "
-                f"{c['skipped']} skipped; {running} running; {elapsed:.0f} s")
+                f"{c['skipped']} skipped; {running} queued or running; {elapsed:.0f} s")
         if self.live:
             fill = int(30 * done / max(self.total, 1))
             self.stream.write(f"\r[{'#' * fill}{'.' * (30 - fill)}] {text}")
