@@ -99,14 +99,14 @@ class Bar:
         c, elapsed = self.counts, time.perf_counter() - self.t0
         text = (f"{done}/{self.total} cells: {c['ok']} ok, {c['check_failed']} failed a check, {c['error']} errors, "
                 f"{c['skipped']} skipped; {running} queued or running; {elapsed:.0f} s")
+        if finished is not None and (not self.live or finished.get("error")):     # errors stay above the bar
+            why = f": {finished['error']}" if finished.get("error") else ""
+            line = f"[{done}/{self.total}] {finished['cell']['name']} {finished['status']}{why}"
+            print(f"\r{line}\033[K" if self.live else line, file=self.stream, flush=True)
         if self.live:
             fill = int(30 * done / max(self.total, 1))
-            self.stream.write(f"\r[{'#' * fill}{'.' * (30 - fill)}] {text}")
+            self.stream.write(f"\r[{'#' * fill}{'.' * (30 - fill)}] {text}\033[K")
             self.stream.flush()
-        elif finished is not None:
-            why = f": {finished['error']}" if finished.get("error") else ""
-            print(f"[{done}/{self.total}] {finished['cell']['name']} {finished['status']}{why}", file=self.stream,
-                  flush=True)
 
     def close(self) -> None:
         if self.live:
