@@ -319,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-mb", type=float, default=None, metavar="M",
                    help="--quant auto: the largest artifact weights to plan (refused, with the best of each, when "
                         "--min-top1 cannot be reached within it)")
+    e.add_argument("--address", default=None,
+                   help="--quant auto: measure the sensitivities as Ray tasks on this cluster (ray://HOST:PORT, "
+                        "HOST:PORT, auto; local: a Ray started here)")
     e.add_argument("--calibration-tokens", type=int, default=None, metavar="N",
                    help=f"--gptq: calibration tokens, in windows of {GPTQ_SEQ} (default {GPTQ_TOKENS})")
     e.add_argument("--no-validate", dest="validate", action="store_false", help="skip the validation step")

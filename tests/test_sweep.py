@@ -206,3 +206,30 @@ def test_the_pareto_front():
     # (MB, top-1): the second beats the fourth (smaller, better); the third is beaten by the second
     points = [(100, 0.5), (200, 0.9), (300, 0.8), (250, 0.85), (50, 0.4)]
     assert pareto(points) == [4, 0, 1]
+
+
+def test_auto_sensitivities_as_ray_tasks_equal_one_process(tiny_hf, ray_local):
+    from export.models.checkpoints import load_model
+    from export.quantize.auto import Planner
+    from export.quantize.auto_ray import ray_fan_out
+    from export.quantize.gptq import default_calibration_text
+    loaded = load_model(tiny_hf("gemma3", tokenizer=True).path)
+    ids = loaded.tokenizer.encode(default_calibration_text())
+    here, there = (Planner(loaded.model, "onnx", ids, loaded.config.bos_id) for _ in range(2))
+    here.measure()
+    notes = []
+    there.measure(ray_fan_out(notes.append))
+    assert len(notes) == 2                        # one task per CPU of the session's Ray
+    for a, b in zip(here.units, there.units, strict=True):
+        assert a.names == b.names and a.kl.keys() == b.kl.keys()
+        for c in a.kl:
+            assert b.kl[c] == pytest.approx(a.kl[c], rel=1e-5, abs=1e-12), (a.names, c)
+    assert here.search(0.9) == there.search(0.9)
+
+
+def test_address_on_export_is_only_for_auto(plan, tmp_path, capsys):
+    argv = ["--target", "onnx", "--quant", "int8", "--model", str(plan.parent / "gemma3"), "--address", "local",
+            "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--address" in err and not (tmp_path / "x").exists()

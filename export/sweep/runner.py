@@ -57,7 +57,7 @@ def reusable(record: dict | None) -> bool:
         return False
 
 
-def _connect(address: str | None, phones) -> bool:
+def connect(address: str | None, phones) -> bool:
     """Ray started here (True: shut it down at the end) or joined; a Ray this process already runs is used."""
     import ray
     if ray.is_initialized():
@@ -135,7 +135,7 @@ def sweep(plan: Plan, out: str | Path, address: str | None = None, stream=None) 
     bar = Bar(len(plan.cells), stream)
     for record in results.values():
         bar.update(0, {**record, "status": "skipped"})
-    started = _connect(address, plan.phones) if todo else False
+    started = connect(address, plan.phones) if todo else False
     try:
         if todo:
             _Run(plan, out, tool, bar, results)(todo)
