@@ -128,7 +128,13 @@ def write_chart(result: dict, path: Path) -> bool:
     ax.set_ylabel("tokens / s")
     ax.set_yscale("log")
     ax.set_title(f"{Path(result['artifact']).name} on {result['device'].get('name')}", fontsize=9)
+    save_chart(fig, path)
+    return True
+
+
+def save_chart(fig, path: Path) -> None:
+    """A matplotlib figure as a PNG with no software stamp (the same bytes for the same figures), then closed."""
+    import matplotlib.pyplot as plt
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
-    return True

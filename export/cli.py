@@ -221,6 +221,22 @@ def _validate(args) -> int:
     return 0 if report["passed"] else 1
 
 
+def _sweep(args) -> int:
+    from .sweep.plan import load_plan
+    plan = load_plan(args.plan)                  # a bad plan fails here, before anything is written
+    from .sweep.runner import sweep
+    address = args.address if args.address != "local" else None
+    summary = sweep(plan, args.out or Path(args.plan).with_suffix(""), address)
+    c = summary["counts"]
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{len(summary['cells'])} cells: {c['ok']} ok, {c['check_failed']} failed a check, {c['error']} "
+              f"errors, {summary['skipped']} reused; {summary['wall_s']} s. " +
+              ", ".join(f"{k} {v}" for k, v in summary["reports"].items()))
+    return 0 if c["ok"] == len(summary["cells"]) else 1
+
+
 def _qat(args) -> int:
     from .quantize.qat_train import Data, run
 
@@ -346,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-mb", type=float, default=None, metavar="M",
                    help="--quant auto: the largest artifact weights to plan (refused, with the best of each, when "
                         "--min-top1 cannot be reached within it)")
+    e.add_argument("--address", default=None,
+                   help="--quant auto: measure the sensitivities as Ray tasks on this cluster (ray://HOST:PORT, "
+                        "HOST:PORT, auto; local: a Ray started here)")
     e.add_argument("--calibration-tokens", type=int, default=None, metavar="N",
                    help=f"--gptq: calibration tokens, in windows of {GPTQ_SEQ} (default {GPTQ_TOKENS})")
     e.add_argument("--sae", action="append", default=None, metavar="PATH",
@@ -371,6 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_profile(sub)
     from .sae_cli import add_parser as add_features
     add_features(sub)
+
+    w = sub.add_parser("sweep", help="export x validate x profile every model x recipe x target of a TOML plan as "
+                                     "Ray tasks (a local Ray by default), resumable")
+    w.add_argument("plan", help="the plan (TOML: models, recipes, targets, validate, auto, profile, resources)")
+    w.add_argument("--address", default="local", help="a Ray cluster to join (ray://HOST:PORT, HOST:PORT or auto); "
+                                                      "default: start Ray in this process")
+    w.add_argument("--out", default=None, help="results folder (default: the plan's path without .toml)")
+    w.add_argument("--json", action="store_true", help="print the summary (every cell's record) as JSON")
+    w.set_defaults(func=_sweep)
 
     q = sub.add_parser("qat", help="quantization-aware training: distil into fake-quantized weights, save a GGUF")
     q.add_argument("--model", default=None, help="HF folder, .gguf file (default: bundled Gemma 3 270M)")

@@ -112,7 +112,8 @@ def run(args) -> int:
         with progress.step("plan", f"the smallest per-weight plan reaching top-1 {auto['min_top1']:g} on "
                                    f"{auto['calibration'][0]}"):
             resolved, plan_report = plan_for(loaded, target.format, auto["min_top1"], auto["max_mb"],
-                                             auto["calibration"][1], progress=progress.note)
+                                             auto["calibration"][1], progress=progress.note,
+                                             fan_out=_fan_out(auto["address"], progress.note))
             plan_report["calibration"] = auto["calibration"][0]
         recipe = resolved
     rounded = {}
@@ -191,8 +192,9 @@ def _auto_request(args, recipe: str) -> dict | None:
     from .quantize.recipes import AUTO
     max_mb = getattr(args, "max_mb", None)
     if recipe != AUTO:
-        if max_mb is not None:
-            raise ValueError("--max-mb: only used with --quant auto")
+        for flag, value in (("--max-mb", max_mb), ("--address", getattr(args, "address", None))):
+            if value is not None:
+                raise ValueError(f"{flag}: only used with --quant auto")
         return None
     if args.min_top1 is None:
         raise ValueError("--quant auto: needs the bar to plan for, --min-top1 X (e.g. 0.9)")
@@ -204,7 +206,18 @@ def _auto_request(args, recipe: str) -> dict | None:
         raise ValueError("--gptq: not combined with --quant auto (its int4 weights are rounded to nearest)")
     if getattr(args, "calibration_tokens", None) is not None:
         raise ValueError("--calibration-tokens: only used with --gptq")
-    return {"min_top1": args.min_top1, "max_mb": max_mb, "calibration": _calibration_text(args)}
+    return {"min_top1": args.min_top1, "max_mb": max_mb, "calibration": _calibration_text(args),
+            "address": getattr(args, "address", None)}
+
+
+def _fan_out(address: str | None, note):
+    """--address: --quant auto's sensitivity measurements as Ray tasks there (`local`: a Ray started here)."""
+    if address is None:
+        return None
+    from .quantize.auto_ray import ray_fan_out
+    from .sweep.runner import connect
+    connect(None if address == "local" else address, ())
+    return ray_fan_out(note)
 
 
 def _calibration_text(args) -> tuple[str, str | None]:

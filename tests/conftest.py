@@ -188,3 +188,46 @@ def tiny_vision(tmp_path_factory):
             built[arch, old_layout] = load_model(path)
         return refs[arch], built[arch, old_layout]
     return get
+
+
+# --- Ray ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session (its start costs seconds on 2 cores): 2 CPUs, 4 GiB of schedulable memory,
+    the smallest object store; `gemma-export sweep` uses a Ray this process already runs."""
+    import ray
+    ray.init(num_cpus=2, _memory=4 << 30, object_store_memory=80 << 20, include_dashboard=False,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+# --- a phone: the stand-in adb (tests/fake_adb.py) -----------------------------------------------------
+
+PHONE_FIXTURES = Path(__file__).parent / "fixtures" / "devices"
+
+
+@pytest.fixture
+def phone(tmp_path, monkeypatch):
+    """A PATH with the stand-in adb (phone serial R5CW71ABCDE, runner outputs from PHONE_FIXTURES); returns a
+    function reading the commands it received."""
+    import os
+    import stat
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    adb = bin_dir / "adb"
+    adb.write_text(f"#!{sys.executable}\n" + (Path(__file__).parent / "fake_adb.py").read_text())
+    adb.chmod(adb.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "adb.log"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_ADB_LOG", str(log))
+    monkeypatch.setenv("FAKE_ADB_FIXTURES", str(PHONE_FIXTURES))
+    monkeypatch.setenv("FAKE_ADB_SERIAL", "R5CW71ABCDE")
+    return lambda: [["adb", *json.loads(line)] for line in log.read_text().splitlines()]
+
+
+def printed(fixture: str, kind: str) -> float:
+    """The speed a runner output in PHONE_FIXTURES prints for `kind` (Prefill / Decode)."""
+    import re
+    return float(re.search(rf"{kind} Speed: ([\d.]+)", (PHONE_FIXTURES / fixture).read_text())[1])

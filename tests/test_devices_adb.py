@@ -1,19 +1,16 @@
 """Profiling over adb with a stand-in `adb` on PATH (tests/fake_adb.py): the exact commands sent, the runners'
 outputs (tests/fixtures/devices, in the published formats) parsed into the report, and malformed output."""
 import json
-import os
 import re
-import shutil
-import stat
-import sys
-from pathlib import Path
 
 import pytest
 
 from devices.parsers import RunnerOutputError, absl_duration_s, parse_benchmark_model, parse_litert_lm_benchmark
 from export.cli import main
 
-FIXTURES = Path(__file__).parent / "fixtures" / "devices"
+from conftest import PHONE_FIXTURES as FIXTURES
+from conftest import printed as _printed
+
 REMOTE_PARENT = "/data/local/tmp/gemma-export"
 
 
@@ -22,27 +19,6 @@ def _remote(commands) -> str:
     made = [c[-1].split()[-1] for c in commands if c[-1].startswith("mkdir -p ")]
     assert len(made) == 1 and re.fullmatch(rf"{REMOTE_PARENT}/run-\d+-[0-9a-f]+", made[0])
     return made[0]
-
-
-@pytest.fixture
-def phone(tmp_path, monkeypatch):
-    """A PATH with the stand-in adb; returns a function reading the commands it received."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    adb = bin_dir / "adb"
-    adb.write_text(f"#!{sys.executable}\n" + (Path(__file__).parent / "fake_adb.py").read_text())
-    adb.chmod(adb.stat().st_mode | stat.S_IEXEC)
-    log = tmp_path / "adb.log"
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_ADB_LOG", str(log))
-    monkeypatch.setenv("FAKE_ADB_FIXTURES", str(FIXTURES))
-    monkeypatch.setenv("FAKE_ADB_SERIAL", "R5CW71ABCDE")
-    return lambda: [["adb", *json.loads(line)] for line in log.read_text().splitlines()]
-
-
-def _printed(fixture: str, kind: str) -> float:
-    """The speed a fixture prints for `kind` (Prefill / Decode)."""
-    return float(re.search(rf"{kind} Speed: ([\d.]+)", (FIXTURES / fixture).read_text())[1])
 
 
 def test_litertlm_over_adb_sends_the_exact_commands_and_reports_the_runner_figures(phone, tmp_path, capsys):

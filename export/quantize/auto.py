@@ -122,22 +122,30 @@ class Planner:
     def mb(self, plan: dict[int, str]) -> float:
         return (self.rest + sum(self.units[i].sizes[c] for i, c in plan.items())) / MB
 
+    def measure(self, fan_out: Callable[["Planner"], list] | None = None) -> None:
+        """Each unit's KL alone at MEASURED, scaled to its other choices by its output error (measure_units).
+        fan_out(planner) -> measure_units' results for every unit, gathered from tasks elsewhere (auto_ray)."""
+        results = fan_out(self) if fan_out is not None else self.measure_units(range(len(self.units)))
+        for u, (kl, err) in zip(self.units, results):
+            u.kl = {c: kl * err[c] / max(err[MEASURED], 1e-30) for c in u.choices}
+
     @torch.no_grad()
-    def measure(self) -> None:
-        """Each unit's KL alone at MEASURED, scaled to its other choices by its output error. A unit of
-        layer i changes nothing before it: the float residual stream entering layer i is computed once and
-        only the layers from i on run again; the KL is taken over the windows' second halves (the head,
-        vocabulary-wide, is most of the cost)."""
+    def measure_units(self, indices) -> list[tuple[float, dict]]:
+        """(KL alone at MEASURED, {choice: output error}) of the units at `indices`. A unit of layer i changes
+        nothing before it: the float residual stream entering layer i is computed once and only the layers from
+        i on run again; the KL is taken over the windows' second halves (the head, vocabulary-wide, is most of
+        the cost)."""
         streams = self._streams()
         ref = self._logits_from(self.model, 0, streams)
         inputs = self._inputs()
-        t0 = time.perf_counter()
-        for k, u in enumerate(self.units):
+        t0, out = time.perf_counter(), []
+        for k in indices:
+            u = self.units[k]
             alone = simulate(self.model, planned(dict.fromkeys(u.names, MEASURED), self.fmt, base="fp32"), self.fmt)
             kl = float(kl_to_teacher(self._logits_from(alone, _layer_of(u), streams), ref))
-            err = {c: self._output_error(u, c, inputs) for c in u.choices}
-            u.kl = {c: kl * err[c] / max(err[MEASURED], 1e-30) for c in u.choices}
-            self.progress(f"sensitivity {k + 1}/{len(self.units)} ({time.perf_counter() - t0:.0f} s)")
+            out.append((kl, {c: self._output_error(u, c, inputs) for c in u.choices}))
+            self.progress(f"sensitivity {len(out)}/{len(indices)} ({time.perf_counter() - t0:.0f} s)")
+        return out
 
     def _streams(self) -> dict | None:
         """The float residual stream entering each layer on the sensitivity windows, with the layers'
@@ -269,8 +277,9 @@ class Planner:
 
 
 def plan_for(loaded, fmt: str, min_top1: float, max_mb: float | None = None, calibration_text: str | None = None,
-             progress: Callable[[str], None] | None = None) -> tuple[object, dict]:
-    """-> (the planned recipe for `fmt`, the plan's report for the manifest and the export report)."""
+             progress: Callable[[str], None] | None = None, fan_out=None) -> tuple[object, dict]:
+    """-> (the planned recipe for `fmt`, the plan's report for the manifest and the export report). fan_out:
+    where the sensitivities are measured (Planner.measure; default this process)."""
     if loaded.config.embedding_head is not None:
         raise ValueError("--quant auto: plans for a causal LM's top-1 agreement; embedding models are not supported")
     if loaded.tokenizer is None:
@@ -280,7 +289,7 @@ def plan_for(loaded, fmt: str, min_top1: float, max_mb: float | None = None, cal
         raise ValueError(f"--calibration: {len(ids)} tokens; --quant auto needs at least {2 * WINDOW}")
     t0 = time.perf_counter()
     p = Planner(loaded.model, fmt, ids, loaded.config.bos_id, progress)
-    p.measure()
+    p.measure(fan_out)
     smallest = min(p.mb(path[0]) for path in p.paths())
     if max_mb is not None and smallest > max_mb:
         raise ValueError(f"--max-mb {max_mb:g}: the smallest plan takes {smallest:.1f} MB")
