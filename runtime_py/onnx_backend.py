@@ -65,6 +65,9 @@ class OnnxBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = int(threads)
+        # onnxruntime plans a memory pattern per set of input shapes; every decode step has a new total length,
+        # so each step paid for a fresh plan (README: Benchmarks, what the loop cost) and never reused one.
+        options.enable_mem_pattern = False
         # A decode step is hundreds of small operators, each ending in a barrier. Spinning idle threads
         # (onnxruntime's and onnxruntime-genai's default) wake fastest when the process has the cores to itself;
         # when other jobs share the cores, spinning takes the cores the working threads need (README: runtime_py).
@@ -278,6 +281,21 @@ class Stepper:
         self._logits: dict[int, np.ndarray] = {}      # T -> [1, T, V] output buffer, reused across steps
         self._feed = None
         self.extra: dict = {}       # optional inputs (OrtValues) for every call, which IOBinding cannot bind
+        self._one = self._one_token_buffers() if self.binding is not None and b.vision_parts is None else None
+
+    def _one_token_buffers(self) -> dict[str, np.ndarray]:
+        """Buffers for one-token steps (decode), allocated once and bound by address: the token id, the mask
+        (all ones: a step binds its first `total` entries), the positions (a step binds its own entry) and the
+        logits. A step then writes one id and rebinds the mask's length, with no numpy feed built per token."""
+        b = self.backend
+        one = {b.ids_name: np.zeros((1, 1), _dtype(b.inputs[b.ids_name], str(b.path))),
+               b.logits_name: self._logits.setdefault(1, np.empty((1, 1, b.vocab_size), b.logits_dtype))}
+        if b.mask_name:
+            one[b.mask_name] = np.ones((1, self.max_len), _dtype(b.inputs[b.mask_name], str(b.path)))
+        if b.positions_name:
+            one[b.positions_name] = np.arange(self.max_len).astype(_dtype(b.inputs[b.positions_name], str(b.path)))
+        self._one_bound = False        # other calls rebind ids and logits to their own buffers
+        return one
 
     def _bind_caches(self, binding):
         for past, present, _ in self.backend.caches:
@@ -290,11 +308,32 @@ class Stepper:
 
     def __call__(self, tokens: list[int], start: int) -> np.ndarray:
         tokens = check_step(tokens, start, self.length, self.max_len, self.backend.path, self.backend.context_length)
+        if len(tokens) == 1 and self._one is not None and self.features is None and not self.extra:
+            return self._run_one(tokens[0])
         for i in range(0, len(tokens), self.chunk):
             chunk = tokens[i:i + self.chunk]
             last = (len(chunk) > 1 or self.extra) and self.backend.keep_name
             logits = self._run_last(chunk) if last else self._run(chunk)
         return logits
+
+    def _run_one(self, token: int) -> np.ndarray:
+        b, one, binding = self.backend, self._one, self.binding
+        ids, logits = one[b.ids_name], one[b.logits_name]
+        if not self._one_bound:
+            binding.bind_input(b.ids_name, "cpu", 0, ids.dtype.type, ids.shape, ids.ctypes.data)
+            binding.bind_output(b.logits_name, "cpu", 0, logits.dtype.type, logits.shape, logits.ctypes.data)
+            self._one_bound = True
+        ids[0, 0] = token
+        if b.mask_name:
+            mask = one[b.mask_name]
+            binding.bind_input(b.mask_name, "cpu", 0, mask.dtype.type, (1, self.length + 1), mask.ctypes.data)
+        if b.positions_name:
+            pos = one[b.positions_name]
+            binding.bind_input(b.positions_name, "cpu", 0, pos.dtype.type, (1, 1),
+                               pos.ctypes.data + self.length * pos.itemsize)
+        b.session.run_with_iobinding(binding)
+        self.length += 1
+        return logits[0, -1].astype(np.float32)       # [V], a copy: the buffer is reused
 
     def _run_last(self, tokens: list[int]) -> np.ndarray:
         """A prompt chunk with `logits_to_keep` = 1 (the LM head on the last position only). IOBinding cannot
@@ -315,6 +354,7 @@ class Stepper:
     def _run(self, tokens: list[int]) -> np.ndarray:
         b = self.backend
         binding = self.binding or b.session.io_binding()
+        self._one_bound = False
         self._feed = b.feed(tokens, self.length, self._take_features())      # kept alive until the next run
         for name, value in self._feed.items():
             binding.bind_cpu_input(name, value)
@@ -347,6 +387,7 @@ class Stepper:
         twin.past = {k: ort.OrtValue.ortvalue_from_numpy(v.numpy().copy()) for k, v in self.past.items()}
         twin._logits, twin._feed = {}, None
         twin.binding = twin._bind_caches(b.session.io_binding()) if self.binding is not None else None
+        twin._one = twin._one_token_buffers() if self._one is not None else None
         return twin
 
     def _take_features(self) -> np.ndarray | None:

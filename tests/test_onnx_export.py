@@ -109,6 +109,20 @@ def test_chunked_decoding_past_the_window_keeps_window_sized_caches(artifact):
     assert np.abs(np.concatenate(outs) - expected).max() < 1e-4
 
 
+@torch.no_grad()
+def test_runtime_py_decode_steps_match_transformers(artifact):
+    """runtime_py's one-token steps on our graphs (the optional logits_to_keep input left unbound, buffers bound
+    by address) give transformers' logits at every position past the window."""
+    from runtime_py.onnx_backend import OnnxBackend
+    ref, out = artifact
+    toks = _tokens(T)
+    expected = ref(toks).logits[0].numpy()
+    ids = toks[0].tolist()
+    step = OnnxBackend(out, threads=1).stepper(T)
+    got = [step(ids[:5], 0)] + [step([ids[pos]], pos) for pos in range(5, T)]
+    assert np.abs(np.stack(got) - expected[4:]).max() < 1e-4
+
+
 def test_onnxruntime_genai_greedy_matches_transformers(artifact):
     ref, out = artifact
     prompt = _tokens(12, seed=3)

@@ -120,6 +120,46 @@ def test_stepper_chunks_and_window_sized_caches(causal, reference):
                 assert shapes[f"past_key_values.{layer}.{kv}"] == (1, KV, want, HEAD)
 
 
+def plain_onnxruntime_steps(folder: Path, ids: list[int], prompt_len: int) -> np.ndarray:
+    """The genai contract driven the plainest way: onnxruntime's default session options, `session.run` with
+    numpy inputs, each call's present.* fed back as the next call's past (zeros of the window on sliding layers,
+    empty on global ones). The prompt in one call, then one token per call. -> last-position logits [steps, V]."""
+    import onnxruntime as ort
+    config = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
+    session = ort.InferenceSession(str(folder / config["filename"]), providers=["CPUExecutionProvider"])
+    sliding = set(config["sliding_window"]["layers"])
+    window = config["sliding_window"]["window_size"]
+    past = {}
+    for i in range(config["num_hidden_layers"]):
+        for kind in ("key", "value"):
+            rows = window if i in sliding else 0
+            past[f"past_key_values.{i}.{kind}"] = np.zeros((1, config["num_key_value_heads"], rows,
+                                                            config["head_size"]), np.float32)
+    names = [o.name for o in session.get_outputs()]
+    out, start = [], 0
+    for end in [prompt_len, *range(prompt_len + 1, len(ids) + 1)]:
+        feed = {"input_ids": np.array([ids[start:end]], np.int64), "attention_mask": np.ones((1, end), np.int64),
+                **past}
+        results = dict(zip(names, session.run(names, feed)))
+        past = {k: results[k.replace("past_key_values", "present")] for k in past}
+        out.append(results["logits"][0, -1])
+        start = end
+    return np.stack(out)
+
+
+def test_decode_steps_equal_plain_onnxruntime_past_the_window(causal, reference):
+    """runtime_py's decode steps (caches bound once as past and present, token, mask and logits in buffers
+    bound by address, no memory pattern) give the logits onnxruntime gives without any of that, step for step
+    to 5 * the window."""
+    seq, n = reference.seq, len(causal.prompt)
+    assert len(seq) > 5 * WINDOW
+    want = plain_onnxruntime_steps(causal.folder, seq, n)
+    step = causal.model.backend.stepper(len(seq))
+    got = [step(seq[:n], 0)] + [step([seq[pos]], pos) for pos in range(n, len(seq))]
+    np.testing.assert_allclose(np.stack(got), want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(want, reference.logits[n - 1:], atol=1e-4, rtol=0)    # and both are the model's
+
+
 def test_onnxruntime_genai_generator_agrees(causal):
     model = og.Model(str(causal.folder))
     params = og.GeneratorParams(model)
