@@ -119,7 +119,9 @@ def run(args) -> int:
         loaded = dataclasses.replace(loaded, stored={**loaded.stored, **rounded},
                                      rounding={**rounded.info, "calibration": calibration[0]})
     with progress.step("convert", f"{quant}{target.bundle} -> {out}"), _weights_of(loaded, rounded):
-        target.export(loaded, out, recipe, args.context, prefill, getattr(args, "vision_quant", None))
+        # without --validate nothing reads the float model after the conversion: the exporter may free it
+        target.export(loaded, out, recipe, args.context, prefill, getattr(args, "vision_quant", None),
+                      consume=not args.validate)
     manifest = json.loads((out / "manifest.json").read_text())
     summary = {"artifact": str(out), "target": target.name, "format": target.format, "bundle": target.bundle,
                "recipe": manifest["recipe"], **({"plan": plan_report} if plan_report else {}), "context": manifest.get("context_length"),

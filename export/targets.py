@@ -29,9 +29,10 @@ class Target:
     devices: tuple[str, ...] = ()     # devices/catalogue.json entries the cost report estimates
 
     def export(self, loaded, out, recipe: str | None = None, context: int | None = None,
-               prefill: tuple[int, ...] | None = None, vision_quant: str | None = None):
+               prefill: tuple[int, ...] | None = None, vision_quant: str | None = None, consume: bool = False):
         """Export `loaded` to `out` with this profile, each argument overriding its column; vision_quant: the
-        vision graph's storage of a vision-language model."""
+        vision graph's storage of a vision-language model; consume: the caller is done with loaded.model (a
+        LiteRT exporter may free its weights before quantizing: export.converters.litert)."""
         module, func = EXPORTERS[self.bundle].split(":")
         if self.bundle == "litertlm":       # refused before any conversion work
             from .converters.litert.bundle import unbundleable
@@ -49,7 +50,7 @@ class Target:
         lengths = tuple(prefill) if prefill else tuple(t for t in self.prefill if t <= context) or (context,)
         if hasattr(loaded.config, "vision") and not prefill:
             lengths = DEFAULT_PREFILL
-        return fn(loaded, out, recipe, prefill_lengths=lengths, cache_length=context,
+        return fn(loaded, out, recipe, prefill_lengths=lengths, cache_length=context, consume=consume,
                   **({"vision_quant": vision_quant} if vision_quant else {}))
 
 

@@ -194,9 +194,9 @@ def check_encoder_size(encoder: Path, size: int) -> None:
 
 
 def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_lengths=None,
-                    cache_length: int | None = None, vision_quant: str | None = None) -> Path:
+                    cache_length: int | None = None, vision_quant: str | None = None, consume: bool = False) -> Path:
     """Export a causal LoadedModel to `out_dir`: model.litertlm (+ tokenizer.model and manifest.json beside
-    it). The LiteRT artifact is converted into a temporary folder first, then bundled."""
+    it). The LiteRT artifact is converted into a temporary folder first, then bundled. consume: export_litert's."""
     from . import export_litert
 
     if why := unbundleable(loaded.config):
@@ -209,7 +209,7 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
     out_dir = Path(out_dir)
     with work_dir(out_dir) as work:
         litert = export_litert(loaded, work / "litert", recipe, prefill_lengths or DEFAULT_PREFILL, cache_length,
-                               **({"vision_quant": vision_quant} if vision_quant else {}))
+                               consume=consume, **({"vision_quant": vision_quant} if vision_quant else {}))
         inner = json.loads((litert / MANIFEST).read_text())
         with staged_dir(out_dir) as tmp:
             build_litertlm(litert, tmp / BUNDLE)
