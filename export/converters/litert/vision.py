@@ -18,6 +18,7 @@ from pathlib import Path
 from runtime_py.contract import (BIDIRECTIONAL, DECODE_SIGNATURE, DEFAULT_CONTEXT, DEFAULT_PREFILL,
                                  LITERT_VISION_FILES, VISION_BIDIRECTIONAL, VISION_KEY, prefill_signature)
 
+from ...models.checkpoints import release
 from ...quantize.recipes import RECIPES
 from ..artifact import staged_dir, stdout_to_stderr, write_manifest
 from .quantize import quantize_tflite
@@ -139,10 +140,3 @@ def _convert(signatures, composites_of, folder: Path, name: str, r, flags: dict 
     del edge, converter, signatures
     gc.collect()
     return [(name, r)] if quantized else []
-
-
-def release(module) -> None:
-    """Free a module's weights: its parameters and buffers move to the meta device (shapes kept, no data), so
-    their memory goes back once nothing else holds them; the module can no longer compute."""
-    module.to("meta")
-    gc.collect()
