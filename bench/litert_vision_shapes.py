@@ -10,8 +10,10 @@ are measured and which extrapolated, and how far each run lies from the line). A
 passes --max-rss-gb or when the machine's available memory falls under --min-available-gb (other engineers
 share it).
 
-Phases, in the exporter's order (export.converters.litert.vision, then bundle.build_litertlm): build (the random
-float32 model), then `convert X` / `quantize X` for each of the five models, then `bundle`. Each phase's peak is
+Phases, in the exporter's order (export.converters.litert.vision with consume=True, as the CLI without --validate
+runs it, then bundle.build_litertlm): build (the random float32 model), `convert X` for each of the five models
+with `release M` where the exporter frees the float model's weights, then `quantize X` for the quantized ones, then
+`bundle`. Each phase's peak is
 the process's VmHWM reset at its start (devices.measure); RSS is also sampled every second.
 
     .venv/bin/python -m bench.litert_vision_shapes [--layers 1,4,8] [--max-rss-gb 18]
@@ -95,7 +97,7 @@ def convert_child(layers: int, out: Path, max_rss_gb: float, min_available_gb: f
     params = {"decoder": sum(p.numel() for p in loaded.model.language_model.parameters()),
               "tower": sum(p.numel() for p in loaded.model.vision_tower.parameters()),
               "projector": sum(p.numel() for p in loaded.model.multi_modal_projector.parameters())}
-    convert, quantize = vision._convert, vision.quantize_tflite
+    convert, quantize, release = vision._convert, vision.quantize_tflite, vision.release
 
     def timed_convert(signatures, composites_of, folder, name, r, flags=None):
         phases.switch(f"convert {name}")
@@ -105,10 +107,14 @@ def convert_child(layers: int, out: Path, max_rss_gb: float, min_available_gb: f
         phases.switch(f"quantize {Path(dst).name}")
         return quantize(src, dst, r, *args, **kwargs)
 
-    vision._convert, vision.quantize_tflite = timed_convert, timed_quantize
+    def timed_release(module):
+        phases.switch(f"release {type(module).__name__}")
+        return release(module)
+
+    vision._convert, vision.quantize_tflite, vision.release = timed_convert, timed_quantize, timed_release
     folder = out / "litert"
     shutil.rmtree(out, ignore_errors=True)
-    export_litert(loaded, folder, RECIPE, cache_length=DEFAULT_CONTEXT)
+    export_litert(loaded, folder, RECIPE, cache_length=DEFAULT_CONTEXT, consume=True)
     phases.switch("bundle")
     build_litertlm(folder, out / BUNDLE)
     phases.close()

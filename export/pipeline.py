@@ -76,7 +76,7 @@ def run(args) -> int:
     """The export command (args from export.cli): prints the summary (JSON with --json); 0, or 1 when the
     artifact fails validation."""
     from .converters.output import check_out
-    from .models.checkpoints import load_model, read_config, resolve
+    from .models.checkpoints import load_model, read_config, released, resolve
     from .quantize.recipes import recipe as recipe_for
     from .targets import target as target_for
 
@@ -125,8 +125,11 @@ def run(args) -> int:
         loaded = dataclasses.replace(loaded, stored={**loaded.stored, **rounded},
                                      rounding={**rounded.info, "calibration": calibration[0]})
     with progress.step("convert", f"{quant}{target.bundle} -> {out}"), _weights_of(loaded, rounded):
+        # the exporter may free the float model once converted (a vision model's LiteRT export does, so that the
+        # quantizer runs without it); the validation then reads the checkpoint again. GPTQ's rounded weights are
+        # put back into the model afterwards: kept.
         target.export(loaded, out, recipe, args.context, prefill, getattr(args, "vision_quant", None),
-                      **({"sae": sae} if sae else {}))
+                      consume=not rounded, **({"sae": sae} if sae else {}))
     manifest = json.loads((out / "manifest.json").read_text())
     summary = {"artifact": str(out), "target": target.name, "format": target.format, "bundle": target.bundle,
                "recipe": manifest["recipe"], **({"plan": plan_report} if plan_report else {}), "context": manifest.get("context_length"),
@@ -139,7 +142,8 @@ def run(args) -> int:
     if args.validate:
         from .validate import validate
         with progress.step("validate", "artifact vs the simulated recipe and vs the float model"):
-            report = validate(out, loaded=loaded, bar=user_bar(args))   # the model loaded above, not a second copy
+            # the model loaded above, not a second copy, unless the export freed it
+            report = validate(out, loaded=None if released(loaded.model) else loaded, bar=user_bar(args))
         summary["validation"] = {k: report[k] for k in VALIDATION_KEYS if k in report}
     del loaded
     if args.profile:

@@ -30,9 +30,12 @@ class Target:
     devices: tuple[str, ...] = ()     # devices/catalogue.json entries the cost report estimates
 
     def export(self, loaded, out, recipe: str | None = None, context: int | None = None,
-               prefill: tuple[int, ...] | None = None, vision_quant: str | None = None, sae=None):
+               prefill: tuple[int, ...] | None = None, vision_quant: str | None = None, sae=None,
+               consume: bool = False):
         """Export `loaded` to `out` with this profile, each argument overriding its column; vision_quant: the
-        vision graph's storage of a vision-language model; sae: an export.models.sae.SaeRequest (ONNX only)."""
+        vision graph's storage of a vision-language model; sae: an export.models.sae.SaeRequest (ONNX only);
+        consume: the caller is done with loaded.model (a LiteRT exporter may free its weights before quantizing:
+        export.converters.litert)."""
         module, func = EXPORTERS[self.bundle].split(":")
         if sae and self.format != "onnx":
             raise ValueError(f"--sae: --target {self.name} builds LiteRT; sparse autoencoders are exported to "
@@ -56,7 +59,7 @@ class Target:
         lengths = tuple(prefill) if prefill else tuple(t for t in self.prefill if t <= context) or (context,)
         if hasattr(loaded.config, "vision") and not prefill:
             lengths = DEFAULT_PREFILL
-        return fn(loaded, out, recipe, prefill_lengths=lengths, cache_length=context,
+        return fn(loaded, out, recipe, prefill_lengths=lengths, cache_length=context, consume=consume,
                   **({"vision_quant": vision_quant} if vision_quant else {}))
 
 

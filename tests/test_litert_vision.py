@@ -6,6 +6,8 @@ of 8: every image block is longer than the window. Images are pre-sized PNGs (re
 does), so the engine's own stb resize passes them through unchanged."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -225,6 +227,26 @@ def test_quantized_bundles_load_run_and_keep_the_zero_row(quantized, png, tmp_pa
         rows = ref.model.get_image_features(pixel_values=torch.from_numpy(m.vision.pixels([str(png)])))
     rows = np.asarray(getattr(rows, "pooler_output", rows)).reshape(1, vo.LITERT["tokens"], -1)
     assert relative_rms(m.image_features([str(png)]), rows) < VISION_FEATURE_ERROR["int8"]
+
+
+def test_a_consumed_model_gives_the_same_bundle_and_is_freed(quantized, tmp_path, monkeypatch):
+    """consume=True (the CLI without --validate): the exporter frees the float model's weights before quantizing
+    (all on the meta device afterwards, the language model's already while the vision encoder converts), and the
+    bundle is byte for byte the one exported with the model kept."""
+    import export.converters.litert.vision as vision
+    _, folder = quantized
+    recipe = json.loads((folder / "manifest.json").read_text())["recipe"]
+    loaded = load_model(folder.parent / "hf")            # the same source: the bundle's uuid is derived from it
+    lm, convert, seen = loaded.model.language_model, vision._convert, {}
+
+    def spy(signatures, composites_of, into, name, r, flags=None):
+        seen[name] = {p.device.type for p in lm.parameters()}
+        return convert(signatures, composites_of, into, name, r, flags)
+    monkeypatch.setattr(vision, "_convert", spy)
+    out = export_litertlm(loaded, tmp_path / "out", recipe, (PREFILL,), CONTEXT, consume=True)
+    assert seen[vision.DECODER] == seen[vision.EMBEDDER] == {"cpu"} and seen[vision.ENCODER] == {"meta"}
+    assert {t.device.type for t in (*loaded.model.parameters(), *loaded.model.buffers())} == {"meta"}
+    assert (out / BUNDLE).read_bytes() == (folder / BUNDLE).read_bytes()
 
 
 def test_validate_checks_a_litert_vision_artifact(bundles, quantized, real_tokenizer_proto, tmp_path):

@@ -70,3 +70,23 @@ def test_refusals(exported, tmp_path):
         status, _, err = _run(argv)
         assert status == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
     assert not any(tmp_path.iterdir())
+
+
+def test_android_export_frees_the_float_model_and_validates_from_the_checkpoint(real_tokenizer_proto, tmp_path,
+                                                                                monkeypatch):
+    """`export --target android` of a vision model: the LiteRT exporter frees the float model before quantizing
+    (what lets gemma3-4b convert in 24 GB, README), so the validation (on by default) is handed no model, reads the
+    checkpoint again, and passes."""
+    import export.validate as validation
+    import vision_oracle as vo
+    hf = vo.save_folder(vo.build("gemma3-litert32"), tmp_path / "hf", tokenizer=real_tokenizer_proto)
+    given, validate = [], validation.validate
+
+    def spy(folder, *args, loaded=None, **kwargs):
+        given.append(loaded)
+        return validate(folder, *args, loaded=loaded, **kwargs)
+    monkeypatch.setattr(validation, "validate", spy)
+    status, text, err = _run(["export", "--target", "android", "--model", str(hf), "--quant", "int8", "--prefill",
+                              "64", "--context", "128", "--out", str(tmp_path / "out"), "--json"])
+    assert status == 0, err
+    assert json.loads(text)["validation"]["passed"] and given == [None]

@@ -21,7 +21,7 @@ LOW_MEMORY_FLAGS = dict(strict_export=False, lightweight_conversion=True, runtim
 
 def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths=None,
                   cache_length: int | None = None, *, composites: bool = True,
-                  prefill_logits: bool = True, vision_quant: str | None = None) -> Path:
+                  prefill_logits: bool = True, vision_quant: str | None = None, consume: bool = False) -> Path:
     """Export a causal LoadedModel (export.models.checkpoints) to a LiteRT artifact folder.
 
     prefill_lengths: the prefill signatures' lengths (default DEFAULT_PREFILL; EmbeddingGemma: its embed_{T}
@@ -29,12 +29,14 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
     context_length); default min(DEFAULT_CONTEXT, the model's context). composites: mark RMSNorm and the
     attention core as odml.rms_norm / odml.scaled_dot_product_attention. prefill_logits: prefill
     signatures output logits for every position (LiteRT-LM ignores them; validation reads them). A
-    vision-language model: export.converters.litert.vision (vision_quant: its vision encoder's storage)."""
+    vision-language model: export.converters.litert.vision (vision_quant: its vision encoder's storage; consume:
+    the caller is done with loaded.model, whose weights the vision exporter then frees before quantizing; a
+    text model's are kept)."""
     r = recipe_for(recipe, "litert")
     c = loaded.config
     if hasattr(c, "vision"):
         from .vision import export_litert_vision
-        return export_litert_vision(loaded, out, r, prefill_lengths, cache_length, vision_quant)
+        return export_litert_vision(loaded, out, r, prefill_lengths, cache_length, vision_quant, consume)
     if vision_quant:
         raise ValueError(f"--vision-quant: {loaded.source} is a text model (no vision graph)")
     if c.embedding_head is not None:

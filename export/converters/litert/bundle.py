@@ -207,10 +207,10 @@ def check_encoder_size(encoder: Path, size: int) -> None:
 
 
 def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_lengths=None,
-                    cache_length: int | None = None, vision_quant: str | None = None) -> Path:
+                    cache_length: int | None = None, vision_quant: str | None = None, consume: bool = False) -> Path:
     """Export a LoadedModel (causal, vision-language or EmbeddingGemma) to `out_dir`: model.litertlm (+
     tokenizer.model and manifest.json beside it). The LiteRT artifact is converted into a temporary folder first,
-    then bundled."""
+    then bundled. consume: export_litert's."""
     from . import export_litert
 
     if why := unbundleable(loaded.config):
@@ -228,7 +228,7 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
             litert = export_embedding_litert(loaded, work / "litert", recipe_for(recipe, "litert"), prefill_lengths)
         else:
             litert = export_litert(loaded, work / "litert", recipe, prefill_lengths or DEFAULT_PREFILL, cache_length,
-                                   **({"vision_quant": vision_quant} if vision_quant else {}))
+                                   consume=consume, **({"vision_quant": vision_quant} if vision_quant else {}))
         inner = json.loads((litert / MANIFEST).read_text())
         with staged_dir(out_dir) as tmp:
             build_litertlm(litert, tmp / BUNDLE)

@@ -18,6 +18,7 @@ from pathlib import Path
 from runtime_py.contract import (BIDIRECTIONAL, DECODE_SIGNATURE, DEFAULT_CONTEXT, DEFAULT_PREFILL,
                                  LITERT_VISION_FILES, VISION_BIDIRECTIONAL, VISION_KEY, prefill_signature)
 
+from ...models.checkpoints import release
 from ...quantize.recipes import RECIPES
 from ..artifact import staged_dir, stdout_to_stderr, write_manifest
 from .quantize import quantize_tflite
@@ -67,7 +68,12 @@ def attention_mask_type(vc) -> str:
 
 
 def export_litert_vision(loaded, out: str | Path, r, prefill_lengths=None, cache_length: int | None = None,
-                         vision_quant: str | None = None) -> Path:
+                         vision_quant: str | None = None, consume: bool = False) -> Path:
+    """Convert the five models to float32 .tflite files first, then quantize them from disk. consume: the caller
+    is done with loaded.model: its weights are freed (moved to the meta device) once no conversion needs them --
+    the language model's after the decoder, the embedder and the end-of-vision row, the rest after the encoder
+    and the adapter -- so that ai-edge-quantizer runs without the float32 torch model beside it (README, "LiteRT
+    vision bundles: real shapes"). The files are the same either way."""
     from . import LOW_MEMORY_FLAGS
     vc = loaded.config
     context = cache_length or min(DEFAULT_CONTEXT, vc.max_position)
@@ -83,15 +89,25 @@ def export_litert_vision(loaded, out: str | Path, r, prefill_lengths=None, cache
     with staged_dir(out) as tmp:
         decoder = [(prefill_signature(prefill), g.Decoder(lm), g.decoder_sample(lm.config, prefill, context)),
                    (DECODE_SIGNATURE, g.Decoder(lm), g.decoder_sample(lm.config, 1, context))]
-        _convert(decoder, lm, tmp, DECODER, r, LOW_MEMORY_FLAGS)
+        pending = _convert(decoder, lm, tmp, DECODER, r, LOW_MEMORY_FLAGS)
+        del decoder
         # the embedder's module holds the whole backbone: a default conversion would copy its unused layers too
-        _convert([("embedder", g.Embedder(lm), g.embedder_sample())], lm, tmp, EMBEDDER, r, LOW_MEMORY_FLAGS)
-        _convert([("vision_encoder", g.VisionEncoder(vlm), g.encoder_sample(vc))], vlm.vision_tower, tmp, ENCODER,
-                 _VISION_RECIPES.get(quant, RECIPES["fp32"]))
-        _convert([("vision_adapter", g.VisionAdapter(vlm), g.adapter_sample(vc))], None, tmp, ADAPTER,
-                 RECIPES["fp32"])
-        _convert([("end_of_vision", g.EndOfVision(lm, g.end_of_vision_token(vc)), {})], None, tmp, END,
-                 RECIPES["fp32"])
+        pending += _convert([("embedder", g.Embedder(lm), g.embedder_sample())], lm, tmp, EMBEDDER, r,
+                            LOW_MEMORY_FLAGS)
+        pending += _convert([("end_of_vision", g.EndOfVision(lm, g.end_of_vision_token(vc)), {})], None, tmp, END,
+                            RECIPES["fp32"])
+        if consume:
+            release(lm)
+        pending += _convert([("vision_encoder", g.VisionEncoder(vlm), g.encoder_sample(vc))], vlm.vision_tower, tmp,
+                            ENCODER, _VISION_RECIPES.get(quant, RECIPES["fp32"]))
+        pending += _convert([("vision_adapter", g.VisionAdapter(vlm), g.adapter_sample(vc))], None, tmp, ADAPTER,
+                            RECIPES["fp32"])
+        if consume:
+            release(vlm)
+        del vlm, lm
+        for name, recipe in pending:
+            quantize_tflite(tmp / f"{name}.f32", tmp / name, recipe)
+            (tmp / f"{name}.f32").unlink()
         loaded.tokenizer.save(tmp / "tokenizer.model")
         write_manifest(tmp, source=str(loaded.source), config=vc, recipe=r, target="litert", extra={
             "kind": "vision_language", "context_length": context, "prefill_lengths": [prefill],
@@ -105,23 +121,22 @@ def export_litert_vision(loaded, out: str | Path, r, prefill_lengths=None, cache
     return Path(out)
 
 
-def _convert(signatures, composites_of, folder: Path, name: str, r, flags: dict | None = None) -> None:
-    """Convert `signatures` [(name, module, sample kwargs)] into folder/name, quantized by recipe `r`
-    (composites marked on `composites_of`'s modules)."""
+def _convert(signatures, composites_of, folder: Path, name: str, r, flags: dict | None = None) -> list:
+    """Convert `signatures` [(name, module, sample kwargs)] into folder/name (composites marked on
+    `composites_of`'s modules) -> [(name, r)] when recipe `r` quantizes it: then the float32 model is left in
+    folder/name.f32 for quantize_tflite; [] when folder/name is final."""
     import litert_torch
     import torch
 
     from .composites import marked_composites
     converter = litert_torch.Converter()
+    quantized = r.weight_bits < 32 or r.embedding_bits < 32
     with torch.no_grad(), marked_composites(composites_of or torch.nn.Module(), composites_of is not None), \
             stdout_to_stderr():
         for sig, module, sample in signatures:
             converter.signature(sig, module.eval(), sample_kwargs=sample)
         edge = converter.convert(**(flags or {}))
-        quantized = r.weight_bits < 32 or r.embedding_bits < 32
         edge.export(str(folder / (f"{name}.f32" if quantized else name)))
-    del edge, converter
+    del edge, converter, signatures
     gc.collect()
-    if quantized:
-        quantize_tflite(folder / f"{name}.f32", folder / name, r)
-        (folder / f"{name}.f32").unlink()
+    return [(name, r)] if quantized else []

@@ -36,6 +36,20 @@ class LoadedModel:
     weights: "Mapping[str, torch.Tensor] | None" = None
 
 
+def release(module: nn.Module) -> None:
+    """Free a module's weights: its parameters and buffers move to the meta device (shapes kept, no data), so
+    their memory goes back once nothing else holds them (an exporter whose caller is done with the model)."""
+    import gc
+    module.to("meta")
+    gc.collect()
+
+
+def released(model: nn.Module) -> bool:
+    """Whether some of `model`'s weights were freed (release) or never held (LoadedModel.weights): it cannot
+    compute, and a validation reads the checkpoint again."""
+    return any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+
+
 def resolve(source: str | Path | None) -> Path:
     """A path, or the default model's name / None -> the path to read."""
     if source is None or str(source) == DEFAULT_MODEL:
