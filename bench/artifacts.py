@@ -24,9 +24,11 @@ MODEL_SUFFIXES = (".onnx", ".onnx.data", ".tflite", ".litertlm", ".gguf", ".safe
 
 def export_key(target: str) -> str:
     """Our artifacts' cache key: the git trees of what builds a `target` artifact (models, quantization, the
-    target's converter and the shared converter and CLI files), hashed; "-dirty" with uncommitted changes there."""
-    paths = ["export/models", "export/quantize", f"export/converters/{target}", "export/converters/artifact.py",
-             "export/converters/hf_tokenizer.py", "export/cli.py", "export/targets.py"]
+    converter of the target's format and the shared converter and CLI files), hashed; "-dirty" with uncommitted
+    changes there."""
+    from export.targets import TARGETS
+    paths = ["export/models", "export/quantize", f"export/converters/{TARGETS[target].format}",
+             "export/converters/artifact.py", "export/converters/hf_tokenizer.py", "export/cli.py", "export/targets.py"]
 
     def git(*args):
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()

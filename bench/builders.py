@@ -92,6 +92,7 @@ BUILDERS = {
     "ours-onnx-int4-b128": (build_ours("onnx", "int4-b128"), ()),
     "ours-litert-int4": (build_ours("litert", "int4"), ()),
     "ours-litert-fp32": (build_ours("litert", "fp32"), ()),
+    "ours-android-int4": (build_ours("android", "int4"), ()),
 }
 
 

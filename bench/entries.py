@@ -22,6 +22,8 @@ ENTRIES = (
     Entry("ours-onnx-int4-b128", "ours: ONNX int4 block 128 (runtime_py)", "runtime_py", "ours-onnx-int4-b128",
           ours=True, int4=True, like="og-int4-b128"),
     Entry("ours-litert-int4", "ours: LiteRT int4 (runtime_py)", "runtime_py", "ours-litert-int4", ours=True, int4=True),
+    Entry("ours-litertlm-int4", "ours: LiteRT-LM int4 (--target android)", "litert-lm", "ours-android-int4", ours=True,
+          int4=True, like="litertlm-int4"),
     Entry("ours-litert-fp32", "ours: LiteRT fp32 (runtime_py)", "runtime_py", "ours-litert-fp32", ours=True),
     Entry("llama.cpp", "llama.cpp Q4_K_M (same GGUF)", "llama.cpp", "gguf", int4=True),
     Entry("og-int4", "onnxruntime-genai builder int4", "onnxruntime-genai", "og-int4", int4=True),

@@ -93,6 +93,10 @@ def test_graph_has_composites_and_no_scatter(artifact):
         assert counts["STABLEHLO_COMPOSITE:odml.rms_norm"] == c.num_layers * norms_per_layer + 1
         assert not [op for op in counts if "SCATTER" in op]
         assert counts["FULLY_CONNECTED"] > 0 and counts["EMBEDDING_LOOKUP"] == 1
+    # decode writes one slot per cache in place, and neither gathers nor concatenates whole caches
+    assert ops["decode"]["DYNAMIC_UPDATE_SLICE"] == 2 * c.num_layers
+    assert ops["decode"]["GATHER_ND"] == 0
+    assert ops["decode"]["CONCATENATION"] < ops[f"prefill_{lengths[0]}"]["CONCATENATION"] - c.num_layers
     interpreter_ops = {op["op_name"] for op in it._get_ops_details()}
     assert "STABLEHLO_COMPOSITE" in interpreter_ops and not any("SCATTER" in op for op in interpreter_ops)
 

@@ -1,4 +1,4 @@
-"""LiteRT-LM on litert-torch's export_hf output (.litertlm), timed by LiteRT-LM's own benchmark mode: it runs
+"""LiteRT-LM on a .litertlm bundle (litert-torch's export_hf output, or ours from `--target android`), timed by LiteRT-LM's own benchmark mode: it runs
 exactly `prefill_tokens` prompt tokens (the prompt text cut or padded) and `decode_tokens` decode steps."""
 from __future__ import annotations
 

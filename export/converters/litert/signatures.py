@@ -9,7 +9,8 @@ S_i is the sliding window for sliding layers (a ring buffer, slot = position % S
 context length for global ones. RecurrentGemma's recurrent layers have no KV cache but a state
 that goes in and out the same way: rg_lru_state_{i} float32 [1, W] and conv1d_state_{i} float32
 [1, K-1, W] (W lru width, K conv width). One signature per sequence length: `prefill_{T}` and `decode`
-(T = 1). The attention mask is computed in-graph from input_pos, so there is no mask input.
+(T = 1). The attention mask is computed in-graph from input_pos, so there is no mask input. `decode` writes
+its one slot in place (decode_write.py).
 
 Padded chunks: LiteRT-LM runs a chunk of n < T tokens through `prefill_T` with the tail zeroed
 (tokens 0, input_pos 0). The graph therefore treats input_pos as `start = input_pos[0]` plus the
@@ -27,6 +28,7 @@ from runtime_py.contract import kv_cache_names, state_names
 
 from ...models.cache import AttentionCache, RecurrentState
 from ...models.config import GemmaConfig, LayerType
+from .decode_write import one_slot_writes
 from .padding import padded_chunk
 
 
@@ -70,7 +72,8 @@ class SignatureModule(nn.Module):
         cache = tuple((RecurrentState if recurrent else AttentionCache)(caches[a], caches[b])
                       for (a, b), recurrent in zip(self.names, self.recurrent))
         if tokens.shape[1] == 1:                                         # decode: one token, never padded
-            logits, new_cache = self.model(tokens, positions, cache)
+            with one_slot_writes(self.model):
+                logits, new_cache = self.model(tokens, positions, cache)
         else:
             real = (input_pos == positions).sum()                        # real tokens, before the padding
             with padded_chunk(self.model, cache, input_pos[0], real) as chunk:

@@ -1,0 +1,54 @@
+"""The `decode` signature's cache write: one slot, written in place.
+
+The reference model (export.models) writes its ring-buffer caches with a gather + select over every slot and
+attends over (old cache, new tokens) concatenated: any T, any target. For one new token on LiteRT that costs
+four whole-cache tensors per cache and step (a CONCATENATION, a GATHER_ND and two SELECT_V2s, all of them run
+by TFLite's reference kernels outside XNNPACK). While `one_slot_writes(model)` is active, every attention layer
+instead writes its key and value with one DYNAMIC_UPDATE_SLICE at slot = position % S (the slot the reference
+write picks for one token) and attends over the written cache: S keys, the slot's old entry (position - S,
+never visible: before the start on a global layer, outside the window on a sliding one) replaced by the new
+token, which every query sees (offset 0). Same keys, values and mask as the reference for T = 1, so the same
+logits and caches. Swapped at conversion time only, for T = 1; prefill keeps the reference write (padded
+chunks, padding.py)."""
+from __future__ import annotations
+
+import contextlib
+import types
+
+import torch
+from litert_torch.generative.custom_ops.dynamic_update_slice import dynamic_update_slice
+
+from ...models import layers
+from ...models.cache import AttentionCache
+
+
+def _write_slot(cache: torch.Tensor, new: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    """cache [B, G, S, D] with new [B, G, 1, D] at slot `slot` (0-d int) along axis 2."""
+    zero = torch.zeros((), dtype=slot.dtype)
+    return dynamic_update_slice(cache, new, [zero, zero, slot, zero])
+
+
+def one_slot_forward(self: layers.Attention, x, rope, mask, positions, cache):
+    """layers.Attention.forward for one new token: mask [1, 1, S + 1] over (cache slots, the new token)."""
+    if cache is None or x.shape[1] != 1:
+        return layers.Attention.forward(self, x, rope, mask, positions, cache)
+    q, k, v, _ = self.project(x, rope, positions, None)                  # q/k/v after norms and RoPE
+    S = cache.slots
+    slot = torch.remainder(positions[0], S)
+    written = AttentionCache(_write_slot(cache.k, k, slot), _write_slot(cache.v, v, slot))
+    seen = mask[..., :S] | (torch.arange(S, dtype=slot.dtype) == slot)
+    return self.o_proj(self.core(q, written.k, written.v, seen)), written
+
+
+@contextlib.contextmanager
+def one_slot_writes(model: torch.nn.Module):
+    """Within this block, `model`'s attention layers run one new token as one_slot_forward (per-instance
+    overrides, removed on exit)."""
+    swapped = [m for m in model.modules() if type(m) is layers.Attention]
+    for m in swapped:
+        m.forward = types.MethodType(one_slot_forward, m)
+    try:
+        yield
+    finally:
+        for m in swapped:
+            del m.forward
