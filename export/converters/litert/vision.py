@@ -105,9 +105,7 @@ def export_litert_vision(loaded, out: str | Path, r, prefill_lengths=None, cache
         if consume:
             release(vlm)
         del vlm, lm
-        for name, recipe in pending:
-            quantize_tflite(tmp / f"{name}.f32", tmp / name, recipe)
-            (tmp / f"{name}.f32").unlink()
+        quantize_pending(tmp, pending)
         loaded.tokenizer.save(tmp / "tokenizer.model")
         write_manifest(tmp, source=str(loaded.source), config=vc, recipe=r, target="litert", extra={
             "kind": "vision_language", "context_length": context, "prefill_lengths": [prefill],
@@ -119,6 +117,13 @@ def export_litert_vision(loaded, out: str | Path, r, prefill_lengths=None, cache
                          "attention_mask": attention_mask_type(vc),
                          "end_of_vision_token": g.end_of_vision_token(vc)}})
     return Path(out)
+
+
+def quantize_pending(folder: Path, pending: list) -> None:
+    """Quantize what _convert left as float32 (folder/name.f32 -> folder/name) and drop the float files."""
+    for name, recipe in pending:
+        quantize_tflite(folder / f"{name}.f32", folder / name, recipe)
+        (folder / f"{name}.f32").unlink()
 
 
 def _convert(signatures, composites_of, folder: Path, name: str, r, flags: dict | None = None) -> list:
