@@ -10,7 +10,7 @@ import torch
 
 from runtime_py.api import Model
 
-from .converters.artifact import _plain
+from .converters.artifact import as_plain
 
 
 class ReferenceBackend:
@@ -32,7 +32,7 @@ def reference_embedder(loaded) -> Model:
         raise ValueError(f"{loaded.source} is not an embedding model (EmbeddingGemma); `embed` needs one")
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.source}: no tokenizer; `embed` takes text")
-    return Model(Path(loaded.source), ReferenceBackend(loaded), loaded.tokenizer, _plain(loaded.config), None)
+    return Model(Path(loaded.source), ReferenceBackend(loaded), loaded.tokenizer, as_plain(loaded.config), None)
 
 
 def open_embedder(source: str, artifact: bool, threads: int | None = None) -> Model:

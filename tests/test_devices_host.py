@@ -11,7 +11,7 @@ import runtime_py
 from devices.estimate import calibrate, catalogue, estimate, per_token
 from devices.host import prompt_ids
 from export.cli import main
-from export.converters.artifact import _plain
+from export.converters.artifact import as_plain
 from export.converters.litert.signatures import cache_shapes
 from export.converters.onnx import export_onnx
 from export.models import PRESETS, count_parameters
@@ -63,7 +63,7 @@ def test_host_profile_reports_medians_and_writes_json_markdown_and_chart(artifac
 
 def test_per_token_bytes_and_flops_match_independent_counts():
     c = PRESETS["gemma3-270m"]
-    config = json.loads(json.dumps(_plain(c)))
+    config = json.loads(json.dumps(as_plain(c)))
     # context 0: two FLOPs per weight in the matmuls; the norms are the only parameters left out
     flops = per_token(config, 0, 0)["flops"]
     norms = c.num_layers * (4 * c.hidden_size + 2 * c.head_dim) + c.hidden_size

@@ -15,7 +15,7 @@ import vision_oracle as vo
 from devices.estimate import calibrate, device, estimate, peak_gflops, weight_bytes
 from devices.vision import encoder_flops, image_prompt, text_config
 from export.cli import main
-from export.converters.artifact import _plain
+from export.converters.artifact import as_plain
 from export.converters.litert import export_litert
 from export.converters.litert.bundle import BUNDLE, build_litertlm
 from export.converters.onnx import export_onnx
@@ -95,7 +95,7 @@ def test_timed_steps_with_image_rows_continue_as_generate_does(artifacts, kind):
 @pytest.mark.parametrize("arch", ["gemma3", "paligemma2"])
 def test_encoder_flops_equal_torchs_count_on_transformers_model(tiny_vision, arch):
     ref, loaded = tiny_vision(arch)
-    config = json.loads(json.dumps(_plain(loaded.config)))
+    config = json.loads(json.dumps(as_plain(loaded.config)))
     size = vo.image_size(ref)
     with torch.utils.flop_counter.FlopCounterMode(display=False) as counter, torch.no_grad():
         ref.model.get_image_features(pixel_values=torch.zeros(1, 3, size, size))

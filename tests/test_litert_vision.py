@@ -237,12 +237,12 @@ def test_a_consumed_model_gives_the_same_bundle_and_is_freed(quantized, tmp_path
     _, folder = quantized
     recipe = json.loads((folder / "manifest.json").read_text())["recipe"]
     loaded = load_model(folder.parent / "hf")            # the same source: the bundle's uuid is derived from it
-    lm, convert, seen = loaded.model.language_model, vision._convert, {}
+    lm, convert, seen = loaded.model.language_model, vision.convert_to_tflite, {}
 
     def spy(signatures, composites_of, into, name, r, flags=None):
         seen[name] = {p.device.type for p in lm.parameters()}
         return convert(signatures, composites_of, into, name, r, flags)
-    monkeypatch.setattr(vision, "_convert", spy)
+    monkeypatch.setattr(vision, "convert_to_tflite", spy)
     out = export_litertlm(loaded, tmp_path / "out", recipe, (PREFILL,), CONTEXT, consume=True)
     assert seen[vision.DECODER] == seen[vision.EMBEDDER] == {"cpu"} and seen[vision.ENCODER] == {"meta"}
     assert {t.device.type for t in (*loaded.model.parameters(), *loaded.model.buffers())} == {"meta"}

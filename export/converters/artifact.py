@@ -23,15 +23,15 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _plain(obj):
+def as_plain(obj):
     if dataclasses.is_dataclass(obj):
-        return {k: _plain(v) for k, v in dataclasses.asdict(obj).items()}
+        return {k: as_plain(v) for k, v in dataclasses.asdict(obj).items()}
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: as_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [as_plain(v) for v in obj]
     return obj
 
 
@@ -49,7 +49,7 @@ def write_manifest(folder: Path, *, source: str, config, recipe, target: str, ex
     plan = {"plan": recipe.choices()} if getattr(recipe, "plan", None) else {}
     manifest = {"tool": TOOL, "tool_version": __version__, "target": target,
                 "recipe": getattr(recipe, "name", recipe), "source": source,
-                **({SOURCE_MMPROJ: str(mmproj)} if mmproj is not None else {}), "config": _plain(config),
+                **({SOURCE_MMPROJ: str(mmproj)} if mmproj is not None else {}), "config": as_plain(config),
                 "files": files, **(extra or {}), **plan}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

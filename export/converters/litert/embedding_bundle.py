@@ -21,7 +21,7 @@ from torch import nn
 from runtime_py.contract import EMBEDDINGS, INPUT_MASK, LITERT_EMBEDDING_FILES, POOLED, encoder_signature
 
 from ..artifact import import_record, staged_dir, write_manifest
-from .vision import _convert, quantize_pending
+from .vision import convert_to_tflite, quantize_pending
 
 EMBEDDER, TEXT_ENCODER = LITERT_EMBEDDING_FILES.values()
 KIND = "embedding_bundle"             # manifest.json `kind` of the artifact folder this module writes
@@ -78,9 +78,9 @@ def export_embedding_litert(loaded, out: str | Path, r, lengths=None) -> Path:
     encoder = [(encoder_signature(t), TextEncoder(model),
                 {EMBEDDINGS: torch.zeros(1, t, c.hidden_size), INPUT_MASK: torch.ones(1, t)}) for t in lengths]
     with staged_dir(out) as tmp:
-        pending = _convert(encoder, model, tmp, TEXT_ENCODER, r, LOW_MEMORY_FLAGS)
-        pending += _convert([("embedder", Embedder(model), embedder_sample())], model, tmp, EMBEDDER, r,
-                            LOW_MEMORY_FLAGS)
+        pending = convert_to_tflite(encoder, model, tmp, TEXT_ENCODER, r, LOW_MEMORY_FLAGS)
+        pending += convert_to_tflite([("embedder", Embedder(model), embedder_sample())], model, tmp, EMBEDDER, r,
+                                     LOW_MEMORY_FLAGS)
         quantize_pending(tmp, pending)
         loaded.tokenizer.save(tmp / "tokenizer.model")
         write_manifest(tmp, source=str(loaded.source), config=c, recipe=r, target="litert", extra={

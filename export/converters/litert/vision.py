@@ -89,19 +89,19 @@ def export_litert_vision(loaded, out: str | Path, r, prefill_lengths=None, cache
     with staged_dir(out) as tmp:
         decoder = [(prefill_signature(prefill), g.Decoder(lm), g.decoder_sample(lm.config, prefill, context)),
                    (DECODE_SIGNATURE, g.Decoder(lm), g.decoder_sample(lm.config, 1, context))]
-        pending = _convert(decoder, lm, tmp, DECODER, r, LOW_MEMORY_FLAGS)
+        pending = convert_to_tflite(decoder, lm, tmp, DECODER, r, LOW_MEMORY_FLAGS)
         del decoder
         # the embedder's module holds the whole backbone: a default conversion would copy its unused layers too
-        pending += _convert([("embedder", g.Embedder(lm), g.embedder_sample())], lm, tmp, EMBEDDER, r,
-                            LOW_MEMORY_FLAGS)
-        pending += _convert([("end_of_vision", g.EndOfVision(lm, g.end_of_vision_token(vc)), {})], None, tmp, END,
-                            RECIPES["fp32"])
+        pending += convert_to_tflite([("embedder", g.Embedder(lm), g.embedder_sample())], lm, tmp, EMBEDDER, r,
+                                     LOW_MEMORY_FLAGS)
+        pending += convert_to_tflite([("end_of_vision", g.EndOfVision(lm, g.end_of_vision_token(vc)), {})], None,
+                                     tmp, END, RECIPES["fp32"])
         if consume:
             release(lm)
-        pending += _convert([("vision_encoder", g.VisionEncoder(vlm), g.encoder_sample(vc))], vlm.vision_tower, tmp,
-                            ENCODER, _VISION_RECIPES.get(quant, RECIPES["fp32"]))
-        pending += _convert([("vision_adapter", g.VisionAdapter(vlm), g.adapter_sample(vc))], None, tmp, ADAPTER,
-                            RECIPES["fp32"])
+        pending += convert_to_tflite([("vision_encoder", g.VisionEncoder(vlm), g.encoder_sample(vc))],
+                                     vlm.vision_tower, tmp, ENCODER, _VISION_RECIPES.get(quant, RECIPES["fp32"]))
+        pending += convert_to_tflite([("vision_adapter", g.VisionAdapter(vlm), g.adapter_sample(vc))], None, tmp,
+                                     ADAPTER, RECIPES["fp32"])
         if consume:
             release(vlm)
         del vlm, lm
@@ -120,13 +120,13 @@ def export_litert_vision(loaded, out: str | Path, r, prefill_lengths=None, cache
 
 
 def quantize_pending(folder: Path, pending: list) -> None:
-    """Quantize what _convert left as float32 (folder/name.f32 -> folder/name) and drop the float files."""
+    """Quantize what convert_to_tflite left as float32 (folder/name.f32 -> folder/name) and drop the float files."""
     for name, recipe in pending:
         quantize_tflite(folder / f"{name}.f32", folder / name, recipe)
         (folder / f"{name}.f32").unlink()
 
 
-def _convert(signatures, composites_of, folder: Path, name: str, r, flags: dict | None = None) -> list:
+def convert_to_tflite(signatures, composites_of, folder: Path, name: str, r, flags: dict | None = None) -> list:
     """Convert `signatures` [(name, module, sample kwargs)] into folder/name (composites marked on
     `composites_of`'s modules) -> [(name, r)] when recipe `r` quantizes it: then the float32 model is left in
     folder/name.f32 for quantize_tflite; [] when folder/name is final."""
