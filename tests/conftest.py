@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +26,24 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "real_gguf" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """build(folder) -> artifact path, run once for the whole session: pytest-xdist's workers share the session's
+    temporary root, so the first worker to ask builds `name` there under a file lock while another waits, then
+    both read it (each worker building its own copy doubled the suite's slowest steps). Read-only."""
+    from filelock import FileLock
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder = root / "built_once" / name
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    done = folder.with_name(f"{name}.done")
+    with FileLock(f"{folder}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)          # what a failed build left
+            done.write_text(str(build(folder)))
+    return Path(done.read_text())
 
 
 # --- tiny random models -----------------------------------------------------------------------------
@@ -58,8 +78,8 @@ def tiny_litert(tiny_hf, tmp_path_factory):
     def get(arch: str):
         if arch not in built:
             hf = tiny_hf(arch, tokenizer=True)
-            out = export_litert(load_model(hf.path), tmp_path_factory.mktemp(f"litert-{arch}") / "litert",
-                                prefill_lengths=LITERT_PREFILL[arch], cache_length=LITERT_CONTEXT)
+            out = built_once(tmp_path_factory, f"litert-{arch}", lambda folder: export_litert(
+                load_model(hf.path), folder, prefill_lengths=LITERT_PREFILL[arch], cache_length=LITERT_CONTEXT))
             built[arch] = SimpleNamespace(folder=out, hf=hf.path, ref=hf.ref, prefill=LITERT_PREFILL[arch],
                                           context=LITERT_CONTEXT)
         return built[arch]
@@ -73,8 +93,8 @@ def tiny_embedding_web(tiny_hf, tmp_path_factory):
     from export.converters.onnx import export_onnx_web
     from export.models.checkpoints import load_model
     hf = tiny_hf("embeddinggemma", tokenizer=True)
-    return SimpleNamespace(hf=hf, folder=export_onnx_web(load_model(hf.path), tmp_path_factory.mktemp("web") / "fp32",
-                                                         "fp32", 512))
+    return SimpleNamespace(hf=hf, folder=built_once(tmp_path_factory, "web-fp32", lambda folder: export_onnx_web(
+        load_model(hf.path), folder, "fp32", 512)))
 
 
 # --- the real Gemma 3 270M --------------------------------------------------------------------------
@@ -154,11 +174,12 @@ def cli():
 
 def _real_export(real_model, tmp_path_factory, recipe: str) -> Path:
     """`gemma-export --target onnx --quant RECIPE --no-validate` on the bundled model: the CLI end to end
-    (in this process, so the model is not read again)."""
-    out = tmp_path_factory.mktemp("real") / f"gemma3-270m-onnx-{recipe}"
-    status, summary = run_cli(["--target", "onnx", "--quant", recipe, "--out", str(out), "--no-validate"])
-    assert status == 0 and summary["artifact"] == str(out) and summary["source"] == str(real_model.source)
-    return out
+    (in this process, so the model is not read again), once for all workers."""
+    def export(out: Path) -> Path:
+        status, summary = run_cli(["--target", "onnx", "--quant", recipe, "--out", str(out), "--no-validate"])
+        assert status == 0 and summary["artifact"] == str(out) and summary["source"] == str(real_model.source)
+        return out
+    return built_once(tmp_path_factory, f"gemma3-270m-onnx-{recipe}", export)
 
 
 @pytest.fixture(scope="session")
