@@ -45,6 +45,16 @@ DECODE_SIGNATURE = "decode"
 PREFILL_PREFIX = "prefill_"                # prefill_{T}: T new tokens
 EMBED_PREFIX = "embed_"                    # embed_{T}: an EmbeddingGemma sequence padded to T tokens
 KV_CACHE_PREFIX = "kv_cache_"              # kv_cache_k_{i}, kv_cache_v_{i}
+TOKENS, INPUT_POS = "tokens", "input_pos"  # int32 [1, T], int32 [T]: a text signature's inputs beside the caches
+LOGITS = "logits"                          # float32 [1, T, V]: decode's output (T = 1) and a prefill's (below)
+# What a text artifact's `prefill_{T}` signatures output as LOGITS, recorded as manifest.json's PREFILL_LOGITS:
+#   PREFILL_ALL_ROWS (True)  every row [1, T, V] (`--target litert`: runtime_py's logits() reads a prompt in chunks)
+#   PREFILL_NO_LOGITS (False) none (`--target android|ios` bundles: LiteRT-LM holds a prompt's last token back for
+#                            `decode` and never reads prefill logits; readers take every position through decode)
+#   PREFILL_LAST_ROW ("last") the last real row [1, 1, V] (vision-language graphs)
+# Readers go by the signature's output shape, so artifacts of any of these kinds load.
+PREFILL_LOGITS = "prefill_logits"
+PREFILL_ALL_ROWS, PREFILL_NO_LOGITS, PREFILL_LAST_ROW = True, False, "last"
 
 # --- recurrent state (RecurrentGemma), the same input names on both formats ---------------------------------
 RG_LRU_STATE = "rg_lru_state_{i}"          # [B, lru_width] float32: the RG-LRU hidden state

@@ -17,8 +17,8 @@ import shutil
 import uuid
 from pathlib import Path
 
-from runtime_py.contract import (CONFIG_KEY, DEFAULT_PREFILL, END_OF_TURN, RECURRENT, SLIDING_ATTENTION,
-                                 TURN_TEMPLATES, VISION_KEY, kv_cache_names, parse_kv_cache_name)
+from runtime_py.contract import (CONFIG_KEY, DEFAULT_PREFILL, END_OF_TURN, PREFILL_NO_LOGITS, RECURRENT,
+                                 SLIDING_ATTENTION, TURN_TEMPLATES, VISION_KEY, kv_cache_names, parse_kv_cache_name)
 from runtime_py.files import atomic_path
 
 from ... import __version__
@@ -210,7 +210,10 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
                     cache_length: int | None = None, vision_quant: str | None = None, consume: bool = False) -> Path:
     """Export a LoadedModel (causal, vision-language or EmbeddingGemma) to `out_dir`: model.litertlm (+
     tokenizer.model and manifest.json beside it). The LiteRT artifact is converted into a temporary folder first,
-    then bundled. consume: export_litert's."""
+    then bundled. consume: export_litert's. A text model's prefill signatures output no logits
+    (contract.PREFILL_NO_LOGITS): LiteRT-LM runs all but a prompt's last token through them and that token through
+    `decode`, never reading prefill logits, and with Gemma's 262k vocabulary the LM head over every row would be most
+    of a prefill's work (README, issue #19)."""
     from . import export_litert
 
     if why := unbundleable(loaded.config):
@@ -228,7 +231,8 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
             litert = export_embedding_litert(loaded, work / "litert", recipe_for(recipe, "litert"), prefill_lengths)
         else:
             litert = export_litert(loaded, work / "litert", recipe, prefill_lengths or DEFAULT_PREFILL, cache_length,
-                                   consume=consume, **({"vision_quant": vision_quant} if vision_quant else {}))
+                                   prefill_logits=PREFILL_NO_LOGITS, consume=consume,
+                                   **({"vision_quant": vision_quant} if vision_quant else {}))
         inner = json.loads((litert / MANIFEST).read_text())
         with staged_dir(out_dir) as tmp:
             build_litertlm(litert, tmp / BUNDLE)
