@@ -41,6 +41,7 @@ PIXEL_VALUES, IMAGE_FEATURES, INPUTS_EMBEDS = "pixel_values", "image_features", 
 VISION_KEY = "vision"                      # manifest.json: how images become rows (kind, size, ids, normalisation)
 
 # --- LiteRT signatures (LiteRT-LM's names) -------------------------------------------------------------------
+PREFILL_DECODE_SECTION = "tf_lite_prefill_decode"  # a .litertlm section's model_type: the text model (these signatures)
 DECODE_SIGNATURE = "decode"
 PREFILL_PREFIX = "prefill_"                # prefill_{T}: T new tokens
 EMBED_PREFIX = "embed_"                    # embed_{T}: an EmbeddingGemma sequence padded to T tokens
@@ -97,7 +98,7 @@ def is_cache(name: str) -> bool:
 
 # --- vision-language LiteRT (LiteRT-LM 0.18's vision sections; README "LiteRT vision bundles") ---------------
 # section model_type (the .litertlm section's `model_type` item) -> the .tflite file of an artifact folder
-LITERT_VISION_FILES = {"tf_lite_prefill_decode": "model.tflite", "tf_lite_embedder": "embedder.tflite",
+LITERT_VISION_FILES = {PREFILL_DECODE_SECTION: "model.tflite", "tf_lite_embedder": "embedder.tflite",
                        "tf_lite_vision_encoder": "vision_encoder.tflite",
                        "tf_lite_vision_adapter": "vision_adapter.tflite",
                        "tf_lite_end_of_vision": "end_of_vision.tflite"}

@@ -16,14 +16,18 @@ Depends on ai_edge_litert, numpy and the standard library only (plus runtime_py'
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, INPUT_POS, KV_CACHE_PREFIX, LOGITS, PREFILL_PREFIX,
-                       STATE_PREFIXES, TEXT_ENCODER_SECTION, TOKENS, VISION_KEY, is_cache)
+from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, INPUT_POS, KV_CACHE_PREFIX, LOGITS,
+                       PREFILL_DECODE_SECTION, PREFILL_PREFIX, STATE_PREFIXES, TEXT_ENCODER_SECTION, TOKENS, VISION_KEY,
+                       is_cache)
 from .litert_embedding import LiteRTBundleEmbedder, LiteRTEmbedder
 from .litert_compiled import Signature, State, carried, compile_tflite
 from .litert_vision import LiteRTVisionBackend, greedy_chunks
@@ -265,14 +269,15 @@ def tflite_section_sizes(path: str | Path) -> dict[str, int]:
     path = Path(path)
     with open(path, "rb") as f:
         _, _, spans = _header(f, path, path.stat().st_size)
-    return {items.get("model_type", "tf_lite_prefill_decode"): stop - begin
+    return {items.get("model_type", PREFILL_DECODE_SECTION): stop - begin
             for kind, begin, stop, items in spans if kind == _TFLITE}
 
 
-def read_litertlm(path: str | Path) -> dict:
+def read_litertlm(path: str | Path, models: bool = True) -> dict:
     """The sections runtime_py uses from a `.litertlm` file: {"tflite": bytes (the prefill/decode model),
-    "models": {section model type: bytes} (every TFLite section), "tokenizer": bytes | None,
-    "max_num_tokens": int | None, "system": {key: str}}."""
+    "models": {section model type: bytes} (every TFLite section), "spans": {section model type: (begin, end)}
+    (their bytes in the file), "tokenizer": bytes | None, "max_num_tokens": int | None, "system": {key: str}}.
+    models=False: the TFLite sections are not read ("tflite" None, "models" {}; section_file reads one)."""
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -285,10 +290,17 @@ def read_litertlm(path: str | Path) -> dict:
             f.seek(begin)
             return f.read(stop - begin)
 
-        out = {"tflite": None, "models": {}, "tokenizer": None, "max_num_tokens": None, "system": system}
+        out = {"tflite": None, "models": {}, "spans": {}, "tokenizer": None, "max_num_tokens": None,
+               "system": system}
         for kind, begin, stop, items in spans:
             if kind == _TFLITE:
-                out["models"][items.get("model_type", "tf_lite_prefill_decode")] = read(begin, stop)
+                section = items.get("model_type", PREFILL_DECODE_SECTION)
+                if not end <= begin <= stop <= size:
+                    raise ValueError(f"{path}: damaged .litertlm header (a section spans bytes {begin}..{stop}, "
+                                     f"the file has {size})")
+                out["spans"][section] = (begin, stop)
+                if models:
+                    out["models"][section] = read(begin, stop)
             elif kind == _TFLITE_WEIGHTS:
                 raise ValueError(f"{path}: external TFLite weights sections are not supported by runtime_py")
             elif kind == _SP_TOKENIZER and out["tokenizer"] is None:
@@ -298,17 +310,39 @@ def read_litertlm(path: str | Path) -> dict:
                     out["max_num_tokens"] = _proto_fields(read(begin, stop)).get(5) or None    # max_num_tokens
                 except (KeyError, IndexError) as e:
                     raise ValueError(f"{path}: damaged LlmMetadata section ({e!r})") from e
-    out["tflite"] = out["models"].get("tf_lite_prefill_decode")
-    if out["tflite"] is None and TEXT_ENCODER_SECTION not in out["models"]:
+    out["tflite"] = out["models"].get(PREFILL_DECODE_SECTION)
+    if not {PREFILL_DECODE_SECTION, TEXT_ENCODER_SECTION} & set(out["spans"]):
         raise ValueError(f"{path}: no TFLite prefill/decode (or text encoder) model section")
     return out
+
+
+@contextlib.contextmanager
+def section_file(path: str | Path, span: tuple[int, int]):
+    """A temporary .tflite file holding bytes span = (begin, end) of `path` (a TFLite section), removed on exit.
+    LiteRT maps a model it compiles from a file and keeps only the pages it reads resident (the packed weights are
+    XNNPACK's own copy); compiled from bytes, the whole section stays in the process's memory."""
+    begin, stop = span
+    tmp = tempfile.NamedTemporaryFile(suffix=".tflite", delete=False)
+    try:
+        with open(path, "rb") as src, tmp:
+            src.seek(begin)
+            left = stop - begin
+            while left:
+                chunk = src.read(min(left, 1 << 24))
+                if not chunk:
+                    raise ValueError(f"{path}: damaged .litertlm (a section ends past the file)")
+                tmp.write(chunk)
+                left -= len(chunk)
+        yield tmp.name
+    finally:
+        os.unlink(tmp.name)
 
 
 def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBackend, bytes | None, dict]:
     """(backend, SentencePiece model bytes or None, our stored facts {config, context_length, ...} or {}).
     A vision-language bundle (its facts have a `vision` section): a LiteRTVisionBackend over its sections; an
     embedding bundle (a text encoder section): a LiteRTBundleEmbedder."""
-    bundle = read_litertlm(path)
+    bundle = read_litertlm(path, models=False)
     try:
         facts = json.loads(bundle["system"].get(CONFIG_KEY, "{}"))
     except ValueError as e:
@@ -316,6 +350,8 @@ def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBac
     if not isinstance(facts, dict):
         raise ValueError(f"{path}: its {CONFIG_KEY} metadata is not a JSON object")
     limits = [n for n in (bundle["max_num_tokens"], facts.get("context_length")) if n]
+    if isinstance(facts.get(VISION_KEY), dict) or PREFILL_DECODE_SECTION not in bundle["spans"]:
+        bundle = read_litertlm(path)                      # the sections' bytes (few: the vision models are small)
     if isinstance(facts.get(VISION_KEY), dict):
         return (LiteRTVisionBackend(bundle["models"], facts[VISION_KEY], threads, min(limits) if limits else None,
                                     str(path)), bundle["tokenizer"], facts)
@@ -323,6 +359,6 @@ def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBac
         models = {section: compile_tflite(None, content, threads, str(path))
                   for section, content in bundle["models"].items()}
         return LiteRTBundleEmbedder(models, str(path)), bundle["tokenizer"], facts
-    backend = LiteRTBackend(model_content=bundle["tflite"], threads=threads,
-                            context_length=min(limits) if limits else None, name=str(path))
+    with section_file(path, bundle["spans"][PREFILL_DECODE_SECTION]) as model:      # mapped by LiteRT, which keeps it
+        backend = LiteRTBackend(model, threads=threads, context_length=min(limits) if limits else None, name=str(path))
     return backend, bundle["tokenizer"], facts

@@ -121,3 +121,18 @@ def test_validate_catches_a_broken_prefill(bundle, monkeypatch):
     assert not report["conversion"]["passed"]
     assert any(f.startswith("prefill ") for f in report["conversion"]["failures"])
     assert not any(f.startswith("sequence ") for f in report["conversion"]["failures"])
+
+
+def test_a_bundle_runs_from_a_mapped_temporary_file(bundle, tmp_path, monkeypatch):
+    """runtime_py compiles the bundle's model from a temporary file that LiteRT maps (so only the pages it reads
+    are resident), removed as soon as the model is compiled; the logits are still transformers'."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = runtime_py.load(bundle.file)
+    assert list(tmp_path.iterdir()) == []
+    with open("/proc/self/maps") as f:
+        assert any(str(tmp_path) in line and "(deleted)" in line for line in f)
+    ids = np.random.default_rng(6).integers(0, 384, 20).tolist()
+    with torch.no_grad():
+        expected = bundle.ref(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(model.logits(ids) - expected).max() < 1e-4

@@ -17,8 +17,9 @@ import shutil
 import uuid
 from pathlib import Path
 
-from runtime_py.contract import (CONFIG_KEY, DEFAULT_PREFILL, END_OF_TURN, PREFILL_NO_LOGITS, RECURRENT,
-                                 SLIDING_ATTENTION, TURN_TEMPLATES, VISION_KEY, kv_cache_names, parse_kv_cache_name)
+from runtime_py.contract import (CONFIG_KEY, DEFAULT_PREFILL, END_OF_TURN, PREFILL_DECODE_SECTION, PREFILL_NO_LOGITS,
+                                 RECURRENT, SLIDING_ATTENTION, TURN_TEMPLATES, VISION_KEY, kv_cache_names,
+                                 parse_kv_cache_name)
 from runtime_py.files import atomic_path
 
 from ... import __version__
@@ -137,7 +138,7 @@ def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int 
     if why := unbundleable(config):
         raise ValueError(f"{folder / MANIFEST}: {why}")
     vision = manifest.get(VISION_KEY)
-    models = vision_files(folder, vision) if vision else [("tf_lite_prefill_decode", model)]
+    models = vision_files(folder, vision) if vision else [(PREFILL_DECODE_SECTION, model)]
     text = config.get("text") if vision else config          # the decoder's config
     max_tokens = int(max_tokens or context)
     if max_tokens < 1 or (context and max_tokens > context):
