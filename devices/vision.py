@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from runtime_py.contract import EMBEDDING_FILE, LITERT_VISION_FILES, VISION_FILE, VISION_KEY
+from runtime_py.contract import EMBEDDING_FILE, LITERT_VISION_FILES, PREFILL_DECODE_SECTION, VISION_FILE, VISION_KEY
 
 IMAGE = 0                      # the bundled image profiled (export.data.images' first entry)
 METRICS = ("image_preprocess_ms", "image_encode_ms", "image_prefill_tok_s", "image_ttft_ms")
-DECODER_SECTION = "tf_lite_prefill_decode"
+DECODER_SECTION = PREFILL_DECODE_SECTION
 
 
 def text_config(config: dict) -> dict:

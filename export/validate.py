@@ -4,7 +4,9 @@ on the same bundled multi-domain text, longer than the sliding window, and answe
 - conversion (the gate): does the artifact compute what its recipe says? It is compared with the
   reference model with the same recipe simulated in PyTorch (export.quantize.simulate), over the
   whole-sequence logits and over teacher-forced decode steps through the artifact's caches, against
-  the recipe's model-independent thresholds. A miss is a converter bug on any model.
+  the recipe's model-independent thresholds. A miss is a converter bug on any model. A LiteRT bundle's
+  prefill signatures output no logits (what LiteRT-LM needs): its whole sequence is read through decode
+  steps, and each prefill signature through the decode steps after a prompt it ran.
 - quantization (reported): what did the recipe cost on this checkpoint? The artifact against the
   float reference: top-1 agreement, KL, perplexity, greedy match (embedding models: cosine and top-10
   retrieval overlap on a bundled query/document set, export.validate_embedding). Only a floor that catches a catastrophe fails it by default; users set their own bar.
@@ -190,8 +192,15 @@ def _logits(art, model, sim, context: int) -> tuple[dict, dict]:
     ref_logits = model(torch.tensor([ids]), positions)[0][0].numpy()
     # a float recipe's simulation is the reference itself: its logits are not computed twice
     sim_logits = ref_logits if sim is model else sim(torch.tensor([ids]), positions)[0][0].numpy()
+    # every position: from the prefill chunks, or token by token through decode where the prefill signatures
+    # output no logits (a .litertlm bundle's: what LiteRT-LM needs), whose caches are then checked by the steps
+    # that follow each of them (below)
     art_logits = art.logits(ids)
-    figures = {**compare_logits(ref_logits, art_logits, ids), "tokens": len(ids)}
+    chunks = getattr(art.backend, "prefill_logits", True)
+    figures = {**compare_logits(ref_logits, art_logits, ids), "tokens": len(ids),
+               **({} if chunks else {"logits_checked": "every position through decode steps (the prefill signatures "
+                                                       "output no logits); each prefill signature through the "
+                                                       "decode steps after it"})}
     # past the window when the context allows; a short-context artifact greedy-decodes what fits
     prompt = ids[:min(len(ids), (c.sliding_window or 0) + 16, context // 2)]
     count = min(GREEDY_TOKENS, context - len(prompt))
@@ -204,9 +213,27 @@ def _logits(art, model, sim, context: int) -> tuple[dict, dict]:
     step = art.backend.stepper(len(prompt) + steps)
     step(prompt, 0)
     decode = np.stack([step([ids[p]], p) for p in range(len(prompt), len(prompt) + steps)])
-    conversion = {"prefill": agreement(sim_logits, art_logits),
-                  "decode": agreement(sim_logits[len(prompt):len(prompt) + steps], decode)}
+    conversion = {"prefill": agreement(sim_logits, art_logits)} if chunks else {
+        "sequence": agreement(sim_logits, art_logits), **_after_each_prefill(art.backend, ids, sim_logits)}
+    conversion["decode"] = agreement(sim_logits[len(prompt):len(prompt) + steps], decode)
     return figures, conversion
+
+
+def _after_each_prefill(backend, ids: list[int], sim_logits: np.ndarray) -> dict:
+    """{"prefill": figures}: the prefill signatures of an artifact whose prefill outputs no logits, checked through
+    what they leave in the caches: for each length T < len(ids), ids[:T] through `prefill_T` in one full chunk, then
+    DECODE_TOKENS teacher-forced decode steps from position T (the first one the prompt's held-back last token, as
+    LiteRT-LM runs a prompt). {} if no length fits."""
+    rows, want = [], []
+    for t in backend.prefill_lengths:
+        n = min(DECODE_TOKENS, len(ids) - t)
+        if n < 1:
+            continue
+        step = backend.stepper(t + n)
+        rows.append(step(ids[:t + 1], 0))
+        rows += [step([ids[p]], p) for p in range(t + 1, t + n)]
+        want.append(sim_logits[t:t + n])
+    return {"prefill": agreement(np.concatenate(want), np.stack(rows))} if rows else {}
 
 
 def _conversion_check(figures: dict, t) -> dict:

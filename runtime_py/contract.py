@@ -41,10 +41,21 @@ PIXEL_VALUES, IMAGE_FEATURES, INPUTS_EMBEDS = "pixel_values", "image_features", 
 VISION_KEY = "vision"                      # manifest.json: how images become rows (kind, size, ids, normalisation)
 
 # --- LiteRT signatures (LiteRT-LM's names) -------------------------------------------------------------------
+PREFILL_DECODE_SECTION = "tf_lite_prefill_decode"  # a .litertlm section's model_type: the text model (these signatures)
 DECODE_SIGNATURE = "decode"
 PREFILL_PREFIX = "prefill_"                # prefill_{T}: T new tokens
 EMBED_PREFIX = "embed_"                    # embed_{T}: an EmbeddingGemma sequence padded to T tokens
 KV_CACHE_PREFIX = "kv_cache_"              # kv_cache_k_{i}, kv_cache_v_{i}
+TOKENS, INPUT_POS = "tokens", "input_pos"  # int32 [1, T], int32 [T]: a text signature's inputs beside the caches
+LOGITS = "logits"                          # float32 [1, T, V]: decode's output (T = 1) and a prefill's (below)
+# What a text artifact's `prefill_{T}` signatures output as LOGITS, recorded as manifest.json's PREFILL_LOGITS:
+#   PREFILL_ALL_ROWS (True)  every row [1, T, V] (`--target litert`: runtime_py's logits() reads a prompt in chunks)
+#   PREFILL_NO_LOGITS (False) none (`--target android|ios` bundles: LiteRT-LM holds a prompt's last token back for
+#                            `decode` and never reads prefill logits; readers take every position through decode)
+#   PREFILL_LAST_ROW ("last") the last real row [1, 1, V] (vision-language graphs)
+# Readers go by the signature's output shape, so artifacts of any of these kinds load.
+PREFILL_LOGITS = "prefill_logits"
+PREFILL_ALL_ROWS, PREFILL_NO_LOGITS, PREFILL_LAST_ROW = True, False, "last"
 
 # --- recurrent state (RecurrentGemma), the same input names on both formats ---------------------------------
 RG_LRU_STATE = "rg_lru_state_{i}"          # [B, lru_width] float32: the RG-LRU hidden state
@@ -87,7 +98,7 @@ def is_cache(name: str) -> bool:
 
 # --- vision-language LiteRT (LiteRT-LM 0.18's vision sections; README "LiteRT vision bundles") ---------------
 # section model_type (the .litertlm section's `model_type` item) -> the .tflite file of an artifact folder
-LITERT_VISION_FILES = {"tf_lite_prefill_decode": "model.tflite", "tf_lite_embedder": "embedder.tflite",
+LITERT_VISION_FILES = {PREFILL_DECODE_SECTION: "model.tflite", "tf_lite_embedder": "embedder.tflite",
                        "tf_lite_vision_encoder": "vision_encoder.tflite",
                        "tf_lite_vision_adapter": "vision_adapter.tflite",
                        "tf_lite_end_of_vision": "end_of_vision.tflite"}

@@ -4,9 +4,10 @@ CompiledModel API (runtime_py.litert_compiled), from an artifact folder (model.t
 
 Signature contract (LiteRT-LM's names, gemma-export's LiteRT target): inputs `tokens` int32 [1, T], `input_pos`
 int32 [T], `kv_cache_k_{i}` / `kv_cache_v_{i}` [1, G, S_i, D] (RecurrentGemma's recurrent layers: `rg_lru_state_{i}`
-[1, W], `conv1d_state_{i}` [1, K-1, W] instead); outputs `logits` [1, T, V] (prefill signatures may omit it) and the
-updated caches and states. The attention mask is computed in the graph; a chunk of n < T tokens runs through
-`prefill_T` with the tail padded (tokens 0, input_pos 0) and the graph keeps only the n real tokens.
+[1, W], `conv1d_state_{i}` [1, K-1, W] instead); outputs `logits` [1, T, V] (a prefill signature's may have every
+row, none -- `.litertlm` bundles -- or the last one: contract.PREFILL_LOGITS) and the updated caches and states. The
+attention mask is computed in the graph; a chunk of n < T tokens runs through `prefill_T` with the tail padded
+(tokens 0, input_pos 0) and the graph keeps only the n real tokens.
 
 Each stepper owns its caches as TensorBuffers that every call updates in place (litert_compiled.State): a decode
 step copies no cache in or out, and reads back only the logits it returns.
@@ -15,14 +16,18 @@ Depends on ai_edge_litert, numpy and the standard library only (plus runtime_py'
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, KV_CACHE_PREFIX, PREFILL_PREFIX, STATE_PREFIXES,
-                       TEXT_ENCODER_SECTION, VISION_KEY, is_cache)
+from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, INPUT_POS, KV_CACHE_PREFIX, LOGITS,
+                       PREFILL_DECODE_SECTION, PREFILL_PREFIX, STATE_PREFIXES, TEXT_ENCODER_SECTION, TOKENS, VISION_KEY,
+                       is_cache)
 from .litert_embedding import LiteRTBundleEmbedder, LiteRTEmbedder
 from .litert_compiled import Signature, State, carried, compile_tflite
 from .litert_vision import LiteRTVisionBackend, greedy_chunks
@@ -39,14 +44,20 @@ class _Signature(Signature):
 
     def __init__(self, model, name: str, where: str):
         super().__init__(model, name)
-        extra = [k for k in self.inputs if k not in ("tokens", "input_pos") and not is_cache(k)]
-        if extra or not {"tokens", "input_pos"} <= set(self.inputs):
-            raise ValueError(f"{where}: signature {name!r} has inputs {list(self.inputs)}; runtime_py feeds tokens, "
-                             f"input_pos, {KV_CACHE_PREFIX}* and {'*, '.join(STATE_PREFIXES)}* only (the attention "
+        extra = [k for k in self.inputs if k not in (TOKENS, INPUT_POS) and not is_cache(k)]
+        if extra or not {TOKENS, INPUT_POS} <= set(self.inputs):
+            raise ValueError(f"{where}: signature {name!r} has inputs {list(self.inputs)}; runtime_py feeds {TOKENS}, "
+                             f"{INPUT_POS}, {KV_CACHE_PREFIX}* and {'*, '.join(STATE_PREFIXES)}* only (the attention "
                              f"mask computed in the graph)")
-        self.length = int(self.inputs["input_pos"]["shape"][-1])
-        self.tokens = np.zeros(self.inputs["tokens"]["shape"], self.inputs["tokens"]["dtype"])
-        self.positions = np.zeros(self.inputs["input_pos"]["shape"], self.inputs["input_pos"]["dtype"])
+        self.length = int(self.inputs[INPUT_POS]["shape"][-1])
+        self.tokens = np.zeros(self.inputs[TOKENS]["shape"], self.inputs[TOKENS]["dtype"])
+        self.positions = np.zeros(self.inputs[INPUT_POS]["shape"], self.inputs[INPUT_POS]["dtype"])
+
+    def all_rows(self) -> bool:
+        """Whether this signature outputs logits for each of its T rows (contract.PREFILL_ALL_ROWS); a prefill
+        signature without logits or with the last row's only does not."""
+        shape = self.outputs.get(LOGITS, {}).get("shape")
+        return shape is not None and len(shape) == 3 and shape[1] == self.length
 
 
 class LiteRTBackend:
@@ -69,9 +80,11 @@ class LiteRTBackend:
         self.caches = carried(self.decode.inputs)
         for sig in [self.decode, *self.prefill.values()]:
             missing = [c for c in self.caches if sig.inputs.get(c) != self.decode.inputs[c] or c not in sig.outputs]
-            if missing or (sig is self.decode and "logits" not in sig.outputs):
-                raise ValueError(f"{self.path}: signature {sig.name!r} lacks {missing or ['logits']}")
-        self.prefill_logits = all("logits" in s.outputs for s in self.prefill.values())
+            if missing or (sig is self.decode and LOGITS not in sig.outputs):
+                raise ValueError(f"{self.path}: signature {sig.name!r} lacks {missing or [LOGITS]}")
+        # Prompt logits come from the prefill chunks only if every prefill signature gives every row (a bundle's
+        # give none: contract.PREFILL_LOGITS); otherwise logits() runs decode steps.
+        self.prefill_logits = all(s.all_rows() for s in self.prefill.values())
         # A prompt's last token goes through decode, as LiteRT-LM runs it: the prefill chunks' logits [1, T, V]
         # (T MB each) are then never read, which would cost as much memory again. False: read from prefill.
         self.hold_last = True
@@ -82,7 +95,7 @@ class LiteRTBackend:
             # Recurrent states (Griffin): the KV caches are all attention-window ring buffers, so the
             # context is what the artifact states, not the longest cache.
             self.context_length = context_length
-        self.vocab_size = int(self.decode.outputs["logits"]["shape"][-1])
+        self.vocab_size = int(self.decode.outputs[LOGITS]["shape"][-1])
         self.prefill_lengths = sorted(self.prefill)
 
     def new_state(self) -> State:
@@ -95,13 +108,13 @@ class LiteRTBackend:
         n = len(tokens)
         sig.tokens.reshape(-1)[:n], sig.tokens.reshape(-1)[n:] = tokens, 0
         sig.positions.reshape(-1)[:n], sig.positions.reshape(-1)[n:] = np.arange(start, start + n), 0
-        sig.run({"tokens": sig.tokens, "input_pos": sig.positions}, state)
+        sig.run({TOKENS: sig.tokens, INPUT_POS: sig.positions}, state)
         return sig
 
     @staticmethod
     def logits_of(sig: _Signature, n: int) -> np.ndarray:
         """The logits of the last run's n real positions: [n, V] float32."""
-        return np.asarray(sig.read("logits", n), dtype=np.float32)
+        return np.asarray(sig.read(LOGITS, n), dtype=np.float32)
 
     def chunks(self, count: int) -> list[tuple[int, int]]:
         """How LiteRT-LM cuts `count` prompt tokens into prefill calls (litert_vision.greedy_chunks)."""
@@ -120,7 +133,7 @@ class LiteRTBackend:
         plan = self.chunks(len(ids)) if self.prefill_logits else [(1, 1)] * len(ids)
         for t, n in plan:
             ran = self.run(self.prefill[t] if self.prefill_logits else self.decode, ids[pos:pos + n], pos, state)
-            ran.read_into("logits", rows[pos:pos + n])
+            ran.read_into(LOGITS, rows[pos:pos + n])
             pos += n
         return rows
 
@@ -256,14 +269,15 @@ def tflite_section_sizes(path: str | Path) -> dict[str, int]:
     path = Path(path)
     with open(path, "rb") as f:
         _, _, spans = _header(f, path, path.stat().st_size)
-    return {items.get("model_type", "tf_lite_prefill_decode"): stop - begin
+    return {items.get("model_type", PREFILL_DECODE_SECTION): stop - begin
             for kind, begin, stop, items in spans if kind == _TFLITE}
 
 
-def read_litertlm(path: str | Path) -> dict:
+def read_litertlm(path: str | Path, models: bool = True) -> dict:
     """The sections runtime_py uses from a `.litertlm` file: {"tflite": bytes (the prefill/decode model),
-    "models": {section model type: bytes} (every TFLite section), "tokenizer": bytes | None,
-    "max_num_tokens": int | None, "system": {key: str}}."""
+    "models": {section model type: bytes} (every TFLite section), "spans": {section model type: (begin, end)}
+    (their bytes in the file), "tokenizer": bytes | None, "max_num_tokens": int | None, "system": {key: str}}.
+    models=False: the TFLite sections are not read ("tflite" None, "models" {}; section_file reads one)."""
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -276,10 +290,17 @@ def read_litertlm(path: str | Path) -> dict:
             f.seek(begin)
             return f.read(stop - begin)
 
-        out = {"tflite": None, "models": {}, "tokenizer": None, "max_num_tokens": None, "system": system}
+        out = {"tflite": None, "models": {}, "spans": {}, "tokenizer": None, "max_num_tokens": None,
+               "system": system}
         for kind, begin, stop, items in spans:
             if kind == _TFLITE:
-                out["models"][items.get("model_type", "tf_lite_prefill_decode")] = read(begin, stop)
+                section = items.get("model_type", PREFILL_DECODE_SECTION)
+                if not end <= begin <= stop <= size:
+                    raise ValueError(f"{path}: damaged .litertlm header (a section spans bytes {begin}..{stop}, "
+                                     f"the file has {size})")
+                out["spans"][section] = (begin, stop)
+                if models:
+                    out["models"][section] = read(begin, stop)
             elif kind == _TFLITE_WEIGHTS:
                 raise ValueError(f"{path}: external TFLite weights sections are not supported by runtime_py")
             elif kind == _SP_TOKENIZER and out["tokenizer"] is None:
@@ -289,17 +310,39 @@ def read_litertlm(path: str | Path) -> dict:
                     out["max_num_tokens"] = _proto_fields(read(begin, stop)).get(5) or None    # max_num_tokens
                 except (KeyError, IndexError) as e:
                     raise ValueError(f"{path}: damaged LlmMetadata section ({e!r})") from e
-    out["tflite"] = out["models"].get("tf_lite_prefill_decode")
-    if out["tflite"] is None and TEXT_ENCODER_SECTION not in out["models"]:
+    out["tflite"] = out["models"].get(PREFILL_DECODE_SECTION)
+    if not {PREFILL_DECODE_SECTION, TEXT_ENCODER_SECTION} & set(out["spans"]):
         raise ValueError(f"{path}: no TFLite prefill/decode (or text encoder) model section")
     return out
+
+
+@contextlib.contextmanager
+def section_file(path: str | Path, span: tuple[int, int]):
+    """A temporary .tflite file holding bytes span = (begin, end) of `path` (a TFLite section), removed on exit.
+    LiteRT maps a model it compiles from a file and keeps only the pages it reads resident (the packed weights are
+    XNNPACK's own copy); compiled from bytes, the whole section stays in the process's memory."""
+    begin, stop = span
+    tmp = tempfile.NamedTemporaryFile(suffix=".tflite", delete=False)
+    try:
+        with open(path, "rb") as src, tmp:
+            src.seek(begin)
+            left = stop - begin
+            while left:
+                chunk = src.read(min(left, 1 << 24))
+                if not chunk:
+                    raise ValueError(f"{path}: damaged .litertlm (a section ends past the file)")
+                tmp.write(chunk)
+                left -= len(chunk)
+        yield tmp.name
+    finally:
+        os.unlink(tmp.name)
 
 
 def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBackend, bytes | None, dict]:
     """(backend, SentencePiece model bytes or None, our stored facts {config, context_length, ...} or {}).
     A vision-language bundle (its facts have a `vision` section): a LiteRTVisionBackend over its sections; an
     embedding bundle (a text encoder section): a LiteRTBundleEmbedder."""
-    bundle = read_litertlm(path)
+    bundle = read_litertlm(path, models=False)
     try:
         facts = json.loads(bundle["system"].get(CONFIG_KEY, "{}"))
     except ValueError as e:
@@ -307,6 +350,8 @@ def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBac
     if not isinstance(facts, dict):
         raise ValueError(f"{path}: its {CONFIG_KEY} metadata is not a JSON object")
     limits = [n for n in (bundle["max_num_tokens"], facts.get("context_length")) if n]
+    if isinstance(facts.get(VISION_KEY), dict) or PREFILL_DECODE_SECTION not in bundle["spans"]:
+        bundle = read_litertlm(path)                      # the sections' bytes (few: the vision models are small)
     if isinstance(facts.get(VISION_KEY), dict):
         return (LiteRTVisionBackend(bundle["models"], facts[VISION_KEY], threads, min(limits) if limits else None,
                                     str(path)), bundle["tokenizer"], facts)
@@ -314,6 +359,6 @@ def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBac
         models = {section: compile_tflite(None, content, threads, str(path))
                   for section, content in bundle["models"].items()}
         return LiteRTBundleEmbedder(models, str(path)), bundle["tokenizer"], facts
-    backend = LiteRTBackend(model_content=bundle["tflite"], threads=threads,
-                            context_length=min(limits) if limits else None, name=str(path))
+    with section_file(path, bundle["spans"][PREFILL_DECODE_SECTION]) as model:      # mapped by LiteRT, which keeps it
+        backend = LiteRTBackend(model, threads=threads, context_length=min(limits) if limits else None, name=str(path))
     return backend, bundle["tokenizer"], facts

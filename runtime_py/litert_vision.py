@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .contract import (ATTENTION_MASK, BIDIRECTIONAL, DECODE_SIGNATURE, EMBEDDINGS, IMAGES, LITERT_VISION_FILES,
-                       MASK_HIDDEN, MASK_VISIBLE, MM_EMBEDDING, PREFILL_PREFIX, TOKEN_IDS, VISION_BIDIRECTIONAL,
-                       signature_length)
+from .contract import (ATTENTION_MASK, BIDIRECTIONAL, DECODE_SIGNATURE, EMBEDDINGS, IMAGES, INPUT_POS,
+                       LITERT_VISION_FILES, LOGITS, MASK_HIDDEN, MASK_VISIBLE, MM_EMBEDDING, PREFILL_PREFIX, TOKEN_IDS,
+                       VISION_BIDIRECTIONAL, signature_length)
 from .litert_compiled import Signature, State, carried, compile_tflite
 from .sampling import check_step
 
@@ -77,9 +77,9 @@ class LiteRTVisionBackend:
         self.caches = carried(self.decode.inputs)
         self.slots = int(self.decode.inputs[ATTENTION_MASK]["shape"][-1])
         self.context_length = min(self.slots, context_length) if context_length else self.slots
-        self.vocab_size = int(self.decode.outputs["logits"]["shape"][-1])
+        self.vocab_size = int(self.decode.outputs[LOGITS]["shape"][-1])
         self.prefill_lengths = sorted(self.prefill)
-        self.hold_last = any("logits" not in r.outputs for r in self.prefill.values())
+        self.hold_last = any(LOGITS not in r.outputs for r in self.prefill.values())
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """pixels [N, 3, S, S] (normalised by the processor's mean and std) -> rows [N, tokens_per_image, d]."""
@@ -131,7 +131,7 @@ class LiteRTVisionBackend:
         x[0, :len(tokens)] = rows
         pos = np.zeros(length, np.int32)
         pos[:len(tokens)] = np.arange(start, start + len(tokens))
-        sig.run({EMBEDDINGS: x, "input_pos": pos, ATTENTION_MASK: self.mask(tokens, start, length)}, state)
+        sig.run({EMBEDDINGS: x, INPUT_POS: pos, ATTENTION_MASK: self.mask(tokens, start, length)}, state)
         return sig
 
     def new_state(self) -> State:
@@ -177,7 +177,7 @@ class VisionStepper:
         if held:
             ran = b.run(b.decode, tokens[-1:], rows[-1:], self.length, 1, self.state)
             self.length += 1
-        return np.asarray(ran.read("logits")[0, -1], np.float32)
+        return np.asarray(ran.read(LOGITS)[0, -1], np.float32)
 
     def fork(self) -> "VisionStepper":
         """A copy that continues from here independently (its caches copied into buffers of its own)."""

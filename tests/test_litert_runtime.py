@@ -153,8 +153,9 @@ def test_bundle_loads_in_runtime_with_the_same_greedy_ids(art, tmp_path, monkeyp
     # export_litertlm (what --target android / ios ship), with the conversion replaced by a copy of the artifact
     import export.converters.litert as litert_target
 
-    def fake_export(loaded, out, recipe, prefill_lengths, cache_length, consume):
+    def fake_export(loaded, out, recipe, prefill_lengths, cache_length, prefill_logits, consume):
         assert (recipe, tuple(prefill_lengths), cache_length, consume) == ("fp32", PREFILL, CONTEXT, False)
+        assert prefill_logits is False               # what LiteRT-LM needs (test_litertlm_prefill.py)
         return shutil.copytree(art["folder"], out)
     monkeypatch.setattr(litert_target, "export_litert", fake_export)
     out = export_litertlm(art["loaded"], tmp_path / "android", "fp32", PREFILL, CONTEXT)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from runtime_py.contract import DECODE_SIGNATURE, DEFAULT_CONTEXT, DEFAULT_PREFILL, embed_signature, prefill_signature
+from runtime_py.contract import (DECODE_SIGNATURE, DEFAULT_CONTEXT, DEFAULT_PREFILL, INPUT_POS, LOGITS, PREFILL_LOGITS,
+                                 TOKENS, embed_signature, prefill_signature)
 
 from ...models.config import LayerType
 from ...quantize.recipes import recipe as recipe_for
@@ -28,7 +29,8 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
     lengths, default embedder.DEFAULT_LENGTHS). cache_length: positions the caches hold (global layers' cache length; the manifest's
     context_length); default min(DEFAULT_CONTEXT, the model's context). composites: mark RMSNorm and the
     attention core as odml.rms_norm / odml.scaled_dot_product_attention. prefill_logits: prefill
-    signatures output logits for every position (LiteRT-LM ignores them; validation reads them). A
+    signatures output logits for every position (contract.PREFILL_ALL_ROWS), else none (PREFILL_NO_LOGITS: what
+    LiteRT-LM needs; bundle.export_litertlm). A
     vision-language model: export.converters.litert.vision (vision_quant: its vision encoder's storage; consume:
     the caller is done with loaded.model, whose weights the vision exporter then frees before quantizing; a
     text model's are kept)."""
@@ -56,7 +58,7 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
         write_manifest(tmp, source=str(loaded.source), config=c, recipe=r, target="litert", extra={
             **import_record(loaded, carried),
             "kind": "causal_lm", "context_length": context, "prefill_lengths": lengths,
-            "signatures": signature_names(lengths), "prefill_logits": prefill_logits,
+            "signatures": signature_names(lengths), PREFILL_LOGITS: bool(prefill_logits),
             "composites": ["odml.rms_norm", "odml.scaled_dot_product_attention"] if composites else [],
             "kv_cache": {"layout": "[1, kv_heads, slots, head_dim]", "names": cache_names(c),
                          "slots": [c.cache_length(i, context) for i in range(c.num_layers)],
@@ -144,7 +146,7 @@ def expected_io(config, prefill_lengths, cache_length: int, prefill_logits: bool
     caches = cache_shapes(config, cache_length)
     io = {}
     for name, t in [(prefill_signature(t), t) for t in sorted(prefill_lengths)] + [(DECODE_SIGNATURE, 1)]:
-        logits = {"logits": (1, t, config.vocab_size)} if prefill_logits or name == DECODE_SIGNATURE else {}
+        logits = {LOGITS: (1, t, config.vocab_size)} if prefill_logits or name == DECODE_SIGNATURE else {}
         outputs = {**logits, **caches}
-        io[name] = {"inputs": {"tokens": (1, t), "input_pos": (t,), **caches}, "outputs": outputs}
+        io[name] = {"inputs": {TOKENS: (1, t), INPUT_POS: (t,), **caches}, "outputs": outputs}
     return io

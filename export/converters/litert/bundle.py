@@ -17,8 +17,9 @@ import shutil
 import uuid
 from pathlib import Path
 
-from runtime_py.contract import (CONFIG_KEY, DEFAULT_PREFILL, END_OF_TURN, RECURRENT, SLIDING_ATTENTION,
-                                 TURN_TEMPLATES, VISION_KEY, kv_cache_names, parse_kv_cache_name)
+from runtime_py.contract import (CONFIG_KEY, DEFAULT_PREFILL, END_OF_TURN, PREFILL_DECODE_SECTION, PREFILL_NO_LOGITS,
+                                 RECURRENT, SLIDING_ATTENTION, TURN_TEMPLATES, VISION_KEY, kv_cache_names,
+                                 parse_kv_cache_name)
 from runtime_py.files import atomic_path
 
 from ... import __version__
@@ -137,7 +138,7 @@ def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int 
     if why := unbundleable(config):
         raise ValueError(f"{folder / MANIFEST}: {why}")
     vision = manifest.get(VISION_KEY)
-    models = vision_files(folder, vision) if vision else [("tf_lite_prefill_decode", model)]
+    models = vision_files(folder, vision) if vision else [(PREFILL_DECODE_SECTION, model)]
     text = config.get("text") if vision else config          # the decoder's config
     max_tokens = int(max_tokens or context)
     if max_tokens < 1 or (context and max_tokens > context):
@@ -210,7 +211,10 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
                     cache_length: int | None = None, vision_quant: str | None = None, consume: bool = False) -> Path:
     """Export a LoadedModel (causal, vision-language or EmbeddingGemma) to `out_dir`: model.litertlm (+
     tokenizer.model and manifest.json beside it). The LiteRT artifact is converted into a temporary folder first,
-    then bundled. consume: export_litert's."""
+    then bundled. consume: export_litert's. A text model's prefill signatures output no logits
+    (contract.PREFILL_NO_LOGITS): LiteRT-LM runs all but a prompt's last token through them and that token through
+    `decode`, never reading prefill logits, and with Gemma's 262k vocabulary the LM head over every row would be most
+    of a prefill's work (README, issue #19)."""
     from . import export_litert
 
     if why := unbundleable(loaded.config):
@@ -228,7 +232,8 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
             litert = export_embedding_litert(loaded, work / "litert", recipe_for(recipe, "litert"), prefill_lengths)
         else:
             litert = export_litert(loaded, work / "litert", recipe, prefill_lengths or DEFAULT_PREFILL, cache_length,
-                                   consume=consume, **({"vision_quant": vision_quant} if vision_quant else {}))
+                                   prefill_logits=PREFILL_NO_LOGITS, consume=consume,
+                                   **({"vision_quant": vision_quant} if vision_quant else {}))
         inner = json.loads((litert / MANIFEST).read_text())
         with staged_dir(out_dir) as tmp:
             build_litertlm(litert, tmp / BUNDLE)

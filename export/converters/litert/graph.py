@@ -10,6 +10,8 @@ from typing import Callable
 
 from ai_edge_litert import schema_py_generated as fb
 
+from runtime_py.contract import LOGITS
+
 _OP_NAMES = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
 
 
@@ -86,6 +88,6 @@ def weight_types(path: str | Path) -> dict[tuple[str, bool], collections.Counter
 def _weight_types(model, buf) -> dict[tuple[str, bool], collections.Counter]:
     out: dict[tuple[str, bool], collections.Counter] = {}
     for graph, op, name, weight in weight_ops(model):
-        head = name == "FULLY_CONNECTED" and b"logits" in graph.Tensors(op.Outputs(0)).Name()
+        head = name == "FULLY_CONNECTED" and LOGITS.encode() in graph.Tensors(op.Outputs(0)).Name()
         out.setdefault((name, head), collections.Counter())[_TYPE_NAMES[weight.Type()]] += 1
     return out

@@ -3,7 +3,8 @@ our reference model's forward:
 
   inputs   tokens int32 [1, T], input_pos int32 [T],
            kv_cache_k_{i}, kv_cache_v_{i} float32 [1, G, S_i, D] for every layer i
-  outputs  logits float32 [1, T, V], kv_cache_k_{i}, kv_cache_v_{i} (the updated caches)
+  outputs  logits float32 [1, T, V] (prefill signatures: or none, contract.PREFILL_LOGITS), kv_cache_k_{i},
+           kv_cache_v_{i} (the updated caches)
 
 S_i is the sliding window for sliding layers (a ring buffer, slot = position % S) and the
 context length for global ones. RecurrentGemma's recurrent layers have no KV cache but a state
@@ -24,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runtime_py.contract import kv_cache_names, state_names
+from runtime_py.contract import INPUT_POS, LOGITS, TOKENS, kv_cache_names, state_names
 
 from ...models.cache import AttentionCache, RecurrentState
 from ...models.config import GemmaConfig, LayerType
@@ -78,7 +79,7 @@ class SignatureModule(nn.Module):
             real = (input_pos == positions).sum()                        # real tokens, before the padding
             with padded_chunk(self.model, cache, input_pos[0], real) as chunk:
                 logits, new_cache = self.model(tokens, positions, chunk)
-        out = {"logits": logits} if self.logits else {}
+        out = {LOGITS: logits} if self.logits else {}
         for (a, b), entry in zip(self.names, new_cache):
             out[a], out[b] = entry
         return out
@@ -86,8 +87,8 @@ class SignatureModule(nn.Module):
 
 def sample_inputs(config: GemmaConfig, length: int, cache_length: int) -> dict[str, torch.Tensor]:
     """Sample kwargs for a signature of `length` new tokens (their dtypes/shapes define the inputs)."""
-    sample = {"tokens": torch.zeros(1, length, dtype=torch.int32),
-              "input_pos": torch.arange(length, dtype=torch.int32)}
+    sample = {TOKENS: torch.zeros(1, length, dtype=torch.int32),
+              INPUT_POS: torch.arange(length, dtype=torch.int32)}
     for name, shape in cache_shapes(config, cache_length).items():
         sample[name] = torch.zeros(shape, dtype=torch.float32)
     return sample

@@ -16,7 +16,8 @@ import gc
 from pathlib import Path
 
 from runtime_py.contract import (BIDIRECTIONAL, DECODE_SIGNATURE, DEFAULT_CONTEXT, DEFAULT_PREFILL,
-                                 LITERT_VISION_FILES, VISION_BIDIRECTIONAL, VISION_KEY, prefill_signature)
+                                 LITERT_VISION_FILES, PREFILL_LAST_ROW, PREFILL_LOGITS, VISION_BIDIRECTIONAL, VISION_KEY,
+                                 prefill_signature)
 
 from ...models.checkpoints import release
 from ...quantize.recipes import RECIPES
@@ -109,7 +110,7 @@ def export_litert_vision(loaded, out: str | Path, r, prefill_lengths=None, cache
         loaded.tokenizer.save(tmp / "tokenizer.model")
         write_manifest(tmp, source=str(loaded.source), config=vc, recipe=r, target="litert", extra={
             "kind": "vision_language", "context_length": context, "prefill_lengths": [prefill],
-            "signatures": [prefill_signature(prefill), DECODE_SIGNATURE], "prefill_logits": "last",
+            "signatures": [prefill_signature(prefill), DECODE_SIGNATURE], PREFILL_LOGITS: PREFILL_LAST_ROW,
             "kv_cache": {"layout": "[1, kv_heads, slots, head_dim]", "names": cache_names(vc.text),
                          "slots": [vc.text.cache_length(i, context) for i in range(vc.text.num_layers)],
                          "sliding_window": vc.text.sliding_window},

@@ -24,8 +24,8 @@ import contextlib
 import torch
 from torch import nn
 
-from runtime_py.contract import (ATTENTION_MASK, EMBEDDINGS, FEATURES, IMAGES, MASK_HIDDEN, MM_EMBEDDING,
-                                 TOKEN_IDS)
+from runtime_py.contract import (ATTENTION_MASK, EMBEDDINGS, FEATURES, IMAGES, INPUT_POS, LOGITS, MASK_HIDDEN,
+                                 MM_EMBEDDING, TOKEN_IDS)
 
 from ...models.cache import AttentionCache
 from ...models.config import LayerType
@@ -140,7 +140,7 @@ class Decoder(nn.Module):
             else:
                 with padded_chunk(self.lm, cache, start, real) as chunk:
                     h, new = backbone(None, positions, chunk, embeds=embeddings)
-        out = {"logits": self.lm.logits(h if T == 1 else h.index_select(1, (real - 1).reshape(1)))}
+        out = {LOGITS: self.lm.logits(h if T == 1 else h.index_select(1, (real - 1).reshape(1)))}
         for (a, b), entry in zip(self.names, new):
             out[a], out[b] = entry
         return out
@@ -148,7 +148,7 @@ class Decoder(nn.Module):
 
 def decoder_sample(config, length: int, cache_length: int) -> dict[str, torch.Tensor]:
     return {EMBEDDINGS: torch.zeros(1, length, config.hidden_size),
-            "input_pos": torch.arange(length, dtype=torch.int32),
+            INPUT_POS: torch.arange(length, dtype=torch.int32),
             ATTENTION_MASK: torch.zeros(1, 1, length, cache_length),
             **{name: torch.zeros(shape) for name, shape in cache_shapes(config, cache_length).items()}}
 
