@@ -5,13 +5,15 @@ runtime_py, and the `--target web` ONNX folder in runtime_py (onnxruntime): file
 embeddings per second for texts of 32, 128 and 512 tokens, one call per text and batched, and the cosine of every
 runtime's vectors to sentence-transformers' on the 128-token texts. Each conversion and each runtime runs in a child
 process of its own, so every peak RSS is that step's alone; conversions hold /tmp/heavy.lock (the machine's rule for
-jobs above ~4 GB).
+jobs above ~4 GB), one hold per recipe.
 
   python -m bench.embedding [--recipes fp32,int8,int4] [--formats litertlm,onnx] [--lengths 32,128,512]
-                            [--out DIR] [--json FILE]"""
+                            [--out DIR] [--json FILE] [--resume]"""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -150,6 +152,7 @@ def run_child(runtime: str, artifact: Path, lengths, repeats: int, vectors: Path
     import numpy as np
 
     from devices.measure import peak_rss_mb
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     one, many = _open(runtime, artifact)
     load_s = time.perf_counter() - t0
@@ -168,20 +171,29 @@ def run_child(runtime: str, artifact: Path, lengths, repeats: int, vectors: Path
         rates[n] = {"single_per_s": round(single, 2), f"batch{BATCH}_per_s": round(batched, 2)}
         if n == FIDELITY_LENGTH:
             np.save(vectors, np.asarray(got, np.float32))
-    return {"load_s": round(load_s, 2), "rss_after_load_mb": load_rss, "peak_rss_mb": peak_rss_mb(), "rates": rates}
+    return {"load_s": round(load_s, 2), "rss_after_load_mb": load_rss, "peak_rss_mb": peak_rss_mb(), "rates": rates,
+            "machine_load_1min": [load_before, os.getloadavg()[0]]}
 
 
-def _child(args: dict, heavy: bool = False) -> dict:
-    cmd = [sys.executable, "-m", "bench.embedding", "--child", json.dumps(args)]
-    cmd = ["nice", "-n", "10", *cmd]
-    if heavy:
-        cmd = ["flock", LOCK, *cmd]
-    t0 = time.perf_counter()
+def _child(args: dict) -> dict:
+    cmd = ["nice", "-n", "10", sys.executable, "-m", "bench.embedding", "--child", json.dumps(args)]
     r = subprocess.run(cmd, cwd=ROOT.parent, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"child {args} failed:\n{r.stderr[-3000:]}")
-    result = json.loads(r.stdout.strip().splitlines()[-1])
-    return {**result, "wall_with_lock_wait_s": round(time.perf_counter() - t0, 1)} if heavy else result
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def heavy_lock():
+    """The machine's lock for jobs above ~4 GB, held by this process while its children convert."""
+    with open(LOCK, "a") as f:
+        t0 = time.perf_counter()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        print(json.dumps({"lock_wait_s": round(time.perf_counter() - t0, 1)}), flush=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _cosines(vectors: Path, reference: Path) -> dict:
@@ -199,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=8)
     p.add_argument("--out", default="out/bench-embedding")
     p.add_argument("--json", default=str(ROOT / "results" / "embedding.json"))
+    p.add_argument("--resume", action="store_true", help="keep the rows already in --json")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -216,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     results = {"preset": PRESET, "lengths": lengths, "batch": BATCH, "repeats": args.repeats,
                "machine": describe(THREADS, os.getloadavg()), "runs": {}}
+    if args.resume and Path(args.json).exists():           # rows of an interrupted run are kept, not re-run
+        results["runs"] = json.loads(Path(args.json).read_text())["runs"]
 
     def record(key: str, row: dict) -> None:
         results["runs"][key] = row
@@ -225,18 +240,24 @@ def main(argv: list[str] | None = None) -> int:
 
     step = {"lengths": lengths, "repeats": args.repeats}
     st, st_vectors = out / "sentence-transformers", out / "st.npy"
-    row = {"build": _child({"step": "st", "out": str(st)}, heavy=True)}
-    row["sentence_transformers"] = _child({**step, "step": "sentence_transformers", "out": str(st),
-                                           "vectors": str(st_vectors)})
-    record("sentence-transformers fp32", row)
+    if "sentence-transformers fp32" not in results["runs"]:
+        with heavy_lock():
+            row = {"build": _child({"step": "st", "out": str(st)})}
+        row["sentence_transformers"] = _child({**step, "step": "sentence_transformers", "out": str(st),
+                                               "vectors": str(st_vectors)})
+        record("sentence-transformers fp32", row)
     for recipe in args.recipes.split(","):
-        for fmt in args.formats.split(","):
-            folder = out / f"{fmt}-{recipe}"
-            row = {"convert": _child({"step": "convert", "format": fmt, "recipe": recipe, "out": str(folder),
-                                      "lengths": lengths}, heavy=True)}
+        todo = [fmt for fmt in args.formats.split(",") if f"{fmt} {recipe}" not in results["runs"]]
+        if not todo:
+            continue
+        with heavy_lock():                              # one recipe's conversions in one hold of the lock
+            rows = {fmt: {"convert": _child({"step": "convert", "format": fmt, "recipe": recipe, "lengths": lengths,
+                                             "out": str(out / f"{fmt}-{recipe}")})} for fmt in todo}
+        for fmt, row in rows.items():
             for runtime in FORMATS[fmt][1]:
                 vectors = out / f"{fmt}-{recipe}-{runtime}.npy"
-                row[runtime] = _child({**step, "step": runtime, "out": str(folder), "vectors": str(vectors)})
+                row[runtime] = _child({**step, "step": runtime, "out": str(out / f"{fmt}-{recipe}"),
+                                       "vectors": str(vectors)})
                 row[runtime].update(_cosines(vectors, st_vectors))
             record(f"{fmt} {recipe}", row)
     return 0
