@@ -50,7 +50,7 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_hf(tmp_path_factory):
-    """tiny_hf(arch, tokenizer=False) -> (path, ref, denses): oracle.save_hf_folder's model of `arch`, saved
+    """tiny_hf(arch, tokenizer=False) -> (path, ref): oracle.save_hf_folder's model of `arch`, saved
     once per session. The folder is shared: copy it before editing it; load it with load_model for a model
     of your own (the transformers reference `ref` is shared too: run it, never change it)."""
     from oracle import save_hf_folder
@@ -59,8 +59,8 @@ def tiny_hf(tmp_path_factory):
     def get(arch: str, tokenizer: bool = False):
         if (arch, tokenizer) not in built:
             path = root / f"{arch}{'-tokenizer' if tokenizer else ''}"
-            ref, denses = save_hf_folder(arch, path, tokenizer=tokenizer)
-            built[arch, tokenizer] = SimpleNamespace(path=path, ref=ref, denses=denses)
+            ref, _ = save_hf_folder(arch, path, tokenizer=tokenizer)
+            built[arch, tokenizer] = SimpleNamespace(path=path, ref=ref)
         return built[arch, tokenizer]
     return get
 
@@ -95,6 +95,23 @@ def tiny_embedding_web(tiny_hf, tmp_path_factory):
     hf = tiny_hf("embeddinggemma", tokenizer=True)
     return SimpleNamespace(hf=hf, folder=built_once(tmp_path_factory, "web-fp32", lambda folder: export_onnx_web(
         load_model(hf.path), folder, "fp32", 512)))
+
+
+@pytest.fixture(scope="session")
+def st_reference(tmp_path_factory):
+    """st_reference(folder) -> sentence-transformers' EmbeddingGemma (bench.st_reference: the published folder's
+    modules and prompts) of the EmbeddingGemma weights in `folder` (oracle.save_hf_folder's, with tokenizer.model),
+    written and loaded once per folder: the reference every embedding test compares to. Run it, never change it
+    (a test that sets max_seq_length sets it back)."""
+    from bench.st_reference import load_sentence_transformer, write_sentence_transformer
+    built = {}
+
+    def get(folder):
+        if str(folder) not in built:
+            out = write_sentence_transformer(folder, tmp_path_factory.mktemp("st") / "st")
+            built[str(folder)] = load_sentence_transformer(out)
+        return built[str(folder)]
+    return get
 
 
 # --- the real Gemma 3 270M --------------------------------------------------------------------------

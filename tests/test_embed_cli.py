@@ -10,7 +10,7 @@ import torch
 import pytest
 
 from export.cli import main
-from test_web_embedder import cosines, reference
+from test_web_embedder import cosines
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello world! Yes it is."]
 
@@ -20,20 +20,21 @@ def _embed(capsys, *argv) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_checkpoint_and_artifact_give_the_reference_vectors_with_the_task_prompt(tiny_embedding_web, capsys):
+def test_checkpoint_and_artifact_give_the_reference_vectors_with_the_task_prompt(tiny_embedding_web, st_reference,
+                                                                                  capsys):
+    """sentence-transformers' vectors with the published prompts (its prompt_name "query"; a document's title
+    written into its prompt)."""
     hf, folder = tiny_embedding_web.hf, tiny_embedding_web.folder
+    st = st_reference(hf.path)
     ckpt = _embed(capsys, "--model", str(hf.path), "--task", "query", *TEXTS)
     art = _embed(capsys, "--model", str(folder), "--task", "query", *TEXTS)
     assert ckpt["prompt"] == "task: search result | query: " and ckpt["dim"] == 64
-    import runtime_py
-    m = runtime_py.load(folder)
-    ids = [m.embedding_ids("task: search result | query: " + t) for t in TEXTS]     # the prompt written out
-    expected = reference(hf, ids)
+    expected = st.encode(TEXTS, prompt_name="query")
     assert cosines(ckpt["embeddings"], expected).min() >= 0.9999
     assert cosines(art["embeddings"], expected).min() >= 0.9999
     doc = _embed(capsys, "--model", str(folder), "--task", "document", "--title", "Foxes", TEXTS[0])
     assert doc["prompt"] == "title: Foxes | text: "
-    assert cosines(doc["embeddings"], reference(hf, [m.embedding_ids("title: Foxes | text: " + TEXTS[0])])) >= 0.9999
+    assert cosines(doc["embeddings"], st.encode(TEXTS[:1], prompt="title: Foxes | text: ")).min() >= 0.9999
 
 
 def test_matryoshka_dim_truncates_then_renormalises(tiny_embedding_web, tmp_path, capsys):

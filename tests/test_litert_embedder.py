@@ -1,8 +1,8 @@
-"""EmbeddingGemma as a LiteRT model (signatures embed_{T}) against transformers' Gemma3TextModel with the
-sentence-transformers head, run through runtime_py: cosine >= 0.9999 in fp32, padded and unpadded rows."""
+"""EmbeddingGemma as a LiteRT model (signatures embed_{T}) against sentence-transformers' model of the same weights
+(conftest.st_reference) on the same token ids, run through runtime_py: cosine >= 0.9999 in fp32, padded and
+unpadded rows."""
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import runtime_py
 from export.converters.litert import export_litert
@@ -10,13 +10,13 @@ from export.models.checkpoints import load_model
 
 
 @torch.no_grad()
-def test_embeddinggemma_tflite_matches_the_reference_head(tiny_hf, tmp_path):
+def test_embeddinggemma_tflite_matches_the_reference_head(tiny_hf, st_reference, tmp_path):
     hf = tiny_hf("embeddinggemma", tokenizer=True)
-    ref, denses = hf.ref, hf.denses
+    st = st_reference(hf.path)
     out = export_litert(load_model(hf.path), tmp_path / "litert", prefill_lengths=(16, 48))
     m = runtime_py.load(out)
     assert m.kind == "embedding"
-    vocab = ref.config.vocab_size
+    vocab = st[0].auto_model.config.vocab_size
     lengths = [5, 16, 40]                          # padded into embed_16, exactly embed_16, padded into embed_48
     seqs = [torch.randint(4, vocab, (n,), generator=torch.Generator().manual_seed(n)) for n in lengths]
     ids = np.zeros((len(seqs), 40), np.int64)
@@ -25,11 +25,11 @@ def test_embeddinggemma_tflite_matches_the_reference_head(tiny_hf, tmp_path):
         ids[r, :len(s)], mask[r, :len(s)] = s.numpy(), 1
     got = m.backend.embed(ids, mask)
     for r, s in enumerate(seqs):
-        hidden = ref(input_ids=s[None]).last_hidden_state                     # [1, n, d], no padding at all
-        expected = F.normalize(hidden.mean(1) @ denses[0].T @ denses[1].T, dim=-1)[0].numpy()
+        one = {"input_ids": s[None], "attention_mask": torch.ones(1, len(s), dtype=torch.long)}   # no padding at all
+        expected = st(one)["sentence_embedding"][0].numpy()
         assert np.abs(got[r] - expected).max() < 1e-5
         assert float(got[r] @ expected) > 0.9999
-    assert m.embed("the quick brown fox").shape == (denses[1].shape[0],)
+    assert m.embed("the quick brown fox").shape == (st.get_sentence_embedding_dimension(),)
     # the .tflite alone (no manifest, no tokenizer beside it), as another tool would hand it over
     bare = tmp_path / "bare" / "model.tflite"
     bare.parent.mkdir()

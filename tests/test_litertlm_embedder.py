@@ -1,7 +1,7 @@
 """EmbeddingGemma's `.litertlm` (--target android) run unchanged by LiteRT-LM's EmbeddingEngine and by runtime_py,
-against transformers' Gemma3TextModel with the sentence-transformers head applied by its published equations
-(mean pooling over the real tokens, the bias-free Dense layers, L2 normalisation), on the same random weights of
-a tiny model with odd sizes; texts longer than the sliding window; the padded rows proven inert."""
+against sentence-transformers' EmbeddingGemma built offline from the same random weights of a tiny model with odd
+sizes (conftest.st_reference: its `encode`, its published task prompts, its truncation); texts longer than the
+sliding window and than the longest signature; the padded rows proven inert."""
 import json
 import subprocess
 import sys
@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece as spm
-import torch
-import torch.nn.functional as F
 
 import runtime_py
 from export.models.checkpoints import load_model
@@ -31,12 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def odd_eg(tmp_path_factory):
+def odd_eg(tmp_path_factory, st_reference):
+    """(folder, sentence-transformers' model of its weights, the SentencePiece model)."""
     from oracle import save_hf_folder
     path = tmp_path_factory.mktemp("eg") / "hf"
-    ref, denses = save_hf_folder("embeddinggemma", path, tokenizer=True, dense=DENSE, **ODD)
+    save_hf_folder("embeddinggemma", path, tokenizer=True, dense=DENSE, **ODD)
     sp = spm.SentencePieceProcessor(model_file=str(path / "tokenizer.model"))
-    return path, ref, denses, sp
+    return path, st_reference(path), sp
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +50,6 @@ def bundles(odd_eg, tmp_path_factory):
             built[recipe] = out
         return built[recipe]
     return get
-
-
-@torch.no_grad()
-def reference(odd_eg, text: str) -> np.ndarray:
-    """transformers' vector of `text`: <bos> text <eos>, no padding at all."""
-    _, ref, denses, sp = odd_eg
-    ids = torch.tensor([[sp.bos_id(), *sp.encode(text), sp.eos_id()]])
-    pooled = ref(input_ids=ids).last_hidden_state.mean(1)
-    for w in denses:
-        pooled = pooled @ w.T
-    return F.normalize(pooled, dim=-1)[0].numpy()
 
 
 def engine(bundle: Path):
@@ -100,9 +88,11 @@ def test_bundle_layout(bundles):
 @pytest.mark.parametrize("recipe,floor", [("fp32", 0.9999), ("int8", 0.99)])
 def test_litert_lm_engine_gives_the_reference_vectors(odd_eg, bundles, recipe, floor):
     bundle = bundles(recipe)
-    texts = [embedding_prompt(task) + t for task, t in zip(("query", "document", None), TEXTS)]
-    want = [reference(odd_eg, t) for t in texts]
-    assert max(len(odd_eg[3].encode(t)) + 2 for t in texts) > LENGTHS[0] > 8     # both signatures, past the window
+    tasks = ("query", "document", None)
+    texts = [embedding_prompt(task) + t for task, t in zip(tasks, TEXTS)]
+    # sentence-transformers with its own prompts (config_sentence_transformers.json), one text at a time
+    want = [odd_eg[1].encode(t, prompt_name=task) for task, t in zip(tasks, TEXTS)]
+    assert max(len(odd_eg[2].encode(t)) + 2 for t in texts) > LENGTHS[0] > 8     # both signatures, past the window
     with engine(bundle) as e:
         one = [np.array(e.compute_embedding(t).embedding) for t in texts]
         batch = [np.array(r.embedding) for r in e.compute_embedding_batch(texts)]
@@ -111,7 +101,7 @@ def test_litert_lm_engine_gives_the_reference_vectors(odd_eg, bundles, recipe, f
     m = runtime_py.load(bundle)
     assert m.kind == "embedding"
     ours = m.embed([t for t in TEXTS], task=None)                  # runtime_py on the same bundle, no prompt
-    ours_prompted = np.stack([m.embed(t, task=task) for task, t in zip(("query", "document", None), TEXTS)])
+    ours_prompted = np.stack([m.embed(t, task=task) for task, t in zip(tasks, TEXTS)])
     for w, a, b, c in zip(want, one, batch, ours_prompted):
         assert a.shape == w.shape == (DENSE[-1],)
         assert float(a @ w) >= floor and float(b @ w) >= floor and float(c @ w) >= floor
@@ -127,7 +117,7 @@ def test_padded_rows_are_inert(odd_eg, bundles):
     """A text of exactly 13 tokens through encoder_13 (no padding) and padded into encoder_37 with garbage in the
     padded rows (the engine leaves its buffer's old rows there): the same vector, the reference's."""
     from ai_edge_litert.interpreter import Interpreter
-    sp = odd_eg[3]
+    sp = odd_eg[2]
     sentence = "the quick brown fox jumps over the lazy dog"
     text = next(t for t in (sentence[:k] for k in range(1, len(sentence))) if len(sp.encode(t)) + 2 == LENGTHS[0])
     b = read_litertlm(bundles("fp32") / "model.litertlm")
@@ -145,7 +135,7 @@ def test_padded_rows_are_inert(odd_eg, bundles):
     padded = enc.get_signature_runner("encoder_37")(embeddings=garbage, input_mask=mask)
     exact, padded = (next(iter(x.values()))[0] for x in (exact, padded))
     assert np.isfinite(padded).all() and np.abs(exact - padded).max() < 1e-5
-    assert np.abs(exact - reference(odd_eg, text)).max() < 1e-5
+    assert np.abs(exact - odd_eg[1].encode(text)).max() < 1e-5
 
 
 @pytest.mark.parametrize("flags,culprit", [(["--context", "64"], "--context 64"),
@@ -170,9 +160,10 @@ def test_manifest_records_the_bundle(bundles):
 
 def test_a_text_past_the_longest_signature_is_truncated_as_the_engine_does(odd_eg, bundles):
     """LiteRT-LM's TRUNCATE keeps the first tokens and ends with <eos>; runtime_py cuts the same way (its limit:
-    the bundle's longest signature, shorter than the model's context)."""
+    the bundle's longest signature, shorter than the model's context), as sentence-transformers does with that
+    max_seq_length."""
     import litert_lm
-    sp, text = odd_eg[3], "the quick brown fox jumps over the lazy dog " * 3
+    sp, text = odd_eg[2], "the quick brown fox jumps over the lazy dog " * 3
     assert len(sp.encode(text)) + 2 > LENGTHS[-1]
     with engine(bundles("fp32")) as e:
         got = np.array(e.compute_embedding(text, litert_lm.EmbeddingOptions(
@@ -181,6 +172,13 @@ def test_a_text_past_the_longest_signature_is_truncated_as_the_engine_does(odd_e
     ids = m.embedding_ids(text)
     assert len(ids) == LENGTHS[-1] and ids[-1] == sp.eos_id() and ids[:-1] == [sp.bos_id(), *sp.encode(text)][:36]
     assert np.abs(m.embed(text) - got).max() < 1e-5
+    st, full = odd_eg[1], odd_eg[1].max_seq_length
+    st.max_seq_length = LENGTHS[-1]
+    try:
+        assert st.tokenizer(text, truncation=True, max_length=LENGTHS[-1])["input_ids"] == ids
+        assert np.abs(st.encode(text) - got).max() < 1e-5
+    finally:
+        st.max_seq_length = full
 
 
 def test_blocks_that_do_not_divide_the_widths_are_refused_before_converting(odd_eg, tmp_path):

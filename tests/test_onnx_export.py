@@ -1,6 +1,7 @@
 """ONNX artifacts of every architecture against transformers: a plain onnxruntime session on a whole
 prompt with empty caches, chunked decoding past the sliding window with window-sized caches, and
-onnxruntime-genai's own generator; EmbeddingGemma's embeddings against the sentence-transformers head."""
+onnxruntime-genai's own generator; EmbeddingGemma's embeddings against sentence-transformers' model of the same
+weights (conftest.st_reference)."""
 import json
 
 import numpy as np
@@ -8,7 +9,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-import torch.nn.functional as F
 
 from export.converters.onnx import export_onnx
 from export.models.checkpoints import load_model
@@ -130,16 +130,13 @@ def test_onnxruntime_genai_greedy_matches_transformers(artifact):
 
 
 @torch.no_grad()
-def test_embeddinggemma_embeddings_match_the_reference_head(tiny_hf, tmp_path):
-    hf = tiny_hf("embeddinggemma")
-    ref, denses = hf.ref, hf.denses
+def test_embeddinggemma_embeddings_match_the_reference_head(tiny_hf, st_reference, tmp_path):
+    hf = tiny_hf("embeddinggemma", tokenizer=True)
     out = export_onnx(load_model(hf.path), tmp_path / "onnx")
     toks = torch.cat([_tokens(T), _tokens(T, seed=2)])
     mask = torch.ones(2, T, dtype=torch.long)
     mask[1, 29:] = 0
-    hidden = ref(input_ids=toks, attention_mask=mask).last_hidden_state
-    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-    expected = F.normalize(pooled @ denses[0].T @ denses[1].T, dim=-1).numpy()
+    expected = st_reference(hf.path)({"input_ids": toks, "attention_mask": mask})["sentence_embedding"].numpy()
     got = _session(out).run(["sentence_embedding"], {"input_ids": toks.numpy(), "attention_mask": mask.numpy()})[0]
     assert np.abs(got - expected).max() < 1e-5
     assert (got * expected).sum(-1).min() > 0.9999

@@ -72,10 +72,10 @@ def test_greedy_generation_matches_transformers(pair):
 
 
 @torch.no_grad()
-def test_embeddinggemma_matches_transformers_and_sentence_transformers_head(tiny_hf):
+def test_embeddinggemma_matches_transformers_and_sentence_transformers(tiny_hf, st_reference):
     import torch.nn.functional as F
-    hf = tiny_hf("embeddinggemma")
-    ref, denses = hf.ref, hf.denses
+    hf = tiny_hf("embeddinggemma", tokenizer=True)
+    ref = hf.ref
     ours = load_model(hf.path).model
     toks = _tokens(T)
     mask = torch.ones(2, T, dtype=torch.long)
@@ -83,9 +83,8 @@ def test_embeddinggemma_matches_transformers_and_sentence_transformers_head(tiny
     toks = torch.cat([toks, _tokens(T, seed=2)])
     hidden = ref(input_ids=toks, attention_mask=mask).last_hidden_state
     assert (ours.model(toks, torch.arange(T), padding_mask=mask.bool())[0] - hidden)[mask.bool()].abs().max() < 1e-4
-    # sentence-transformers head: masked mean pooling, Dense, Dense, L2 normalise
-    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-    expected = F.normalize(pooled @ denses[0].T @ denses[1].T, dim=-1)
+    # sentence-transformers' model of the same weights (its Pooling, Dense, Dense, Normalize) on the same ids
+    expected = st_reference(hf.path)({"input_ids": toks, "attention_mask": mask})["sentence_embedding"]
     got = ours(toks, mask)
     assert (got - expected).abs().max() < 1e-5
     # Matryoshka: truncate, then re-normalise (tiny widths stand in for 768/512/256/128)

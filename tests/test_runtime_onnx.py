@@ -321,6 +321,13 @@ def test_embedding_task_prompts(embedder):
                  "sentence similarity", "summarization"):
         assert embedding_prompt(task) == f"task: {task} | query: "
     assert embedding_prompt("question_answering") == "task: question answering | query: "
+    # the published prompts (google/embeddinggemma-300m's config_sentence_transformers.json) by our task names
+    from bench.st_reference import PROMPTS
+    for name, task in {"query": "query", "document": "document", "Retrieval-query": "query",
+                       "Retrieval-document": "document", "STS": "sentence similarity", "Clustering": "clustering",
+                       "Summarization": "summarization", "Classification": "classification",
+                       "InstructionRetrieval": "code retrieval"}.items():
+        assert embedding_prompt(task) == PROMPTS[name], name
     with pytest.raises(ValueError, match="unknown embedding task"):
         embedding_prompt("translation")
     model = embedder.model
