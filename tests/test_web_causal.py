@@ -91,7 +91,7 @@ def test_layout_and_graph_use_only_what_the_web_builds_run(folders, tiny_hf, rec
     assert {t.data_type for t in model.graph.initializer if len(t.dims) == 2 and "_cache_" not in t.name} == weights
 
 
-@pytest.mark.parametrize("arch", ["gemma3", "gemma2"])
+@pytest.mark.parametrize("arch", ["gemma3", "gemma2", "gemma"])
 def test_transformers_js_greedy_equals_transformers_past_the_window(folders, tiny_hf, arch):
     out = folders(arch, "fp32")
     got = node_script("generate.mjs", out, NEW, stdin={"ids": PROMPT})
@@ -171,3 +171,12 @@ def test_web_recipe_is_refused_elsewhere_and_web_refuses_recurrent(tiny_hf, tmp_
     with pytest.raises(ValueError, match="--target web: transformers.js has no causal LM class for recurrentgemma"):
         export_onnx_web(load_model(tiny_hf("recurrentgemma").path), tmp_path / "y", "fp32", 512)
     assert not (tmp_path / "y").exists()
+
+
+def test_chat_template_gives_runtime_pys_chat_prompt(folders):
+    """transformers.js renders tokenizer_config.json's chat template to the ids runtime_py's Gemma turns give."""
+    out = folders("gemma3", "fp32")
+    chat = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "Hi"},
+            {"role": "user", "content": "Tell me a story"}]
+    got = node_script("generate.mjs", out, 1, stdin={"chat": chat})
+    assert got["input_ids"] == runtime_py.load(out).tokenizer.chat_ids(chat)

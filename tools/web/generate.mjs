@@ -14,7 +14,7 @@ const tokenizer = await AutoTokenizer.from_pretrained(name);
 const model = await AutoModelForCausalLM.from_pretrained(name, { device: "cpu", ...(dtype ? { dtype } : {}) });
 let ids;
 if (request.ids) ids = request.ids;
-else if (request.chat) ids = tokenizer.apply_chat_template(request.chat, { add_generation_prompt: true, return_tensor: false });
+else if (request.chat) ids = tokenizer.apply_chat_template(request.chat, { add_generation_prompt: true, return_tensor: false }).input_ids;
 else ids = tokenizer.encode(request.text);
 const input_ids = new Tensor("int64", BigInt64Array.from(ids.map(BigInt)), [1, ids.length]);
 const attention_mask = new Tensor("int64", new BigInt64Array(ids.length).fill(1n), [1, ids.length]);
