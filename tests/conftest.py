@@ -77,6 +77,16 @@ def tiny_embedding_web(tiny_hf, tmp_path_factory):
                                                          "fp32", 512))
 
 
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium for the session (bench.browser.Chromium: tools/web/browser.mjs, its local server and
+    puppeteer-core), closed at the session's end. Its pages run one at a time."""
+    from bench.browser import Chromium
+    browser = Chromium()
+    yield browser
+    browser.close()
+
+
 # --- the real Gemma 3 270M --------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
