@@ -6,8 +6,10 @@
 //   -> {"ok": true, "result": <what the module's default export returned>, "console": [...], "bytes": N}
 //   |  {"ok": false, "error": "...", "console": [...]}
 // A module (a file under tools/web/pages, served at /pages/) exports `default async (args) => result`; it runs in a
-// fresh browser context (no cache shared with the previous request), on /pages/index.html. A mount serves a
-// directory at /m/<name>/. Page errors, failed requests (or status >= 400) and the timeout fail the request.
+// fresh browser context (no cache shared with the previous request), on /pages/index.html or the request's "page"
+// (e.g. an example app's page in a mount, which the module then drives); "screenshot": a PNG path written after it.
+// A mount serves a directory at /m/<name>/. Page errors, failed requests (or status >= 400) and the timeout fail
+// the request.
 import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
@@ -57,7 +59,7 @@ const browser = await puppeteer.launch({
 });
 const version = await browser.version();
 
-async function run({ module, args = {}, mounts: dirs = {}, timeout = 120 }) {
+async function run({ module, args = {}, mounts: dirs = {}, timeout = 120, page: at = "/pages/index.html", screenshot }) {
   mounts = Object.fromEntries(Object.entries(dirs).map(([k, v]) => [k, path.resolve(v)]));
   served = 0;
   const context = await browser.createBrowserContext();
@@ -71,11 +73,12 @@ async function run({ module, args = {}, mounts: dirs = {}, timeout = 120 }) {
     let timer;
     const limit = new Promise((_, fail) => { timer = setTimeout(() => fail(new Error(`timed out after ${timeout} s`)), timeout * 1000); });
     const work = (async () => {
-      await page.goto(`${origin}/pages/index.html`);
+      await page.goto(`${origin}${at}`);
       return page.evaluate(async (m, a) => (await import(m)).default(a), module, args);
     })();
     try {
       const result = await Promise.race([work, limit]);
+      if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
       if (failures.length) throw new Error(failures.join("; "));
       return { ok: true, result, console: log, bytes: served };
     } finally {
