@@ -46,8 +46,9 @@ class Chromium:
     def run(self, module: str, args: dict | None = None, mounts: dict[str, Path] | None = None,
             timeout: float = 120, page: str | None = None, screenshot: Path | None = None) -> dict:
         """The JSON the page module's default export returns for `args`; `mounts` serves each directory at
-        /m/<name>/; `page`: the URL path the module runs on (default: a blank page); `screenshot`: a PNG of the
-        page written after the module returns. Raises BrowserError (with the page's console) when the page fails."""
+        /m/<name>/; `page`: the URL path (or a local URL of another server) the module runs on (default: a blank
+        page); `screenshot`: a PNG of the page written after the module returns. Raises BrowserError (with the
+        page's console) when the page fails."""
         request = {"module": module, "args": args or {}, "timeout": timeout,
                    "mounts": {k: str(Path(v).resolve()) for k, v in (mounts or {}).items()},
                    **({"page": page} if page else {}), **({"screenshot": str(screenshot)} if screenshot else {})}

@@ -7,7 +7,8 @@
 //   |  {"ok": false, "error": "...", "console": [...]}
 // A module (a file under tools/web/pages, served at /pages/) exports `default async (args) => result`; it runs in a
 // fresh browser context (no cache shared with the previous request), on /pages/index.html or the request's "page"
-// (e.g. an example app's page in a mount, which the module then drives); "screenshot": a PNG path written after it.
+// (a path here, or the URL of an app's page on another local server, which the module then drives); "screenshot":
+// a PNG of the page written after the module returns.
 // A mount serves a directory at /m/<name>/. Page errors, failed requests (or status >= 400) and the timeout fail
 // the request.
 import fs from "node:fs";
@@ -34,8 +35,10 @@ function resolve(urlPath) {
 
 const server = http.createServer((req, res) => {
   const file = resolve(req.url);
+  // CORS and cross-origin CORP: a page of another local server (an app under test) may import the page modules
   const headers = { "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",
-                    "Cross-Origin-Resource-Policy": "same-origin", "Cache-Control": "no-store" };
+                    "Cross-Origin-Resource-Policy": "cross-origin", "Access-Control-Allow-Origin": "*",
+                    "Cache-Control": "no-store" };
   fs.stat(file ?? "", (err, stat) => {
     if (err || !stat.isFile()) {
       res.writeHead(404, headers).end();
@@ -73,8 +76,8 @@ async function run({ module, args = {}, mounts: dirs = {}, timeout = 120, page: 
     let timer;
     const limit = new Promise((_, fail) => { timer = setTimeout(() => fail(new Error(`timed out after ${timeout} s`)), timeout * 1000); });
     const work = (async () => {
-      await page.goto(`${origin}${at}`);
-      return page.evaluate(async (m, a) => (await import(m)).default(a), module, args);
+      await page.goto(new URL(at, origin).href);
+      return page.evaluate(async (m, a) => (await import(m)).default(a), new URL(module, origin).href, args);
     })();
     try {
       const result = await Promise.race([work, limit]);
