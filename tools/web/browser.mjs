@@ -72,7 +72,9 @@ async function run({ module, args = {}, mounts: dirs = {}, timeout = 120, page: 
     page.on("console", (m) => log.push(`${m.type()}: ${m.text()}`));
     page.on("pageerror", (e) => failures.push(`page error: ${e.message}`));
     page.on("requestfailed", (r) => failures.push(`request failed: ${r.url()} ${r.failure()?.errorText}`));
-    page.on("response", (r) => r.status() >= 400 && failures.push(`HTTP ${r.status()}: ${r.url()}`));
+    // the browser's own favicon request is not the page's
+    page.on("response", (r) => r.status() >= 400 && new URL(r.url()).pathname !== "/favicon.ico"
+                               && failures.push(`HTTP ${r.status()}: ${r.url()}`));
     let timer;
     const limit = new Promise((_, fail) => { timer = setTimeout(() => fail(new Error(`timed out after ${timeout} s`)), timeout * 1000); });
     const work = (async () => {
