@@ -21,8 +21,8 @@ from export.converters.onnx.quantize import _quiet, nbits_quantizer
 
 
 def _model(nodes, inits, dtype, width, rows):
-    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", dtype, [1, width])],
-                              [helper.make_tensor_value_info("y", dtype, [1, rows])], inits)
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", dtype, ["tokens", width])],
+                              [helper.make_tensor_value_info("y", dtype, ["tokens", rows])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in OPSETS.items()],
                              ir_version=10)
 

@@ -114,6 +114,16 @@ def st_reference(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium for the session (bench.browser.Chromium: tools/web/browser.mjs, its local server and
+    puppeteer-core), closed at the session's end. Its pages run one at a time."""
+    from bench.browser import Chromium
+    browser = Chromium()
+    yield browser
+    browser.close()
+
+
 # --- the real Gemma 3 270M --------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
