@@ -145,6 +145,11 @@ def _targets(args) -> int:
     return 0
 
 
+def _serve_web(args) -> int:
+    from .serve_web import serve
+    return serve(args.artifact, args.port)
+
+
 def _lengths(text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
@@ -385,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("targets", help="list the deployment targets and their default settings")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_targets)
+
+    sw = sub.add_parser("serve-web", help="serve the example chat page (tools/web/chat/) over a --target web folder "
+                                          "on 127.0.0.1, with transformers.js and onnxruntime-web from tools/web")
+    sw.add_argument("artifact", help="a --target web folder of a causal LM")
+    sw.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000; 0: any free one)")
+    sw.set_defaults(func=_serve_web)
 
     from devices.command import add_parser as add_profile
     add_profile(sub)

@@ -84,7 +84,7 @@ def run(args) -> int:
     recipe = args.quant or target.recipe
     auto = _auto_request(args, recipe)
     # an unsupported combination fails before any work (auto: checked as the int4 recipe it starts from)
-    resolved = recipe_for("int4" if auto else recipe, target.format)
+    resolved = recipe_for("int4" if auto else recipe, "web" if target.name == "web" else target.format)
     calibration = _gptq_calibration(args, resolved, auto is not None)
     prefill = tuple(args.prefill) if args.prefill else None
     if prefill and target.format == "onnx":

@@ -9,10 +9,12 @@ import importlib
 
 from runtime_py.contract import DEFAULT_CONTEXT, DEFAULT_PREFILL
 
+from .quantize.recipes import WEB_RECIPE
+
 # bundle type -> the exporter that writes it: module:function(loaded, out, recipe, ...)
 EXPORTERS = {
     "onnx-folder": "export.converters.onnx:export_onnx",
-    "onnx-web": "export.converters.onnx:export_onnx_web",      # embedding models in transformers.js's layout
+    "onnx-web": "export.converters.onnx:export_onnx_web",      # transformers.js's layout
     "tflite-folder": "export.converters.litert:export_litert",
     "litertlm": "export.converters.litert.bundle:export_litertlm",
 }
@@ -74,16 +76,18 @@ def _export_embedder(fn, loaded, out, recipe: str, context: int | None, prefill)
 
 # Prefill lengths: the exporters' defaults (runtime_py.contract). Contexts: the default on phones (Gemma 3's
 # few global layers keep the fp32 KV caches small); 2048 on the web, where a wasm32 heap is capped at 4 GB;
-# 8192 on desktops. Default recipes: int4 where the download and RAM matter (phones, web); fp16 on desktops
+# 8192 on desktops. Default recipes: int4 where the download and RAM matter (phones); on the web, what
+# bench/web_formats.py measured fastest per byte on onnxruntime-web's wasm build; fp16 on desktops
 # (it passes validation at half fp32's size, int8 does not: README, the quantization table).
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("android", "litert", "litertlm", "int4", DEFAULT_CONTEXT, DEFAULT_PREFILL,
            "LiteRT-LM on Android (model.litertlm)", ("pixel-8", "pixel-9", "galaxy-s24", "galaxy-a54")),
     Target("ios", "litert", "litertlm", "int4", DEFAULT_CONTEXT, DEFAULT_PREFILL,
            "LiteRT-LM on iOS (model.litertlm)", ("iphone-15-pro",)),
-    Target("web", "onnx", "onnx-web", "int4", 2048, None,
-           "onnxruntime-web (WebGPU / wasm) or Transformers.js: ONNX folder (EmbeddingGemma: transformers.js's "
-           "layout, onnx/model_{dtype}.onnx)"),
+    Target("web", "onnx", "onnx-web", WEB_RECIPE, 2048, None,
+           "transformers.js 4.x / onnxruntime-web (wasm, WebGPU): config.json + onnx/model_fp16.onnx, caches that grow "
+           "from empty; recipe web = float16 weights run as float32, measured fastest per byte on wasm (int4 "
+           "MatMulNBits ~100x, int8 MatMulInteger ~10x slower: bench/results/web_formats.json); EmbeddingGemma int4"),
     Target("desktop", "onnx", "onnx-folder", "fp16", 8192, None,
            "onnxruntime-genai on Windows / macOS / Linux: ONNX folder with genai_config.json"),
     Target("litert", "litert", "tflite-folder", "fp32", DEFAULT_CONTEXT, DEFAULT_PREFILL,

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from .converters.artifact import SOURCE_MMPROJ
+from .converters.onnx.web_folder import WEB_LAYOUT
 from .models.checkpoints import load_model
 from .models.generate import generate
-from .quantize.recipes import AUTO, FLOOR, RECIPES, Bar, conversion_thresholds, planned, recipe as recipe_for
+from .quantize.recipes import AUTO, FLOOR, RECIPES, Bar, conversion_thresholds, planned, recipe as recipe_for, web_recipe
 from .quantize.simulate import simulate
 
 GREEDY_TOKENS = 64
@@ -120,6 +121,8 @@ def validate(folder: str | Path, model_source: str | None = None, *, loaded=None
         if not isinstance(manifest.get("plan"), dict):
             raise ValueError(f"{folder / 'manifest.json'}: recipe auto without its per-weight plan")
         recipe = planned(manifest["plan"], fmt)
+    elif manifest.get("layout") == WEB_LAYOUT and manifest.get("kind") == "causal_lm":
+        recipe = web_recipe(manifest["recipe"])      # the web graph's table (export/converters/onnx/web_table.py)
     else:
         recipe = recipe_for(manifest["recipe"], fmt)
     if loaded is None and mmproj is None and model_source is None:

@@ -28,6 +28,9 @@ CONFIG_KEY = "gemma_export_config"
 ONNX_PAST_NAMES = ("past_key_values.%d.key", "past_key_values.%d.value")
 ONNX_PRESENT_NAMES = ("present.%d.key", "present.%d.value")
 ONNX_PRESENT_PREFIX = "present_"           # a recurrent state's output: this prefix + its input name
+# Logits at the last k positions only (0: all): our native graphs' optional input, and the required scalar input
+# of `--target web` graphs (transformers.js's name, fed when a graph declares it)
+LOGITS_TO_KEEP, NUM_LOGITS_TO_KEEP = "logits_to_keep", "num_logits_to_keep"
 
 # --- EmbeddingGemma ONNX: input_ids, attention_mask -> these (the names transformers.js and onnx-community's
 # EmbeddingGemma folders use): the pooled, dense-projected, L2-normalised vector [B, D], and the final-norm

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .contract import IMAGE_FEATURES, INPUTS_EMBEDS, MODEL_FILE, PIXEL_VALUES, SENTENCE_EMBEDDING
+from .contract import (IMAGE_FEATURES, INPUTS_EMBEDS, LOGITS_TO_KEEP, MODEL_FILE, NUM_LOGITS_TO_KEEP, PIXEL_VALUES,
+                       SENTENCE_EMBEDDING)
 from .files import inside, read_json
 from .sampling import check_step
 
@@ -127,7 +128,7 @@ class OnnxBackend:
         wanted = {self.ids_name, *(p for p, _, _ in self.caches)}
         if self.vision_parts is not None:
             wanted.add(self.vision_parts.embeds_name)
-        self._check_inputs(wanted, optional={self.mask_name, self.positions_name})
+        self._check_inputs(wanted, optional={self.mask_name, self.positions_name, NUM_LOGITS_TO_KEEP})
         for name in [self.logits_name] + [p for _, p, _ in self.caches]:
             if name not in self.outputs:
                 raise ValueError(f"{self.path}: no output {name!r} (genai_config.json names it)")
@@ -135,7 +136,10 @@ class OnnxBackend:
         self.logits_dtype = _dtype(self.outputs[self.logits_name], str(self.path))
         # Optional input (ours): logits at the last k positions only; steps need just the last one's.
         self.optional = {i.name: i for i in self.session.get_overridable_initializers()}
-        self.keep_name = "logits_to_keep" if "logits_to_keep" in self.optional else None
+        # A web graph's (`--target web`) is a required scalar, fed 0 (every position) unless a call wants 1.
+        self.keep_required = NUM_LOGITS_TO_KEEP in self.inputs
+        self.keep_name = NUM_LOGITS_TO_KEEP if self.keep_required else \
+            LOGITS_TO_KEEP if LOGITS_TO_KEEP in self.optional else None
         # onnxruntime-genai's flag: past and present may be one buffer (GroupQueryAttention appends in place).
         # Recurrent states are rewritten whole by ops that may not alias their input and output: not shared.
         self.share_buffer = bool((self.genai.get("search") or {}).get("past_present_share_buffer", False)) \
@@ -184,7 +188,14 @@ class OnnxBackend:
         if self.positions_name:
             feed[self.positions_name] = np.arange(start, total, dtype=np.int64)[None].astype(
                 _dtype(self.inputs[self.positions_name], str(self.path)))
+        if self.keep_required:
+            feed[self.keep_name] = self.keep(0)
         return feed
+
+    def keep(self, k: int) -> np.ndarray:
+        """The logits-to-keep value k in the shape the graph declares ([] or [1])."""
+        rank = len(self.inputs[self.keep_name].shape) if self.keep_required else 1
+        return np.full((1,) * rank, k, np.int64)
 
     def optional_feed(self, extra: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
         """Optional inputs by name, each in the graph's type for it (float16 in a float16 graph)."""
@@ -294,6 +305,8 @@ class Stepper:
             one[b.mask_name] = np.ones((1, self.max_len), _dtype(b.inputs[b.mask_name], str(b.path)))
         if b.positions_name:
             one[b.positions_name] = np.arange(self.max_len).astype(_dtype(b.inputs[b.positions_name], str(b.path)))
+        if b.keep_required:
+            one[b.keep_name] = b.keep(0)
         self._one_bound = False        # other calls rebind ids and logits to their own buffers
         return one
 
@@ -322,6 +335,8 @@ class Stepper:
         if not self._one_bound:
             binding.bind_input(b.ids_name, "cpu", 0, ids.dtype.type, ids.shape, ids.ctypes.data)
             binding.bind_output(b.logits_name, "cpu", 0, logits.dtype.type, logits.shape, logits.ctypes.data)
+            if b.keep_required:
+                binding.bind_cpu_input(b.keep_name, one[b.keep_name])
             self._one_bound = True
         ids[0, 0] = token
         if b.mask_name:
@@ -342,7 +357,7 @@ class Stepper:
         b = self.backend
         feed = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in b.feed(tokens, self.length,
                                                                                   self._take_features()).items()}
-        feed[b.keep_name] = ort.OrtValue.ortvalue_from_numpy(np.ones(1, np.int64))
+        feed[b.keep_name] = ort.OrtValue.ortvalue_from_numpy(b.keep(1))
         feed.update(self.extra)
         outs = b.session.run_with_ort_values([b.logits_name] + [p for _, p, _ in b.caches], {**feed, **self.past})
         self.past = {past: value for (past, _, _), value in zip(b.caches, outs[1:])}

@@ -141,7 +141,8 @@ def tokenizer_json(model_proto: bytes, extra_tokens: dict[int, str] | None = Non
     }
 
 
-def tokenizer_config(model_proto: bytes, model_max_length: int | None = None, add_eos: bool = False) -> dict:
+def tokenizer_config(model_proto: bytes, model_max_length: int | None = None, add_eos: bool = False,
+                     chat_template: str | None = None) -> dict:
     """The `tokenizer_config.json` beside it. onnxruntime-genai creates its tokenizer with
     add_special_tokens=false, so `Tokenizer.encode` never prepends <bos> (prompts carry it, as Gemma's chat
     template does); after `update_options(add_special_tokens="true")` onnxruntime-extensions prepends it when
@@ -151,6 +152,8 @@ def tokenizer_config(model_proto: bytes, model_max_length: int | None = None, ad
            "spaces_between_special_tokens": False}
     if model_max_length is not None:
         cfg["model_max_length"] = int(model_max_length)
+    if chat_template:
+        cfg["chat_template"] = chat_template
     return cfg
 
 
@@ -159,9 +162,10 @@ def _write(path: Path, obj: dict) -> None:
 
 
 def write_hf_tokenizer(model_proto: bytes, folder: str | os.PathLike, model_max_length: int | None = None,
-                       extra_tokens: dict[int, str] | None = None, add_eos: bool = False):
+                       extra_tokens: dict[int, str] | None = None, add_eos: bool = False,
+                       chat_template: str | None = None):
     """Write `tokenizer.json` and `tokenizer_config.json` for the model into `folder` (extra_tokens, add_eos:
-    see tokenizer_json)."""
+    see tokenizer_json; chat_template: the Jinja template tokenizer_config.json carries)."""
     folder = Path(folder)
     _write(folder / "tokenizer.json", tokenizer_json(model_proto, extra_tokens, add_eos))
-    _write(folder / "tokenizer_config.json", tokenizer_config(model_proto, model_max_length, add_eos))
+    _write(folder / "tokenizer_config.json", tokenizer_config(model_proto, model_max_length, add_eos, chat_template))

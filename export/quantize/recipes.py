@@ -48,7 +48,8 @@ class Layout:
     """How an artifact stores one weight and feeds its matmul."""
     bits: int                   # 4, 8: integers; 16: float16 weight with float activations
     block: int | None           # scale per block of this many inputs; None: per output channel
-    activations: str            # "int8" (quantized at run time by the kernel) or "fp32"
+    activations: str            # "int8" (quantized at run time by the kernel), "int8-tensor" (by DynamicQuantizeLinear:
+                                # one asymmetric scale per tensor; the web target's table) or "fp32"
     hadamard: bool = False      # inputs and weight rows Hadamard-rotated (LiteRT)
 
 
@@ -77,6 +78,7 @@ class Recipe:
     activations: str = "fp32"         # "fp32", "fp16", or "int8": quantized dynamically at run time
     embedding_bits: int = 32          # the embedding table, shared with the tied LM head
     embedding_block: int | None = None
+    table_activations: str | None = None    # the tied head's input when not `activations` (the web table's)
     # Hadamard rotation of each quantized linear layer's input (and of its weight rows, so the product is
     # unchanged): spreads Gemma's outlier channels before activations and weights are rounded to int8.
     # Only with int8 activations (the rotated weight feeds the kernel directly, never a float op).
@@ -100,6 +102,8 @@ class Recipe:
         if bits >= 32:
             return None
         act = "int8" if self.activations == "int8" else "fp32"
+        if table and self.table_activations:
+            act = self.table_activations
         return Layout(bits, block, act if bits < 16 else "fp32", self.hadamard and bits < 16)
 
     def choices(self) -> dict[str, str]:
@@ -164,6 +168,12 @@ def conversion_thresholds(r: Recipe, fmt: str, carried=()) -> Thresholds:
     return QUANTIZED_UNROTATED if unrotated and r.thresholds == QUANTIZED else r.thresholds
 
 
+# The web target's table (export/converters/onnx/web_table.py): int8, one scale per row, the tied head's
+# activations quantized per tensor by DynamicQuantizeLinear; every recipe with an integer table stores it so there
+# (web_recipe), since onnxruntime-web's default bundles lack GatherBlockQuantized.
+WEB_RECIPE, WEB_TARGET = "web", "web"      # the web target's default recipe; the targets field naming it
+WEB_TABLE = dict(embedding_block=None, table_activations="int8-tensor")
+
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("fp32", "f32", ("onnx", "litert"), EXACT, "float32 weights and activations"),
     Recipe("fp16", "f16", ("onnx",), HALF,
@@ -188,6 +198,15 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("int4-b128", "q4b128", ("onnx", "litert"), QUANTIZED,
            "int4 symmetric weights in blocks of 128, int8 activations; embedding and tied LM head likewise",
            weight_bits=4, block_size=128, activations="int8", embedding_bits=4, embedding_block=128),
+    Recipe(WEB_RECIPE, "web", (WEB_TARGET,), HALF,
+           "--target web only: every weight float16, cast to float32 in the graph (onnxruntime folds the casts: "
+           "float32 matmuls, the fastest per byte on onnxruntime-web's wasm build), float32 activations",
+           weight_bits=16, embedding_bits=16, table_activations="fp32"),
+    Recipe("web-q8", "webq8", (WEB_TARGET,), QUANTIZED,
+           "--target web only: float16 attention and MLP weights as `web`; embedding and tied LM head int8 per row, "
+           "the head's activations int8 per tensor (DynamicQuantizeLinear + MatMulInteger): half the table's "
+           "download, ~3x its time per step on wasm",
+           weight_bits=16, embedding_bits=8, **WEB_TABLE),
     Recipe("mixed", "q4e8", ("onnx", "litert"), QUANTIZED,
            "int4 attention and MLP weights in blocks of 32 with int8 activations; embedding and tied LM "
            "head int8 in blocks of 32 (LiteRT: per row)",
@@ -226,6 +245,8 @@ def recipe(name: "str | Recipe", target: str) -> Recipe:
         raise ValueError("--quant auto needs a bar to plan for: --min-top1 X")
     if name not in RECIPES:
         raise ValueError(f"--quant {name}: unknown recipe; known: {', '.join(RECIPES)}")
+    if target == WEB_TARGET:
+        return web_recipe(name)
     r = RECIPES[name]
     if target not in r.targets:
         ok = [n for n, x in RECIPES.items() if target in x.targets]
@@ -237,3 +258,16 @@ def recipe(name: "str | Recipe", target: str) -> Recipe:
 # activations to int8 per block too: its kernel is the fast one (level 0 dequantizes 16k columns each call, ~100x
 # slower; README). Biases and thresholds stay float32.
 SAE_ENCODERS = {"fp32": None, "int8": (8, 32, 4)}
+
+
+def web_recipe(name: "str | Recipe") -> Recipe:
+    """The recipe `name` as `--target web` builds it for a causal LM: the ONNX recipe with an integer table stored as
+    WEB_TABLE (int8 per row); float tables as they are."""
+    if isinstance(name, str) and name in RECIPES and RECIPES[name].targets == (WEB_TARGET,):
+        return RECIPES[name]
+    r = recipe(name, "onnx")
+    if r.plan:
+        raise ValueError("--quant auto: --target web has no per-weight plans yet")
+    if r.embedding_bits < 16 and not r.table_activations:
+        r = dataclasses.replace(r, embedding_bits=8, **WEB_TABLE)
+    return r

@@ -129,6 +129,18 @@ def mlas_activations(x: torch.Tensor, block: int) -> torch.Tensor:
     return _unblock(torch.round(b * inv) * s, x.shape, padded)
 
 
+def dql_activations(x: torch.Tensor) -> torch.Tensor:
+    """ONNX DynamicQuantizeLinear's uint8: one scale and zero point for the whole tensor, range widened to
+    include 0, rounded half to even (the web target's table head)."""
+    x32 = x.float()
+    lo, hi = x32.amin().clamp(max=0), x32.amax().clamp(min=0)
+    s = (hi - lo) / 255
+    s = torch.where(s == 0, torch.ones_like(s), s)
+    zp = torch.round(-lo / s).clamp(0, 255)
+    q = (torch.round(x32 / s) + zp).clamp_(0, 255)
+    return ((q - zp) * s).reshape(x.shape)
+
+
 def xnnpack_activations(x: torch.Tensor) -> torch.Tensor:
     """XNNPACK's dynamic int8 (qd8): per row, asymmetric, range widened to include 0."""
     rows = x.float().reshape(-1, x.shape[-1])
@@ -163,6 +175,8 @@ class Plan:
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         if self.rotate:
             x = rotate(x, hadamard_size(x.shape[-1]))
+        if self.activations == "int8-tensor":
+            return dql_activations(x)
         if self.activations != "int8":
             return x
         return mlas_activations(x, self.block) if self.fmt == "onnx" else xnnpack_activations(x)
@@ -246,9 +260,9 @@ def _swap_table(sim: nn.Module, plan: Plan, carried_blocks) -> None:
     sim.model.embed_tokens = SimEmbedding(values, rows)
     if hasattr(sim, "lm_head") or sim.config.embedding_head is not None:
         return                        # no tied head reads the final norm
-    if plan.activations == "int8" or plan.rotate:
+    if plan.activations != "fp32" or plan.rotate:
         sim.model.norm.register_forward_hook(lambda m, i, out: plan.inputs(out).to(out.dtype))
 
 
-__all__ = ["simulate", "plan_of", "Plan", "mlas_values", "aeq_values", "mlas_activations", "xnnpack_activations",
+__all__ = ["simulate", "plan_of", "Plan", "mlas_values", "aeq_values", "mlas_activations", "xnnpack_activations", "dql_activations",
            "hadamard", "rotate", "stored_values"]

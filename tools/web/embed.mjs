@@ -2,18 +2,12 @@
 // `sentence_embedding`), offline, from a local folder written by `gemma-export --target web`.
 //   node embed.mjs FOLDER [DTYPE]  < texts.json   ->   {"input_ids": [[...]], "sentence_embedding": [[...]]}
 // DTYPE: transformers.js's dtype (fp32, fp16, q8, q4); default: the folder's config.json transformers.js_config.
-import path from "node:path";
 import { AutoModel, AutoTokenizer, env } from "@huggingface/transformers";
+import { readJson, useLocalFolder } from "./local.mjs";
 
 const [folder, dtype] = process.argv.slice(2);
-env.allowRemoteModels = false;
-env.allowLocalModels = true;
-env.localModelPath = path.dirname(path.resolve(folder)) + "/";
-const name = path.basename(path.resolve(folder));
-
-const chunks = [];
-for await (const chunk of process.stdin) chunks.push(chunk);
-const texts = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+const name = useLocalFolder(env, folder);
+const texts = await readJson();
 
 const tokenizer = await AutoTokenizer.from_pretrained(name);
 const model = await AutoModel.from_pretrained(name, { device: "cpu", ...(dtype ? { dtype } : {}) });

@@ -63,11 +63,12 @@ class Body:
         b = np.concatenate([self.w(n.removesuffix(".weight") + ".bias") for n in weights])
         return self.g.op("Add", [y, self.g.init(f"{node}.bias", b)], f"{node}/Add")
 
-    def embed(self, input_ids: str) -> str:
+    def embed(self, input_ids: str, lookup: Callable[[str], str] | None = None) -> str | None:
         """Mirrors GemmaBackbone.embed (export.models.gemma): embed_tokens(ids) * embed_scale, which
-        starts the residual stream. -> the table's initializer (the tied LM head reads it)."""
-        table = self.g.init("model.embed_tokens.weight", self.w("model.embed_tokens.weight"))
-        x = self.g.op("Gather", [table, input_ids], "/model/embed_tokens/Gather")
+        starts the residual stream. -> the table's initializer (the tied LM head reads it); lookup(ids) -> rows:
+        the table as the caller stores it (then None)."""
+        table = None if lookup else self.g.init("model.embed_tokens.weight", self.w("model.embed_tokens.weight"))
+        x = lookup(input_ids) if lookup else self.g.op("Gather", [table, input_ids], "/model/embed_tokens/Gather")
         self.residual = self.g.op("Mul", [x, self.g.const(self.c.embed_scale, np.float32)], "/model/embed_tokens/scale")
         return table
 

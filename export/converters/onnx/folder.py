@@ -38,14 +38,15 @@ def save_model(proto: onnx.ModelProto, path: Path, checked: bool = False, data_s
 
 
 def finish_folder(tmp: Path, loaded, recipe, context: int, carried: dict, extra: dict,
-                  extra_tokens: dict[int, str] | None = None) -> None:
+                  extra_tokens: dict[int, str] | None = None, chat_template: str | None = None) -> None:
     """tokenizer.model + the Hugging Face tokenizer files (with `extra_tokens` past the pieces; an embedding
     model's append <eos>, as EmbeddingGemma's tokenizer does), then manifest.json (config, recipe, import
     record)."""
     if loaded.tokenizer is not None:
         loaded.tokenizer.save(tmp / "tokenizer.model")
         write_hf_tokenizer(loaded.tokenizer.model_proto(), tmp, model_max_length=context, extra_tokens=extra_tokens,
-                           add_eos=getattr(loaded.config, "embedding_head", None) is not None)
+                           add_eos=getattr(loaded.config, "embedding_head", None) is not None,
+                           chat_template=chat_template)
     extra.update(import_record(loaded, carried))
     write_manifest(tmp, source=str(loaded.source), config=loaded.config, recipe=recipe, target="onnx", extra=extra,
                    mmproj=getattr(loaded, "mmproj", None))

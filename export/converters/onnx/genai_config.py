@@ -19,7 +19,9 @@ def genai_supported(c: GemmaConfig) -> bool:
     return c.family in GENAI_TYPES
 
 
-def genai_config(c: GemmaConfig, context_length: int, filename: str = "model.onnx") -> dict:
+def genai_config(c: GemmaConfig, context_length: int, filename: str = "model.onnx", window_caches: bool = True) -> dict:
+    """window_caches: sliding layers keep window-sized caches (the native graph); False: every cache grows (the web
+    graph, whose sliding layers mask by GroupQueryAttention's local_window_size)."""
     decoder = {
         "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
         "filename": filename,
@@ -34,7 +36,7 @@ def genai_config(c: GemmaConfig, context_length: int, filename: str = "model.onn
                     "present_value_names": ONNX_PRESENT_NAMES[1]},
     }
     local = [i for i, t in enumerate(c.layer_types) if t is LayerType.LOCAL]
-    if local:
+    if local and window_caches:
         decoder["sliding_window"] = {"window_size": c.sliding_window, "slide_key_value_cache": False,
                                      "slide_inputs": False, "layers": local, "cache_slack": 0}
     recurrent = [i for i, t in enumerate(c.layer_types) if t is LayerType.RECURRENT]

@@ -66,7 +66,7 @@ def quantize(model: onnx.ModelProto, recipe: Recipe, stored: dict | None = None,
     for what, lay in [(TABLE, table), *nodes.items()]:
         check_layout(recipe, what, lay)
     with _quiet():
-        if table is not None:
+        if table is not None and not recipe.table_activations:
             model = quantize_embedding(model, table.bits, table.block, level(table),
                                        packer and packer.head, packer and packer.table_shape)
         for lay in sorted({lay for lay in nodes.values() if lay is not None and lay.bits < 16},
@@ -80,7 +80,8 @@ def quantize(model: onnx.ModelProto, recipe: Recipe, stored: dict | None = None,
 
 
 def check_layout(recipe: Recipe, what: str, lay) -> None:
-    if lay is None or (lay.bits in (4, 8) and lay.block) or (lay.bits == 16 and what != TABLE):
+    if lay is None or (lay.bits in (4, 8) and lay.block) or (lay.bits == 16 and what != TABLE) \
+            or (what == TABLE and recipe.table_activations):     # the web graph stores it itself (web_table.py)
         return
     raise ValueError(f"--quant {recipe.name}: the ONNX target stores {what} as 4- or 8-bit blocks or "
                      f"float16 (body only), not {lay.bits}-bit / block {lay.block}")
