@@ -3,9 +3,10 @@ graph: `python -m bench.browser_decode FOLDER [--prompt 600] [--steps 32] [--thr
 
 Both run the graph as transformers.js feeds it (caches empty at first and grown by each call, the whole prompt in one
 call, then one token per call, the last position's logits only): in the browser onnxruntime-web's wasm-only build
-(tools/web/pages/ort_generate.mjs), natively onnxruntime's CPU EP (Python). The prompt is export/data/validation.txt
-in the folder's tokenizer, repeated and cut to `--prompt` tokens. One run each, wall time, on the shared machine:
-the machine's load is recorded with them. Results: bench/results/browser_decode.json.
+(tools/web/pages/ort_generate.mjs), natively onnxruntime's CPU EP (Python: bench.web_decode.native, whose bench runs
+the same loop on wasm in Node). The prompt is export.validate's validation text in the folder's tokenizer, cut to
+`--prompt` tokens. One run each, wall time, on the shared machine: its load is recorded with them.
+Results: bench/results/browser_decode.json.
 """
 from __future__ import annotations
 
@@ -15,48 +16,22 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 from bench.browser import Chromium
+from bench.web_decode import native
+from export.validate import validation_text
 from runtime_py.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent
-TEXT = ROOT.parent / "export" / "data" / "validation.txt"
-
-
-def native_greedy(path, ids: list[int], steps: int, threads: int | None = None) -> dict:
-    """{tokens, create_ms, prefill_ms, decode_ms}: greedy tokens from onnxruntime (Python, CPU EP) on the graph at
-    `path`, fed as transformers.js feeds it."""
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    t0 = time.perf_counter()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    create = time.perf_counter() - t0
-    inputs = {i.name: i for i in session.get_inputs()}
-    past = {k: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float16 if "float16" in i.type else np.float32)
-            for k, i in inputs.items() if k.startswith("past_key_values.")}
-    keep = {k: np.array(1) for k in ("num_logits_to_keep", "logits_to_keep") if k in inputs}
-    names = [o.name for o in session.get_outputs()]
-    tokens, feed, length, marks = [], ids, 0, []
-    for _ in range(steps):
-        t = time.perf_counter()
-        length += len(feed)
-        out = dict(zip(names, session.run(None, {"input_ids": np.array([feed]),
-                                                 "attention_mask": np.ones((1, length), np.int64), **keep, **past})))
-        past = {k: out[k.replace("past_key_values.", "present.")] for k in past}
-        tokens.append(int(out["logits"][0, -1].argmax()))
-        feed = tokens[-1:]
-        marks.append(time.perf_counter() - t)
-    return {"tokens": tokens, "create_ms": create * 1e3, "prefill_ms": marks[0] * 1e3,
-            "decode_ms": sum(marks[1:]) * 1e3, "decode_steps": steps - 1}
 
 
 def prompt_ids(folder: Path, length: int) -> list[int]:
-    tok = Tokenizer.from_file(folder / "tokenizer.model")
-    text = tok.encode(TEXT.read_text(), add_bos=False)
-    return ([tok.bos_id] + text * (length // max(len(text), 1) + 1))[:length]
+    """The validation text in the folder's tokenizer, cut to `length` tokens."""
+    ids = Tokenizer.from_file(folder / "tokenizer.model").encode(validation_text())
+    if len(ids) < length:
+        raise ValueError(f"--prompt {length}: the validation text has {len(ids)} tokens")
+    return ids[:length]
 
 
 def main(argv=None) -> int:
@@ -78,7 +53,8 @@ def main(argv=None) -> int:
     with Chromium() as browser:
         result["chromium"] = browser.version
         for threads in map(int, args.threads.split(",")):
-            result["runs"][f"native {threads} thread(s)"] = native_greedy(folder / file, ids, args.steps, threads)
+            result["runs"][f"native {threads} thread(s)"] = {**native(folder / file, ids, args.steps - 1, threads),
+                                                             "decode_steps": args.steps - 1}
             page = browser.run("/pages/ort_generate.mjs", {
                 "file": file, "external": (folder / (file + "_data")).exists(), "ids": ids, "steps": args.steps,
                 "ep": "wasm", "threads": threads}, mounts={"model": folder}, timeout=7200)
