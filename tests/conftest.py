@@ -141,10 +141,15 @@ def real_gguf_reader(real_gguf):
 
 
 @pytest.fixture(scope="session")
-def real_tokenizer_proto(real_gguf_reader) -> bytes:
-    """The SentencePiece model rebuilt from the bundled GGUF's vocabulary."""
+def real_tokenizer_proto(real_gguf, request, tmp_path_factory) -> bytes:
+    """The SentencePiece model rebuilt from the bundled GGUF's vocabulary (once for all workers: a worker that
+    needs only this reads the file another wrote, without parsing the GGUF; real_gguf keeps its users `slow`)."""
     from export.models.checkpoints.gguf_tokenizer import sentencepiece_model_from_gguf
-    return sentencepiece_model_from_gguf(real_gguf_reader)
+
+    def rebuild(path: Path) -> Path:
+        path.write_bytes(sentencepiece_model_from_gguf(request.getfixturevalue("real_gguf_reader")))
+        return path
+    return built_once(tmp_path_factory, "tokenizer.model", rebuild).read_bytes()
 
 
 @pytest.fixture(scope="session")
