@@ -17,7 +17,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from runtime_py.contract import (CONFIG_KEY, DEFAULT_PREFILL, END_OF_TURN, RECURRENT, SLIDING_ATTENTION,
+from runtime_py.contract import (CONFIG_KEY, DEFAULT_PREFILL, END_OF_TURN, RECURRENT, SAE_KEY, SLIDING_ATTENTION,
                                  TURN_TEMPLATES, VISION_KEY, kv_cache_names, parse_kv_cache_name)
 from runtime_py.files import atomic_path
 
@@ -153,7 +153,7 @@ def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int 
         vision_mask_type(executor, vision)
     facts = {"config": config, "context_length": context, "prefill_lengths": manifest.get("prefill_lengths"),
              "recipe": manifest.get("recipe"), "source": manifest.get("source"),
-             **({VISION_KEY: vision} if vision else {})}
+             **({VISION_KEY: vision} if vision else {}), **({SAE_KEY: manifest[SAE_KEY]} if SAE_KEY in manifest else {})}
     write_litertlm(out_file, system_metadata(facts), tok, models, llm=meta, executor=executor)
     return out_file
 
@@ -207,10 +207,11 @@ def check_encoder_size(encoder: Path, size: int) -> None:
 
 
 def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_lengths=None,
-                    cache_length: int | None = None, vision_quant: str | None = None, consume: bool = False) -> Path:
+                    cache_length: int | None = None, vision_quant: str | None = None, consume: bool = False,
+                    sae=None) -> Path:
     """Export a LoadedModel (causal, vision-language or EmbeddingGemma) to `out_dir`: model.litertlm (+
-    tokenizer.model and manifest.json beside it). The LiteRT artifact is converted into a temporary folder first,
-    then bundled. consume: export_litert's."""
+    tokenizer.model and manifest.json beside it; with `sae`, an SaeRequest, the SAEs' decoder rows too). The
+    LiteRT artifact is converted into a temporary folder first, then bundled. consume, sae: export_litert's."""
     from . import export_litert
 
     if why := unbundleable(loaded.config):
@@ -228,11 +229,14 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
             litert = export_embedding_litert(loaded, work / "litert", recipe_for(recipe, "litert"), prefill_lengths)
         else:
             litert = export_litert(loaded, work / "litert", recipe, prefill_lengths or DEFAULT_PREFILL, cache_length,
-                                   consume=consume, **({"vision_quant": vision_quant} if vision_quant else {}))
+                                   consume=consume, **({"vision_quant": vision_quant} if vision_quant else {}),
+                                   **({"sae": sae} if sae else {}))
         inner = json.loads((litert / MANIFEST).read_text())
         with staged_dir(out_dir) as tmp:
             build_litertlm(litert, tmp / BUNDLE)
             shutil.copyfile(litert / "tokenizer.model", tmp / "tokenizer.model")
+            for entry in inner.get(SAE_KEY, []):
+                shutil.copyfile(litert / entry["decoder"], tmp / entry["decoder"])
             extra = {k: v for k, v in inner.items()
                      if k not in ("tool", "tool_version", "target", "recipe", "source", "config", "files", "plan")}
             write_manifest(tmp, source=str(loaded.source), config=loaded.config, recipe=recipe,

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
-from runtime_py.contract import DEFAULT_CONTEXT, SAE_DECODER, SAE_KEY
+from runtime_py.contract import DEFAULT_CONTEXT, SAE_KEY
 
 from ..artifact import staged_dir
 from ...models.vision_config import VisionLanguageConfig
@@ -63,10 +61,7 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
         else:
             save_model(proto, tmp / "model.onnx")
         if sae:
-            files = [SAE_DECODER.format(n=n) for n in range(len(sae.saes))]
-            for s, f in zip(sae.saes, files):
-                np.save(tmp / f, s.w_dec)
-            extra[SAE_KEY] = sae.manifest(files)
+            extra[SAE_KEY] = sae.write_decoders(tmp)
         if not embedder and genai_supported(c):
             (tmp / "genai_config.json").write_text(json.dumps(genai_config(c, context), indent=2) + "\n")
         elif not embedder:     # runtime_py reads the same description from the manifest
