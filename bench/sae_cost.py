@@ -108,7 +108,8 @@ def main(argv=None) -> None:
     int8 = models["SAE int8 encoder"].features(text)[0]["positions"]
     jac = [len(set(a["indices"]) & set(b["indices"])) / max(len(set(a["indices"]) | set(b["indices"])), 1)
            for a, b in zip(fp32, int8)]
-    result = {"model": str(loaded.source), "target": args.target, "recipe": args.quant, "layer": layer, "width": args.width, "k": args.k,
+    result = {"model": str(loaded.source), "target": args.target, "recipe": args.quant, "layer": layer,
+              "width": args.width, "k": args.k,
               "prompt_tokens": len(prompt), "decode_steps": args.decode, "runs": args.runs,
               "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "load": os.getloadavg()},
               "files_bytes": sizes, "total_mb": {n: round(sum(s.values()) / 1e6, 1) for n, s in sizes.items()},

@@ -6,7 +6,9 @@ Signature contract (LiteRT-LM's names, gemma-export's LiteRT target): inputs `to
 int32 [T], `kv_cache_k_{i}` / `kv_cache_v_{i}` [1, G, S_i, D] (RecurrentGemma's recurrent layers: `rg_lru_state_{i}`
 [1, W], `conv1d_state_{i}` [1, K-1, W] instead); outputs `logits` [1, T, V] (prefill signatures may omit it) and the
 updated caches and states. The attention mask is computed in the graph; a chunk of n < T tokens runs through
-`prefill_T` with the tail padded (tokens 0, input_pos 0) and the graph keeps only the n real tokens.
+`prefill_T` with the tail padded (tokens 0, input_pos 0) and the graph keeps only the n real tokens. An artifact
+exported with --sae also has `sae_prefill_{T}` / `sae_decode`: the same plus steering inputs `sae_{n}_steer` and
+the SAE outputs (export.converters.litert.sae); steered sequences and `run` of SAE outputs go through them.
 
 Each stepper owns its caches as TensorBuffers that every call updates in place (litert_compiled.State): a decode
 step copies no cache in or out, and reads back only the logits it returns.
@@ -21,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, KV_CACHE_PREFIX, PREFILL_PREFIX, SAE_DECODE_SIGNATURE,
-                       SAE_PREFILL_PREFIX, SAE_STEER, STATE_PREFIXES, TEXT_ENCODER_SECTION, VISION_KEY,
-                       is_cache)
+from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, KV_CACHE_PREFIX, PREFILL_PREFIX,
+                       SAE_DECODE_SIGNATURE, SAE_PREFILL_PREFIX, SAE_STEER, STATE_PREFIXES, TEXT_ENCODER_SECTION,
+                       VISION_KEY, is_cache)
 from .litert_embedding import LiteRTBundleEmbedder, LiteRTEmbedder
 from .litert_compiled import Signature, State, carried, compile_tflite
 from .litert_vision import LiteRTVisionBackend, greedy_chunks

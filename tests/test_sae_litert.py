@@ -71,19 +71,34 @@ def test_zero_steering_leaves_the_logits_and_steering_moves_them_as_transformers
         assert np.abs(got - want).max() < 1e-4
 
 
-@pytest.mark.parametrize("n", [0, 1])          # resid_post; attn_out, whose decode-step tap is decode_write's
-def test_steered_generation_follows_the_steered_reference(exported, n):
+@pytest.mark.parametrize("n", range(len(SITES)))
+def test_steered_decode_steps_follow_the_steered_reference(exported, n):
+    """Through sae_prefill_{T} then sae_decode (each site's tap in the one-slot decode graph too: decode_write),
+    teacher-forced: every step's logits within 1e-4 of transformers with the vector added at the site."""
     hf, params, _, outs = exported
     m = runtime_py.load(outs["litert"])
     site, layer = SITES[n]
-    ids = _ids()[:11]                           # a prompt over both prefill lengths, then decode steps
+    seq, prompt = _ids(), 11                    # a prompt over both prefill lengths, then 10 decode steps
     vec = 6.0 * params[n]["w_dec"][9]
+    _, want = hf_site(hf.ref, site, layer, torch.tensor([seq]), add=vec)
+    _, plain = hf_site(hf.ref, site, layer, torch.tensor([seq]))
+    step = m.backend.stepper(len(seq), extra=m.sae.steer_inputs([{9: 6.0} if i == n else None
+                                                                 for i in range(len(SITES))]))
+    got = [step(seq[:prompt], 0)] + [step([t], pos) for pos, t in enumerate(seq[prompt:], prompt)][:-1]
+    assert np.abs(want[prompt - 1:] - plain[prompt - 1:]).max() > 1e-2        # it does move them
+    assert np.abs(np.array(got) - want[prompt - 1:]).max() < 1e-4
+
+
+def test_steered_generation_follows_the_steered_reference(exported):
+    hf, params, _, outs = exported
+    m = runtime_py.load(outs["litert"])
+    ids = _ids()[:11]
+    vec = 6.0 * params[0]["w_dec"][9]
     seq = list(ids)
-    for _ in range(10):                 # transformers, greedy, the vector added at the site at every position
-        _, logits = hf_site(hf.ref, site, layer, torch.tensor([seq]), add=vec)
+    for _ in range(10):                 # transformers, greedy, the vector added at layer 1 at every position
+        _, logits = hf_site(hf.ref, "resid_post", 1, torch.tensor([seq]), add=vec)
         seq.append(int(np.argmax(logits[-1])))
-    steer = [{9: 6.0} if i == n else None for i in range(len(SITES))]
-    assert m.generate(ids, max_new_tokens=10, stop_ids=[], steer=steer).token_ids == seq[len(ids):]
+    assert m.generate(ids, max_new_tokens=10, stop_ids=[], steer=[{9: 6.0}, None, None]).token_ids == seq[len(ids):]
     assert seq[len(ids):] != m.generate(ids, max_new_tokens=10, stop_ids=[]).token_ids   # steering changed them
 
 
@@ -169,7 +184,8 @@ def test_features_cli_on_the_bundle_and_refusals(exported, tiny_hf, capsys):
                             str(WIDTH + 1), "--out", str(never)], f"--sae-k {WIDTH + 1}: expected 1..{WIDTH}"),
                           (["--target", "android", "--model", str(embedder.path), "--sae", str(paths[0]), "--out",
                             str(never)], "SAEs read a causal text LM")]:
-        assert main(argv) == 2
+        capsys.readouterr()
+        assert main([*argv, "--json"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
     assert not never.exists()

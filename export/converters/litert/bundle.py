@@ -153,7 +153,8 @@ def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int 
         vision_mask_type(executor, vision)
     facts = {"config": config, "context_length": context, "prefill_lengths": manifest.get("prefill_lengths"),
              "recipe": manifest.get("recipe"), "source": manifest.get("source"),
-             **({VISION_KEY: vision} if vision else {}), **({SAE_KEY: manifest[SAE_KEY]} if SAE_KEY in manifest else {})}
+             **({VISION_KEY: vision} if vision else {}),
+             **({SAE_KEY: manifest[SAE_KEY]} if SAE_KEY in manifest else {})}
     write_litertlm(out_file, system_metadata(facts), tok, models, llm=meta, executor=executor)
     return out_file
 

@@ -41,7 +41,8 @@ def _granularity(block: int | None):
 
 
 def aeq_recipe(r: Recipe, carried: list[tuple[str, str, Layout]] = (),
-               planned: list[tuple[str, str, Layout]] = (), own: list[tuple[str, str, Layout | None]] = ()) -> list[dict]:
+               planned: list[tuple[str, str, Layout]] = (),
+               own: list[tuple[str, str, Layout | None]] = ()) -> list[dict]:
     """The ai-edge-quantizer recipe (a list of op configs) for our recipe `r` (LiteRT numbers).
     carried: (scope regex, op name, layout) of the ops whose stored integers are kept
     (export.converters.litert.lossless); planned: the same for the ops a per-weight plan names; own: ops stored
