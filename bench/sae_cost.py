@@ -33,6 +33,10 @@ TEXT = ("The history of the printing press begins in the fifteenth century, when
         "price of a book fell so far that ordinary merchants could own a few.")
 
 
+VARIANTS = {"no SAE": [], "SAE fp32 encoder": ["--sae", "{sae}"],
+            "SAE int8 encoder": ["--sae", "{sae}", "--sae-encoder", "int8"]}
+
+
 def random_sae_folder(root: Path, loaded, layer: int, width: int, seed: int = 0) -> Path:
     """A Gemma Scope 2 folder (params.safetensors + config.json) at resid_post of `layer`, scaled to the typical
     position's norm there on TEXT."""
@@ -53,7 +57,7 @@ def random_sae_folder(root: Path, loaded, layer: int, width: int, seed: int = 0)
               "b_enc": np.zeros(width, np.float32), "b_dec": np.zeros(d, np.float32),
               "threshold": rng.uniform(1.5, 2.5, width).astype(np.float32)}
     folder = root / "resid_post" / f"layer_{layer}_width_{width // 1024}k_l0_small"
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     save_file(params, str(folder / "params.safetensors"))
     (folder / "config.json").write_text(json.dumps({"hf_hook_point_in": f"model.layers.{layer}.output",
                                                     "architecture": "jump_relu", "width": width}))
@@ -70,6 +74,9 @@ def main(argv=None) -> None:
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--agreement-tokens", type=int, default=512, help="tokens of export/data/validation.txt")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--root", default=None, help="work folder (default: a new temporary one); an artifact already "
+                                                 "in it (DIR/<variant>/manifest.json) is measured, not exported again")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
     args = ap.parse_args(argv)
     import runtime_py
     from export.cli import main as cli
@@ -77,13 +84,15 @@ def main(argv=None) -> None:
 
     loaded = load_model()
     layer = loaded.config.num_layers // 2
-    root = Path(tempfile.mkdtemp(prefix="sae-cost-"))
+    root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="sae-cost-"))
     sae = random_sae_folder(root, loaded, layer, args.width)
-    variants = {"no SAE": [], "SAE fp32 encoder": ["--sae", str(sae)],
-                "SAE int8 encoder": ["--sae", str(sae), "--sae-encoder", "int8"]}
+    variants = {name: [f.format(sae=sae) for f in flags] for name, flags in VARIANTS.items()
+                if name in args.variants.split(",")}
     folders = {}
     for name, flags in variants.items():
         folders[name] = root / name.replace(" ", "-")
+        if (folders[name] / "manifest.json").is_file():
+            continue
         with contextlib.redirect_stdout(io.StringIO()):         # its summary JSON
             status = cli(["--target", args.target, "--quant", args.quant, "--out", str(folders[name]), "--no-validate",
                           "--sae-k", str(args.k), *flags, "--json"])
@@ -104,10 +113,12 @@ def main(argv=None) -> None:
     sizes = {name: {p.name: p.stat().st_size for p in f.iterdir()
                     if p.suffix in (".onnx", ".data", ".npy", ".litertlm")} for name, f in folders.items()}
     text = loaded.tokenizer.encode((ROOT / "export" / "data" / "validation.txt").read_text())[:args.agreement_tokens]
-    fp32 = models["SAE fp32 encoder"].features(text)[0]["positions"]
-    int8 = models["SAE int8 encoder"].features(text)[0]["positions"]
-    jac = [len(set(a["indices"]) & set(b["indices"])) / max(len(set(a["indices"]) | set(b["indices"])), 1)
-           for a, b in zip(fp32, int8)]
+    jac = None
+    if {"SAE fp32 encoder", "SAE int8 encoder"} <= set(models):
+        fp32 = models["SAE fp32 encoder"].features(text)[0]["positions"]
+        int8 = models["SAE int8 encoder"].features(text)[0]["positions"]
+        jac = [len(set(a["indices"]) & set(b["indices"])) / max(len(set(a["indices"]) | set(b["indices"])), 1)
+               for a, b in zip(fp32, int8)]
     result = {"model": str(loaded.source), "target": args.target, "recipe": args.quant, "layer": layer,
               "width": args.width, "k": args.k,
               "prompt_tokens": len(prompt), "decode_steps": args.decode, "runs": args.runs,
@@ -121,7 +132,7 @@ def main(argv=None) -> None:
                   "litert_lm_decode_tok_s_runs": {n: [round(x, 1) for x in v] for n, v in engine.items()}}
                  if engine else {}),
               "int8_topk": {"tokens": len(text), "mean_jaccard": round(float(np.mean(jac)), 4),
-                            "equal_sets": round(float(np.mean([j == 1.0 for j in jac])), 4)}}
+                            "equal_sets": round(float(np.mean([j == 1.0 for j in jac])), 4)} if jac else None}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "sae_cost.json" if args.target == "onnx" else f"sae_cost_{args.target}.json"

@@ -84,7 +84,7 @@ def test_steered_decode_steps_follow_the_steered_reference(exported, n):
     _, plain = hf_site(hf.ref, site, layer, torch.tensor([seq]))
     step = m.backend.stepper(len(seq), extra=m.sae.steer_inputs([{9: 6.0} if i == n else None
                                                                  for i in range(len(SITES))]))
-    got = [step(seq[:prompt], 0)] + [step([t], pos) for pos, t in enumerate(seq[prompt:], prompt)][:-1]
+    got = [step(seq[:prompt], 0)] + [step([t], pos) for pos, t in enumerate(seq[prompt:], prompt)]
     assert np.abs(want[prompt - 1:] - plain[prompt - 1:]).max() > 1e-2        # it does move them
     assert np.abs(np.array(got) - want[prompt - 1:]).max() < 1e-4
 
