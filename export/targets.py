@@ -37,8 +37,6 @@ class Target:
         consume: the caller is done with loaded.model (a LiteRT exporter may free its weights before quantizing:
         export.converters.litert)."""
         module, func = EXPORTERS[self.bundle].split(":")
-        if sae and (hasattr(loaded.config, "vision") or loaded.config.embedding_head is not None):
-            raise ValueError("--sae: sparse autoencoders are exported with causal text LMs only")
         if self.bundle == "litertlm":       # refused before any conversion work
             from .converters.litert.bundle import unbundleable
             if why := unbundleable(loaded.config):

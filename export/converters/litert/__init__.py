@@ -36,8 +36,9 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
     text model's are kept). sae: an export.models.sae.SaeRequest (sae.py: sae_prefill_{T} / sae_decode)."""
     r = recipe_for(recipe, "litert")
     c = loaded.config
-    if sae is not None and (hasattr(c, "vision") or c.embedding_head is not None):
-        raise ValueError("--sae: sparse autoencoders are exported with causal text LMs only")
+    if sae is not None:
+        from .sae import check_request
+        check_request(sae, c)
     if hasattr(c, "vision"):
         from .vision import export_litert_vision
         return export_litert_vision(loaded, out, r, prefill_lengths, cache_length, vision_quant, consume)
@@ -52,9 +53,6 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
     if not lengths or lengths[0] < 1 or lengths[-1] > context:
         raise ValueError(f"prefill lengths {tuple(lengths)}: each must be between 1 and the context "
                          f"length {context}")
-    if sae is not None:
-        from .sae import check_request
-        check_request(sae)
     edge = convert(loaded.model, lengths, context, composites=composites, prefill_logits=prefill_logits, sae=sae)
     with staged_dir(out) as tmp:
         _save(edge, tmp, r, sae)

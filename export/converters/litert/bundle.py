@@ -217,6 +217,9 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
 
     if why := unbundleable(loaded.config):
         raise ValueError(f"{loaded.source}: {why}")
+    if sae is not None:
+        from .sae import check_request
+        check_request(sae, loaded.config)
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.source}: a .litertlm bundle needs the model's tokenizer (tokenizer.model)")
     if hasattr(loaded.config, "vision"):               # before any conversion

@@ -68,8 +68,11 @@ class SaeSignatureModule(SignatureModule):
         return x
 
 
-def check_request(sae) -> None:
-    """--sae-encoder names a storage (before any conversion; SaeRequest checked --sae-k)."""
+def check_request(sae, config) -> None:
+    """The model is a causal text LM and --sae-encoder names a storage (before any conversion; SaeRequest checked
+    --sae-k)."""
+    if hasattr(config, "vision") or config.embedding_head is not None:
+        raise ValueError("--sae: sparse autoencoders are exported with causal text LMs only")
     if sae.encoder not in SAE_ENCODERS:
         raise ValueError(f"--sae-encoder {sae.encoder}: choose from {', '.join(SAE_ENCODERS)}")
 
