@@ -373,8 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--calibration-tokens", type=int, default=None, metavar="N",
                    help=f"--gptq: calibration tokens, in windows of {GPTQ_SEQ} (default {GPTQ_TOKENS})")
     e.add_argument("--sae", action="append", default=None, metavar="PATH",
-                   help="a Gemma Scope SAE (params.npz, or a Gemma Scope 2 folder) whose top-k features the ONNX "
-                        "artifact also emits at its site, with a steering input there (repeatable)")
+                   help="a Gemma Scope SAE (params.npz, or a Gemma Scope 2 folder) whose top-k features the "
+                        "artifact also emits at its site, with a steering input there (ONNX: extra outputs and an "
+                        "optional input; LiteRT: sae_prefill_{T} / sae_decode signatures; repeatable)")
     e.add_argument("--sae-k", type=int, default=None, metavar="K", help=f"--sae: features per token (default {DEFAULT_SAE_K})")
     e.add_argument("--sae-encoder", default=None, choices=list(SAE_ENCODERS),
                    help="--sae: the encoder matrix's storage (default fp32)")

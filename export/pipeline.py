@@ -98,9 +98,6 @@ def run(args) -> int:
     # (a lone GGUF is a text model: its metadata is not read twice)
     config = read_config(source, mmproj) if mmproj is not None or source.is_dir() else None
     _check_vision_request(args, target, config, auto is not None or calibration is not None)
-    if getattr(args, "sae", None) and target.format != "onnx":
-        raise ValueError(f"--sae: --target {target.name} builds LiteRT; sparse autoencoders are exported to ONNX "
-                         f"only so far")
     progress = Progress(steps, quiet=args.json)
     with progress.step("load", str(args.model or "bundled Gemma 3 270M") + (f" + {mmproj}" if mmproj else "")):
         loaded = load_model(args.model, mmproj=mmproj)

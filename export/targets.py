@@ -35,13 +35,10 @@ class Target:
                prefill: tuple[int, ...] | None = None, vision_quant: str | None = None, sae=None,
                consume: bool = False):
         """Export `loaded` to `out` with this profile, each argument overriding its column; vision_quant: the
-        vision graph's storage of a vision-language model; sae: an export.models.sae.SaeRequest (ONNX only);
+        vision graph's storage of a vision-language model; sae: an export.models.sae.SaeRequest;
         consume: the caller is done with loaded.model (a LiteRT exporter may free its weights before quantizing:
         export.converters.litert)."""
         module, func = EXPORTERS[self.bundle].split(":")
-        if sae and self.format != "onnx":
-            raise ValueError(f"--sae: --target {self.name} builds LiteRT; sparse autoencoders are exported to "
-                             f"ONNX only so far")
         if self.bundle == "litertlm":       # refused before any conversion work
             from .converters.litert.bundle import unbundleable
             if why := unbundleable(loaded.config):
@@ -62,7 +59,7 @@ class Target:
         if hasattr(loaded.config, "vision") and not prefill:
             lengths = DEFAULT_PREFILL
         return fn(loaded, out, recipe, prefill_lengths=lengths, cache_length=context, consume=consume,
-                  **({"vision_quant": vision_quant} if vision_quant else {}))
+                  **({"vision_quant": vision_quant} if vision_quant else {}), **({"sae": sae} if sae else {}))
 
 
 def _export_embedder(fn, loaded, out, recipe: str, context: int | None, prefill):

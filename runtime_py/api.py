@@ -149,8 +149,6 @@ class Model:
         sae = self.sae
         if not len(sae):
             raise ValueError(f"{self.path}: no SAE outputs (export it with --sae)")
-        if not hasattr(self.backend, "run"):
-            raise ValueError(f"{self.path}: SAE outputs are read from ONNX artifacts only")
         outs = self.backend.run(sae.outputs(), self._ids(text), extra=sae.steer_inputs(steer) if steer else None)
         return [{**{key: e[key] for key in ("path", "site", "layer", "hook")},
                  "positions": firing(outs[2 * n], outs[2 * n + 1], k)} for n, e in enumerate(sae.entries)]

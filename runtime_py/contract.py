@@ -131,6 +131,14 @@ def encoder_signature(length: int) -> str:
 DEFAULT_SAE_K = 16                         # features per token an artifact emits (export --sae-k)
 SAE_KEY = "sae"                            # manifest.json: [{site, layer, hook, width, d_in, k, encoder, decoder}]
 SAE_VALUES = "sae_{n}_topk_values"         # output [B, T, k] float32: the k largest JumpReLU activations
-SAE_INDICES = "sae_{n}_topk_indices"       # output [B, T, k] int64: their feature ids
+SAE_INDICES = "sae_{n}_topk_indices"       # output [B, T, k]: their feature ids (ONNX int64, LiteRT int32)
 SAE_STEER = "sae_{n}_steer"                # optional input [d_in] float32 (default zeros), added at the site
 SAE_DECODER = "sae_{n}_decoder.npy"        # W_dec [width, d_in] float32: the rows steering is built from
+# LiteRT: the SAE outputs and steering inputs live in signatures of their own beside prefill_{T} / decode (same
+# caches, same weights): LiteRT-LM takes every signature named prefill* as a prefill runner, and would run the
+# encoder on every token and feed the steering input whatever its own buffer holds (README)
+SAE_PREFILL_PREFIX, SAE_DECODE_SIGNATURE = "sae_prefill_", "sae_decode"
+
+
+def sae_prefill_signature(length: int) -> str:
+    return f"{SAE_PREFILL_PREFIX}{length}"

@@ -7,7 +7,9 @@ int32 [T], `kv_cache_k_{i}` / `kv_cache_v_{i}` [1, G, S_i, D] (RecurrentGemma's 
 [1, W], `conv1d_state_{i}` [1, K-1, W] instead); outputs `logits` [1, T, V] (a prefill signature's may have every
 row, none -- `.litertlm` bundles -- or the last one: contract.PREFILL_LOGITS) and the updated caches and states. The
 attention mask is computed in the graph; a chunk of n < T tokens runs through `prefill_T` with the tail padded
-(tokens 0, input_pos 0) and the graph keeps only the n real tokens.
+(tokens 0, input_pos 0) and the graph keeps only the n real tokens. An artifact exported with --sae also has
+`sae_prefill_{T}` / `sae_decode`: the same plus steering inputs `sae_{n}_steer` and the SAE outputs
+(export.converters.litert.sae); steered sequences and `run` of SAE outputs go through them.
 
 Each stepper owns its caches as TensorBuffers that every call updates in place (litert_compiled.State): a decode
 step copies no cache in or out, and reads back only the logits it returns.
@@ -26,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, INPUT_POS, KV_CACHE_PREFIX, LOGITS,
-                       PREFILL_DECODE_SECTION, PREFILL_PREFIX, STATE_PREFIXES, TEXT_ENCODER_SECTION, TOKENS, VISION_KEY,
-                       is_cache)
+                       PREFILL_DECODE_SECTION, PREFILL_PREFIX, SAE_DECODE_SIGNATURE, SAE_PREFILL_PREFIX, SAE_STEER,
+                       STATE_PREFIXES, TEXT_ENCODER_SECTION, TOKENS, VISION_KEY, is_cache)
 from .litert_embedding import LiteRTBundleEmbedder, LiteRTEmbedder
 from .litert_compiled import Signature, State, carried, compile_tflite
 from .litert_vision import LiteRTVisionBackend, greedy_chunks
@@ -39,19 +41,27 @@ _TFLITE, _SP_TOKENIZER, _LLM_METADATA, _TFLITE_WEIGHTS = 3, 4, 5, 7     # AnySec
 _STRING_VALUE = 9                                                     # VData.StringValue
 
 
+def _is_steer(name: str) -> bool:
+    """An SAE's steering input (SAE_STEER, sae_{n}_steer)."""
+    head, tail = SAE_STEER.split("{n}")
+    return name.startswith(head) and name.endswith(tail) and name[len(head):-len(tail)].isdigit()
+
+
 class _Signature(Signature):
-    """A prefill or decode signature: its token and position inputs (static shapes), filled for each call."""
+    """A prefill or decode signature: its token and position inputs (static shapes), filled for each call, and
+    an SAE signature's steering inputs (`steers`)."""
 
     def __init__(self, model, name: str, where: str):
         super().__init__(model, name)
-        extra = [k for k in self.inputs if k not in (TOKENS, INPUT_POS) and not is_cache(k)]
+        extra = [k for k in self.inputs if k not in (TOKENS, INPUT_POS) and not is_cache(k) and not _is_steer(k)]
         if extra or not {TOKENS, INPUT_POS} <= set(self.inputs):
             raise ValueError(f"{where}: signature {name!r} has inputs {list(self.inputs)}; runtime_py feeds {TOKENS}, "
                              f"{INPUT_POS}, {KV_CACHE_PREFIX}* and {'*, '.join(STATE_PREFIXES)}* only (the attention "
-                             f"mask computed in the graph)")
+                             f"mask computed in the graph; SAE signatures also {SAE_STEER})")
         self.length = int(self.inputs[INPUT_POS]["shape"][-1])
         self.tokens = np.zeros(self.inputs[TOKENS]["shape"], self.inputs[TOKENS]["dtype"])
         self.positions = np.zeros(self.inputs[INPUT_POS]["shape"], self.inputs[INPUT_POS]["dtype"])
+        self.steers = [k for k in self.inputs if _is_steer(k)]
 
     def all_rows(self) -> bool:
         """Whether this signature outputs logits for each of its T rows (contract.PREFILL_ALL_ROWS); a prefill
@@ -60,8 +70,22 @@ class _Signature(Signature):
         return shape is not None and len(shape) == 3 and shape[1] == self.length
 
 
+class _Signatures:
+    """One set of signatures a sequence runs through: `prefill` {T: signature}, `decode`, and `feeds` (the SAE
+    signatures' steering inputs, fed on every call)."""
+
+    def __init__(self, prefill: dict, decode: _Signature, feeds: dict | None = None):
+        self.prefill, self.decode, self.feeds = prefill, decode, feeds or {}
+        self.lengths = sorted(prefill)
+
+    def has(self, name: str) -> bool:
+        """Every prefill signature outputs `name` for each of its rows (logits: contract.PREFILL_LOGITS)."""
+        return all(name in s.outputs and (name != LOGITS or s.all_rows()) for s in self.prefill.values())
+
+
 class LiteRTBackend:
-    """kind "causal": `stepper(max_len)` and `logits(ids)` over a LiteRT model's prefill/decode signatures."""
+    """kind "causal": `stepper(max_len)` and `logits(ids)` over a LiteRT model's prefill/decode signatures
+    (steered, and the SAE outputs: over its sae_prefill_{T} / sae_decode signatures)."""
 
     kind = "causal"
 
@@ -75,16 +99,22 @@ class LiteRTBackend:
             raise ValueError(f"{self.path}: expected signatures {PREFILL_PREFIX}{{T}} and {DECODE_SIGNATURE}, "
                              f"found {names}")
         self.decode = _Signature(self.model, DECODE_SIGNATURE, self.path)
-        prefill = [_Signature(self.model, n, self.path) for n in names if n.startswith(PREFILL_PREFIX)]
-        self.prefill = {s.length: s for s in sorted(prefill, key=lambda s: s.length)}   # T -> signature
+        self.prefill = self._lengths(names, PREFILL_PREFIX)               # T -> signature
         self.caches = carried(self.decode.inputs)
-        for sig in [self.decode, *self.prefill.values()]:
+        self.sae = None                                                    # the SAE signatures, if any
+        if SAE_DECODE_SIGNATURE in names:
+            self.sae = _Signatures(self._lengths(names, SAE_PREFILL_PREFIX),
+                                   _Signature(self.model, SAE_DECODE_SIGNATURE, self.path))
+        every = [self.decode, *self.prefill.values(), *([self.sae.decode, *self.sae.prefill.values()] if self.sae
+                                                         else [])]
+        for sig in every:
             missing = [c for c in self.caches if sig.inputs.get(c) != self.decode.inputs[c] or c not in sig.outputs]
-            if missing or (sig is self.decode and LOGITS not in sig.outputs):
+            if missing or (sig.length == 1 and LOGITS not in sig.outputs):
                 raise ValueError(f"{self.path}: signature {sig.name!r} lacks {missing or [LOGITS]}")
-        # Prompt logits come from the prefill chunks only if every prefill signature gives every row (a bundle's
-        # give none: contract.PREFILL_LOGITS); otherwise logits() runs decode steps.
-        self.prefill_logits = all(s.all_rows() for s in self.prefill.values())
+        if self.sae is not None and not self.sae.prefill:
+            raise ValueError(f"{self.path}: {SAE_DECODE_SIGNATURE} without {SAE_PREFILL_PREFIX}{{T}} signatures")
+        self.plain = _Signatures(self.prefill, self.decode)
+        self.prefill_logits = self.plain.has(LOGITS)
         # A prompt's last token goes through decode, as LiteRT-LM runs it: the prefill chunks' logits [1, T, V]
         # (T MB each) are then never read, which would cost as much memory again. False: read from prefill.
         self.hold_last = True
@@ -98,17 +128,41 @@ class LiteRTBackend:
         self.vocab_size = int(self.decode.outputs[LOGITS]["shape"][-1])
         self.prefill_lengths = sorted(self.prefill)
 
+    def _lengths(self, names: list[str], prefix: str) -> dict[int, _Signature]:
+        sigs = [_Signature(self.model, n, self.path) for n in names if n.startswith(prefix)]
+        return {s.length: s for s in sorted(sigs, key=lambda s: s.length)}
+
+    def signatures(self, extra: dict[str, np.ndarray] | None = None, sae: bool = False) -> _Signatures:
+        """The plain signatures, or (steering inputs in `extra`, or `sae`: SAE outputs wanted) the SAE ones with
+        their steering inputs filled: `extra`'s vectors, zeros for the others."""
+        if not extra and not sae:
+            return self.plain
+        if self.sae is None:
+            raise ValueError(f"{self.path}: no SAE signatures ({SAE_DECODE_SIGNATURE}); export it with --sae")
+        inputs = self.sae.decode.inputs
+        unknown = [k for k in extra or {} if k not in self.sae.decode.steers]
+        if unknown:
+            raise ValueError(f"{self.path}: no steering input {unknown[0]!r}")
+        feeds = {k: np.zeros(inputs[k]["shape"], inputs[k]["dtype"]) for k in self.sae.decode.steers}
+        for k, v in (extra or {}).items():
+            if np.shape(v) != tuple(inputs[k]["shape"]):
+                raise ValueError(f"{self.path}: steering input {k!r} takes shape {inputs[k]['shape']}, got "
+                                 f"{list(np.shape(v))}")
+            feeds[k] = np.asarray(v, inputs[k]["dtype"])
+        return _Signatures(self.sae.prefill, self.sae.decode, feeds)
+
     def new_state(self) -> State:
         """The caches of an empty sequence (zeros), in buffers of their own."""
         return State(self.decode, self.caches)
 
-    def run(self, sig: _Signature, tokens: list[int], start: int, state: State) -> _Signature:
-        """Run `tokens` (len <= sig.length; the tail is padded) at positions start.. on `state` (updated in place).
-        -> `sig`, whose `logits(n)` reads the run's first n positions' logits, if it has them."""
+    def run_chunk(self, sig: _Signature, tokens: list[int], start: int, state: State,
+                  feeds: dict | None = None) -> _Signature:
+        """Run `tokens` (len <= sig.length; the tail is padded) at positions start.. on `state` (updated in place),
+        with `feeds` (steering inputs). -> `sig`, whose `logits(n)` reads the run's first n positions' logits."""
         n = len(tokens)
         sig.tokens.reshape(-1)[:n], sig.tokens.reshape(-1)[n:] = tokens, 0
         sig.positions.reshape(-1)[:n], sig.positions.reshape(-1)[n:] = np.arange(start, start + n), 0
-        sig.run({TOKENS: sig.tokens, INPUT_POS: sig.positions}, state)
+        sig.run({TOKENS: sig.tokens, INPUT_POS: sig.positions, **(feeds or {})}, state)
         return sig
 
     @staticmethod
@@ -116,58 +170,78 @@ class LiteRTBackend:
         """The logits of the last run's n real positions: [n, V] float32."""
         return np.asarray(sig.read(LOGITS, n), dtype=np.float32)
 
-    def chunks(self, count: int) -> list[tuple[int, int]]:
+    def chunks(self, count: int, lengths: list[int] | None = None) -> list[tuple[int, int]]:
         """How LiteRT-LM cuts `count` prompt tokens into prefill calls (litert_vision.greedy_chunks)."""
-        return greedy_chunks(count, self.prefill_lengths)
+        return greedy_chunks(count, lengths or self.prefill_lengths)
 
-    def stepper(self, max_len: int | None = None) -> "Stepper":
-        return Stepper(self, max_len or self.context_length)
+    def stepper(self, max_len: int | None = None, extra: dict[str, np.ndarray] | None = None) -> "Stepper":
+        """A fresh sequence of at most `max_len` tokens. extra: steering inputs by name, fed on every call."""
+        return Stepper(self, max_len or self.context_length, self.signatures(extra))
 
-    def logits(self, ids: list[int]) -> np.ndarray:
+    def logits(self, ids: list[int], extra: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Logits at every position of `ids` from an empty cache: [T, V] float32 (prefill chunks; decode steps
-        when the prefill signatures have no logits output)."""
+        when the prefill signatures have no logits output). extra: steering inputs by name."""
+        (rows,) = self.run([LOGITS], ids, extra=extra)
+        return rows
+
+    def run(self, names: list[str], ids: list[int], features: np.ndarray | None = None,
+            extra: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """The outputs `names` at every position of `ids`, one sequence from an empty cache: [T, ...] each (the
+        SAE outputs: through the SAE signatures). extra: steering inputs by name."""
+        if features is not None:
+            raise ValueError(f"{self.path} is a text model: it takes no images")
         ids = [int(i) for i in ids]
         if not 0 < len(ids) <= self.context_length:
             raise ValueError(f"logits() takes 1..{self.context_length} tokens ({self.path}), got {len(ids)}")
-        rows, state, pos = np.empty((len(ids), self.vocab_size), np.float32), self.new_state(), 0
-        plan = self.chunks(len(ids)) if self.prefill_logits else [(1, 1)] * len(ids)
-        for t, n in plan:
-            ran = self.run(self.prefill[t] if self.prefill_logits else self.decode, ids[pos:pos + n], pos, state)
-            ran.read_into(LOGITS, rows[pos:pos + n])
+        sigs = self.signatures(extra, sae=any(n not in self.decode.outputs for n in names))
+        missing = [n for n in names if n not in sigs.decode.outputs]
+        if missing:
+            raise ValueError(f"{self.path}: no output {missing[0]!r}")
+        outs = {n: sigs.decode.outputs[n] for n in names}
+        rows = [np.empty((len(ids), *outs[n]["shape"][2:]), outs[n]["dtype"]) for n in names]
+        through_prefill = all(sigs.has(n) for n in names)
+        state, pos = self.new_state(), 0
+        for t, n in self.chunks(len(ids), sigs.lengths) if through_prefill else [(1, 1)] * len(ids):
+            ran = self.run_chunk(sigs.prefill[t] if through_prefill else sigs.decode, ids[pos:pos + n], pos, state,
+                                 sigs.feeds)
+            for name, out in zip(names, rows):
+                ran.read_into(name, out[pos:pos + n])
             pos += n
         return rows
 
 
 class Stepper:
-    """`step(tokens, start) -> last-position logits [V]`, on caches of its own updated in place."""
+    """`step(tokens, start) -> last-position logits [V]`, on caches of its own updated in place, through one set
+    of signatures (`sigs`: plain, or the SAE ones with their steering inputs)."""
 
-    def __init__(self, backend: LiteRTBackend, max_len: int):
+    def __init__(self, backend: LiteRTBackend, max_len: int, sigs: _Signatures | None = None):
         if max_len > backend.context_length:
             raise ValueError(f"max_len {max_len} exceeds the context length {backend.context_length} "
                              f"of {backend.path}")
         self.backend, self.max_len, self.length = backend, int(max_len), 0
+        self.sigs = sigs or backend.plain
         self.state = None       # made on the first call
 
     def __call__(self, tokens: list[int], start: int) -> np.ndarray:
-        b = self.backend
+        b, sigs = self.backend, self.sigs
         tokens = check_step(tokens, start, self.length, self.max_len, b.path, b.context_length)
         if self.state is None:
             self.state = b.new_state()
         if len(tokens) == 1:
-            return self._run(b.decode, tokens)
-        held = b.hold_last or not b.prefill_logits
+            return self._run(tokens)
+        held = b.hold_last or not sigs.has(LOGITS)
         head = tokens[:-1] if held else tokens
-        for t, n in b.chunks(len(head)):
-            ran = b.run(b.prefill[t], head[:n], self.length, self.state)
+        for t, n in b.chunks(len(head), sigs.lengths):
+            ran = b.run_chunk(sigs.prefill[t], head[:n], self.length, self.state, sigs.feeds)
             self.length += n
             head = head[n:]
         if held:
-            return self._run(b.decode, tokens[-1:])
+            return self._run(tokens[-1:])
         return b.logits_of(ran, n)[-1]          # only the last chunk's rows are read, up to its last real one
 
-    def _run(self, sig: _Signature, tokens: list[int]) -> np.ndarray:
+    def _run(self, tokens: list[int]) -> np.ndarray:
         """Run one token through decode; -> its logits [V]."""
-        ran = self.backend.run(sig, tokens, self.length, self.state)
+        ran = self.backend.run_chunk(self.sigs.decode, tokens, self.length, self.state, self.sigs.feeds)
         self.length += 1
         return self.backend.logits_of(ran, 1)[0]
 

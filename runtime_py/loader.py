@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .api import Model
-from .contract import FULL_ATTENTION, SLIDING_ATTENTION, VISION_KEY
+from .contract import FULL_ATTENTION, SAE_KEY, SLIDING_ATTENTION, VISION_KEY
 from .files import inside, read_json
 from .tokenizer import Tokenizer
 
@@ -49,6 +49,8 @@ def _open_litert(path: Path, threads: int | None) -> Model:
         backend, tok_bytes, facts = open_bundle(bundle, threads)
         if manifest is None and isinstance(facts.get(VISION_KEY), dict):
             manifest = {VISION_KEY: facts[VISION_KEY]}        # how images become rows, for Model.vision
+        if manifest is None and isinstance(facts.get(SAE_KEY), list):
+            manifest = {SAE_KEY: facts[SAE_KEY]}              # the SAEs it carries (decoder rows beside it)
     elif isinstance((manifest or {}).get(VISION_KEY), dict):   # a vision-language folder: its five .tflite files
         from .litert_vision import LiteRTVisionBackend
         files = {section: inside(folder, name, f"{folder / 'manifest.json'}: vision files").read_bytes()

@@ -31,9 +31,11 @@ class SaeSites:
     """The sparse autoencoders an artifact carries (manifest.json's SAE_KEY entries): their outputs, and the
     steering inputs built from the decoder rows beside the graph."""
 
-    def __init__(self, folder, entries: list[dict]):
+    def __init__(self, path, entries: list[dict]):
+        """path: the artifact (its folder, or a bundle file in it: the decoder rows sit beside it)."""
         from pathlib import Path
-        self.folder, self.entries = Path(folder), list(entries)
+        path = Path(path)
+        self.folder, self.entries = (path if path.is_dir() else path.parent), list(entries)
         self._decoders: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:

@@ -90,3 +90,28 @@ def topk_sets(acts: np.ndarray, k: int) -> list[set]:
         order = np.argsort(-row, kind="stable")[:k]
         out.append({int(i) for i in order if row[i] != 0})
     return out
+
+
+def check_features(ref, got: list[dict], params: list[dict], sites, ids: list[int], k: int, tol: float = 1e-4) -> None:
+    """An artifact's features(ids) (one entry per SAE, sites [(site, layer)] in order) against the numpy JumpReLU on
+    transformers' activations `ref`: features fire, the top-k index sets are equal, the values within `tol`."""
+    assert [(s["site"], s["layer"]) for s in got] == list(sites)
+    for s, p, (site, layer) in zip(got, params, sites):
+        x, _ = hf_site(ref, site, layer, torch.tensor([ids]))
+        want = jumprelu(p, x)
+        assert (want > 0).sum() > 2 * len(ids)          # features fire: the comparison can fail
+        assert [set(pos["indices"]) for pos in s["positions"]] == topk_sets(want, k)
+        for pos, row in zip(s["positions"], want):
+            assert np.abs(np.array(pos["values"]) - row[pos["indices"]]).max(initial=0) < tol
+
+
+def site_saes(ref, root: Path, sites, width: int) -> tuple[list[dict], list[Path]]:
+    """One random Gemma Scope 2 SAE per (site, layer) of `sites`, scaled to transformers' (`ref`) activations there
+    on a probe text, written under `root` -> (their params, their folders)."""
+    probe = torch.tensor([[2] + list(range(10, 40))])
+    params, paths = [], []
+    for n, (site, layer) in enumerate(sites):
+        x, _ = hf_site(ref, site, layer, probe)
+        params.append(random_sae(x.shape[1], width, seed=n, scale=float(np.sqrt((x ** 2).mean()))))
+        paths.append(write_gemma_scope_2(root, site, layer, params[-1]))
+    return params, paths

@@ -123,7 +123,7 @@ def test_a_recipe_the_quantizer_skips_is_an_error(fp32, tmp_path, monkeypatch):
     art = fp32[1]
     blockwise_int8 = dataclasses.replace(RECIPES["int8"], overrides=())      # block 32, as on ONNX
     with monkeypatch.context() as m:
-        m.setattr(lq, "aeq_recipe", lambda r, carried=(), planned=(): aeq.dynamic_wi8b32_afp32())
+        m.setattr(lq, "aeq_recipe", lambda r, carried=(), planned=(), own=(): aeq.dynamic_wi8b32_afp32())
         with pytest.raises(ValueError, match="did not apply --quant int8.*FULLY_CONNECTED"):
             quantize_tflite(art / "model.tflite", tmp_path / "a.tflite", blockwise_int8)
     weight_only_int4 = dataclasses.replace(RECIPES["int4"], name="int4-wo", activations="fp32")

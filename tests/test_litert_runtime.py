@@ -59,8 +59,9 @@ def test_prompt_chunking_over_mixed_prefill_lengths(art):
     assert b.chunks(13) == [(8, 8), (8, 5)] and b.chunks(29) == [(16, 16), (8, 8), (8, 5)]
     assert b.chunks(37) == [(16, 16), (16, 16), (8, 5)]
     calls = []
-    run = b.run
-    b.run = lambda sig, tokens, start, src: calls.append((sig.name, len(tokens), start)) or run(sig, tokens, start, src)
+    run = b.run_chunk
+    b.run_chunk = lambda sig, tokens, start, src, feeds=None: calls.append((sig.name, len(tokens), start)) or \
+        run(sig, tokens, start, src, feeds)
     try:
         ids = _ids(60, seed=5)
         with torch.no_grad():
@@ -72,7 +73,7 @@ def test_prompt_chunking_over_mixed_prefill_lengths(art):
                 pos += n
                 assert np.abs(last - expected[pos - 1]).max() < 1e-4, (lengths, pos)
     finally:
-        b.run = run
+        b.run_chunk = run
     p8, p16, dec = "prefill_8", "prefill_16", "decode"
     assert calls == [(p8, 8, 0), (p8, 5, 8),
                      (p8, 5, 0), (dec, 1, 5), (dec, 1, 6), (p8, 3, 7),
@@ -94,8 +95,9 @@ def test_a_prompt_holds_its_last_token_back_for_decode(art):
     b = runtime_py.load(art["folder"]).backend
     assert b.hold_last
     calls, reads = [], []
-    run, logits_of = b.run, b.logits_of
-    b.run = lambda sig, tokens, start, src: calls.append((sig.name, len(tokens), start)) or run(sig, tokens, start, src)
+    run, logits_of = b.run_chunk, b.logits_of
+    b.run_chunk = lambda sig, tokens, start, src, feeds=None: calls.append((sig.name, len(tokens), start)) or \
+        run(sig, tokens, start, src, feeds)
     b.logits_of = lambda sig, n: reads.append((sig.name, n)) or logits_of(sig, n)
     ids = _ids(30, seed=11)
     with torch.no_grad():

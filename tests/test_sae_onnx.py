@@ -12,7 +12,7 @@ import torch
 import runtime_py
 from conftest import run_cli
 from oracle import genai_greedy, hf_greedy
-from sae_oracle import hf_site, jumprelu, random_sae, topk_sets, write_gemma_scope_2
+from sae_oracle import check_features, hf_site, site_saes
 
 K, WIDTH = 8, 256
 SITES = (("resid_post", 1), ("attn_out", 2), ("mlp_out", 0))
@@ -24,12 +24,7 @@ def exported(tiny_hf, tmp_path_factory):
     and an int8 encoder, and without SAEs."""
     hf = tiny_hf("gemma3", tokenizer=True)
     root = tmp_path_factory.mktemp("sae")
-    probe = torch.tensor([[2] + list(range(10, 40))])
-    params, paths = [], []
-    for n, (site, layer) in enumerate(SITES):
-        x, _ = hf_site(hf.ref, site, layer, probe)
-        params.append(random_sae(x.shape[1], WIDTH, seed=n, scale=float(np.sqrt((x ** 2).mean()))))
-        paths.append(write_gemma_scope_2(root, site, layer, params[-1]))
+    params, paths = site_saes(hf.ref, root, SITES, WIDTH)
     outs = {}
     for name, flags in {"sae": [f for p in paths for f in ("--sae", str(p))],
                         "int8": ["--sae", str(paths[0]), "--sae-encoder", "int8"], "plain": []}.items():
@@ -48,15 +43,7 @@ def test_features_match_the_numpy_jumprelu_on_transformers(exported):
     hf, params, outs = exported
     m = runtime_py.load(outs["sae"])
     ids = _ids(hf)
-    got = m.features(ids)
-    assert [(s["site"], s["layer"]) for s in got] == list(SITES)
-    for s, p, (site, layer) in zip(got, params, SITES):
-        x, _ = hf_site(hf.ref, site, layer, torch.tensor([ids]))
-        want = jumprelu(p, x)
-        assert (want > 0).sum() > 2 * len(ids)          # features fire: the comparison can fail
-        assert [set(pos["indices"]) for pos in s["positions"]] == topk_sets(want, K)
-        for pos, row in zip(s["positions"], want):
-            assert np.abs(np.array(pos["values"]) - row[pos["indices"]]).max(initial=0) < 1e-4
+    check_features(hf.ref, m.features(ids), params, SITES, ids, K)
     manifest = json.loads((outs["sae"] / "manifest.json").read_text())
     assert [e["hook"] for e in manifest["sae"]] == ["model.layers.1.output", "model.layers.2.self_attn.o_proj.input",
                                                    "model.layers.0.post_feedforward_layernorm.output"]
@@ -119,9 +106,10 @@ def test_features_cli_on_the_artifact_and_refusals(exported, capsys):
     from export.cli import main
     sae = json.loads((outs["sae"] / "manifest.json").read_text())["sae"][0]["path"]
     for argv, message in [(["features", "--model", str(outs["sae"]), "--sae", sae, "hi"], "carries the SAEs"),
-                          (["--target", "android", "--model", str(hf.path), "--sae", sae, "--out",
-                            str(outs["sae"].parent / "never")], "sparse autoencoders are exported to ONNX only")]:
-        assert main(argv) == 2
+                          (["--target", "onnx", "--model", str(hf.path), "--sae", sae, "--sae-k", str(WIDTH + 1),
+                            "--out", str(outs["sae"].parent / "never")], f"--sae-k {WIDTH + 1}: expected 1..{WIDTH}")]:
+        capsys.readouterr()
+        assert main([*argv, "--json"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
     assert not (outs["sae"].parent / "never").exists()

@@ -193,9 +193,28 @@ class Probe:
         return x
 
 
-def _tap_owner(model, sae: SAE):
+def tap_owner(model, sae: SAE):
+    """The module of `model` (a GemmaForCausalLM) whose `taps` hold the SAE's site."""
     layer = model.model.layers[sae.layer]
     return layer.self_attn if sae.site == "attn_out" else layer
+
+
+@contextlib.contextmanager
+def tapped(model, saes: list[SAE], fns: list):
+    """Within the block, `model` runs fns[n](x) -> x at saes[n]'s site (one SAE per site)."""
+    owners = [tap_owner(model, s) for s in saes]
+    seen = set()
+    for owner, s in zip(owners, saes):
+        if s.tap in owner.taps or (id(owner), s.tap) in seen:
+            raise ValueError(f"{s.path}: a second SAE at {s.hook}; one SAE per site")
+        seen.add((id(owner), s.tap))
+    for owner, s, fn in zip(owners, saes, fns):
+        owner.taps[s.tap] = fn
+    try:
+        yield
+    finally:
+        for owner, s in zip(owners, saes):
+            owner.taps.pop(s.tap, None)
 
 
 @contextlib.contextmanager
@@ -203,16 +222,8 @@ def probing(model, saes: list[SAE], steer: list[dict | None] | None = None):
     """Within the block, `model` (a GemmaForCausalLM) runs with each SAE's Probe at its site -> the probes.
     steer: one {feature id: strength} (or None) per SAE."""
     probes = [Probe(s, (steer or [None] * len(saes))[i]) for i, s in enumerate(saes)]
-    owners = [_tap_owner(model, s) for s in saes]
-    for owner, s, p in zip(owners, saes, probes):
-        if s.tap in owner.taps:
-            raise ValueError(f"{s.path}: a second SAE at {s.hook}; one SAE per site")
-        owner.taps[s.tap] = p
-    try:
+    with tapped(model, saes, probes):
         yield probes
-    finally:
-        for owner, s in zip(owners, saes):
-            owner.taps.pop(s.tap, None)
 
 
 @torch.no_grad()
@@ -231,6 +242,21 @@ class SaeRequest:
     saes: list[SAE]
     k: int
     encoder: str = "fp32"
+
+    def __post_init__(self):
+        """k fits every SAE (the encoder's name is the exporters' to check: export.quantize.recipes)."""
+        for s in self.saes:
+            if not 1 <= self.k <= s.width:
+                raise ValueError(f"--sae-k {self.k}: expected 1..{s.width} (the width of {s.path})")
+
+    def write_decoders(self, folder: Path) -> list[dict]:
+        """Each SAE's decoder rows (W_dec, float32; steering vectors are built from them) into `folder` as
+        runtime_py.contract.SAE_DECODER -> manifest.json's SAE_KEY entries."""
+        from runtime_py.contract import SAE_DECODER
+        files = [SAE_DECODER.format(n=n) for n in range(len(self.saes))]
+        for s, f in zip(self.saes, files):
+            np.save(Path(folder) / f, s.w_dec)
+        return self.manifest(files)
 
     def manifest(self, decoder_files: list[str]) -> list[dict]:
         """manifest.json's SAE_KEY entries, in output order n = 0, 1, ..."""

@@ -253,11 +253,13 @@ def recipe(name: "str | Recipe", target: str) -> Recipe:
         raise ValueError(f"--quant {name} is not supported for --target {target}; supported: {', '.join(ok) or 'none'}")
     return r.for_format(target)
 
-# A sparse autoencoder's encoder (--sae-encoder), apart from the model's recipe: None = float32 (the published
-# weights as they are), else (bits, block, accuracy level) of onnxruntime's MatMulNBits. Level 4 quantizes the
-# activations to int8 per block too: its kernel is the fast one (level 0 dequantizes 16k columns each call, ~100x
-# slower; README). Biases and thresholds stay float32.
-SAE_ENCODERS = {"fp32": None, "int8": (8, 32, 4)}
+# A sparse autoencoder's encoder (--sae-encoder), apart from the model's recipe, per format: None = float32 (the
+# published weights as they are). ONNX: (bits, block, accuracy level) of onnxruntime's MatMulNBits; level 4
+# quantizes the activations to int8 per block too: its kernel is the fast one (level 0 dequantizes 16k columns
+# each call, ~100x slower; README). LiteRT: int8 per channel as the int8 recipe stores a weight (Hadamard-rotated:
+# XNNPACK quantizes the residual stream per row, outlier channels included). Biases and thresholds stay float32.
+SAE_ENCODERS = {"fp32": {"onnx": None, "litert": None},
+                "int8": {"onnx": (8, 32, 4), "litert": CHOICES["int8"]["litert"]}}
 
 
 def web_recipe(name: "str | Recipe") -> Recipe:

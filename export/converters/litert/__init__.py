@@ -6,10 +6,10 @@ import gc
 from pathlib import Path
 
 from runtime_py.contract import (DECODE_SIGNATURE, DEFAULT_CONTEXT, DEFAULT_PREFILL, INPUT_POS, LOGITS, PREFILL_LOGITS,
-                                 TOKENS, embed_signature, prefill_signature)
+                                 SAE_KEY, TOKENS, embed_signature, prefill_signature)
 
 from ...models.config import LayerType
-from ...quantize.recipes import recipe as recipe_for
+from ...quantize.recipes import SAE_ENCODERS, recipe as recipe_for
 from ..artifact import import_record, staged_dir, stdout_to_stderr, write_manifest
 from .quantize import quantize_tflite
 from .signatures import cache_names, cache_shapes
@@ -22,7 +22,8 @@ LOW_MEMORY_FLAGS = dict(strict_export=False, lightweight_conversion=True, runtim
 
 def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths=None,
                   cache_length: int | None = None, *, composites: bool = True,
-                  prefill_logits: bool = True, vision_quant: str | None = None, consume: bool = False) -> Path:
+                  prefill_logits: bool = True, vision_quant: str | None = None, consume: bool = False,
+                  sae=None) -> Path:
     """Export a causal LoadedModel (export.models.checkpoints) to a LiteRT artifact folder.
 
     prefill_lengths: the prefill signatures' lengths (default DEFAULT_PREFILL; EmbeddingGemma: its embed_{T}
@@ -33,9 +34,12 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
     LiteRT-LM needs; bundle.export_litertlm). A
     vision-language model: export.converters.litert.vision (vision_quant: its vision encoder's storage; consume:
     the caller is done with loaded.model, whose weights the vision exporter then frees before quantizing; a
-    text model's are kept)."""
+    text model's are kept). sae: an export.models.sae.SaeRequest (sae.py: sae_prefill_{T} / sae_decode)."""
     r = recipe_for(recipe, "litert")
     c = loaded.config
+    if sae is not None:
+        from .sae import check_request
+        check_request(sae, c)
     if hasattr(c, "vision"):
         from .vision import export_litert_vision
         return export_litert_vision(loaded, out, r, prefill_lengths, cache_length, vision_quant, consume)
@@ -50,15 +54,15 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
     if not lengths or lengths[0] < 1 or lengths[-1] > context:
         raise ValueError(f"prefill lengths {tuple(lengths)}: each must be between 1 and the context "
                          f"length {context}")
-    edge = convert(loaded.model, lengths, context, composites=composites, prefill_logits=prefill_logits)
+    edge = convert(loaded.model, lengths, context, composites=composites, prefill_logits=prefill_logits, sae=sae)
     with staged_dir(out) as tmp:
-        _save(edge, tmp, r)
+        _save(edge, tmp, r, sae)
         del edge
-        carried = _finish(tmp, r, loaded)
+        carried = _finish(tmp, r, loaded, sae)
         write_manifest(tmp, source=str(loaded.source), config=c, recipe=r, target="litert", extra={
-            **import_record(loaded, carried),
+            **import_record(loaded, carried), **({SAE_KEY: sae.write_decoders(tmp)} if sae else {}),
             "kind": "causal_lm", "context_length": context, "prefill_lengths": lengths,
-            "signatures": signature_names(lengths), PREFILL_LOGITS: bool(prefill_logits),
+            "signatures": signature_names(lengths, sae), PREFILL_LOGITS: bool(prefill_logits),
             "composites": ["odml.rms_norm", "odml.scaled_dot_product_attention"] if composites else [],
             "kv_cache": {"layout": "[1, kv_heads, slots, head_dim]", "names": cache_names(c),
                          "slots": [c.cache_length(i, context) for i in range(c.num_layers)],
@@ -70,20 +74,26 @@ def export_litert(loaded, out: str | Path, recipe: str = "fp32", prefill_lengths
     return Path(out)
 
 
-def _save(edge, tmp: Path, r) -> None:
+def _quantized(r, sae) -> bool:
+    """Does the converted model go through the quantizer: a quantized recipe, or an SAE encoder stored in integers."""
+    return r.quantized or (sae is not None and SAE_ENCODERS[sae.encoder]["litert"] is not None)
+
+
+def _save(edge, tmp: Path, r, sae=None) -> None:
     """Write the converted model: model.tflite, or for a quantized recipe a float model.f32.tflite
     that _finish quantizes (the caller drops its reference to `edge` first: the quantizer reads the
     file, and a 1B float model is 4 GB)."""
-    save_model(edge, tmp / ("model.f32.tflite" if r.quantized else "model.tflite"))
+    save_model(edge, tmp / ("model.f32.tflite" if _quantized(r, sae) else "model.tflite"))
 
 
-def _finish(tmp: Path, r, loaded) -> dict:
-    """Quantize (keeping the checkpoint's stored integers where the recipe's layout allows) and add
-    the tokenizer. -> the lossless-import report."""
+def _finish(tmp: Path, r, loaded, sae=None) -> dict:
+    """Quantize (keeping the checkpoint's stored integers where the recipe's layout allows; SAE encoders as
+    --sae-encoder says) and add the tokenizer. -> the lossless-import report."""
     gc.collect()
     carried = {}
-    if r.quantized:
-        carried = quantize_tflite(tmp / "model.f32.tflite", tmp / "model.tflite", r, loaded.model, loaded.stored)
+    if _quantized(r, sae):
+        carried = quantize_tflite(tmp / "model.f32.tflite", tmp / "model.tflite", r, loaded.model, loaded.stored,
+                                  sae=sae)
         (tmp / "model.f32.tflite").unlink()
     if loaded.tokenizer is not None:
         loaded.tokenizer.save(tmp / "tokenizer.model")
@@ -110,14 +120,16 @@ def _export_embedder(loaded, out, r, lengths, composites: bool) -> Path:
     return Path(out)
 
 
-def signature_names(prefill_lengths) -> list[str]:
-    return [prefill_signature(t) for t in sorted(prefill_lengths)] + [DECODE_SIGNATURE]
+def signature_names(prefill_lengths, sae=None) -> list[str]:
+    from .sae import signature_names as sae_signatures
+    return [prefill_signature(t) for t in sorted(prefill_lengths)] + [DECODE_SIGNATURE] + \
+        sae_signatures(sae, prefill_lengths)
 
 
 def convert(model, prefill_lengths, cache_length: int, *, composites: bool = True, prefill_logits: bool = True,
-            **flags):
-    """One litert-torch conversion with every signature -> litert_torch LiteRTModel. `flags` go to
-    litert_torch's Converter.convert (defaults: LOW_MEMORY_FLAGS)."""
+            sae=None, **flags):
+    """One litert-torch conversion with every signature -> litert_torch LiteRTModel. sae: an SaeRequest, whose
+    signatures are added (sae.py). `flags` go to litert_torch's Converter.convert (defaults: LOW_MEMORY_FLAGS)."""
     import litert_torch
     import torch
 
@@ -133,6 +145,9 @@ def convert(model, prefill_lengths, cache_length: int, *, composites: bool = Tru
                                 sample_kwargs=sample_inputs(config, t, cache_length))
         converter.signature(DECODE_SIGNATURE, SignatureModule(model).eval(),
                             sample_kwargs=sample_inputs(config, 1, cache_length))
+        if sae is not None:
+            from .sae import add_signatures
+            add_signatures(converter, model, sae, prefill_lengths, cache_length, prefill_logits)
         return converter.convert(**{**LOW_MEMORY_FLAGS, **flags})
 
 

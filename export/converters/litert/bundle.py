@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from runtime_py.contract import (CONFIG_KEY, DEFAULT_PREFILL, END_OF_TURN, PREFILL_DECODE_SECTION, PREFILL_NO_LOGITS,
-                                 RECURRENT, SLIDING_ATTENTION, TURN_TEMPLATES, VISION_KEY, kv_cache_names,
+                                 RECURRENT, SAE_KEY, SLIDING_ATTENTION, TURN_TEMPLATES, VISION_KEY, kv_cache_names,
                                  parse_kv_cache_name)
 from runtime_py.files import atomic_path
 
@@ -154,7 +154,8 @@ def build_litertlm(folder: str | Path, out_file: str | Path, *, max_tokens: int 
         vision_mask_type(executor, vision)
     facts = {"config": config, "context_length": context, "prefill_lengths": manifest.get("prefill_lengths"),
              "recipe": manifest.get("recipe"), "source": manifest.get("source"),
-             **({VISION_KEY: vision} if vision else {})}
+             **({VISION_KEY: vision} if vision else {}),
+             **({SAE_KEY: manifest[SAE_KEY]} if SAE_KEY in manifest else {})}
     write_litertlm(out_file, system_metadata(facts), tok, models, llm=meta, executor=executor)
     return out_file
 
@@ -208,17 +209,21 @@ def check_encoder_size(encoder: Path, size: int) -> None:
 
 
 def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_lengths=None,
-                    cache_length: int | None = None, vision_quant: str | None = None, consume: bool = False) -> Path:
+                    cache_length: int | None = None, vision_quant: str | None = None, consume: bool = False,
+                    sae=None) -> Path:
     """Export a LoadedModel (causal, vision-language or EmbeddingGemma) to `out_dir`: model.litertlm (+
-    tokenizer.model and manifest.json beside it). The LiteRT artifact is converted into a temporary folder first,
-    then bundled. consume: export_litert's. A text model's prefill signatures output no logits
-    (contract.PREFILL_NO_LOGITS): LiteRT-LM runs all but a prompt's last token through them and that token through
-    `decode`, never reading prefill logits, and with Gemma's 262k vocabulary the LM head over every row would be most
-    of a prefill's work (README, issue #19)."""
+    tokenizer.model and manifest.json beside it; with `sae`, an SaeRequest, the SAEs' decoder rows too). The
+    LiteRT artifact is converted into a temporary folder first, then bundled. consume, sae: export_litert's. A text
+    model's prefill signatures output no logits (contract.PREFILL_NO_LOGITS): LiteRT-LM runs all but a prompt's last
+    token through them and that token through `decode`, never reading prefill logits, and with Gemma's 262k
+    vocabulary the LM head over every row would be most of a prefill's work (README, issue #19)."""
     from . import export_litert
 
     if why := unbundleable(loaded.config):
         raise ValueError(f"{loaded.source}: {why}")
+    if sae is not None:
+        from .sae import check_request
+        check_request(sae, loaded.config)
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.source}: a .litertlm bundle needs the model's tokenizer (tokenizer.model)")
     if hasattr(loaded.config, "vision"):               # before any conversion
@@ -233,11 +238,14 @@ def export_litertlm(loaded, out_dir: str | Path, recipe: str = "fp32", prefill_l
         else:
             litert = export_litert(loaded, work / "litert", recipe, prefill_lengths or DEFAULT_PREFILL, cache_length,
                                    prefill_logits=PREFILL_NO_LOGITS, consume=consume,
-                                   **({"vision_quant": vision_quant} if vision_quant else {}))
+                                   **({"vision_quant": vision_quant} if vision_quant else {}),
+                                   **({"sae": sae} if sae else {}))
         inner = json.loads((litert / MANIFEST).read_text())
         with staged_dir(out_dir) as tmp:
             build_litertlm(litert, tmp / BUNDLE)
             shutil.copyfile(litert / "tokenizer.model", tmp / "tokenizer.model")
+            for entry in inner.get(SAE_KEY, []):
+                shutil.copyfile(litert / entry["decoder"], tmp / entry["decoder"])
             extra = {k: v for k, v in inner.items()
                      if k not in ("tool", "tool_version", "target", "recipe", "source", "config", "files", "plan")}
             write_manifest(tmp, source=str(loaded.source), config=loaded.config, recipe=recipe,

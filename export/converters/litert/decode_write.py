@@ -37,7 +37,8 @@ def one_slot_forward(self: layers.Attention, x, rope, mask, positions, cache):
     slot = torch.remainder(positions[0], S)
     written = AttentionCache(_write_slot(cache.k, k, slot), _write_slot(cache.v, v, slot))
     seen = mask[..., :S] | (torch.arange(S, dtype=slot.dtype) == slot)
-    return self.o_proj(self.core(q, written.k, written.v, seen)), written
+    heads = layers.tap(self, "self_attn.o_proj.input", self.core(q, written.k, written.v, seen))   # an SAE's site
+    return self.o_proj(heads), written
 
 
 @contextlib.contextmanager

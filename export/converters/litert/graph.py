@@ -78,16 +78,32 @@ def weight_ops(model):
                 yield graph, op, name, graph.Tensors(dequantized.get(index, index))
 
 
-def weight_types(path: str | Path) -> dict[tuple[str, bool], collections.Counter]:
-    """{(op name, is the LM head): Counter of weight dtypes} over every FULLY_CONNECTED and
-    EMBEDDING_LOOKUP of every signature (weight_ops); the LM head is the FULLY_CONNECTED writing
-    `*logits*`."""
-    return read_model(path, _weight_types)
+def op_scope(graph, op) -> str:
+    """An op's scope as ai-edge-quantizer's `get_op_scope` joins it: its output tensors' names, each followed by `;`."""
+    return "".join(graph.Tensors(op.Outputs(k)).Name().decode() + ";" for k in range(op.OutputsLength()))
 
 
-def _weight_types(model, buf) -> dict[tuple[str, bool], collections.Counter]:
-    out: dict[tuple[str, bool], collections.Counter] = {}
+def weight_records(path: str | Path) -> list[tuple[str, str, bool, str]]:
+    """(op scope, op name, is the LM head, weight dtype) of every FULLY_CONNECTED and EMBEDDING_LOOKUP of every
+    signature (weight_ops); the LM head is the FULLY_CONNECTED writing `*logits*`."""
+    return read_model(path, _weight_records)
+
+
+def _weight_records(model, buf) -> list[tuple[str, str, bool, str]]:
+    out = []
     for graph, op, name, weight in weight_ops(model):
         head = name == "FULLY_CONNECTED" and LOGITS.encode() in graph.Tensors(op.Outputs(0)).Name()
-        out.setdefault((name, head), collections.Counter())[_TYPE_NAMES[weight.Type()]] += 1
+        out.append((op_scope(graph, op), name, head, _TYPE_NAMES[weight.Type()]))
+    return out
+
+
+def weight_types(path: str | Path) -> dict[tuple[str, bool], collections.Counter]:
+    """{(op name, is the LM head): Counter of weight dtypes} over weight_records."""
+    return count_types(weight_records(path))
+
+
+def count_types(records) -> dict[tuple[str, bool], collections.Counter]:
+    out: dict[tuple[str, bool], collections.Counter] = {}
+    for _, name, head, dtype in records:
+        out.setdefault((name, head), collections.Counter())[dtype] += 1
     return out

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ...quantize.qat import recovery_step
-from .graph import read_model, weight_ops
+from .graph import op_scope, read_model, weight_ops
 
 ALGORITHM = "dequantized_weight_recovery"
 
@@ -94,6 +94,5 @@ def _weight_scopes(m, buf, by_digest: dict[bytes, str]) -> dict[str, set[tuple[s
         b = m.Buffers(weight.Buffer())
         data = buf[b.Offset():b.Offset() + b.Size()] if b.Offset() > 1 else b.DataAsNumpy()
         name = by_digest.get(_digest(data), "?") if isinstance(data, (bytes, np.ndarray)) else "?"
-        outs = [g.Tensors(op.Outputs(k)).Name().decode() for k in range(op.OutputsLength())]
-        scopes_of.setdefault(name, set()).add((";".join(outs) + ";", kind))
+        scopes_of.setdefault(name, set()).add((op_scope(g, op), kind))
     return scopes_of

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ...quantize.recipes import Layout, Recipe
 from ..artifact import stdout_to_stderr
-from .graph import weight_types
+from .graph import count_types, weight_records
 from .lossless import ALGORITHM, carried_scopes, weight_scopes
 from .zero_scales import nudge_zero_scales
 
@@ -41,10 +41,13 @@ def _granularity(block: int | None):
 
 
 def aeq_recipe(r: Recipe, carried: list[tuple[str, str, Layout]] = (),
-               planned: list[tuple[str, str, Layout]] = ()) -> list[dict]:
+               planned: list[tuple[str, str, Layout]] = (),
+               own: list[tuple[str, str, Layout | None]] = ()) -> list[dict]:
     """The ai-edge-quantizer recipe (a list of op configs) for our recipe `r` (LiteRT numbers).
     carried: (scope regex, op name, layout) of the ops whose stored integers are kept
-    (export.converters.litert.lossless); planned: the same for the ops a per-weight plan names. Later configs win: the recipe's own, then the plan's, then the carried ones."""
+    (export.converters.litert.lossless); planned: the same for the ops a per-weight plan names; own: ops stored
+    their own way whatever the recipe (SAE encoders, sae.py; None: left float32). Later configs win: the recipe's
+    own, then the plan's, then the carried ones, then `own`."""
     from ai_edge_quantizer import recipe_manager
     rm = recipe_manager.RecipeManager()
     body, table = r.layout("", table=False), r.layout("", table=True)
@@ -61,6 +64,14 @@ def aeq_recipe(r: Recipe, carried: list[tuple[str, str, Layout]] = (),
         _add(rm, regex, name, lay)
     for regex, name, lay in _grouped(carried):
         _add(rm, regex, name, lay, algorithm=ALGORITHM)
+    for regex, name, lay in own:
+        if lay is None:
+            from ai_edge_quantizer import qtyping
+            from ai_edge_quantizer.algorithm_manager import AlgorithmName
+            rm.add_quantization_config(regex, getattr(qtyping.TFLOperationName, name),
+                                       algorithm_key=AlgorithmName.NO_QUANTIZE)
+        else:
+            _add(rm, regex, name, lay)
     return rm.get_quantization_recipe()
 
 
@@ -91,13 +102,18 @@ def _add(rm, regex: str, op_name: str, lay: Layout, algorithm: str | None = None
         algorithm_key=algorithm or key)
 
 
-def quantize_tflite(src: Path, dst: Path, r: Recipe, model=None, stored: dict | None = None) -> dict:
+def quantize_tflite(src: Path, dst: Path, r: Recipe, model=None, stored: dict | None = None, sae=None) -> dict:
     """Write `src` quantized by recipe `r` to `dst` and check that every weight was quantized.
     model, stored: the PyTorch model `src` was converted from and its checkpoint's stored blocks
     (LoadedModel.stored): stored Q4_0 tensors under an int4 block-32 layout keep their integers.
+    sae: an SaeRequest, whose encoders are stored as its `encoder` says (sae.py).
     -> the lossless-import report ({} when nothing was carried)."""
     from ai_edge_quantizer import quantizer
     carried, report, planned = [], {}, []
+    own = []
+    if sae is not None:
+        from .sae import sae_ops
+        own = sae_ops(src, sae)
     if stored and model is not None:
         carried, report = carried_scopes(src, model, stored, r)
     if r.plan:
@@ -105,7 +121,7 @@ def quantize_tflite(src: Path, dst: Path, r: Recipe, model=None, stored: dict | 
             raise ValueError(f"--quant {r.name}: a per-weight plan needs the model {src} was converted from")
         planned = planned_scopes(r, weight_scopes(src, model))
     q = quantizer.Quantizer(str(src))
-    q.load_quantization_recipe(aeq_recipe(r, carried, planned))
+    q.load_quantization_recipe(aeq_recipe(r, carried, planned, own))
     root = logging.getLogger()
     level = root.level
     try:
@@ -116,7 +132,7 @@ def quantize_tflite(src: Path, dst: Path, r: Recipe, model=None, stored: dict | 
     dst.write_bytes(result.quantized_model)
     del result, q
     nudge_zero_scales(dst)
-    check_quantized(dst, r, planned)
+    check_quantized(dst, r, planned, own)
     return report if report.get("carried") else {}
 
 
@@ -134,11 +150,19 @@ def _dtype(lay: Layout | None) -> str:
     return _DTYPE.get(lay.bits, "FLOAT16" if lay.bits == 16 else "FLOAT32") if lay else "FLOAT32"
 
 
-def check_quantized(path: Path, r: Recipe, planned: list[tuple[str, str, Layout]] = ()) -> None:
+def check_quantized(path: Path, r: Recipe, planned: list[tuple[str, str, Layout]] = (),
+                    own: list[tuple[str, str, Layout | None]] = ()) -> None:
     """Every FULLY_CONNECTED / EMBEDDING_LOOKUP weight has the dtype `r` asks for (with a plan: as many
-    weights of each dtype, per op kind, as the plan's ops ask for)."""
+    weights of each dtype, per op kind, as the plan's ops ask for); the ops of `own` (aeq_recipe's) their own."""
     bad = []
-    got = weight_types(path)
+    records = []
+    for scope, op, head, dtype in weight_records(path):
+        lay = next((lay for regex, kind, lay in own if kind == op and re.fullmatch(regex, scope)), False)
+        if lay is False:
+            records.append((scope, op, head, dtype))
+        elif dtype != _dtype(lay):
+            bad.append(f"{op} {scope}: {dtype} where {_dtype(lay)} was asked")
+    got = count_types(records)
     if planned:
         want = collections.Counter((kind, "logits" in regex, _dtype(lay)) for regex, kind, lay in planned)
         have = collections.Counter({(op, head, d): n for (op, head), ds in got.items() for d, n in ds.items()})

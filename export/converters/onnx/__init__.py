@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
-from runtime_py.contract import DEFAULT_CONTEXT, MODEL_FILE, SAE_DECODER, SAE_KEY
+from runtime_py.contract import DEFAULT_CONTEXT, MODEL_FILE, SAE_KEY
 
 from ..artifact import staged_dir
 from ...models.vision_config import VisionLanguageConfig
@@ -79,10 +77,7 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
         else:
             save_model(proto, tmp / "model.onnx")
         if sae:
-            files = [SAE_DECODER.format(n=n) for n in range(len(sae.saes))]
-            for s, f in zip(sae.saes, files):
-                np.save(tmp / f, s.w_dec)
-            extra[SAE_KEY] = sae.manifest(files)
+            extra[SAE_KEY] = sae.write_decoders(tmp)
         if causal_web:      # runtime_py's description of the graph; no genai_config.json (it needs window caches)
             extra["runtime_config"] = genai_config(c, context, extra[MODEL_FILE], window_caches=False)
         elif not embedder and genai_supported(c):

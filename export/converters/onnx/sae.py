@@ -25,9 +25,7 @@ def sae_taps(saes: list[SAE], k: int, encoder: str) -> dict:
         key = (sae.layer, sae.tap)
         if key in taps:
             raise ValueError(f"{sae.path}: a second SAE at {sae.hook}; one SAE per site")
-        if not 1 <= k <= sae.width:
-            raise ValueError(f"--sae-k {k}: expected 1..{sae.width} (the width of {sae.path})")
-        taps[key] = lambda g, x, n=n, sae=sae: sae_site(g, x, n, sae, k, SAE_ENCODERS[encoder])
+        taps[key] = lambda g, x, n=n, sae=sae: sae_site(g, x, n, sae, k, SAE_ENCODERS[encoder]["onnx"])
     return taps
 
 
