@@ -36,8 +36,9 @@ def bundle(tiny_hf, tmp_path_factory):
 
 
 def _tflite(bundle, tmp_path):
+    from runtime_py.litert_backend import read_litertlm
     path = tmp_path / "model.tflite"
-    path.write_bytes(runtime_py.litert_backend.read_litertlm(bundle.file)["tflite"])
+    path.write_bytes(read_litertlm(bundle.file)["tflite"])
     return path
 
 
@@ -112,11 +113,12 @@ def test_validate_catches_a_broken_prefill(bundle, monkeypatch):
     """The prefill check can fail: with the prefill signatures fed the wrong tokens (every decode step still
     right), the `prefill` figures fail and the whole-sequence ones pass."""
     from runtime_py.litert_backend import LiteRTBackend
-    run = LiteRTBackend.run
+    run_chunk = LiteRTBackend.run_chunk
 
-    def wrong_tokens(self, sig, tokens, start, state):
-        return run(self, sig, [(t + 1) % 384 for t in tokens] if sig is not self.decode else tokens, start, state)
-    monkeypatch.setattr(LiteRTBackend, "run", wrong_tokens)
+    def wrong_tokens(self, sig, tokens, start, state, feeds=None):
+        return run_chunk(self, sig, [(t + 1) % 384 for t in tokens] if sig is not self.decode else tokens, start,
+                         state, feeds)
+    monkeypatch.setattr(LiteRTBackend, "run_chunk", wrong_tokens)
     report = validate(bundle.out, str(bundle.hf))
     assert not report["conversion"]["passed"]
     assert any(f.startswith("prefill ") for f in report["conversion"]["failures"])
