@@ -433,6 +433,11 @@ def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBac
         models = {section: compile_tflite(None, content, threads, str(path))
                   for section, content in bundle["models"].items()}
         return LiteRTBundleEmbedder(models, str(path)), bundle["tokenizer"], facts
-    with section_file(path, bundle["spans"][PREFILL_DECODE_SECTION]) as model:      # mapped by LiteRT, which keeps it
-        backend = LiteRTBackend(model, threads=threads, context_length=min(limits) if limits else None, name=str(path))
+    context = min(limits) if limits else None
+    try:
+        with section_file(path, bundle["spans"][PREFILL_DECODE_SECTION]) as model:    # mapped by LiteRT, which keeps it
+            backend = LiteRTBackend(model, threads=threads, context_length=context, name=str(path))
+    except OSError:              # no room or no writable temporary folder: from the section's bytes
+        backend = LiteRTBackend(model_content=read_litertlm(path)["tflite"], threads=threads, context_length=context,
+                                name=str(path))
     return backend, bundle["tokenizer"], facts
