@@ -1,7 +1,7 @@
 """EmbeddingGemma's `--target web` folder in headless Chromium (Debian's chromium, one browser for the session:
 the `chromium` fixture), through transformers.js's browser build (dist/transformers.min.js, as jsDelivr serves it)
 with AutoTokenizer + AutoModel, every file from 127.0.0.1. References: transformers' Gemma3TextModel with
-sentence-transformers' head (test_web_embedder.reference) and onnxruntime in Python on the same ONNX file."""
+sentence-transformers' EmbeddingGemma of the same weights (conftest.st_reference) and onnxruntime in Python on the same ONNX file."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +13,7 @@ import runtime_py
 from bench.browser import BrowserError
 from export.converters.onnx import export_onnx_web
 from export.models.checkpoints import load_model
-from test_web_embedder import TEXTS, cosines, reference
+from test_web_embedder import TEXTS, cosines
 
 FILES = {"int8": "model_quantized.onnx", "int4": "model_q4.onnx"}
 
@@ -39,6 +39,12 @@ def onnxruntime_vectors(path, ids: list[list[int]], accuracy_level: int | None =
 
 
 @pytest.fixture(scope="module")
+def expected(tiny_embedding_web, st_reference) -> np.ndarray:
+    """sentence-transformers' vectors of TEXTS (one padded batch)."""
+    return st_reference(tiny_embedding_web.hf.path).encode(TEXTS, batch_size=len(TEXTS))
+
+
+@pytest.fixture(scope="module")
 def quantized(tiny_embedding_web, tmp_path_factory):
     root = tmp_path_factory.mktemp("web-quant")
     return {r: export_onnx_web(load_model(tiny_embedding_web.hf.path), root / r, r, 512) for r in FILES}
@@ -51,17 +57,16 @@ def test_the_page_is_cross_origin_isolated_and_offers_wasm32s_4_gib(chromium):
     assert seen["webgpu"]["architecture"] == "swiftshader", seen["webgpu"]
 
 
-def test_fp32_folder_in_the_browser_build_on_wasm_gives_the_reference(chromium, tiny_embedding_web):
+def test_fp32_folder_in_the_browser_build_on_wasm_gives_the_reference(chromium, tiny_embedding_web, expected):
     got = embed(chromium, tiny_embedding_web.folder)
     model = runtime_py.load(tiny_embedding_web.folder)
     assert got["input_ids"] == [model.embedding_ids(t) for t in TEXTS]
-    expected = reference(tiny_embedding_web.hf, got["input_ids"])
     assert cosines(got["sentence_embedding"], expected).min() >= 0.9999
     np.testing.assert_allclose(got["sentence_embedding"], expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("recipe", FILES)
-def test_quantized_folder_runs_on_the_plain_wasm_build_only(chromium, tiny_embedding_web, quantized, recipe):
+def test_quantized_folder_runs_on_the_plain_wasm_build_only(chromium, quantized, expected, recipe):
     folder = quantized[recipe]
     # transformers.js's own choice, the asyncify (WebGPU) build of onnxruntime-web, lacks the quantized embedding
     # table's kernel; its wasm-only build has it
@@ -73,12 +78,11 @@ def test_quantized_folder_runs_on_the_plain_wasm_build_only(chromium, tiny_embed
     np.testing.assert_allclose(got["sentence_embedding"], as_browser, atol=1e-5)
     assert cosines(got["sentence_embedding"], onnxruntime_vectors(path, got["input_ids"])).min() >= 0.999
     if recipe == "int8":                                  # issue #20's fidelity goal
-        assert cosines(got["sentence_embedding"], reference(tiny_embedding_web.hf, got["input_ids"])).min() >= 0.99
+        assert cosines(got["sentence_embedding"], expected).min() >= 0.99
 
 
-def test_webgpu_on_swiftshader_gives_the_reference(chromium, tiny_embedding_web, quantized):
+def test_webgpu_on_swiftshader_gives_the_reference(chromium, tiny_embedding_web, quantized, expected):
     got = embed(chromium, tiny_embedding_web.folder, device="webgpu")
-    expected = reference(tiny_embedding_web.hf, got["input_ids"])
     assert cosines(got["sentence_embedding"], expected).min() >= 0.9999
     q4 = embed(chromium, quantized["int4"], device="webgpu")
     path = quantized["int4"] / "onnx" / FILES["int4"]
