@@ -17,6 +17,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+def pytest_addoption(parser):
+    parser.addoption("--real-litert-sae", action="store_true",
+                     help="also run test_sae_real.py on the real 270M's LiteRT export with an SAE (~140 s more)")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: uses the real Gemma 3 270M (the bundled GGUF); CI runs them too")
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from export.cli import main
-from export.quantize.recipes import RECIPES, Thresholds, recipe
+from export.quantize.recipes import RECIPES, Thresholds, recipe, web_recipe
 
 from oracle import save_hf_folder
 
@@ -17,7 +17,7 @@ from oracle import save_hf_folder
 DOCUMENTED = {
     "android": ("litert", "litertlm", "int4", 4096, [32, 128, 512]),
     "ios": ("litert", "litertlm", "int4", 4096, [32, 128, 512]),
-    "web": ("onnx", "onnx-web", "int4", 2048, None),
+    "web": ("onnx", "onnx-web", "web", 2048, None),
     "desktop": ("onnx", "onnx-folder", "fp16", 8192, None),
     "litert": ("litert", "tflite-folder", "fp32", None, [32, 128, 512]),
     "onnx": ("onnx", "onnx-folder", "fp32", None, None),
@@ -42,7 +42,8 @@ def test_targets_lists_every_documented_profile(capsys):
         row = rows[name]
         listed = (row["format"], row["bundle"], row["recipe"], row["context"], row["prefill"])
         assert all(d is None or d == x for d, x in zip(documented, listed)), (name, listed)
-        recipe(row["recipe"], row["format"])          # every default is a recipe its format can build
+        # every default is a recipe its format (the web target: its own recipes, web_recipe) can build
+        web_recipe(row["recipe"]) if name == "web" else recipe(row["recipe"], row["format"])
 
 
 def test_onnx_targets_run_the_pipeline_and_rerun_byte_identical(hf, tmp_path, capsys):
