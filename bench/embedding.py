@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
 
     step = {"lengths": lengths, "repeats": args.repeats}
     st, st_vectors = out / "sentence-transformers", out / "st.npy"
-    if "sentence-transformers fp32" not in results["runs"]:
+    # the reference row again when its vectors are gone (--out elsewhere): every row's cosine needs them
+    if "sentence-transformers fp32" not in results["runs"] or not st_vectors.exists():
         with heavy_lock():
             row = {"build": _child({"step": "st", "out": str(st)})}
         row["sentence_transformers"] = _child({**step, "step": "sentence_transformers", "out": str(st),
