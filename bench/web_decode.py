@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from runtime_py.contract import NUM_LOGITS_TO_KEEP
 from runtime_py.files import read_json
 
 WEB = Path(__file__).resolve().parents[1] / "tools" / "web"
@@ -32,7 +33,7 @@ def native(model: Path, ids: list[int], steps: int, threads: int) -> dict:
         if step == 1:
             prefill, t0 = time.perf_counter() - t0, time.perf_counter()
         total = len(ids) + step
-        out = dict(zip(names, s.run(None, {"input_ids": np.array([feed_ids]), "num_logits_to_keep": np.array(1),
+        out = dict(zip(names, s.run(None, {"input_ids": np.array([feed_ids]), NUM_LOGITS_TO_KEEP: np.array(1),
                                             "attention_mask": np.ones((1, total), np.int64), **past})))
         past = {i.name: out[i.name.replace("past_key_values.", "present.")] for i in kv}
         tokens.append(int(out["logits"][0, -1].argmax()))

@@ -203,6 +203,18 @@ def run_cli(argv: list[str]) -> tuple[int, dict]:
     return status, json.loads(out.getvalue())
 
 
+def check_features_cli(artifact, text: str = "hello world", k: int = 4) -> None:
+    """`gemma-export features --model ARTIFACT --k K TEXT --json` prints what runtime_py's features() gives on the
+    same artifact: each SAE's (indices, values) at every position."""
+    import runtime_py
+    status, out = run_cli(["features", "--model", str(artifact), "--k", str(k), text])
+    assert status == 0
+    m = runtime_py.load(artifact)
+    want = m.features(m.tokenizer.encode(text), k=k)
+    assert [[(p["indices"], p["values"]) for p in s["positions"]] for s in out["saes"]] == \
+        [[(p["indices"], p["values"]) for p in s["positions"]] for s in want]
+
+
 @pytest.fixture(scope="session")
 def cli():
     """run_cli: the CLI in this process (for fixtures, which cannot use capsys)."""

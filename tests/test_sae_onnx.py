@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import runtime_py
-from conftest import run_cli
+from conftest import check_features_cli, run_cli
 from oracle import genai_greedy, hf_greedy
 from sae_oracle import check_features, hf_site, site_saes
 
@@ -97,12 +97,8 @@ def test_int8_encoder_top_k_agreement(exported):
 
 def test_features_cli_on_the_artifact_and_refusals(exported, capsys):
     hf, _, outs = exported
-    status, out = run_cli(["features", "--model", str(outs["sae"]), "--k", "4", "hello world"])
-    assert status == 0
+    check_features_cli(outs["sae"])
     m = runtime_py.load(outs["sae"])
-    want = m.features(m.tokenizer.encode("hello world"), k=4)
-    assert [[(p["indices"], p["values"]) for p in s["positions"]] for s in out["saes"]] == \
-        [[(p["indices"], p["values"]) for p in s["positions"]] for s in want]
     from export.cli import main
     sae = json.loads((outs["sae"] / "manifest.json").read_text())["sae"][0]["path"]
     for argv, message in [(["features", "--model", str(outs["sae"]), "--sae", sae, "hi"], "carries the SAEs"),
