@@ -21,20 +21,29 @@ from runtime_py.files import read_json
 WEB = Path(__file__).resolve().parents[1] / "tools" / "web"
 
 
-def native(model: Path, ids: list[int], steps: int, threads: int) -> dict:
+FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def native(model: Path, ids: list[int], steps: int, threads: int, caches: dict | None = None) -> dict:
+    """The prompt in one call, then `steps` greedy one-token calls, each call's present caches fed back as the next
+    past; `caches`: {past name: [kv heads, length, head size]} of the first call (default: empty, as transformers.js
+    starts them). Only the inputs the graph declares are fed."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     s = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     kv = [i for i in s.get_inputs() if i.name.startswith("past_key_values.")]
-    past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in kv}
+    declared = {i.name for i in s.get_inputs()}
+    past = {i.name: np.zeros((1, *(caches or {}).get(i.name, (i.shape[1], 0, i.shape[3]))), FLOATS[i.type])
+            for i in kv}
     names = [o.name for o in s.get_outputs()]
     tokens, feed_ids, t0 = [], ids, time.perf_counter()
     for step in range(steps + 1):
         if step == 1:
             prefill, t0 = time.perf_counter() - t0, time.perf_counter()
         total = len(ids) + step
-        out = dict(zip(names, s.run(None, {"input_ids": np.array([feed_ids]), NUM_LOGITS_TO_KEEP: np.array(1),
-                                            "attention_mask": np.ones((1, total), np.int64), **past})))
+        feeds = {"input_ids": np.array([feed_ids]), NUM_LOGITS_TO_KEEP: np.array(1),
+                 "attention_mask": np.ones((1, total), np.int64), **past}
+        out = dict(zip(names, s.run(None, {k: v for k, v in feeds.items() if k in declared})))
         past = {i.name: out[i.name.replace("past_key_values.", "present.")] for i in kv}
         tokens.append(int(out["logits"][0, -1].argmax()))
         feed_ids = tokens[-1:]

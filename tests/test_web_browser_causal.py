@@ -3,7 +3,9 @@ Gemma 3 (sliding window 8) and a prompt three windows long: transformers.js's br
 (`AutoModelForCausalLM.generate`, greedy) on wasm, and onnxruntime-web's WebGPU build (SwiftShader: correctness
 only) fed as transformers.js feeds it (tools/web/pages/ort_generate.mjs). References: transformers' own greedy
 generate on the same weights; onnxruntime (Python) on the same graph for the default recipe. And the example chat
-page (`gemma-export serve-web`) driven as a user would, its screenshot kept in out/test-artifacts/."""
+page (`gemma-export serve-web`) driven as a user would, its screenshot kept in out/test-artifacts/. And the peer
+bench.browser_decode runs beside ours, onnxruntime-genai's builder output, driven on the same page as its own runtime
+drives it."""
 from __future__ import annotations
 
 import json
@@ -15,11 +17,14 @@ import torch
 
 import runtime_py
 
+from bench.genai_builder import run_genai_builder
 from bench.web_decode import native
+from bench.web_graphs import graph_of
 from export.converters.onnx import export_onnx_web
 from export.models.checkpoints import load_model
 from export.quantize.recipes import WEB_RECIPE
 from export.serve_web import make_server, url_of
+from oracle import genai_greedy
 
 PROMPT = [2] + [(13 * i + 5) % 380 + 3 for i in range(23)]        # 24 tokens: 3 sliding windows
 NEW = 10
@@ -84,3 +89,18 @@ def test_example_chat_page_replies_in_the_browser(chromium, folders):
     ids = got["reply"]["ids"]
     assert 0 < len(ids) <= 8 and ids == native(folder / graph_file(folder), prompt, len(ids) - 1, 1)["tokens"]
     assert got["shown"] == got["reply"]["text"] and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_onnxruntime_genai_builder_output_on_the_page_gives_onnxruntime_genais_own_tokens(chromium, gemma3, tmp_path):
+    """bench.web_graphs' first caches for the builder's graph (its sliding layers' window-long cache, external data
+    beside it): the native loop and the browser's wasm give what onnxruntime-genai's runtime generates."""
+    out = tmp_path / "og"
+    run_genai_builder(gemma3.path, out, tmp_path / "cache", precision="fp32")
+    graph = graph_of(out)
+    assert graph["maker"] == "onnxruntime-genai" and graph["external"] and any(n for _, n, _ in graph["caches"].values())
+    expected = genai_greedy(out, [PROMPT], len(PROMPT) + NEW)
+    assert len(expected) == NEW
+    assert native(out / graph["file"], PROMPT, NEW - 1, 1, graph["caches"])["tokens"] == expected
+    got = chromium.run("/pages/ort_generate.mjs", {**{k: graph[k] for k in ("file", "external", "caches")},
+                                                   "ids": PROMPT, "steps": NEW}, mounts={"model": out}, timeout=180)
+    assert got["tokens"] == expected

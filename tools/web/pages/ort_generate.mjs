@@ -1,35 +1,49 @@
-// Greedy tokens straight from onnxruntime-web (no transformers.js) on a `--target web` graph, fed as transformers.js
-// feeds it: caches start empty ([1, kv, 0, head]) and grow, the prompt in one call, then one token per call, only
-// the last position's logits kept. Timed: session creation, the prompt, the decode steps.
-// args: {folder, file: path in the folder, external: the graph has <file>_data, ids, steps, ep: "wasm" | "webgpu",
-//        threads} -> {tokens, create_ms, prefill_ms, decode_ms}
+// Greedy tokens straight from onnxruntime-web (no transformers.js) on a causal graph, fed as transformers.js feeds a
+// `--target web` graph: the prompt in one call, then one token per call, only the last position's logits kept (when
+// the graph has the input), each call's present caches fed back as the next call's past. Timed: session creation
+// (fetching the graph and its weights included), the prompt, the decode steps.
+// args: {folder, file: path in the folder, external: the graph's external data files (names beside it; `true`:
+//        <file>_data), caches: {past name: [kv heads, length, head size]} the first call's caches (default: empty,
+//        [kv, 0, head] from the graph's metadata, as transformers.js makes them; onnxruntime-genai's graphs with a
+//        sliding-window cache take a window-long zero cache on those layers), ids, steps, ep: "wasm" | "webgpu",
+//        threads} -> {tokens, create_ms, prefill_ms, decode_ms, decode_steps}
 const DIST = "/node_modules/onnxruntime-web/dist/";
 const BUILDS = { wasm: "ort.wasm.bundle.min.mjs", webgpu: "ort.webgpu.bundle.min.mjs" };
-const EMPTY = { float32: Float32Array, float16: Uint16Array };
+const ZEROS = { float32: Float32Array, float16: Uint16Array };
+
+function half(bits) {                                  // IEEE float16 bits -> number (Uint16Array float16 tensors)
+  const e = (bits >> 10) & 31, m = bits & 1023, s = bits >> 15 ? -1 : 1;
+  return e === 31 ? (m ? NaN : s * Infinity) : e ? s * 2 ** (e - 15) * (1 + m / 1024) : s * 2 ** -14 * (m / 1024);
+}
 
 function argmaxLast(logits) {
   const vocab = logits.dims.at(-1), data = logits.data, start = data.length - vocab;
-  if (logits.type !== "float32") throw new Error(`logits are ${logits.type}: this page reads float32 logits`);
-  let best = start;
-  for (let i = start + 1; i < data.length; i++) if (data[i] > data[best]) best = i;
+  if (!["float32", "float16"].includes(logits.type)) throw new Error(`logits are ${logits.type}: this page reads float logits`);
+  const value = data instanceof Uint16Array ? (i) => half(data[i]) : (i) => data[i];
+  let best = start, top = value(start);
+  for (let i = start + 1; i < data.length; i++) {
+    const v = value(i);
+    if (v > top) { best = i; top = v; }
+  }
   return best - start;
 }
 
-export default async function ({ folder = "model", file, external = false, ids, steps = 8, ep = "wasm", threads = 1 }) {
+export default async function ({ folder = "model", file, external = false, caches: shapes, ids, steps = 8, ep = "wasm", threads = 1 }) {
   const ort = await import(DIST + BUILDS[ep]);
   ort.env.wasm.numThreads = threads;
   ort.env.wasm.wasmPaths = DIST;
-  const url = `/m/${folder}/${file}`;
+  const url = `/m/${folder}/${file}`, dir = url.slice(0, url.lastIndexOf("/") + 1);
+  const data = external === true ? [`${file.split("/").pop()}_data`] : external || [];
   const t0 = performance.now();
   const session = await ort.InferenceSession.create(url, {
-    executionProviders: [ep],
-    ...(external ? { externalData: [{ path: `${file.split("/").pop()}_data`, data: `${url}_data` }] } : {}) });
+    executionProviders: [ep], ...(data.length ? { externalData: data.map((n) => ({ path: n, data: dir + n })) } : {}) });
   const createMs = performance.now() - t0;
   const meta = Object.fromEntries(session.inputMetadata.map((m) => [m.name, m]));
   const caches = session.inputNames.filter((n) => n.startsWith("past_key_values."));
   let past = Object.fromEntries(caches.map((n) => {
     const { type, shape } = meta[n];
-    return [n, new ort.Tensor(type, new EMPTY[type](0), [1, shape[1], 0, shape[3]])];
+    const [kv, length, head] = shapes?.[n] ?? [shape[1], 0, shape[3]];
+    return [n, new ort.Tensor(type, new ZEROS[type](kv * length * head), [1, kv, length, head])];
   }));
   const int64 = (values, dims) => new ort.Tensor("int64", BigInt64Array.from(values.map(BigInt)), dims);
   let length = 0;
