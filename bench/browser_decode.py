@@ -62,8 +62,9 @@ def run_entry(browser: Chromium, folder: Path, ids: list[int], steps: int, threa
                           mounts={"model": folder}, timeout=3600), "bytes_fetched": browser.bytes})
     if webgpu:
         length, gpu_steps = webgpu
-        runs[WEBGPU] = _timed(lambda: browser.run("/pages/ort_generate.mjs", {
-            **page, "ids": ids[:length], "steps": gpu_steps, "ep": "webgpu"}, mounts={"model": folder}, timeout=1800))
+        runs[WEBGPU] = _timed(lambda: {**browser.run("/pages/ort_generate.mjs", {
+            **page, "ids": ids[:length], "steps": gpu_steps, "ep": "webgpu"}, mounts={"model": folder}, timeout=600),
+            "bytes_fetched": browser.bytes})
         runs[WEBGPU]["prompt_tokens"] = length
     for run in runs.values():
         if "tokens" in run:
@@ -103,6 +104,12 @@ def table(result: dict) -> list[str]:
             ratio = f"{nat['decode_tok_s'] / run['decode_tok_s']:.1f}" if "decode_tok_s" in nat else ""
             rows.append(f"| {label} | {n} | {run.get('bytes_fetched', 0) / 1e6:.1f} | {run['create_ms'] / 1e3:.1f} | "
                         f"{run['prefill_tok_s']:.1f} | {run['decode_tok_s']:.2f} | {native_s} | {ratio} |")
+    first = next(iter(result["entries"]))
+    for label, entry in list(result["entries"].items())[1:]:
+        for name, run in entry["runs"].items():
+            if "first_over_this" in run:
+                r = run["first_over_this"]
+                rows.append(f"{first} / {label}, {name}: decode {r['decode_tok_s']:.2f}x, prefill {r['prefill_tok_s']:.2f}x")
     return rows
 
 
