@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     if not tokenized:
         raise ValueError("no folder has tokenizer.model (the prompt's tokenizer): list one of ours first")
     ids = prompt_ids(tokenized[0], args.prompt)
-    threads = [int(n) for n in args.threads.split(",")]
+    threads = [int(n) for n in args.threads.split(",") if n]         # "": WebGPU tries only
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "prompt_tokens": len(ids),
               "steps": args.steps, "load_before": os.getloadavg(), "onnxruntime": ort.__version__, "entries": {}}
     with Chromium() as browser:
