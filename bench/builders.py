@@ -37,13 +37,13 @@ def build_hf(out: Path, deps: dict) -> None:
     AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name).save_pretrained(out)
 
 
-def build_og(block: int):
+def build_og(block: int, execution_provider: str = "cpu"):
     def build(out: Path, deps: dict) -> None:
-        """onnxruntime-genai's model builder, int4 (block 32 is its default) for the CPU execution provider
-        (run as the tests run it)."""
+        """onnxruntime-genai's model builder, int4 (block 32 is its default) for `execution_provider` (run as the
+        tests run it; "webgpu": its output made for the web)."""
         from .genai_builder import run_genai_builder
         run_genai_builder(deps["hf"], out, out.parent / (out.name + ".hfcache"), precision="int4",
-                          extra_options=[f"block_size={block}"])
+                          extra_options=[f"block_size={block}"], execution_provider=execution_provider)
     return build
 
 
@@ -86,6 +86,7 @@ BUILDERS = {
     "hf": (build_hf, ()),
     "og-int4": (build_og(32), ("hf",)),
     "og-int4-b128": (build_og(128), ("hf",)),
+    "og-webgpu-int4": (build_og(32, "webgpu"), ("hf",)),
     "litertlm-int8": (build_litertlm("dynamic_wi8_afp32"), ("hf",)),
     "litertlm-int4": (build_litertlm("dynamic_wi4b32_afp32"), ("hf",)),
     "ours-onnx-int4": (build_ours("onnx", "int4"), ()),
