@@ -71,7 +71,7 @@ def _generate(args) -> int:
             raise ValueError(f"--mmproj {args.mmproj}: joins a text .gguf --model; {args.model} is an artifact")
         return _generate_artifact(args, sampling)
     if args.speculate:
-        raise ValueError(f"--speculate {args.speculate}: needs an ONNX artifact folder as --model")
+        raise ValueError(f"--speculate {args.speculate}: needs an ONNX or --target litert artifact as --model")
     from .models.checkpoints import load_model, read_config, resolve
     from .models.generate import generate
     if args.image and args.mmproj is None and not (resolve(args.model).is_dir() and
@@ -325,8 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "<start_of_image> in the prompt, or in front of it; PaliGemma: in front)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for artifacts (default: all)")
     g.add_argument("--speculate", type=_count, default=0, metavar="K",
-                   help="greedy, ONNX folders: check up to K draft tokens from n-grams of the prompt and output in "
-                        "one call (exact speculative decoding: the same tokens; default 0, off)")
+                   help="greedy; ONNX and --target litert folders: check up to K draft tokens from n-grams of the "
+                        "prompt and output in one call (exact speculative decoding: the same tokens; default 0, off)")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=_generate)
 

@@ -129,8 +129,9 @@ class Model:
         <start_of_image> in the prompt, or in front of it; PaliGemma: in front, then <bos>, prompt, "\n"); with
         a list of ids, the ids already hold each image's placeholder tokens. `steer` (an artifact exported with
         --sae): {feature id: strength}, or one such dict per SAE; sum(strength * W_dec[feature]) is added at the
-        SAE's site at every position. `speculate` K > 0 (greedy, ONNX folders): exact speculative decoding with up
-        to K draft tokens from n-grams of the prompt and the output (runtime_py.speculative); the same tokens."""
+        SAE's site at every position. `speculate` K > 0 (greedy; ONNX and `--target litert` folders): exact
+        speculative decoding with up to K draft tokens from n-grams of the prompt and the output
+        (runtime_py.speculative); the same tokens."""
         self._need("causal", "generate()")
         features = None
         if images:
@@ -203,8 +204,8 @@ class Model:
 
     def _verifier(self, step):
         if not hasattr(step, "verifier"):
-            raise ValueError(f"{self.path}: speculative decoding needs an ONNX folder (the {type(self.backend).__name__}"
-                             f" cannot check several tokens in one call and roll its caches back)")
+            raise ValueError(f"{self.path}: speculative decoding needs an ONNX or `--target litert` folder (the "
+                             f"{type(self.backend).__name__} cannot check several tokens in one call)")
         return step.verifier()
 
     def time_steps(self, prompt: list[int], decode_steps: int, features: np.ndarray | None = None) -> StepTimes:

@@ -128,3 +128,27 @@ def test_drafts_continue_the_latest_earlier_occurrence():
     assert NgramDrafter([5, 7, 7, 7]).draft(4) == [7, 7, 7, 7]
     assert NgramDrafter([1, 2, 3, 4]).draft(4) == []
     assert NgramDrafter([1, 2, 1, 2]).draft(0) == []
+
+
+# --- LiteRT (`--target litert`: every prefill row has logits; a verify call is one padded prefill chunk) ----------
+
+@pytest.fixture(scope="module")
+def litert_case(tiny_litert):
+    art = tiny_litert("gemma3")                       # window 8, prefill 8 and 16, context 64
+    model = runtime_py.load(art.folder, threads=1)
+    base = [int(t) for t in np.random.default_rng(0).integers(3, 300, 6)]
+    prompt = [2] + base * 3
+    n = art.context - len(prompt)
+    plain = model.generate(prompt, n, stop_ids=[]).token_ids
+    assert plain == hf_greedy(art.ref, prompt, n)
+    return model, prompt, plain
+
+
+@pytest.mark.parametrize("k", [1, 4, 7])
+def test_litert_speculative_tokens_equal_plain_greedy(litert_case, k):
+    model, prompt, plain = litert_case
+    g = model.generate(prompt, len(plain), stop_ids=[], speculate=k)
+    assert g.token_ids == plain and g.speculation.accepted > 0
+    step = model.backend.stepper(len(prompt) + len(plain))
+    out, s = speculative_tokens(step, step.verifier(), prompt, len(plain), k, drafter=WrongAt(plain))
+    assert out == plain and 0 < s.accepted < s.drafted
