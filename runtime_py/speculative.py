@@ -1,10 +1,12 @@
 """Exact speculative decoding for greedy generation, drafted by prompt lookup.
 
-Drafts are the tokens that followed the latest earlier occurrence of the last n tokens (n = MAX_NGRAM down to 1)
-in the prompt and the text generated so far. The model takes the current token and the draft in one multi-token
-call; the draft's longest prefix equal to the model's own greedy picks is kept, plus the pick after it, and the
-rest is rolled back from the caches. Every kept token is the model's argmax at its position, so the output is
-plain greedy decoding's (up to the float summation order of multi-row kernels, which can flip a near tie).
+Drafts are the tokens that followed the latest earlier occurrence of the last n tokens (n = MAX_NGRAM down to
+MIN_NGRAM) in the prompt and the text generated so far. The model takes the current token and the draft in one
+multi-token call; the draft's longest prefix equal to the model's own greedy picks is kept, plus the pick after it,
+and the rest is rolled back from the caches. Every kept token is the model's argmax at its position, so the output
+is plain greedy decoding's as far as a multi-row call computes what one-row calls do: bit for bit in float32 here;
+kernels that quantize activations at run time (int4/int8 MatMulNBits) round a multi-row call differently, which
+can flip a pick where two logits are close (README: exact speculative decoding).
 
 A backend offers it through `stepper.verifier()` -> an object with `__call__(tokens, start) -> logits [T, V]`
 (every row, all T tokens kept in the cache) and `rollback(length)`. numpy and the standard library only.
@@ -17,6 +19,9 @@ from typing import Callable, Iterable
 import numpy as np
 
 MAX_NGRAM = 3     # the longest suffix looked up; shorter ones are tried when it has no earlier occurrence
+# the shortest: one recurring token predicts its successor too rarely, and a rejected multi-row call costs several
+# one-token steps (README: exact speculative decoding)
+MIN_NGRAM = 2
 MAX_DRAFT = 32    # the largest K accepted (a verify call runs K + 1 rows)
 
 
@@ -51,9 +56,9 @@ def check_speculate(k: int, greedy: bool, window: int | None = None) -> int:
 class NgramDrafter:
     """The token history with, for each n-gram (n <= max_ngram), where its latest earlier occurrence continues."""
 
-    def __init__(self, tokens: Iterable[int] = (), max_ngram: int = MAX_NGRAM):
+    def __init__(self, tokens: Iterable[int] = (), max_ngram: int = MAX_NGRAM, min_ngram: int = MIN_NGRAM):
         self.tokens: list[int] = []
-        self.max_ngram = max_ngram
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
         self.next_at: dict[tuple[int, ...], int] = {}
         for t in tokens:
             self.append(t)
@@ -62,7 +67,7 @@ class NgramDrafter:
         # the n-grams ending at the old end continue with `token`; the new suffix itself is recorded only on the
         # next append, so a lookup of the suffix finds an earlier occurrence
         h, end = self.tokens, len(self.tokens)
-        for n in range(1, min(self.max_ngram, end) + 1):
+        for n in range(self.min_ngram, min(self.max_ngram, end) + 1):
             self.next_at[tuple(h[end - n:end])] = end
         h.append(int(token))
 
@@ -72,7 +77,7 @@ class NgramDrafter:
         h = self.tokens
         if k <= 0:
             return []
-        for n in range(min(self.max_ngram, len(h)), 0, -1):
+        for n in range(min(self.max_ngram, len(h)), self.min_ngram - 1, -1):
             at = self.next_at.get(tuple(h[-n:]))
             if at is not None:
                 out, period = h[at:at + k], len(h) - at       # h[at:] has `period` tokens

@@ -124,7 +124,8 @@ def test_refused_settings(case, capsys):
 
 def test_drafts_continue_the_latest_earlier_occurrence():
     assert NgramDrafter([1, 2, 3, 9, 1, 2, 3]).draft(5) == [9, 1, 2, 3, 9]     # 3-gram, then its period
-    assert NgramDrafter([4, 1, 2, 8, 3, 2]).draft(3) == [8, 3, 2]             # only the 1-gram "2" recurs
+    assert NgramDrafter([4, 1, 2, 8, 3, 2]).draft(3) == []                    # only the 1-gram "2" recurs ...
+    assert NgramDrafter([4, 1, 2, 8, 3, 2], min_ngram=1).draft(3) == [8, 3, 2]     # ... used when allowed
     assert NgramDrafter([5, 7, 7, 7]).draft(4) == [7, 7, 7, 7]
     assert NgramDrafter([1, 2, 3, 4]).draft(4) == []
     assert NgramDrafter([1, 2, 1, 2]).draft(0) == []
