@@ -49,6 +49,24 @@ def one(model, task: str, k: int, new: int) -> dict:
     return row
 
 
+def call_costs(model, lengths=(1, 2, 5, 9), calls: int = 12, at: int = 200) -> dict:
+    """CPU ms of one call on T tokens (T = 1: a decode step; more: a verify call), the median of `calls` calls after
+    an `at`-token prefix of the summarize task's passage: what a draft must save to pay for itself."""
+    seq = model.tokenizer.encode((INPUTS / TASKS["summarize"][1]).read_text(encoding="utf-8"))
+    out = {}
+    for t in lengths:
+        step = model.backend.stepper(at + calls * t)
+        step(seq[:at], 0)
+        verify, costs = step.verifier(), []
+        for i in range(calls):
+            pos = at + i * t
+            cpu = time.process_time()
+            (step if t == 1 else verify)(seq[pos:pos + t], pos)
+            costs.append(time.process_time() - cpu)
+        out[t] = round(1000 * statistics.median(costs), 2)
+    return out
+
+
 def equal_prefix(a: list[int], b: list[int]) -> int:
     """How many leading tokens two generations share."""
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -97,8 +115,10 @@ def main(argv=None) -> int:
                          "same_tokens": all(x["token_ids"] == p["token_ids"] for x, p in zip(rs, plain)),
                          "equal_prefix": min(equal_prefix(x["token_ids"], p["token_ids"]) for x, p in zip(rs, plain)),
                          **({"acceptance": round(med("acceptance"), 3), "calls": rs[0]["calls"]} if k else {})})
+    costs = call_costs(model)
+    say(f"CPU ms per call by tokens in it: {costs}")
     out = {"machine": {**measure.describe(args.threads, load_before),
-                       "load_after": [round(x, 2) for x in os.getloadavg()]},
+                       "load_after": [round(x, 2) for x in os.getloadavg()]}, "cpu_ms_per_call": costs,
            "artifact": str(path), "rounds": args.rounds, "new_tokens": args.new, "rows": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
