@@ -153,3 +153,20 @@ def test_litert_speculative_tokens_equal_plain_greedy(litert_case, k):
     step = model.backend.stepper(len(prompt) + len(plain))
     out, s = speculative_tokens(step, step.verifier(), prompt, len(plain), k, drafter=WrongAt(plain))
     assert out == plain and 0 < s.accepted < s.drafted
+
+
+# --- the real 270M (slow) ------------------------------------------------------------------------------------
+
+def check_real_fp32(folder) -> None:
+    """On float32 a multi-row call's rows are one-row steps' bit for bit: the speculative text is plain greedy's on
+    an input-grounded task (the bench's code edit), with most drafts kept."""
+    from bench.speculative import messages
+    model = runtime_py.load(folder, threads=2)
+    plain = model.chat(messages("edit-code"), max_new_tokens=64)
+    spec = model.chat(messages("edit-code"), max_new_tokens=64, speculate=8)
+    assert spec.token_ids == plain.token_ids and len(plain.token_ids) == 64
+    assert spec.speculation.acceptance > 0.3
+
+
+def test_real_fp32_speculative_text_is_plain_greedy(real_onnx):
+    check_real_fp32(real_onnx)
