@@ -170,3 +170,26 @@ def check_real_fp32(folder) -> None:
 
 def test_real_fp32_speculative_text_is_plain_greedy(real_onnx):
     check_real_fp32(real_onnx)
+
+
+def test_genai_builder_folder(tiny_hf, tmp_path):
+    """onnxruntime-genai's own builder output (its GroupQueryAttention window caches): the same tokens as plain
+    greedy through that folder (the reference here: on this tiny config the builder's graph does not follow
+    transformers' greedy path, which test_runtime_onnx checks on a config of its own)."""
+    import shutil
+
+    import transformers
+
+    from bench.genai_builder import run_genai_builder
+    hf = tiny_hf("gemma3", tokenizer=True)
+    src = tmp_path / "hf"
+    shutil.copytree(hf.path, src)
+    transformers.GemmaTokenizer.from_pretrained(src).save_pretrained(src)       # the builder wants one
+    run_genai_builder(src, tmp_path / "onnx", tmp_path / "cache")
+    model = runtime_py.load(tmp_path / "onnx", threads=1)
+    assert model.backend.share_buffer and model.backend.window == 8
+    prompt = [2] + [int(t) for t in np.random.default_rng(0).integers(3, 300, 10)] * 3
+    plain = model.generate(prompt, NEW, stop_ids=[]).token_ids
+    step = model.backend.stepper(len(prompt) + NEW)
+    out, s = speculative_tokens(step, step.verifier(), prompt, NEW, 7, drafter=WrongAt(plain))
+    assert out == plain and 0 < s.accepted < s.drafted
