@@ -70,6 +70,8 @@ def _generate(args) -> int:
         if args.mmproj is not None:
             raise ValueError(f"--mmproj {args.mmproj}: joins a text .gguf --model; {args.model} is an artifact")
         return _generate_artifact(args, sampling)
+    if args.speculate:
+        raise ValueError(f"--speculate {args.speculate}: needs an ONNX or --target litert artifact as --model")
     from .models.checkpoints import load_model, read_config, resolve
     from .models.generate import generate
     if args.image and args.mmproj is None and not (resolve(args.model).is_dir() and
@@ -175,15 +177,17 @@ def _generate_artifact(args, sampling) -> int:
         content = args.prompt if not args.image else \
             [{"type": "image", "image": path} for path in args.image] + [{"type": "text", "text": args.prompt}]
         g = m.chat([{"role": "user", "content": content}], max_new_tokens=args.max_new_tokens, sampling=sampling,
-                   on_text=on_text)
+                   on_text=on_text, speculate=args.speculate)
     else:
-        g = m.generate(args.prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, on_text=on_text, **images)
+        g = m.generate(args.prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, on_text=on_text,
+                       speculate=args.speculate, **images)
     t = g.timings
     if args.json:
         print(json.dumps({"model": str(args.model), "prompt": args.prompt, "text": g.text, "token_ids": g.token_ids,
                           "prompt_tokens": g.prompt_tokens, "finish_reason": g.finish_reason,
                           "load_s": round(load_s, 3), "prefill_tok_s": round(t.prefill_tok_s, 2),
-                          "decode_tok_s": round(t.decode_tok_s, 2)}))
+                          "decode_tok_s": round(t.decode_tok_s, 2),
+                          **({"speculation": g.speculation.as_dict()} if g.speculation else {})}))
     else:
         print(f"\n[{len(g.token_ids)} tokens; prefill {t.prefill_tok_s:.1f} tok/s, decode {t.decode_tok_s:.1f} tok/s; "
               f"loaded in {load_s:.1f} s]", file=sys.stderr)
@@ -320,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an image for a vision-language model (repeatable, in order; Gemma 3: one per "
                         "<start_of_image> in the prompt, or in front of it; PaliGemma: in front)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for artifacts (default: all)")
+    g.add_argument("--speculate", type=_count, default=0, metavar="K",
+                   help="greedy; ONNX and --target litert folders: check up to K draft tokens from n-grams of the "
+                        "prompt and output in one call (exact speculative decoding: the same tokens; default 0, off)")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=_generate)
 

@@ -21,6 +21,7 @@ from .contract import SAE_KEY, VISION_KEY
 from .prompts import embedding_prompt, shieldgemma_prompt
 from .sae import SaeSites, firing
 from .sampling import Sampler, Sampling, finish_reason, generate_tokens, token_budget
+from .speculative import Speculation, check_speculate, speculative_tokens
 from .tokenizer import StreamDecoder, Tokenizer
 from .vision_api import VisionFacts, common_prefix, yes_probability
 
@@ -57,12 +58,14 @@ class StepTimes:
 @dataclasses.dataclass
 class Generation:
     """text: the new text; token_ids: the new ids (no stop id); prompt_tokens: prompt length in tokens;
-    finish_reason: "stop" (a stop id), "length" (max_new_tokens) or "context" (the context was full)."""
+    finish_reason: "stop" (a stop id), "length" (max_new_tokens) or "context" (the context was full);
+    speculation: what the drafts did (generate(speculate=K) only)."""
     text: str
     token_ids: list[int]
     prompt_tokens: int
     timings: Timings
     finish_reason: str
+    speculation: Speculation | None = None
 
 
 class Model:
@@ -118,7 +121,7 @@ class Model:
     def generate(self, prompt: str | list[int], max_new_tokens: int = 64, sampling: Sampling = Sampling(),
                  stop_ids: Iterable[int] | None = None,
                  on_text: Callable[[str], None] | None = None, images: list | None = None,
-                 steer: dict | list | None = None) -> Generation:
+                 steer: dict | list | None = None, speculate: int = 0) -> Generation:
         """Continue `prompt` (text: encoded with <bos>; a list of ids: used as is). Stops at a stop id
         (default: the tokenizer's <eos>/<end_of_turn>), after `max_new_tokens`, or when the context is full.
         `on_text` receives the text as it is completed (UTF-8-safe streaming). `images` (a vision-language
@@ -126,7 +129,9 @@ class Model:
         <start_of_image> in the prompt, or in front of it; PaliGemma: in front, then <bos>, prompt, "\n"); with
         a list of ids, the ids already hold each image's placeholder tokens. `steer` (an artifact exported with
         --sae): {feature id: strength}, or one such dict per SAE; sum(strength * W_dec[feature]) is added at the
-        SAE's site at every position."""
+        SAE's site at every position. `speculate` K > 0 (greedy; ONNX and `--target litert` folders): exact
+        speculative decoding with up to K draft tokens from n-grams of the prompt and the output
+        (runtime_py.speculative); the same tokens."""
         self._need("causal", "generate()")
         features = None
         if images:
@@ -134,7 +139,7 @@ class Model:
                 prompt = self._vision().prompt_ids(self._tok(), prompt, len(images))
             features = self.image_features(images)
         return self._generate(self._ids(prompt), max_new_tokens, sampling, stop_ids, on_text, features,
-                              self.sae.steer_inputs(steer) if steer else None)
+                              self.sae.steer_inputs(steer) if steer else None, speculate)
 
     @functools.cached_property
     def sae(self) -> SaeSites:
@@ -154,13 +159,15 @@ class Model:
                  "positions": firing(outs[2 * n], outs[2 * n + 1], k)} for n, e in enumerate(sae.entries)]
 
     def _generate(self, ids: list[int], max_new_tokens: int, sampling: Sampling, stop_ids, on_text,
-                  features: np.ndarray | None = None, extra: dict | None = None) -> Generation:
+                  features: np.ndarray | None = None, extra: dict | None = None, speculate: int = 0) -> Generation:
         sampler = Sampler(sampling, self.config.get("vocab_size") or getattr(self.backend, "vocab_size", None))
+        check_speculate(speculate, sampling.temperature == 0.0, getattr(self.backend, "window", None))
         n = token_budget(len(ids), max_new_tokens, self.backend.context_length, self.path)
         if stop_ids is None:
             stop_ids = self.tokenizer.stop_ids if self.tokenizer else [self.config.get("eos_id", 1)]
         more = {**({"features": features} if features is not None else {}), **({"extra": extra} if extra else {})}
         step = self.backend.stepper(len(ids) + n, **more)
+        verifier = self._verifier(step) if speculate else None
         timings = Timings(prefill_tokens=len(ids))
 
         def timed_step(tokens, start):
@@ -184,12 +191,22 @@ class Model:
                 emit(decoder.push(token))
 
         t0 = time.perf_counter()
-        out = generate_tokens(timed_step, ids, n, sampler, stop_ids, on_token)
+        spec = None
+        if verifier:
+            out, spec = speculative_tokens(timed_step, verifier, ids, n, speculate, stop_ids, on_token)
+        else:
+            out = generate_tokens(timed_step, ids, n, sampler, stop_ids, on_token)
         if decoder:
             emit(decoder.flush())
         timings.decode_s = time.perf_counter() - t0 - timings.prefill_s
         timings.decode_tokens = len(out)
-        return Generation("".join(pieces), out, len(ids), timings, finish_reason(len(out), n, max_new_tokens))
+        return Generation("".join(pieces), out, len(ids), timings, finish_reason(len(out), n, max_new_tokens), spec)
+
+    def _verifier(self, step):
+        if not hasattr(step, "verifier"):
+            raise ValueError(f"{self.path}: speculative decoding needs an ONNX or `--target litert` folder (the "
+                             f"{type(self.backend).__name__} cannot check several tokens in one call)")
+        return step.verifier()
 
     def time_steps(self, prompt: list[int], decode_steps: int, features: np.ndarray | None = None) -> StepTimes:
         """Greedy-continue `prompt` (token ids) by 1 + `decode_steps` tokens, never stopping early, timing the
@@ -215,17 +232,18 @@ class Model:
         return StepTimes(len(ids), t1 - t0, t2 - t0, times, out)
 
     def chat(self, messages: list[dict], max_new_tokens: int = 64, sampling: Sampling = Sampling(),
-             stop_ids: Iterable[int] | None = None, on_text: Callable[[str], None] | None = None) -> Generation:
+             stop_ids: Iterable[int] | None = None, on_text: Callable[[str], None] | None = None,
+             speculate: int = 0) -> Generation:
         """The model's reply to `messages` ([{"role": "user"|"assistant"|"system", "content": str}, ...]),
         in Gemma's chat format. A vision-language model's contents may be lists of {"type": "text", "text": ...}
-        and {"type": "image", "image": path | bytes | PIL image | array} items."""
+        and {"type": "image", "image": path | bytes | PIL image | array} items. speculate: as in generate()."""
         self._need("causal", "chat()")
         if any(isinstance(m.get("content"), (list, tuple)) for m in messages):
             ids, images = self._vision().chat_ids(self._tok(), messages)
             features = self.image_features(images) if images else None
-            return self._generate(ids, max_new_tokens, sampling, stop_ids, on_text, features)
+            return self._generate(ids, max_new_tokens, sampling, stop_ids, on_text, features, speculate=speculate)
         prompt = self._tok().chat_ids(messages)       # the contents cannot forge turn markers
-        return self.generate(prompt, max_new_tokens, sampling, stop_ids, on_text)
+        return self.generate(prompt, max_new_tokens, sampling, stop_ids, on_text, speculate=speculate)
 
     def classify_image(self, image, policies: list[str] | None = None,
                        custom_policies: dict[str, str] | None = None) -> dict[str, float]:

@@ -32,6 +32,7 @@ from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, INPUT_POS, KV
                        STATE_PREFIXES, TEXT_ENCODER_SECTION, TOKENS, VISION_KEY, is_cache)
 from .litert_embedding import LiteRTBundleEmbedder, LiteRTEmbedder
 from .litert_compiled import Signature, State, carried, compile_tflite
+from .litert_verify import Verifier
 from .litert_vision import LiteRTVisionBackend, greedy_chunks
 from .sampling import check_step
 
@@ -238,6 +239,10 @@ class Stepper:
         if held:
             return self._run(tokens[-1:])
         return b.logits_of(ran, n)[-1]          # only the last chunk's rows are read, up to its last real one
+
+    def verifier(self):
+        """Multi-token verify calls with rollback on this sequence (runtime_py.speculative; litert_verify.Verifier)."""
+        return Verifier(self)
 
     def _run(self, tokens: list[int]) -> np.ndarray:
         """Run one token through decode; -> its logits [V]."""

@@ -26,6 +26,7 @@ import onnxruntime as ort
 from .contract import (IMAGE_FEATURES, INPUTS_EMBEDS, LOGITS_TO_KEEP, MODEL_FILE, NUM_LOGITS_TO_KEEP, PIXEL_VALUES,
                        SENTENCE_EMBEDDING)
 from .files import inside, read_json
+from .onnx_verify import Verifier
 from .sampling import check_step
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -367,6 +368,11 @@ class Stepper:
         return outs[0].numpy()[0, -1].astype(np.float32)     # [V]
 
     def _run(self, tokens: list[int]) -> np.ndarray:
+        return self.run_rows(tokens)[-1].astype(np.float32)       # [V], a copy: the buffer is reused
+
+    def run_rows(self, tokens: list[int]) -> np.ndarray:
+        """One call on `tokens` (unchecked; at most one chunk) -> logits at every row [T, V], a view of a buffer
+        the next call of this length reuses."""
         b = self.backend
         binding = self.binding or b.session.io_binding()
         self._one_bound = False
@@ -391,7 +397,11 @@ class Stepper:
             if not b.share_buffer:
                 self.past = {past: value for (past, _, _), value in zip(b.caches, outs[1:])}
         self.length += len(tokens)
-        return logits[0, -1].astype(np.float32)       # [V], a copy: the buffer is reused
+        return logits[0]
+
+    def verifier(self):
+        """Multi-token verify calls with rollback on this cache (runtime_py.speculative; onnx_verify.Verifier)."""
+        return Verifier(self)
 
     def fork(self) -> "Stepper":
         """An independent copy of this sequence's state (its caches copied): continue one prefix several ways,
