@@ -80,7 +80,7 @@ class _Signatures:
 
     def has(self, name: str) -> bool:
         """Every prefill signature outputs `name` for each of its rows (logits: contract.PREFILL_LOGITS)."""
-        return all(name in s.outputs and (name != LOGITS or s.all_rows()) for s in self.prefill.values())
+        return all(name in s.output_names and (name != LOGITS or s.all_rows()) for s in self.prefill.values())
 
 
 class LiteRTBackend:
@@ -91,9 +91,9 @@ class LiteRTBackend:
 
     def __init__(self, model_path: str | Path | None = None, *, model_content: bytes | None = None,
                  threads: int | None = None, context_length: int | None = None, name: str | None = None,
-                 compiled=None):
+                 compiled=None, source: tuple | None = None):
         self.path = str(name or model_path)
-        self.model = compiled or compile_tflite(model_path, model_content, threads, self.path)
+        self.model = compiled or compile_tflite(model_path, model_content, threads, self.path, source)
         names = list(self.model.get_signature_list())
         if DECODE_SIGNATURE not in names or not any(n.startswith(PREFILL_PREFIX) for n in names):
             raise ValueError(f"{self.path}: expected signatures {PREFILL_PREFIX}{{T}} and {DECODE_SIGNATURE}, "
@@ -108,13 +108,14 @@ class LiteRTBackend:
         every = [self.decode, *self.prefill.values(), *([self.sae.decode, *self.sae.prefill.values()] if self.sae
                                                          else [])]
         for sig in every:
-            missing = [c for c in self.caches if sig.inputs.get(c) != self.decode.inputs[c] or c not in sig.outputs]
-            if missing or (sig.length == 1 and LOGITS not in sig.outputs):
+            missing = [c for c in self.caches
+                       if sig.inputs.get(c) != self.decode.inputs[c] or c not in sig.output_names]
+            if missing or (sig.length == 1 and LOGITS not in sig.output_names):
                 raise ValueError(f"{self.path}: signature {sig.name!r} lacks {missing or [LOGITS]}")
         if self.sae is not None and not self.sae.prefill:
             raise ValueError(f"{self.path}: {SAE_DECODE_SIGNATURE} without {SAE_PREFILL_PREFIX}{{T}} signatures")
         self.plain = _Signatures(self.prefill, self.decode)
-        self.prefill_logits = self.plain.has(LOGITS)
+        self._prefill_logits = None
         # A prompt's last token goes through decode, as LiteRT-LM runs it: the prefill chunks' logits [1, T, V]
         # (T MB each) are then never read, which would cost as much memory again. False: read from prefill.
         self.hold_last = True
@@ -127,6 +128,18 @@ class LiteRTBackend:
             self.context_length = context_length
         self.vocab_size = int(self.decode.outputs[LOGITS]["shape"][-1])
         self.prefill_lengths = sorted(self.prefill)
+
+    @property
+    def prefill_logits(self) -> bool:
+        """Whether every prefill signature outputs logits for each of its rows (asked when first needed: the
+        prefill signatures' output shapes cost their tensors)."""
+        if self._prefill_logits is None:
+            self._prefill_logits = self.plain.has(LOGITS)
+        return self._prefill_logits
+
+    @prefill_logits.setter
+    def prefill_logits(self, value: bool) -> None:
+        self._prefill_logits = bool(value)
 
     def _lengths(self, names: list[str], prefix: str) -> dict[int, _Signature]:
         sigs = [_Signature(self.model, n, self.path) for n in names if n.startswith(prefix)]
@@ -193,8 +206,8 @@ class LiteRTBackend:
         ids = [int(i) for i in ids]
         if not 0 < len(ids) <= self.context_length:
             raise ValueError(f"logits() takes 1..{self.context_length} tokens ({self.path}), got {len(ids)}")
-        sigs = self.signatures(extra, sae=any(n not in self.decode.outputs for n in names))
-        missing = [n for n in names if n not in sigs.decode.outputs]
+        sigs = self.signatures(extra, sae=any(n not in self.decode.output_names for n in names))
+        missing = [n for n in names if n not in sigs.decode.output_names]
         if missing:
             raise ValueError(f"{self.path}: no output {missing[0]!r}")
         outs = {n: sigs.decode.outputs[n] for n in names}
@@ -434,9 +447,10 @@ def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBac
                   for section, content in bundle["models"].items()}
         return LiteRTBundleEmbedder(models, str(path)), bundle["tokenizer"], facts
     context = min(limits) if limits else None
+    span = bundle["spans"][PREFILL_DECODE_SECTION]
     try:
-        with section_file(path, bundle["spans"][PREFILL_DECODE_SECTION]) as model:    # mapped by LiteRT, which keeps it
-            backend = LiteRTBackend(model, threads=threads, context_length=context, name=str(path))
+        with section_file(path, span) as model:    # mapped by LiteRT, which keeps it
+            backend = LiteRTBackend(model, threads=threads, context_length=context, name=str(path), source=(path, span))
     except OSError:              # no room or no writable temporary folder: from the section's bytes
         backend = LiteRTBackend(model_content=read_litertlm(path)["tflite"], threads=threads, context_length=context,
                                 name=str(path))
