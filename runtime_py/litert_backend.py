@@ -30,6 +30,7 @@ import numpy as np
 from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, INPUT_POS, KV_CACHE_PREFIX, LOGITS,
                        PREFILL_DECODE_SECTION, PREFILL_PREFIX, SAE_DECODE_SIGNATURE, SAE_PREFILL_PREFIX, SAE_STEER,
                        STATE_PREFIXES, TEXT_ENCODER_SECTION, TOKENS, VISION_KEY, is_cache)
+from .litert_cache import cache_folder
 from .litert_embedding import LiteRTBundleEmbedder, LiteRTEmbedder
 from .litert_compiled import Signature, State, carried, compile_tflite
 from .litert_vision import LiteRTVisionBackend, greedy_chunks
@@ -404,12 +405,14 @@ def read_litertlm(path: str | Path, models: bool = True) -> dict:
 
 
 @contextlib.contextmanager
-def section_file(path: str | Path, span: tuple[int, int]):
-    """A temporary .tflite file holding bytes span = (begin, end) of `path` (a TFLite section), removed on exit.
-    LiteRT maps a model it compiles from a file and keeps only the pages it reads resident (the packed weights are
-    XNNPACK's own copy); compiled from bytes, the whole section stays in the process's memory."""
+def section_file(path: str | Path, span: tuple[int, int], folder: Path | None = None):
+    """A temporary .tflite file holding bytes span = (begin, end) of `path` (a TFLite section), removed on exit,
+    in `folder` (None: the system's temporary folder). LiteRT maps a model it compiles from a file and keeps only
+    the pages it reads resident (the packed weights are XNNPACK's own copy); compiled from bytes, the whole section
+    stays in the process's memory. The file stays mapped after its removal: in a memory-backed temporary folder
+    (tmpfs) every page of it would stay in memory."""
     begin, stop = span
-    tmp = tempfile.NamedTemporaryFile(suffix=".tflite", delete=False)
+    tmp = tempfile.NamedTemporaryFile(suffix=".tflite", delete=False, dir=folder)
     try:
         with open(path, "rb") as src, tmp:
             src.seek(begin)
@@ -449,7 +452,13 @@ def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBac
     context = min(limits) if limits else None
     span = bundle["spans"][PREFILL_DECODE_SECTION]
     try:
-        with section_file(path, span) as model:    # mapped by LiteRT, which keeps it
+        folder = cache_folder()                   # on disk beside the packed weights, not in a tmpfs /tmp
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = None
+    try:
+        with section_file(path, span, folder) as model:    # mapped by LiteRT, which keeps it
             backend = LiteRTBackend(model, threads=threads, context_length=context, name=str(path), source=(path, span))
     except OSError:              # no room or no writable temporary folder: from the section's bytes
         backend = LiteRTBackend(model_content=read_litertlm(path)["tflite"], threads=threads, context_length=context,
