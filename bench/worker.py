@@ -16,6 +16,7 @@ import tempfile
 import time
 
 from devices.measure import peak_rss_mb
+from runtime_py.litert_cache import CACHE_ENV
 
 RUNNERS = {"runtime_py": "runtime_py_runner", "llama.cpp": "llamacpp", "onnxruntime-genai": "ogenai",
            "litert-lm": "litertlm", "transformers": "hf_eager"}
@@ -28,9 +29,12 @@ def main(argv: list[str]) -> int:
         os.environ[var] = str(threads)
     mod = importlib.import_module(f"bench.runners.{RUNNERS[runner]}")
     runs = {}
+    # Packed weights (XNNPACK's cache): LiteRT-LM's in `cache`, runtime_py's there too (runtime_py.litert_cache),
+    # so both pack in the run (a fresh folder, the default) or both map a finished file (spec "cache_dir").
+    cache = spec.get("cache_dir") or tempfile.mkdtemp(prefix="bench-")
+    os.environ[CACHE_ENV] = cache
     t0 = time.perf_counter()
     if hasattr(mod, "measure"):         # the runtime times itself; one engine per measurement
-        cache = spec.get("cache_dir") or tempfile.mkdtemp(prefix="bench-")
         mod.measure(path, threads, spec["warmup_text"], len(spec["warmup_ids"]), 8, cache)
         load_s = time.perf_counter() - t0
         for length, text in spec["texts"].items():

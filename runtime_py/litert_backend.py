@@ -30,6 +30,7 @@ import numpy as np
 from .contract import (CONFIG_KEY, DECODE_SIGNATURE, EMBED_PREFIX, INPUT_POS, KV_CACHE_PREFIX, LOGITS,
                        PREFILL_DECODE_SECTION, PREFILL_PREFIX, SAE_DECODE_SIGNATURE, SAE_PREFILL_PREFIX, SAE_STEER,
                        STATE_PREFIXES, TEXT_ENCODER_SECTION, TOKENS, VISION_KEY, is_cache)
+from .litert_cache import cache_folder
 from .litert_embedding import LiteRTBundleEmbedder, LiteRTEmbedder
 from .litert_compiled import Signature, State, carried, compile_tflite
 from .litert_verify import Verifier
@@ -81,7 +82,7 @@ class _Signatures:
 
     def has(self, name: str) -> bool:
         """Every prefill signature outputs `name` for each of its rows (logits: contract.PREFILL_LOGITS)."""
-        return all(name in s.outputs and (name != LOGITS or s.all_rows()) for s in self.prefill.values())
+        return all(name in s.output_names and (name != LOGITS or s.all_rows()) for s in self.prefill.values())
 
 
 class LiteRTBackend:
@@ -92,9 +93,9 @@ class LiteRTBackend:
 
     def __init__(self, model_path: str | Path | None = None, *, model_content: bytes | None = None,
                  threads: int | None = None, context_length: int | None = None, name: str | None = None,
-                 compiled=None):
+                 compiled=None, source: tuple | None = None):
         self.path = str(name or model_path)
-        self.model = compiled or compile_tflite(model_path, model_content, threads, self.path)
+        self.model = compiled or compile_tflite(model_path, model_content, threads, self.path, source)
         names = list(self.model.get_signature_list())
         if DECODE_SIGNATURE not in names or not any(n.startswith(PREFILL_PREFIX) for n in names):
             raise ValueError(f"{self.path}: expected signatures {PREFILL_PREFIX}{{T}} and {DECODE_SIGNATURE}, "
@@ -109,13 +110,14 @@ class LiteRTBackend:
         every = [self.decode, *self.prefill.values(), *([self.sae.decode, *self.sae.prefill.values()] if self.sae
                                                          else [])]
         for sig in every:
-            missing = [c for c in self.caches if sig.inputs.get(c) != self.decode.inputs[c] or c not in sig.outputs]
-            if missing or (sig.length == 1 and LOGITS not in sig.outputs):
+            missing = [c for c in self.caches
+                       if sig.inputs.get(c) != self.decode.inputs[c] or c not in sig.output_names]
+            if missing or (sig.length == 1 and LOGITS not in sig.output_names):
                 raise ValueError(f"{self.path}: signature {sig.name!r} lacks {missing or [LOGITS]}")
         if self.sae is not None and not self.sae.prefill:
             raise ValueError(f"{self.path}: {SAE_DECODE_SIGNATURE} without {SAE_PREFILL_PREFIX}{{T}} signatures")
         self.plain = _Signatures(self.prefill, self.decode)
-        self.prefill_logits = self.plain.has(LOGITS)
+        self._prefill_logits = None
         # A prompt's last token goes through decode, as LiteRT-LM runs it: the prefill chunks' logits [1, T, V]
         # (T MB each) are then never read, which would cost as much memory again. False: read from prefill.
         self.hold_last = True
@@ -128,6 +130,18 @@ class LiteRTBackend:
             self.context_length = context_length
         self.vocab_size = int(self.decode.outputs[LOGITS]["shape"][-1])
         self.prefill_lengths = sorted(self.prefill)
+
+    @property
+    def prefill_logits(self) -> bool:
+        """Whether every prefill signature outputs logits for each of its rows (asked when first needed: the
+        prefill signatures' output shapes cost their tensors)."""
+        if self._prefill_logits is None:
+            self._prefill_logits = self.plain.has(LOGITS)
+        return self._prefill_logits
+
+    @prefill_logits.setter
+    def prefill_logits(self, value: bool) -> None:
+        self._prefill_logits = bool(value)
 
     def _lengths(self, names: list[str], prefix: str) -> dict[int, _Signature]:
         sigs = [_Signature(self.model, n, self.path) for n in names if n.startswith(prefix)]
@@ -194,8 +208,8 @@ class LiteRTBackend:
         ids = [int(i) for i in ids]
         if not 0 < len(ids) <= self.context_length:
             raise ValueError(f"logits() takes 1..{self.context_length} tokens ({self.path}), got {len(ids)}")
-        sigs = self.signatures(extra, sae=any(n not in self.decode.outputs for n in names))
-        missing = [n for n in names if n not in sigs.decode.outputs]
+        sigs = self.signatures(extra, sae=any(n not in self.decode.output_names for n in names))
+        missing = [n for n in names if n not in sigs.decode.output_names]
         if missing:
             raise ValueError(f"{self.path}: no output {missing[0]!r}")
         outs = {n: sigs.decode.outputs[n] for n in names}
@@ -396,12 +410,14 @@ def read_litertlm(path: str | Path, models: bool = True) -> dict:
 
 
 @contextlib.contextmanager
-def section_file(path: str | Path, span: tuple[int, int]):
-    """A temporary .tflite file holding bytes span = (begin, end) of `path` (a TFLite section), removed on exit.
-    LiteRT maps a model it compiles from a file and keeps only the pages it reads resident (the packed weights are
-    XNNPACK's own copy); compiled from bytes, the whole section stays in the process's memory."""
+def section_file(path: str | Path, span: tuple[int, int], folder: Path | None = None):
+    """A temporary .tflite file holding bytes span = (begin, end) of `path` (a TFLite section), removed on exit,
+    in `folder` (None: the system's temporary folder). LiteRT maps a model it compiles from a file and keeps only
+    the pages it reads resident (the packed weights are XNNPACK's own copy); compiled from bytes, the whole section
+    stays in the process's memory. The file stays mapped after its removal: in a memory-backed temporary folder
+    (tmpfs) every page of it would stay in memory."""
     begin, stop = span
-    tmp = tempfile.NamedTemporaryFile(suffix=".tflite", delete=False)
+    tmp = tempfile.NamedTemporaryFile(suffix=".tflite", delete=False, dir=folder)
     try:
         with open(path, "rb") as src, tmp:
             src.seek(begin)
@@ -439,9 +455,16 @@ def open_bundle(path: str | Path, threads: int | None = None) -> tuple[LiteRTBac
                   for section, content in bundle["models"].items()}
         return LiteRTBundleEmbedder(models, str(path)), bundle["tokenizer"], facts
     context = min(limits) if limits else None
+    span = bundle["spans"][PREFILL_DECODE_SECTION]
     try:
-        with section_file(path, bundle["spans"][PREFILL_DECODE_SECTION]) as model:    # mapped by LiteRT, which keeps it
-            backend = LiteRTBackend(model, threads=threads, context_length=context, name=str(path))
+        folder = cache_folder()                   # on disk beside the packed weights, not in a tmpfs /tmp
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = None
+    try:
+        with section_file(path, span, folder) as model:    # mapped by LiteRT, which keeps it
+            backend = LiteRTBackend(model, threads=threads, context_length=context, name=str(path), source=(path, span))
     except OSError:              # no room or no writable temporary folder: from the section's bytes
         backend = LiteRTBackend(model_content=read_litertlm(path)["tflite"], threads=threads, context_length=context,
                                 name=str(path))

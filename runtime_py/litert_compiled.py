@@ -1,7 +1,8 @@
 """LiteRT's CompiledModel API, as runtime_py's LiteRT backends use it.
 
-- One CompiledModel per .tflite runs every signature, with XNNPACK's in-memory weight cache: the signatures
-  (prefill_{T}, decode) share one copy of the packed weights instead of packing them once each.
+- One CompiledModel per .tflite runs every signature, with XNNPACK's weight cache: the signatures (prefill_{T},
+  decode) share one copy of the packed weights instead of packing them once each; the copy is kept in a file
+  per model and mapped by later loads (litert_cache) when the model comes from a file.
 - Carried tensors (KV caches, recurrent states) live in TensorBuffers that the caller owns (`State`) and binds to
   every call. A KV cache's buffer is bound as both the input and the output of the call, so the graph's cache
   write updates it in place and nothing is copied between calls (what LiteRT-LM's CPU executor does); a
@@ -23,9 +24,7 @@ import numpy as np
 from ai_edge_litert.compiled_model import CompiledModel, CpuOptions, Environment, Options
 
 from .contract import KV_CACHE_PREFIX, is_cache
-
-# XNNPACK's weight cache in anonymous memory: shared by the signatures of one model, nothing written to disk.
-WEIGHT_CACHE = ":memory:"
+from .litert_cache import IN_MEMORY, compile_cached
 
 _environment = None
 try:         # TensorBuffer.read's own reader, which fills an array it is given (None: read() and copy)
@@ -36,22 +35,31 @@ except (ImportError, AttributeError):
 
 
 def compile_tflite(model_path: str | Path | None = None, content: bytes | None = None, threads: int | None = None,
-                   where: str = "model") -> CompiledModel:
+                   where: str = "model", source: tuple[str | Path, tuple[int, int] | None] | None = None
+                   ) -> CompiledModel:
     """A .tflite file (read through the file) or its bytes, compiled for the CPU (XNNPACK, `threads` threads;
-    None: LiteRT's default). A model LiteRT cannot load is a ValueError naming `where`."""
-    global _environment
-    options = Options(cpu_options=CpuOptions(num_threads=int(threads or 0), xnnpack_weight_cache_path=WEIGHT_CACHE))
-    with _native_log() as log:
-        try:
-            if _environment is None:             # one LiteRT environment per process, shared by its models
-                _environment = Environment.create()
-            if content is None:
-                return CompiledModel.from_file(str(model_path), environment=_environment, options=options)
-            return CompiledModel.from_buffer(bytes(content), environment=_environment, options=options)
-        except (ValueError, RuntimeError) as e:
-            errors = [line for line in log.lines() if line.startswith("ERROR")]
-            said = "; ".join(part.strip(" └") for part in [str(e), *errors[-1:]] for part in part.splitlines())
-            raise ValueError(f"{where}: ai_edge_litert cannot load it: {said}") from e
+    None: LiteRT's default). A model LiteRT cannot load is a ValueError naming `where`. A file's packed weights
+    are kept in a cache file (litert_cache) named after `source` = (file, byte span or None), by default the
+    file itself (a bundle's section copied to `model_path`: the bundle and the section's span)."""
+
+    def compile_with(weight_cache: str) -> CompiledModel:
+        global _environment
+        options = Options(cpu_options=CpuOptions(num_threads=int(threads or 0), xnnpack_weight_cache_path=weight_cache))
+        with _native_log() as log:
+            try:
+                if _environment is None:             # one LiteRT environment per process, shared by its models
+                    _environment = Environment.create()
+                if content is None:
+                    return CompiledModel.from_file(str(model_path), environment=_environment, options=options)
+                return CompiledModel.from_buffer(bytes(content), environment=_environment, options=options)
+            except (ValueError, RuntimeError) as e:
+                errors = [line for line in log.lines() if line.startswith("ERROR")]
+                said = "; ".join(part.strip(" └") for part in [str(e), *errors[-1:]] for part in part.splitlines())
+                raise ValueError(f"{where}: ai_edge_litert cannot load it: {said}") from e
+
+    if content is not None:
+        return compile_with(IN_MEMORY)
+    return compile_cached(compile_with, *(source or (model_path, None)))
 
 
 class _Log:
@@ -91,8 +99,17 @@ class Signature:
     def __init__(self, model: CompiledModel, name: str):
         self.model, self.name = model, name
         self.inputs = {k: _details(v) for k, v in model.get_input_tensor_details(name).items()}
-        self.outputs = {k: _details(v) for k, v in model.get_output_tensor_details(name).items()}
+        self.output_names = list(model.get_signature_list()[name]["outputs"])
+        self._outputs = None
         self._buffers = {}           # ("in" | "out", name) -> TensorBuffer, made on first use
+
+    @property
+    def outputs(self) -> dict:
+        """{name: {"shape", "dtype"}} of the outputs, asked of LiteRT on first use: asking allocates the
+        signature's tensors (47 MB for the 270M's prefill_512), which a signature never run need not hold."""
+        if self._outputs is None:
+            self._outputs = {k: _details(v) for k, v in self.model.get_output_tensor_details(self.name).items()}
+        return self._outputs
 
     def _buffer(self, side: str, name: str):
         key = (side, name)
@@ -114,13 +131,13 @@ class Signature:
     def maps(self, carried_names) -> tuple[dict, dict]:
         """The input and output maps of a call, without the carried tensors (`carried_names`) bound."""
         inputs = {n: self._buffer("in", n) for n in self.inputs if n not in carried_names}
-        outputs = {n: self._buffer("out", n) for n in self.outputs if n not in carried_names}
+        outputs = {n: self._buffer("out", n) for n in self.output_names if n not in carried_names}
         return inputs, outputs
 
     def __call__(self, **feeds) -> dict[str, np.ndarray]:
         """Run with `feeds` (nothing carried); -> every output (a signature runner's call)."""
         self.run(feeds)
-        return {name: self.read(name) for name in self.outputs}
+        return {name: self.read(name) for name in self.output_names}
 
     def read(self, name: str, rows: int | None = None) -> np.ndarray:
         """Output `name` of the last run: the whole tensor, or its first `rows` rows along the second axis

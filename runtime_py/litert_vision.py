@@ -79,7 +79,7 @@ class LiteRTVisionBackend:
         self.context_length = min(self.slots, context_length) if context_length else self.slots
         self.vocab_size = int(self.decode.outputs[LOGITS]["shape"][-1])
         self.prefill_lengths = sorted(self.prefill)
-        self.hold_last = any(LOGITS not in r.outputs for r in self.prefill.values())
+        self.hold_last = any(LOGITS not in r.output_names for r in self.prefill.values())
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """pixels [N, 3, S, S] (normalised by the processor's mean and std) -> rows [N, tokens_per_image, d]."""

@@ -51,6 +51,21 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
     return Path(done.read_text())
 
 
+@pytest.fixture(scope="session", autouse=True)
+def runtime_py_cache(tmp_path_factory):
+    """runtime_py keeps XNNPACK's packed weights in files (runtime_py.litert_cache): the suite's go to a folder of
+    its session, never the user's cache. The folder."""
+    from runtime_py.litert_cache import CACHE_ENV
+    folder = tmp_path_factory.getbasetemp() / "runtime_py_cache"
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = old
+
+
 # --- tiny random models -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

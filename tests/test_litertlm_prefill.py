@@ -125,15 +125,23 @@ def test_validate_catches_a_broken_prefill(bundle, monkeypatch):
     assert not any(f.startswith("sequence ") for f in report["conversion"]["failures"])
 
 
-def test_a_bundle_runs_from_a_mapped_temporary_file(bundle, tmp_path, monkeypatch):
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_bundle_runs_from_a_mapped_temporary_file(bundle, cached, tmp_path, monkeypatch):
     """runtime_py compiles the bundle's model from a temporary file that LiteRT maps (so only the pages it reads
-    are resident), removed as soon as the model is compiled; the logits are still transformers'."""
+    are resident), removed as soon as the model is compiled: in the packed-weight cache folder (on disk, not a
+    tmpfs /tmp), or the system's temporary folder when there is none; the logits are still transformers'."""
     import tempfile
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    from runtime_py.litert_cache import CACHE_ENV
+    cache, temp = tmp_path / "cache", tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setenv(CACHE_ENV, str(cache) if cached else "")
     model = runtime_py.load(bundle.file)
-    assert list(tmp_path.iterdir()) == []
+    where = cache if cached else temp
+    assert list(temp.iterdir()) == [] and sorted(p.suffix for p in where.iterdir()) == (
+        [".source", ".xnnpack_cache"] if cached else [])
     with open("/proc/self/maps") as f:
-        assert any(str(tmp_path) in line and "(deleted)" in line for line in f)
+        assert any(f"{where}/tmp" in line and ".tflite (deleted)" in line for line in f)
     ids = np.random.default_rng(6).integers(0, 384, 20).tolist()
     with torch.no_grad():
         expected = bundle.ref(torch.tensor([ids])).logits[0].numpy()
