@@ -13,9 +13,17 @@ import runtime_py
 from bench.browser import BrowserError
 from export.converters.onnx import export_onnx_web
 from export.models.checkpoints import load_model
+from export.quantize.recipes import WEB_EMBEDDER_RECIPE
 from test_web_embedder import TEXTS, cosines
 
-FILES = {"int8": "model_quantized.onnx", "int4": "model_q4.onnx"}
+# recipe -> (file transformers.js loads, the least cosine to sentence-transformers). fp32 and int8 (the int8 table
+# of the default web-q8; int8's body too): issue #20's goals. web, float16 weights computed in float32: float16's
+# rounding (relative 2^-12 per weight) moves a tiny model's vectors by ~1e-6 (measured 4e-7), so 0.9999, the fp32
+# goal, still holds with room. fp16, float16 activations too: measured 7e-7 here, but its error grows with the
+# activations' size, which a tiny random model does not have: held to the fp16 recipe's conversion bound (0.999,
+# export.quantize.recipes.HALF). int4 on 64-wide random rows: a sanity bound, reported (README).
+RECIPES = {"web-q8": ("model_quantized.onnx", 0.99), "web": ("model_fp16.onnx", 0.9999),
+           "int8": ("model_quantized.onnx", 0.99), "int4": ("model_q4.onnx", 0.9), "fp16": ("model_fp16.onnx", 0.999)}
 
 
 def embed(chromium, folder, **args) -> dict:
@@ -45,9 +53,11 @@ def expected(tiny_embedding_web, st_reference) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def quantized(tiny_embedding_web, tmp_path_factory):
-    root = tmp_path_factory.mktemp("web-quant")
-    return {r: export_onnx_web(load_model(tiny_embedding_web.hf.path), root / r, r, 512) for r in FILES}
+def web_folders(tiny_embedding_web, tmp_path_factory):
+    """recipe -> its `--target web` folder (the default recipe's by giving none)."""
+    root = tmp_path_factory.mktemp("web-recipes")
+    return {r: export_onnx_web(load_model(tiny_embedding_web.hf.path), root / r,
+                               None if r == WEB_EMBEDDER_RECIPE else r, 512) for r in RECIPES}
 
 
 def test_the_page_is_cross_origin_isolated_and_offers_wasm32s_4_gib(chromium):
@@ -65,25 +75,36 @@ def test_fp32_folder_in_the_browser_build_on_wasm_gives_the_reference(chromium, 
     np.testing.assert_allclose(got["sentence_embedding"], expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("recipe", FILES)
-def test_quantized_folder_runs_on_the_plain_wasm_build_only(chromium, quantized, expected, recipe):
-    folder = quantized[recipe]
-    # transformers.js's own choice, the asyncify (WebGPU) build of onnxruntime-web, lacks the quantized embedding
-    # table's kernel; its wasm-only build has it
-    with pytest.raises(BrowserError, match=r"GatherBlockQuantized"):
-        embed(chromium, folder)
-    got = embed(chromium, folder, wasm="plain")
-    path = folder / "onnx" / FILES[recipe]
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_runs_on_transformers_js_default_build(chromium, web_folders, expected, recipe):
+    """transformers.js's own choice of onnxruntime-web build (the asyncify one, which also carries WebGPU, and has
+    no GatherBlockQuantized): the web table is read by plain Gather, so every recipe loads by the config's dtype and
+    computes what onnxruntime does on the same file with float activations."""
+    file, floor = RECIPES[recipe]
+    folder = web_folders[recipe]
+    path = folder / "onnx" / file
+    assert path.is_file()
+    assert "GatherBlockQuantized" not in {n.op_type for n in onnx.load(str(path)).graph.node}
+    got = embed(chromium, folder)
     as_browser = onnxruntime_vectors(path, got["input_ids"], accuracy_level=0)
-    np.testing.assert_allclose(got["sentence_embedding"], as_browser, atol=1e-5)
-    assert cosines(got["sentence_embedding"], onnxruntime_vectors(path, got["input_ids"])).min() >= 0.999
-    if recipe == "int8":                                  # issue #20's fidelity goal
-        assert cosines(got["sentence_embedding"], expected).min() >= 0.99
+    np.testing.assert_allclose(got["sentence_embedding"], as_browser, atol=1e-5 if recipe != "fp16" else 2e-3)
+    to_st = cosines(got["sentence_embedding"], expected)
+    print(f"{recipe}: cosine to sentence-transformers in Chromium min {to_st.min():.7f} mean {to_st.mean():.7f}")
+    assert to_st.min() >= floor
 
 
-def test_webgpu_on_swiftshader_gives_the_reference(chromium, tiny_embedding_web, quantized, expected):
+def test_webgpu_on_swiftshader_gives_the_reference(chromium, tiny_embedding_web, web_folders, expected):
     got = embed(chromium, tiny_embedding_web.folder, device="webgpu")
     assert cosines(got["sentence_embedding"], expected).min() >= 0.9999
-    q4 = embed(chromium, quantized["int4"], device="webgpu")
-    path = quantized["int4"] / "onnx" / FILES["int4"]
+    # the default recipe (dtype q8: transformers.js refuses dtype fp16 on an adapter without shader-f16, as
+    # SwiftShader's, whatever the graph computes in)
+    default = web_folders[WEB_EMBEDDER_RECIPE]
+    got = embed(chromium, default, device="webgpu")
+    path = default / "onnx" / RECIPES[WEB_EMBEDDER_RECIPE][0]
+    assert cosines(got["sentence_embedding"], onnxruntime_vectors(path, got["input_ids"])).min() >= 0.9999
+    assert cosines(got["sentence_embedding"], expected).min() >= RECIPES[WEB_EMBEDDER_RECIPE][1]
+    q4 = embed(chromium, web_folders["int4"], device="webgpu")
+    path = web_folders["int4"] / "onnx" / RECIPES["int4"][0]
     assert cosines(q4["sentence_embedding"], onnxruntime_vectors(path, q4["input_ids"], accuracy_level=0)).min() >= 0.9999
+    with pytest.raises(BrowserError, match="does not support fp16"):
+        embed(chromium, web_folders["web"], device="webgpu")
