@@ -7,8 +7,9 @@ browser build with its default onnxruntime-web build (wasm; tools/web/pages/embe
 page fetched (the libraries' ~28 MB included) and the model's files, embeddings per second for bench.embedding's
 texts of 32 and 128 tokens (one text per call, and the 8 in one padded call), and the cosine of the 128-token batch's
 vectors to sentence-transformers' (6.x, float32, torch) on the same weights. `--native`: the same folder in
-runtime_py (native onnxruntime, 2 threads) too. Conversions, sentence-transformers and the browser hold
-/tmp/heavy.lock (jobs above ~4 GB); a folder or reference already in --out is reused, a row already in --json is kept.
+runtime_py (native onnxruntime, 2 threads) too. The run holds /tmp/heavy.lock (the machine's rule for jobs above
+~4 GB: conversions, sentence-transformers, a real-size model in the browser) once; a folder or reference already in
+--out is reused (the reference's row is then not in --json), a row already in --json is kept.
 Results: bench/results/browser_embedding.json."""
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def browser_row(folder: Path, lengths, repeats: int, budget: float, vectors: Pat
     inputs = {str(n): texts(n, BATCH) for n in lengths}
     with Chromium() as browser:
         got = browser.run("/pages/embed_bench.mjs", {"texts": inputs, "repeats": repeats, "budget": budget,
-                                                     "threads": THREADS}, mounts={"model": folder}, timeout=3600)
+                                                     "threads": THREADS, "vectorsOf": [str(FIDELITY_LENGTH)]},
+                          mounts={"model": folder}, timeout=3600)
         fetched, version = browser.bytes, browser.version
     np.save(vectors, np.asarray(got["vectors"][str(FIDELITY_LENGTH)], np.float32))
     rates = {n: {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for n, r in got["rates"].items()}
@@ -69,33 +71,34 @@ def main(argv: list[str] | None = None) -> int:
 
     step = {"lengths": lengths, "repeats": args.repeats}
     st, st_vectors = out / "sentence-transformers", out / "st.npy"
-    if not st_vectors.exists():
-        with heavy_lock():
+    with heavy_lock():                # one hold for the run: every step is heavy, and a browser run is timed
+        if not st_vectors.exists():
             row = {"build": _child({"step": "st", "out": str(st)}) if not (st / "modules.json").exists() else None,
                    "sentence_transformers": _child({**step, "step": "sentence_transformers", "out": str(st),
                                                     "vectors": str(st_vectors)})}
-        record("sentence-transformers fp32", row)
-    for recipe in args.recipes.split(","):
-        if recipe in results["runs"]:
-            continue
-        folder = out / f"web-{recipe}"
-        row = {}
-        with heavy_lock():
-            if not (folder / "manifest.json").exists():
-                row["convert"] = _child({"step": "convert", "format": "onnx", "recipe": recipe, "lengths": lengths,
-                                         "out": str(folder)})
-            files = {p.name: p.stat().st_size for p in sorted((folder / "onnx").iterdir())}
-            row["files"], row["model_bytes"] = files, sum(files.values())
-            t = time.perf_counter()
-            row["browser"] = browser_row(folder, lengths, args.repeats, args.budget, out / f"web-{recipe}-browser.npy")
-            row["browser"]["wall_s"] = round(time.perf_counter() - t, 1)
-        row["browser"].update(_cosines(out / f"web-{recipe}-browser.npy", st_vectors))
-        if args.native:
-            vectors = out / f"web-{recipe}-runtime_py.npy"
-            row["runtime_py"] = _child({**step, "step": "runtime_py", "out": str(folder), "vectors": str(vectors)})
-            row["runtime_py"].update(_cosines(vectors, st_vectors))
-        record(recipe, row)
+            record("sentence-transformers fp32", row)
+        for recipe in args.recipes.split(","):
+            if recipe not in results["runs"]:
+                record(recipe, recipe_row(out, recipe, step, args, st_vectors))
     return 0
+
+
+def recipe_row(out: Path, recipe: str, step: dict, args, st_vectors: Path) -> dict:
+    """One recipe's folder (converted unless in `out`) in Chromium, and with --native in runtime_py."""
+    folder, row = out / f"web-{recipe}", {}
+    if not (folder / "manifest.json").exists():
+        row["convert"] = _child({**step, "step": "convert", "format": "onnx", "recipe": recipe, "out": str(folder)})
+    files = {p.name: p.stat().st_size for p in sorted((folder / "onnx").iterdir())}
+    row["files"], row["model_bytes"] = files, sum(files.values())
+    t = time.perf_counter()
+    row["browser"] = browser_row(folder, step["lengths"], args.repeats, args.budget, out / f"web-{recipe}-browser.npy")
+    row["browser"]["wall_s"] = round(time.perf_counter() - t, 1)
+    row["browser"].update(_cosines(out / f"web-{recipe}-browser.npy", st_vectors))
+    if args.native:
+        vectors = out / f"web-{recipe}-runtime_py.npy"
+        row["runtime_py"] = _child({**step, "step": "runtime_py", "out": str(folder), "vectors": str(vectors)})
+        row["runtime_py"].update(_cosines(vectors, st_vectors))
+    return row
 
 
 if __name__ == "__main__":

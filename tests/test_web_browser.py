@@ -1,8 +1,11 @@
 """EmbeddingGemma's `--target web` folder in headless Chromium (Debian's chromium, one browser for the session:
 the `chromium` fixture), through transformers.js's browser build (dist/transformers.min.js, as jsDelivr serves it)
-with AutoTokenizer + AutoModel, every file from 127.0.0.1. References: transformers' Gemma3TextModel with
+with AutoTokenizer + AutoModel, every file from 127.0.0.1; every recipe on transformers.js's default onnxruntime-web
+build, on the tiny model with odd sizes and texts past its window. References: transformers' Gemma3TextModel with
 sentence-transformers' EmbeddingGemma of the same weights (conftest.st_reference) and onnxruntime in Python on the same ONNX file."""
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -53,11 +56,22 @@ def expected(tiny_embedding_web, st_reference) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def web_folders(tiny_embedding_web, tmp_path_factory):
-    """recipe -> its `--target web` folder (the default recipe's by giving none)."""
+def odd(tmp_path_factory, st_reference):
+    """The tiny EmbeddingGemma with odd sizes (test_litertlm_embedder's: d 42, 3 heads of 24, FFN 70, a 42 -> 106
+    -> 42 head; window 8): its folder and sentence-transformers' vectors of TEXTS (one padded batch)."""
+    from oracle import save_hf_folder
+    from test_litertlm_embedder import DENSE, ODD
+    path = tmp_path_factory.mktemp("odd-eg") / "hf"
+    save_hf_folder("embeddinggemma", path, tokenizer=True, dense=DENSE, **ODD)
+    return SimpleNamespace(path=path, expected=st_reference(path).encode(TEXTS, batch_size=len(TEXTS)))
+
+
+@pytest.fixture(scope="module")
+def web_folders(odd, tmp_path_factory):
+    """recipe -> the odd model's `--target web` folder (the default recipe's by giving none)."""
     root = tmp_path_factory.mktemp("web-recipes")
-    return {r: export_onnx_web(load_model(tiny_embedding_web.hf.path), root / r,
-                               None if r == WEB_EMBEDDER_RECIPE else r, 512) for r in RECIPES}
+    return {r: export_onnx_web(load_model(odd.path), root / r, None if r == WEB_EMBEDDER_RECIPE else r, 512)
+            for r in RECIPES}
 
 
 def test_the_page_is_cross_origin_isolated_and_offers_wasm32s_4_gib(chromium):
@@ -76,7 +90,7 @@ def test_fp32_folder_in_the_browser_build_on_wasm_gives_the_reference(chromium, 
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_every_recipe_runs_on_transformers_js_default_build(chromium, web_folders, expected, recipe):
+def test_every_recipe_runs_on_transformers_js_default_build(chromium, web_folders, odd, recipe):
     """transformers.js's own choice of onnxruntime-web build (the asyncify one, which also carries WebGPU, and has
     no GatherBlockQuantized): the web table is read by plain Gather, so every recipe loads by the config's dtype and
     computes what onnxruntime does on the same file with float activations."""
@@ -88,12 +102,13 @@ def test_every_recipe_runs_on_transformers_js_default_build(chromium, web_folder
     got = embed(chromium, folder)
     as_browser = onnxruntime_vectors(path, got["input_ids"], accuracy_level=0)
     np.testing.assert_allclose(got["sentence_embedding"], as_browser, atol=1e-5 if recipe != "fp16" else 2e-3)
-    to_st = cosines(got["sentence_embedding"], expected)
+    assert max(map(len, got["input_ids"])) > 8                          # past the sliding window
+    to_st = cosines(got["sentence_embedding"], odd.expected)
     print(f"{recipe}: cosine to sentence-transformers in Chromium min {to_st.min():.7f} mean {to_st.mean():.7f}")
     assert to_st.min() >= floor
 
 
-def test_webgpu_on_swiftshader_gives_the_reference(chromium, tiny_embedding_web, web_folders, expected):
+def test_webgpu_on_swiftshader_gives_the_reference(chromium, tiny_embedding_web, web_folders, expected, odd):
     got = embed(chromium, tiny_embedding_web.folder, device="webgpu")
     assert cosines(got["sentence_embedding"], expected).min() >= 0.9999
     # the default recipe (dtype q8: transformers.js refuses dtype fp16 on an adapter without shader-f16, as
@@ -102,7 +117,7 @@ def test_webgpu_on_swiftshader_gives_the_reference(chromium, tiny_embedding_web,
     got = embed(chromium, default, device="webgpu")
     path = default / "onnx" / RECIPES[WEB_EMBEDDER_RECIPE][0]
     assert cosines(got["sentence_embedding"], onnxruntime_vectors(path, got["input_ids"])).min() >= 0.9999
-    assert cosines(got["sentence_embedding"], expected).min() >= RECIPES[WEB_EMBEDDER_RECIPE][1]
+    assert cosines(got["sentence_embedding"], odd.expected).min() >= RECIPES[WEB_EMBEDDER_RECIPE][1]
     q4 = embed(chromium, web_folders["int4"], device="webgpu")
     path = web_folders["int4"] / "onnx" / RECIPES["int4"][0]
     assert cosines(q4["sentence_embedding"], onnxruntime_vectors(path, q4["input_ids"], accuracy_level=0)).min() >= 0.9999
