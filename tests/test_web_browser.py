@@ -19,8 +19,8 @@ from export.models.checkpoints import load_model
 from export.quantize.recipes import WEB_EMBEDDER_RECIPE
 from test_web_embedder import TEXTS, cosines
 
-# recipe -> (file transformers.js loads, the least cosine to sentence-transformers). fp32 and int8 (the int8 table
-# of the default web-q8; int8's body too): issue #20's goals. web, float16 weights computed in float32: float16's
+# recipe -> (file transformers.js loads, the least cosine to sentence-transformers). fp32 and int8 (int8, the default:
+# body and table; web-q8: the table): issue #20's goals. web, float16 weights computed in float32: float16's
 # rounding (relative 2^-12 per weight) moves a tiny model's vectors by ~1e-6 (measured 4e-7), so 0.9999, the fp32
 # goal, still holds with room. fp16, float16 activations too: measured 7e-7 here, but its error grows with the
 # activations' size, which a tiny random model does not have: held to the fp16 recipe's conversion bound (0.999,
@@ -111,12 +111,13 @@ def test_every_recipe_runs_on_transformers_js_default_build(chromium, web_folder
 def test_webgpu_on_swiftshader_gives_the_reference(chromium, tiny_embedding_web, web_folders, expected, odd):
     got = embed(chromium, tiny_embedding_web.folder, device="webgpu")
     assert cosines(got["sentence_embedding"], expected).min() >= 0.9999
-    # the default recipe (dtype q8: transformers.js refuses dtype fp16 on an adapter without shader-f16, as
+    # the default recipe (dtype q8; transformers.js refuses dtype fp16 on an adapter without shader-f16, as
     # SwiftShader's, whatever the graph computes in)
     default = web_folders[WEB_EMBEDDER_RECIPE]
     got = embed(chromium, default, device="webgpu")
     path = default / "onnx" / RECIPES[WEB_EMBEDDER_RECIPE][0]
-    assert cosines(got["sentence_embedding"], onnxruntime_vectors(path, got["input_ids"])).min() >= 0.9999
+    assert cosines(got["sentence_embedding"], onnxruntime_vectors(path, got["input_ids"], accuracy_level=0)).min() \
+        >= 0.9999
     assert cosines(got["sentence_embedding"], odd.expected).min() >= RECIPES[WEB_EMBEDDER_RECIPE][1]
     q4 = embed(chromium, web_folders["int4"], device="webgpu")
     path = web_folders["int4"] / "onnx" / RECIPES["int4"][0]

@@ -144,8 +144,8 @@ def test_web_target_refuses_a_recipe_without_a_transformers_js_file_name(tiny, t
 
 
 def test_web_target_default_is_the_embedding_recipe(tiny, st, tmp_path, capsys):
-    """`--target web` without --quant builds EmbeddingGemma's own default (the target row's embedding_recipe:
-    float16 body, int8 table read by Gather), which passes validation and holds the int8 goal."""
+    """`--target web` without --quant builds EmbeddingGemma's own default (the target row's embedding_recipe: int8
+    body, int8 table read by Gather), which passes validation and holds the int8 goal."""
     from export.cli import main
     from export.quantize.recipes import WEB_EMBEDDER_RECIPE
     from export.targets import target

@@ -173,9 +173,10 @@ def conversion_thresholds(r: Recipe, fmt: str, carried=()) -> Thresholds:
 # (web_recipe), since onnxruntime-web's default bundles lack GatherBlockQuantized.
 WEB_RECIPE, WEB_TARGET = "web", "web"      # the web target's default recipe; the targets field naming it
 # EmbeddingGemma's default on the web target, measured in headless Chromium with transformers.js's default build
-# (bench/browser_embedding.py; README "EmbeddingGemma on the web"): its table (262k x 768, two thirds of the
-# weights) is read by the lookup alone, so int8 rows cost download only, not time
-WEB_EMBEDDER_RECIPE = "web-q8"
+# (bench/browser_embedding.py; README "EmbeddingGemma on the web"): the smallest download that holds the int8
+# fidelity goal; a whole text per call keeps MatMulNBits' wasm kernels near float speed (unlike a causal LM's
+# one-token decode), and the table (two thirds of the weights) is read by the lookup alone
+WEB_EMBEDDER_RECIPE = "int8"
 WEB_TABLE = dict(embedding_block=None, table_activations="int8-tensor")
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
