@@ -91,9 +91,10 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "transformers.js 4.x / onnxruntime-web (wasm, WebGPU): config.json + onnx/model_fp16.onnx, caches that grow "
            "from empty; recipe web = float16 weights run as float32, measured fastest per byte on wasm (int4 "
            "MatMulNBits ~100x, int8 MatMulInteger ~10x slower: bench/results/web_formats.json); EmbeddingGemma: "
-           f"recipe {WEB_EMBEDDER_RECIPE} (int8 MatMulNBits body, int8 table read by Gather: 327 MB, cosine 0.9996, "
-           "as fast in Chromium at 32-128 tokens as float bodies of 420-620 MB; fp16 compute ran 2x faster and held "
-           "0.999999 on random weights, not the real model's activations: bench/results/browser_embedding.json)",
+           f"recipe {WEB_EMBEDDER_RECIPE} (int8 MatMulNBits body, int8 table read by Gather: 327 MB, cosine 0.9996; in "
+           "Chromium within 10% of the 420-620 MB float bodies at 128 tokens; float16 weights or compute held cosine "
+           "0.999999 on random weights at real shapes, not proof for the real model's activations: "
+           "bench/results/browser_embedding*.json)",
            embedding_recipe=WEB_EMBEDDER_RECIPE),
     Target("desktop", "onnx", "onnx-folder", "fp16", 8192, None,
            "onnxruntime-genai on Windows / macOS / Linux: ONNX folder with genai_config.json"),

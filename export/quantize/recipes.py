@@ -174,7 +174,7 @@ def conversion_thresholds(r: Recipe, fmt: str, carried=()) -> Thresholds:
 WEB_RECIPE, WEB_TARGET = "web", "web"      # the web target's default recipe; the targets field naming it
 # EmbeddingGemma's default on the web target, measured in headless Chromium with transformers.js's default build
 # (bench/browser_embedding.py; README "EmbeddingGemma on the web"): the smallest download that holds the int8
-# fidelity goal; a whole text per call keeps MatMulNBits' wasm kernels near float speed (unlike a causal LM's
+# fidelity goal; a whole text per call keeps MatMulNBits' wasm kernels close to float speed (unlike a causal LM's
 # one-token decode), and the table (two thirds of the weights) is read by the lookup alone
 WEB_EMBEDDER_RECIPE = "int8"
 WEB_TABLE = dict(embedding_block=None, table_activations="int8-tensor")
