@@ -81,7 +81,11 @@ def run(args) -> int:
     from .targets import target as target_for
 
     target = target_for(args.target)
-    recipe = args.quant or target.recipe
+    source, mmproj = resolve(args.model), getattr(args, "mmproj", None)
+    # a pair of files that do not fit, or a vision model asked for what it cannot do, is refused before any work
+    # (a lone GGUF is a text model: its metadata is not read twice)
+    config = read_config(source, mmproj) if mmproj is not None or source.is_dir() else None
+    recipe = args.quant or target.default_recipe(config)
     auto = _auto_request(args, recipe)
     # an unsupported combination fails before any work (auto: checked as the int4 recipe it starts from)
     resolved = recipe_for("int4" if auto else recipe, "web" if target.name == "web" else target.format)
@@ -91,17 +95,15 @@ def run(args) -> int:
         raise ValueError(f"--prefill: --target {target.name} builds ONNX, which has no prefill signatures")
     steps = ["load", *(["plan"] if auto else []), *(["gptq"] if calibration is not None else []), "convert",
              *(["validate"] if args.validate else []), *(["profile"] if args.profile else []), "report"]
-    source, mmproj = resolve(args.model), getattr(args, "mmproj", None)
     out = Path(args.out) if args.out else default_out(source, target.name, recipe)
     check_out(out, force=getattr(args, "force", False), reads=(source, mmproj))     # before any work
-    # a pair of files that do not fit, or a vision model asked for what it cannot do, is refused before any work
-    # (a lone GGUF is a text model: its metadata is not read twice)
-    config = read_config(source, mmproj) if mmproj is not None or source.is_dir() else None
     _check_vision_request(args, target, config, auto is not None or calibration is not None)
     progress = Progress(steps, quiet=args.json)
     with progress.step("load", str(args.model or "bundled Gemma 3 270M") + (f" + {mmproj}" if mmproj else "")):
         loaded = load_model(args.model, mmproj=mmproj)
         sae = _sae_request(args, loaded.config)
+    if not args.quant:          # a GGUF's kind is known now (an embedding model's default recipe is its own)
+        recipe = target.default_recipe(loaded.config)
     quant = "" if recipe == "fp32" else f"quantize {recipe} + "
     plan_report = None
     if auto is not None:

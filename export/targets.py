@@ -9,7 +9,7 @@ import importlib
 
 from runtime_py.contract import DEFAULT_CONTEXT, DEFAULT_PREFILL
 
-from .quantize.recipes import WEB_RECIPE
+from .quantize.recipes import WEB_EMBEDDER_RECIPE, WEB_RECIPE
 
 # bundle type -> the exporter that writes it: module:function(loaded, out, recipe, ...)
 EXPORTERS = {
@@ -30,6 +30,12 @@ class Target:
     prefill: tuple[int, ...] | None   # default --prefill: LiteRT prefill signature lengths (None: ONNX)
     runtime: str                      # what runs the artifact on the device
     devices: tuple[str, ...] = ()     # devices/catalogue.json entries the cost report estimates
+    embedding_recipe: str | None = None   # default --quant for an embedding model (None: `recipe`)
+
+    def default_recipe(self, config=None) -> str:
+        """The default --quant for a model of `config` (None: not read yet, taken as a text LM)."""
+        embedder = config is not None and not hasattr(config, "vision") and config.embedding_head is not None
+        return (self.embedding_recipe or self.recipe) if embedder else self.recipe
 
     def export(self, loaded, out, recipe: str | None = None, context: int | None = None,
                prefill: tuple[int, ...] | None = None, vision_quant: str | None = None, sae=None,
@@ -44,7 +50,7 @@ class Target:
             if why := unbundleable(loaded.config):
                 raise ValueError(f"--target {self.name}: {why}")
         fn = getattr(importlib.import_module(module), func)
-        user_context, recipe, context = context, recipe or self.recipe, context or self.context
+        user_context, recipe, context = context, recipe or self.default_recipe(loaded.config), context or self.context
         context = min(context, loaded.config.max_position)
         if self.format == "onnx":
             if prefill:
@@ -84,7 +90,12 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("web", "onnx", "onnx-web", WEB_RECIPE, 2048, None,
            "transformers.js 4.x / onnxruntime-web (wasm, WebGPU): config.json + onnx/model_fp16.onnx, caches that grow "
            "from empty; recipe web = float16 weights run as float32, measured fastest per byte on wasm (int4 "
-           "MatMulNBits ~100x, int8 MatMulInteger ~10x slower: bench/results/web_formats.json); EmbeddingGemma int4"),
+           "MatMulNBits ~100x, int8 MatMulInteger ~10x slower: bench/results/web_formats.json); EmbeddingGemma: "
+           f"recipe {WEB_EMBEDDER_RECIPE} (int8 MatMulNBits body, int8 table read by Gather: 327 MB, cosine 0.9996; in "
+           "Chromium within 10% of the 420-620 MB float bodies at 128 tokens; float16 weights or compute held cosine "
+           "0.999999 on random weights at real shapes, not proof for the real model's activations: "
+           "bench/results/browser_embedding*.json)",
+           embedding_recipe=WEB_EMBEDDER_RECIPE),
     Target("desktop", "onnx", "onnx-folder", "fp16", 8192, None,
            "onnxruntime-genai on Windows / macOS / Linux: ONNX folder with genai_config.json"),
     Target("litert", "litert", "tflite-folder", "fp32", DEFAULT_CONTEXT, DEFAULT_PREFILL,

@@ -123,7 +123,7 @@ def validate(folder: str | Path, model_source: str | None = None, *, loaded=None
         if not isinstance(manifest.get("plan"), dict):
             raise ValueError(f"{folder / 'manifest.json'}: recipe auto without its per-weight plan")
         recipe = planned(manifest["plan"], fmt)
-    elif manifest.get("layout") == WEB_LAYOUT and manifest.get("kind") == "causal_lm":
+    elif manifest.get("layout") == WEB_LAYOUT:
         recipe = web_recipe(manifest["recipe"])      # the web graph's table (export/converters/onnx/web_table.py)
     else:
         recipe = recipe_for(manifest["recipe"], fmt)

@@ -141,3 +141,21 @@ def test_web_target_refuses_a_recipe_without_a_transformers_js_file_name(tiny, t
     with pytest.raises(ValueError, match="--quant nope"):
         export_onnx_web(load_model(tiny.path), tmp_path / "x", "nope", 512)
     assert not (tmp_path / "x").exists()
+
+
+def test_web_target_default_is_the_embedding_recipe(tiny, st, tmp_path, capsys):
+    """`--target web` without --quant builds EmbeddingGemma's own default (the target row's embedding_recipe: int8
+    body, int8 table read by Gather), which passes validation and holds the int8 goal."""
+    from export.cli import main
+    from export.quantize.recipes import WEB_EMBEDDER_RECIPE
+    from export.targets import target
+    assert target("web").embedding_recipe == WEB_EMBEDDER_RECIPE != target("web").recipe
+    out = tmp_path / "default"
+    assert main(["--target", "web", "--model", str(tiny.path), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["recipe"] == WEB_EMBEDDER_RECIPE and summary["validation"]["passed"]
+    assert set(summary["files"]) >= {"onnx/model_quantized.onnx", "config.json"}
+    assert json.loads((out / "config.json").read_text())["transformers.js_config"]["dtype"] == "q8"
+    got = transformers_js(out, TEXTS)
+    assert cosines(got["sentence_embedding"], st.vectors).min() >= 0.99
+    assert cosines(got["sentence_embedding"], runtime_py.load(out).embed(TEXTS)).min() >= 0.9999

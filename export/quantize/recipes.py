@@ -172,6 +172,11 @@ def conversion_thresholds(r: Recipe, fmt: str, carried=()) -> Thresholds:
 # activations quantized per tensor by DynamicQuantizeLinear; every recipe with an integer table stores it so there
 # (web_recipe), since onnxruntime-web's default bundles lack GatherBlockQuantized.
 WEB_RECIPE, WEB_TARGET = "web", "web"      # the web target's default recipe; the targets field naming it
+# EmbeddingGemma's default on the web target, measured in headless Chromium with transformers.js's default build
+# (bench/browser_embedding.py; README "EmbeddingGemma on the web"): the smallest download that holds the int8
+# fidelity goal; a whole text per call keeps MatMulNBits' wasm kernels close to float speed (unlike a causal LM's
+# one-token decode), and the table (two thirds of the weights) is read by the lookup alone
+WEB_EMBEDDER_RECIPE = "int8"
 WEB_TABLE = dict(embedding_block=None, table_activations="int8-tensor")
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
@@ -263,8 +268,8 @@ SAE_ENCODERS = {"fp32": {"onnx": None, "litert": None},
 
 
 def web_recipe(name: "str | Recipe") -> Recipe:
-    """The recipe `name` as `--target web` builds it for a causal LM: the ONNX recipe with an integer table stored as
-    WEB_TABLE (int8 per row); float tables as they are."""
+    """The recipe `name` as `--target web` builds it (a causal LM or EmbeddingGemma): the ONNX recipe with an integer
+    table stored as WEB_TABLE (int8 per row); float tables as they are."""
     if isinstance(name, str) and name in RECIPES and RECIPES[name].targets == (WEB_TARGET,):
         return RECIPES[name]
     r = recipe(name, "onnx")

@@ -12,7 +12,7 @@ from runtime_py.contract import DEFAULT_CONTEXT, MODEL_FILE, SAE_KEY
 
 from ..artifact import staged_dir
 from ...models.vision_config import VisionLanguageConfig
-from ...quantize.recipes import WEB_RECIPE, web_recipe
+from ...quantize.recipes import WEB_EMBEDDER_RECIPE, WEB_RECIPE, web_recipe
 from ...quantize.recipes import recipe as recipe_for
 from .decoder import build_decoder
 from .embedder import build_embedder
@@ -25,12 +25,12 @@ from .web_table import table_storage
 from .web_folder import WEB_LAYOUT, causal_family, chat_template, web_dtype, write_web_folder
 
 
-def export_onnx_web(loaded, out: str | Path, recipe: str = WEB_RECIPE, context_length: int | None = None,
+def export_onnx_web(loaded, out: str | Path, recipe: str | None = None, context_length: int | None = None,
                     vision_quant: str | None = None, sae=None) -> Path:
-    """export_onnx in the folder layout transformers.js reads (web_folder.py). The web recipe is measured for causal
-    LMs (README, "Causal Gemma on the web"); EmbeddingGemma keeps int4 in its place until measured."""
-    if recipe == WEB_RECIPE and loaded.config.embedding_head is not None:
-        recipe = "int4"
+    """export_onnx in the folder layout transformers.js reads (web_folder.py). Default recipe: the one measured
+    fastest per byte in the browser for the model's kind (README, "Causal Gemma on the web", "EmbeddingGemma on the
+    web")."""
+    recipe = recipe or (WEB_EMBEDDER_RECIPE if loaded.config.embedding_head is not None else WEB_RECIPE)
     return export_onnx(loaded, out, recipe, context_length, vision_quant, layout=WEB_LAYOUT, sae=sae)
 
 
@@ -49,7 +49,7 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
         causal_family(c)
         if sae is not None:
             raise ValueError("--sae: --target web does not export sparse autoencoders")
-    r = web_recipe(recipe) if causal_web else recipe_for(recipe, "onnx")
+    r = web_recipe(recipe) if web else recipe_for(recipe, "onnx")
     if web:
         web_dtype(r.name)             # a recipe transformers.js has no file name for is refused before any work
     context = min(context_length or DEFAULT_CONTEXT, c.max_position)
@@ -66,8 +66,8 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
     embedder = c.embedding_head is not None
     m, state = loaded.model, loaded.weights
     taps = sae_taps(sae.saes, sae.k, sae.encoder) if sae else None
-    web_table = table_storage(r.layout(TABLE, table=True)) if causal_web and r.table_activations else None
-    proto, carried = build_quantized(lambda packer: build_embedder(m, state, packer) if embedder
+    web_table = table_storage(r.layout(TABLE, table=True)) if web and r.table_activations else None
+    proto, carried = build_quantized(lambda packer: build_embedder(m, state, packer, web_table) if embedder
                                      else build_decoder(m, context, state, packer, taps, causal_web, web_table),
                                      r, loaded.stored)
     extra = {"context_length": context, "kind": "embedder" if embedder else "causal_lm"}

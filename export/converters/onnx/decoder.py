@@ -26,7 +26,7 @@ from ...models.config import GemmaConfig, LayerType
 from .body import Body
 from .graph import FLOAT, INT64, Graph
 from .griffin import recurrent_block
-from .web_table import TABLES
+from .web_table import embed_tokens
 
 
 def build_decoder(model, context_length: int, state=None, packer=None, taps: dict | None = None,
@@ -43,11 +43,7 @@ def build_decoder(model, context_length: int, state=None, packer=None, taps: dic
     attention = CausalAttention(body, mask, context_length, sliding_cache=not web)
     reset = reset_mask(g, ids, attention.width) if LayerType.RECURRENT in c.layer_types else None
 
-    if web_table:
-        table = TABLES[web_table](g, body.w("model.embed_tokens.weight"))
-        body.embed(ids, table.lookup)
-    else:
-        table = body.embed(ids)
+    table = embed_tokens(body, ids, web_table)
     for i in range(c.num_layers):
         body.layer(i, attention, lambda i, x: recurrent_block(body, i, x, reset))
     lm_head(body, body.final_norm(), table, web)

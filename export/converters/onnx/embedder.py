@@ -15,17 +15,18 @@ from ...models.layers import visible
 from .body import Body
 from .graph import FLOAT, INT64, Graph
 from .plain_attention import additive, plain_attention
+from .web_table import embed_tokens
 
 
-def build_embedder(model, state=None, packer=None) -> onnx.ModelProto:
-    """state, packer: as for decoder.build_decoder."""
+def build_embedder(model, state=None, packer=None, web_table: str | None = None) -> onnx.ModelProto:
+    """state, packer, web_table: as for decoder.build_decoder (the table is read by the lookup only)."""
     c: GemmaConfig = model.config
     g = Graph(packer)
     body = Body(g, c, model.state_dict() if state is None else state)
     ids = g.input("input_ids", INT64, ["batch_size", "sequence_length"])
     mask = g.input("attention_mask", INT64, ["batch_size", "sequence_length"])
     attention = BidirectionalAttention(body, mask)
-    body.embed(ids)
+    embed_tokens(body, ids, web_table, tied=False)
     for i in range(c.num_layers):
         body.layer(i, attention)
     h = g.op("Identity", [body.final_norm()], "/model/last_hidden_state", outputs=[LAST_HIDDEN_STATE])

@@ -1,7 +1,9 @@
-"""The tied embedding table of a `--target web` causal LM, stored in a form both uses (the lookup and the LM head)
+"""The embedding table of a `--target web` graph, stored in a form its uses (the lookup and a causal LM's tied LM head)
 read with operators every onnxruntime-web build implements (no GatherBlockQuantized, which transformers.js's default
-wasm bundle lacks; README "Causal Gemma on the web"). HalfTable: float16, cast to float32 in the graph (onnxruntime
-folds the cast when the session is created: float32 speed for half the download). Int8Table, int8 rows:
+wasm bundle lacks; README "Causal Gemma on the web", "EmbeddingGemma on the web"). HalfTable: float16, cast to float32
+in the graph (tied: the whole table once, which onnxruntime folds when the session is created: float32 speed for half
+the download; lookup only, as EmbeddingGemma's: the gathered rows, so the table stays float16 in memory). Int8Table,
+int8 rows:
 
 - stored once, transposed: codes int8 [d, V] and one scale per vocabulary row [V] (symmetric, the rounding of
   onnxruntime's MatMulNBits quantizer with one block per row: export.quantize.simulate.mlas_values);
@@ -41,15 +43,19 @@ def int8_matmul(g: Graph, x: str, codes: str, scales: str, node: str) -> str:
 
 
 class HalfTable:
-    """The table as float16 [V, d] in graph `g`, one Cast to float32 that both uses read."""
+    """The table as float16 [V, d] in graph `g`; tied: one Cast to float32 that both uses read, else the lookup
+    casts the rows it gathers."""
 
-    def __init__(self, g: Graph, table: np.ndarray):
-        self.g = g
-        half = g.init(HALF, table.astype(np.float16))
-        self.rows = g.op("Cast", [half], "/model/embed_tokens/Cast", to=onnx.TensorProto.FLOAT)
+    def __init__(self, g: Graph, table: np.ndarray, tied: bool = True):
+        self.g, self.tied = g, tied
+        self.half = g.init(HALF, table.astype(np.float16))
+        self.rows = g.op("Cast", [self.half], "/model/embed_tokens/Cast", to=onnx.TensorProto.FLOAT) if tied else None
 
     def lookup(self, ids: str) -> str:
-        return self.g.op("Gather", [self.rows, ids], "/model/embed_tokens/Gather")
+        if self.tied:
+            return self.g.op("Gather", [self.rows, ids], "/model/embed_tokens/Gather")
+        rows = self.g.op("Gather", [self.half, ids], "/model/embed_tokens/Gather")
+        return self.g.op("Cast", [rows], "/model/embed_tokens/Cast", to=onnx.TensorProto.FLOAT)
 
     def head(self, h: str) -> str:
         return self.g.op("Gemm", [h, self.rows], "/lm_head/Gemm", transB=1)
@@ -57,9 +63,10 @@ class HalfTable:
 
 
 class Int8Table:
-    """The table as codes [d, V] + scales [V] in graph `g`; .lookup(ids) and .head(h) read them."""
+    """The table as codes [d, V] + scales [V] in graph `g`; .lookup(ids) and .head(h) read them (`tied` changes
+    nothing: the lookup reads the head's layout)."""
 
-    def __init__(self, g: Graph, table: np.ndarray):
+    def __init__(self, g: Graph, table: np.ndarray, tied: bool = True):
         codes, scales = quantize_rows(table)
         self.g, self.width = g, table.shape[1]
         self.codes = g.init(CODES, np.ascontiguousarray(codes.T))
@@ -86,3 +93,13 @@ TABLES = {"fp16": HalfTable, "int8": Int8Table}       # the web recipes' table s
 def table_storage(layout) -> str | None:
     """The web table storage (a TABLES key) of a web recipe's table Layout; None: the float32 table."""
     return None if layout is None else "fp16" if layout.bits == 16 else "int8"
+
+
+def embed_tokens(body, ids: str, storage: str | None, tied: bool = True):
+    """body.embed(ids) (export/converters/onnx/body.py) with the table stored as `storage` (a TABLES key; None:
+    float32, as body.embed stores it) -> what a tied LM head reads: the table's initializer or its TABLES object."""
+    if storage is None:
+        return body.embed(ids)
+    table = TABLES[storage](body.g, body.w("model.embed_tokens.weight"), tied)
+    body.embed(ids, table.lookup)
+    return table
