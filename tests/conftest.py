@@ -26,23 +26,11 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: uses the real Gemma 3 270M (the bundled GGUF); CI runs them too")
 
 
-# The files that take longest, handed to the two xdist workers first, longest first, so that the short files
-# fill the end and both workers finish together (pyproject: --no-loadscope-reorder; xdist's own order, most tests
-# first, left these few-test files to the end, one of them alone keeping a worker busy after the other had finished).
-# Order only: a file not named here runs after them, in collection order. Figures: README, the tests section.
-LONGEST_FIRST = ("test_onnx_quant.py", "test_litert_vision_quant.py", "test_sae_litert.py", "test_litert_vision.py",
-                 "test_gguf.py", "test_litert_export.py", "test_validate.py", "test_vision_cli.py", "test_parity.py",
-                 "test_devices_vision.py")
-
-
 def pytest_collection_modifyitems(items):
-    """Every fixture of the real model builds on `real_gguf`: a test that reaches it is slow. LONGEST_FIRST's files
-    first (a stable sort: each file's tests keep their order)."""
+    """Every fixture of the real model builds on `real_gguf`: a test that reaches it is slow."""
     for item in items:
         if "real_gguf" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def built_once(tmp_path_factory, name: str, build) -> Path:
