@@ -6,23 +6,17 @@ of 8: every image block is longer than the window. Images are pre-sized PNGs (re
 does), so the engine's own stb resize passes them through unchanged."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import vision_oracle as vo
-from export.converters.litert.bundle import BUNDLE, build_litertlm, export_litertlm
-from export.data.images import bundled_images
+from export.converters.litert.bundle import BUNDLE, export_litertlm
 from export.models.checkpoints import load_model
+from litert_vision_common import CONTEXT, PREFILL, STEPS, TEXT, answer_text, chat_ids, engine_answer, sized_png
 
-STEPS = 16
-PREFILL, CONTEXT = 64, 128
 SIZES = {"gemma3-litert": (PREFILL, CONTEXT), "shieldgemma2-litert": (192, 256),    # its prompts: ~180 tokens
          "paligemma2-litert": (PREFILL, CONTEXT)}        # 49 rows per 42 px image, 53 tokens with CAPTION
-TEXT = "Describe this image in detail please."
 CAPTION = "caption en"
 
 
@@ -37,22 +31,14 @@ def bundles(real_tokenizer_proto, tmp_path_factory):
     return out
 
 
-def _png(tmp_path_factory, size: int):
-    """A bundled image, resized to the model's size as runtime_py.images (transformers' PIL processor) does."""
-    from runtime_py.images import load_image
-    path = tmp_path_factory.mktemp("png") / "image.png"
-    Image.fromarray(load_image(bundled_images()[0]["file"])).resize((size, size), Image.BILINEAR).save(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def png(tmp_path_factory):
-    return _png(tmp_path_factory, vo.LITERT["image_size"])
+    return sized_png(tmp_path_factory, vo.LITERT["image_size"])
 
 
 @pytest.fixture(scope="module")
 def pali_png(tmp_path_factory):
-    return _png(tmp_path_factory, vo.image_size(vo.build("paligemma2-litert")))
+    return sized_png(tmp_path_factory, vo.image_size(vo.build("paligemma2-litert")))
 
 
 def _types(m, ids):
@@ -65,40 +51,14 @@ def _reference(m, ref, ids, png, n=STEPS):
     return vo.hf_generate(ref, ids, _types(m, ids), pix, n), pix
 
 
-def _text(m, ids):
-    """The text of `ids` up to the first stop token (what the engine answers)."""
-    stops = [i for i, t in enumerate(ids) if t in m.tokenizer.stop_ids]
-    return m.tokenizer.decode(ids[:stops[0] if stops else None])
-
-
-def _engine(bundle, png, text, cache):
-    """The LiteRT-LM engine's greedy answer to one user message: the image, then `text`."""
-    import litert_lm
-    engine = litert_lm.Engine(str(bundle), backend=litert_lm.Backend.CPU(), vision_backend=litert_lm.Backend.CPU(),
-                              cache_dir=str(cache))
-    try:
-        conv = engine.create_conversation(max_output_tokens=STEPS)
-        reply = conv.send_message({"role": "user", "content": [{"type": "image", "path": str(png)},
-                                                               {"type": "text", "text": text}]})
-        conv.close()
-        return str(reply.contents)
-    finally:
-        engine.close()
-
-
-def _chat(m):
-    return m.vision.chat_ids(m.tokenizer, [{"role": "user", "content": [{"type": "image", "image": "unused"},
-                                                                          {"type": "text", "text": TEXT}]}])[0]
-
-
 def test_litert_lm_engine_answers_with_transformers_greedy_tokens(bundles, png, tmp_path):
     import runtime_py
     ref, _, folder = bundles["gemma3-litert"]
     m = runtime_py.load(folder / BUNDLE)
-    ids = _chat(m)
+    ids = chat_ids(m)
     assert sum(t == vo.LITERT["image"] for t in ids) > ref.config.text_config.sliding_window
-    want_text = _text(m, _reference(m, ref, ids, png)[0])
-    assert _engine(folder / BUNDLE, png, TEXT, tmp_path) == want_text and len(want_text) > 10
+    want_text = answer_text(m, _reference(m, ref, ids, png)[0])
+    assert engine_answer(folder / BUNDLE, png, TEXT, tmp_path) == want_text and len(want_text) > 10
 
 
 def test_paligemma_through_runtime_py_is_transformers_exactly(bundles, pali_png):
@@ -125,8 +85,8 @@ def test_litert_lm_engine_holds_back_paligemmas_last_prompt_token(bundles, pali_
     m = runtime_py.load(folder / BUNDLE)
     ids = m.vision.prompt_ids(m.tokenizer, CAPTION, 1)
     m.backend.hold_last = True
-    held = _text(m, m.generate(ids, STEPS, images=[str(pali_png)], stop_ids=()).token_ids)
-    assert _engine(folder / BUNDLE, pali_png, CAPTION, tmp_path) == held and len(held) > 10
+    held = answer_text(m, m.generate(ids, STEPS, images=[str(pali_png)], stop_ids=()).token_ids)
+    assert engine_answer(folder / BUNDLE, pali_png, CAPTION, tmp_path) == held and len(held) > 10
     pix = torch.from_numpy(m.vision.pixels([str(pali_png)]))
     first = m.backend.stepper(len(ids), features=m.image_features([str(pali_png)]))(ids, 0)
     assert np.abs(first - vo.hf_logits(ref, ids, _types(m, ids), pix)[-1].numpy()).max() > 1e-2
@@ -137,7 +97,7 @@ def test_runtime_py_runs_the_bundle_like_transformers(bundles, png, where):
     import runtime_py
     ref, _, folder = bundles["gemma3-litert"]
     m = runtime_py.load(folder / BUNDLE if where == "bundle" else folder)
-    ids = _chat(m)
+    ids = chat_ids(m)
     want, pix = _reference(m, ref, ids, png)
     assert m.generate(ids, STEPS, images=[str(png)], stop_ids=()).token_ids == want
     with torch.no_grad():                  # the encoder (SigLIP, normalisation folded in) and the adapter's rows
@@ -156,7 +116,7 @@ def test_the_image_block_is_two_way_past_the_window(bundles, png):
     import runtime_py
     ref, _, folder = bundles["gemma3-litert"]
     m = runtime_py.load(folder / BUNDLE)
-    ids = _chat(m)
+    ids = chat_ids(m)
     types = [int(t == vo.LITERT["image"]) for t in ids]
     pix = torch.from_numpy(m.vision.pixels([str(png)]))
     want = vo.hf_logits(ref, ids, types, pix)[-1].numpy()
@@ -198,67 +158,10 @@ def test_a_tokenizer_without_the_models_image_markers_is_refused(bundles, tmp_pa
     assert not any(tmp_path.iterdir())
 
 
-@pytest.fixture(scope="module", params=["int8", "int4"])
-def quantized(request, real_tokenizer_proto, tmp_path_factory):
-    """(transformers model, the export folder) of the tiny Gemma 3 with widths divisible by 32 (int4 blocks) and
-    the all-zero padding row transformers gives a random model, bundled with `recipe` (encoder: int8)."""
-    ref = vo.build("gemma3-litert32")
-    assert not ref.get_input_embeddings().weight[0].any()
-    root = tmp_path_factory.mktemp(f"litert-{request.param}")
-    loaded = load_model(vo.save_folder(ref, root / "hf", tokenizer=real_tokenizer_proto))
-    return ref, export_litertlm(loaded, root / "out", request.param, (PREFILL,), CONTEXT)
-
-
-def test_quantized_bundles_load_run_and_keep_the_zero_row(quantized, png, tmp_path):
-    """int8 / int4 decoder + int8 encoder: the engine answers with runtime_py's greedy text on the same bundle;
-    the zero row, whose scale ai-edge-quantizer made 0 (XNNPACK refuses it) and the export made positive,
-    still embeds to zeros and scores 0; the int8 encoder's rows within validate's bound of transformers'."""
-    import runtime_py
-    from export.validate_vision import VISION_FEATURE_ERROR, relative_rms
-    ref, folder = quantized
-    m = runtime_py.load(folder / BUNDLE)
-    assert m.vision is not None and m.manifest["vision"]["quant"] == "int8"
-    ids = _chat(m)
-    got = _text(m, m.generate(ids, STEPS, images=[str(png)], stop_ids=()).token_ids)
-    assert _engine(folder / BUNDLE, png, TEXT, tmp_path) == got and len(got) > 10
-    assert not m.backend._embedder(token_ids=np.zeros((1, 1), np.int32))["embeddings"].any()
-    assert m.backend.stepper(len(ids), features=m.image_features([str(png)]))(ids, 0)[0] == 0.0
-    with torch.no_grad():
-        rows = ref.model.get_image_features(pixel_values=torch.from_numpy(m.vision.pixels([str(png)])))
-    rows = np.asarray(getattr(rows, "pooler_output", rows)).reshape(1, vo.LITERT["tokens"], -1)
-    assert relative_rms(m.image_features([str(png)]), rows) < VISION_FEATURE_ERROR["int8"]
-
-
-def test_a_consumed_model_gives_the_same_bundle_and_is_freed(quantized, tmp_path, monkeypatch):
-    """consume=True (the CLI without --validate): the exporter frees the float model's weights before quantizing
-    (all on the meta device afterwards, the language model's already while the vision encoder converts), and the
-    bundle is byte for byte the one exported with the model kept."""
-    import export.converters.litert.vision as vision
-    _, folder = quantized
-    recipe = json.loads((folder / "manifest.json").read_text())["recipe"]
-    loaded = load_model(folder.parent / "hf")            # the same source: the bundle's uuid is derived from it
-    lm, convert, seen = loaded.model.language_model, vision.convert_to_tflite, {}
-
-    def spy(signatures, composites_of, into, name, r, flags=None):
-        seen[name] = {p.device.type for p in lm.parameters()}
-        return convert(signatures, composites_of, into, name, r, flags)
-    monkeypatch.setattr(vision, "convert_to_tflite", spy)
-    out = export_litertlm(loaded, tmp_path / "out", recipe, (PREFILL,), CONTEXT, consume=True)
-    assert seen[vision.DECODER] == seen[vision.EMBEDDER] == {"cpu"} and seen[vision.ENCODER] == {"meta"}
-    assert {t.device.type for t in (*loaded.model.parameters(), *loaded.model.buffers())} == {"meta"}
-    assert (out / BUNDLE).read_bytes() == (folder / BUNDLE).read_bytes()
-
-
-def test_validate_checks_a_litert_vision_artifact(bundles, quantized, real_tokenizer_proto, tmp_path):
-    """validate on LiteRT vision exports: the encoder's rows against the reference's, each prompt's last logits
-    and the teacher-forced decode steps against the simulated recipe (prefill gives no other logits), greedy
-    tokens; PaliGemma fp32 exactly. Against another model's weights the same artifact fails."""
+def test_validate_checks_a_litert_vision_bundle(bundles):
+    """validate on a LiteRT vision export: PaliGemma fp32 exactly (each prompt's last logits and the teacher-forced
+    decode steps; prefill gives no other logits), greedy tokens. The quantized bundles: test_litert_vision_quant."""
     from export.validate import validate
     pali = validate(bundles["paligemma2-litert"][2])
     assert pali["passed"] and "prefill" not in pali["conversion"] and pali["greedy_match_tokens"] == 16
     assert pali["conversion"]["decode"]["max_abs_logit_diff"] < 1e-4 and pali["conversion"]["decode"]["positions"] > 2
-    ref, folder = quantized
-    assert validate(folder)["passed"]
-    other = vo.save_folder(vo.build("gemma3-litert32", seed=1), tmp_path / "other", tokenizer=real_tokenizer_proto)
-    report = validate(folder, str(other))
-    assert not report["passed"] and any("decode" in f for f in report["conversion"]["failures"])
