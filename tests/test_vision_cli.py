@@ -60,6 +60,10 @@ def test_refusals(exported, tmp_path):
     assert status == 2 and err.strip().splitlines()[-1].endswith(
         "the tokenizer's <start_of_image> is id None, the model's is 390; LiteRT-LM finds the image markers by their "
         "pieces"), err
+    # no transformers.js layout for them: refused once the model is read
+    status, _, err = _run(["export", "--target", "web", "--model", str(loaded.source), "--out", str(tmp_path / "w")])
+    assert status == 2 and err.strip().splitlines()[-1] == \
+        "error: --target web: vision-language models have no web layout yet", err
     cases = [
         (["export", "--target", "onnx", "--model", str(loaded.source), "--quant", "auto", "--min-top1", "0.9",
           "--out", str(tmp_path / "b")], "not for vision-language models"),
@@ -70,6 +74,18 @@ def test_refusals(exported, tmp_path):
         status, _, err = _run(argv)
         assert status == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
     assert not any(tmp_path.iterdir())
+
+
+def test_desktop_export_is_fp16_and_validates(exported, tmp_path):
+    """--target desktop's default recipe, fp16, on a vision model: a float16 decoder and vision graph, validated."""
+    loaded, _, _, _ = exported
+    out = tmp_path / "desktop"
+    status, text, err = _run(["export", "--target", "desktop", "--model", str(loaded.source), "--out", str(out),
+                              "--json"])
+    assert status == 0, err
+    summary, manifest = json.loads(text), json.loads((out / "manifest.json").read_text())
+    assert summary["validation"]["passed"] and manifest["vision"]["quant"] == "fp16"
+    assert manifest["recipe"] == "fp16"
 
 
 def test_android_export_frees_the_float_model_and_validates_from_the_checkpoint(real_tokenizer_proto, tmp_path,
