@@ -217,6 +217,34 @@ def test_classify_image_reuses_the_image_prefix_and_matches_transformers(vision_
         assert abs(got[name] - want) < 1e-5
 
 
+def test_images_are_encoded_once_and_the_policies_share_the_image_prefix(vision_onnx, monkeypatch):
+    """What the decoder and vision.onnx are fed: classify_image runs the one image through the vision graph once and
+    the prompts' shared prefix, image included, once (from position 0), then each policy's own tokens from where
+    it ends; generate with two images encodes them in one call of two."""
+    import runtime_py
+    from runtime_py import onnx_backend
+    encoded, fed = [], []
+    call = onnx_backend.Stepper.__call__
+    monkeypatch.setattr(onnx_backend.Stepper, "__call__",
+                        lambda self, tokens, start: fed.append((start, len(tokens))) or call(self, tokens, start))
+    for arch in ("shieldgemma2", "gemma3"):
+        m = runtime_py.load(vision_onnx(arch)[1])
+        encode = m.backend.encode_images
+        monkeypatch.setattr(m.backend, "encode_images", lambda pix, encode=encode: encoded.append(len(pix)) or encode(pix))
+        fed.clear()
+        if arch == "shieldgemma2":
+            m.classify_image(_images(6, 1)[0])
+            _, prompts = m.vision.policy_prompts(m.tokenizer, None, None)
+            shared = next(i for i in range(len(prompts[0])) if len({p[i] for p in prompts}) > 1)
+            assert prompts[0][:shared].count(m.vision.tokens.image_id) == m.vision.tokens.per_image
+            assert fed[0] == (0, shared) and fed[1:] == [(shared, len(p) - shared) for p in prompts]
+            assert encoded == [1]
+        else:
+            m.generate("Look <start_of_image> and <start_of_image> now", max_new_tokens=3, images=_images(3, 2),
+                       stop_ids=[])
+            assert encoded == [1, 2] and fed[0][0] == 0 and [n for _, n in fed[1:]] == [1, 1]
+
+
 def test_text_model_refuses_images(vision_onnx, tiny_vision):
     import runtime_py
     _, folder = vision_onnx("gemma3")
