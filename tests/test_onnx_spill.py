@@ -41,9 +41,12 @@ def _loaded(path):
     return proto.SerializeToString()
 
 
-def _both(loaded, root, name, monkeypatch):
+def _both(loaded, root, name, monkeypatch, limit="SPILL_BYTES"):
+    """limit: SPILL_BYTES (the tables and projections spill: each is past it) or HELD_BYTES (the weights spill
+    once the graph holds that much)."""
     whole = export_onnx(loaded, root / f"{name}-whole", name, CONTEXT)
-    monkeypatch.setattr(spill, "SPILL_BYTES", LIMIT)
+    monkeypatch.setattr(spill, limit, LIMIT)
+    monkeypatch.setattr(spill, "MIN_SPILL_BYTES", 1024)
     spilled = export_onnx(loaded, root / f"{name}-spilled", name, CONTEXT)
     monkeypatch.undo()
     graphs = sorted(p.name for p in whole.glob("*.onnx"))
@@ -59,9 +62,10 @@ def _both(loaded, root, name, monkeypatch):
     return whole, spilled
 
 
+@pytest.mark.parametrize("limit", ["SPILL_BYTES", "HELD_BYTES"])
 @pytest.mark.parametrize("name", ["fp32", "fp16"])
-def test_text_decoder_spilled_is_the_whole_graph(text_model, tmp_path, monkeypatch, name):
-    whole, spilled = _both(text_model, tmp_path, name, monkeypatch)
+def test_text_decoder_spilled_is_the_whole_graph(text_model, tmp_path, monkeypatch, name, limit):
+    whole, spilled = _both(text_model, tmp_path, name, monkeypatch, limit)
     ids = [2, *range(40, 90)]
     assert np.array_equal(OnnxBackend(spilled).logits(ids), OnnxBackend(whole).logits(ids))
 

@@ -20,15 +20,19 @@ from onnx import helper
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 SPILL_BYTES = 1 << 30      # a float weight past this goes to disk as it is made (below protobuf's 2 GiB, with room)
+HELD_BYTES = 2 << 30       # once the graph holds this much, every weight of MIN_SPILL_BYTES or more goes too
+MIN_SPILL_BYTES = 1 << 20
 CHUNK_BYTES = 1 << 26      # copied / converted this many bytes at a time
 
 
 class Spill:
     """Graph(packer=Spill(dir)) under a float recipe: spill() keeps a weight past SPILL_BYTES out of the graph
-    (in a scratch file in `dir`, made when first needed); take() and matmul() leave every weight as it is."""
+    (in a scratch file in `dir`, made when first needed), and any weight of MIN_SPILL_BYTES or more once the graph
+    holds HELD_BYTES (a 4B decoder's 15.5 GB of float32 are never held at once); take() and matmul() leave every
+    weight as it is. A graph that holds less than HELD_BYTES and no weight past SPILL_BYTES is built as before."""
 
     def __init__(self, scratch_dir: str | os.PathLike):
-        self.dir, self.path = Path(scratch_dir), None
+        self.dir, self.path, self.held = Path(scratch_dir), None, 0
 
     def take(self, name: str, array) -> bool:
         return False
@@ -39,7 +43,8 @@ class Spill:
     def spill(self, name: str, array) -> onnx.TensorProto | None:
         """The initializer of `array` with its bytes in the scratch file, or None when it stays in the graph."""
         a = np.asarray(array)
-        if a.nbytes <= SPILL_BYTES:
+        if a.nbytes <= SPILL_BYTES and (self.held + a.nbytes <= HELD_BYTES or a.nbytes < MIN_SPILL_BYTES):
+            self.held += a.nbytes
             return None
         if self.path is None:
             fd, path = tempfile.mkstemp(prefix=".spill-", suffix=".bin", dir=self.dir)
