@@ -180,13 +180,15 @@ def genai_child(out: Path) -> dict:
     inputs = processor("<bos>" + image["prompt"], images=og.Images.open(str(image["file"])))
     prompt = int(inputs["input_ids"].as_numpy().size)
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=prompt + NEW_TOKENS, do_sample=False)
+    # max_length stays genai_config's (the context): genai sizes every cache by it, and GroupQueryAttention
+    # refuses a sliding cache shorter than the window (1024)
+    params.set_search_options(do_sample=False)
     gen = og.Generator(model, params)
     t1 = time.perf_counter()
     gen.set_inputs(inputs)
     gen.generate_next_token()
     first_s = time.perf_counter() - t1
-    while not gen.is_done():
+    for _ in range(NEW_TOKENS - 1):
         gen.generate_next_token()
     new = len(gen.get_sequence(0)) - prompt
     return {"prompt_tokens": prompt, "new_tokens": int(new), "load_s": round(load_s, 1),
@@ -260,10 +262,12 @@ def main(argv: list[str] | None = None) -> int:
         out = ROOT / "cache" / "vision_shapes" / f"{name}{tag}"
         entry = {"before_export": wait_for_memory(args.min_free_gb, args.patience_s)}
         entry["export"] = child("export", name, out, args.layers, args.quant, args.vision_quant)
+        print(json.dumps({name: entry}), flush=True)
         entry["files"] = folder_sizes(out)
         entry["bytes"] = sum(entry["files"].values())
         entry["before_run"] = wait_for_memory(args.min_free_gb / 2, args.patience_s)
         entry["run"] = child("run", name, out, args.layers)
+        print(json.dumps({name: entry}), flush=True)
         if args.genai and (out / "genai_config.json").exists():
             entry["genai"] = child("genai", name, out, args.layers)
         results["models"][name] = entry
