@@ -10,7 +10,11 @@ them into MatMulNBits (export/converters/onnx/stream.py); the SigLIP tower and p
 torch module (traced by torch.onnx). The tokenizer is the bundled Gemma 3 270M's (no PaliGemma tokenizer ships
 here; the prompts' text is a dozen tokens either way).
 
-    .venv/bin/python -m bench.vision_shapes [--only NAME,NAME] [--layers N] [--min-free-gb G]
+    .venv/bin/python -m bench.vision_shapes [--only NAME,NAME] [--layers N] [--quant R] [--vision-quant Q]
+        [--genai] [--min-free-gb G]
+
+--quant fp32 / fp16 take the float path (export/converters/onnx/spill.py: the 2.7 GB table of gemma3-4b-vision is
+written to disk as it is made); --genai also runs the Gemma 3 folder through onnxruntime-genai (one image, 8 tokens).
 """
 from __future__ import annotations
 
@@ -125,12 +129,13 @@ def peak_rss_gb() -> dict:
             "children_ru_maxrss_gb": round(children_kb / 2**20, 2)}
 
 
-def export_child(name: str, out: Path, layers: int | None) -> dict:
+def export_child(name: str, out: Path, layers: int | None, quant: str = RECIPE,
+                 vision_quant: str = VISION_QUANT) -> dict:
     from export.converters.onnx import export_onnx
     t0 = time.perf_counter()
     loaded = random_model(name, layers)
     t1 = time.perf_counter()
-    export_onnx(loaded, out, RECIPE, vision_quant=VISION_QUANT)
+    export_onnx(loaded, out, quant, vision_quant=vision_quant)
     t2 = time.perf_counter()
     params = sum(p.numel() for p in loaded.model.parameters())
     return {"setup_s": round(t1 - t0, 1), "export_s": round(t2 - t1, 1), "parameters": params, **peak_rss_gb()}
@@ -163,9 +168,39 @@ def run_child(name: str, out: Path) -> dict:
             "decode_tok_s": round(t.decode_tok_s, 2), "threads": THREADS, "spin": False, **peak_rss_gb()}
 
 
+def genai_child(out: Path) -> dict:
+    """One generation by onnxruntime-genai on the folder as it is (its own processor), a bundled image."""
+    import onnxruntime_genai as og
+    from export.data.images import bundled_images
+    image = bundled_images()[0]
+    t0 = time.perf_counter()
+    model = og.Model(str(out))
+    processor = model.create_multimodal_processor()
+    load_s = time.perf_counter() - t0
+    inputs = processor("<bos>" + image["prompt"], images=og.Images.open(str(image["file"])))
+    prompt = int(inputs["input_ids"].as_numpy().size)
+    params = og.GeneratorParams(model)
+    # max_length stays genai_config's (the context): genai sizes every cache by it, and GroupQueryAttention
+    # refuses a sliding cache shorter than the window (1024)
+    params.set_search_options(do_sample=False)
+    gen = og.Generator(model, params)
+    t1 = time.perf_counter()
+    gen.set_inputs(inputs)
+    gen.generate_next_token()
+    first_s = time.perf_counter() - t1
+    for _ in range(NEW_TOKENS - 1):
+        gen.generate_next_token()
+    new = len(gen.get_sequence(0)) - prompt
+    return {"prompt_tokens": prompt, "new_tokens": int(new), "load_s": round(load_s, 1),
+            "first_token_s": round(first_s, 2), "total_s": round(time.perf_counter() - t1, 2), **peak_rss_gb()}
+
+
 def _child(argv: list[str]) -> int:
     kind, name, out, layers = argv[0], argv[1], Path(argv[2]), int(argv[3]) or None
-    result = export_child(name, out, layers) if kind == "export" else run_child(name, out)
+    if kind == "export":
+        result = export_child(name, out, layers, *argv[4:6])
+    else:
+        result = genai_child(out) if kind == "genai" else run_child(name, out)
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
@@ -186,10 +221,10 @@ def wait_for_memory(need_gb: float, patience_s: float) -> dict:
             "load_before": [round(x, 2) for x in os.getloadavg()]}
 
 
-def child(kind: str, name: str, out: Path, layers: int | None) -> dict:
+def child(kind: str, name: str, out: Path, layers: int | None, *extra: str) -> dict:
     """Run a measurement in a fresh process (its own peak RSS), niced as the machine's rules ask."""
     cmd = ["nice", "-n", "10", sys.executable, "-m", "bench.vision_shapes", "--child", kind, name, str(out),
-           str(layers or 0)]
+           str(layers or 0), *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT.parent, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -211,24 +246,33 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default=",".join(PRESETS))
     ap.add_argument("--layers", type=int, default=0, help="cut decoder and tower to N layers (a trial run)")
+    ap.add_argument("--quant", default=RECIPE, help="the decoder's recipe")
+    ap.add_argument("--vision-quant", default=VISION_QUANT)
+    ap.add_argument("--genai", action="store_true", help="run Gemma 3 folders through onnxruntime-genai too")
     ap.add_argument("--min-free-gb", type=float, default=14.0, help="wait for this much available memory")
     ap.add_argument("--patience-s", type=float, default=3600.0)
     ap.add_argument("--results", default=str(ROOT / "results" / "vision_shapes.json"))
     args = ap.parse_args(argv)
     from devices.measure import describe
     results = {"date": time.strftime("%Y-%m-%d"), "machine": describe(THREADS, os.getloadavg()),
-               "recipe": RECIPE, "vision_quant": VISION_QUANT, "layers": args.layers or "all", "models": {}}
+               "recipe": args.quant, "vision_quant": args.vision_quant, "layers": args.layers or "all", "models": {}}
     for name in args.only.split(","):
-        out = ROOT / "cache" / "vision_shapes" / f"{name}{f'-{args.layers}l' if args.layers else ''}"
+        tag = "".join(f"-{x}" for x in (f"{args.layers}l" if args.layers else "",
+                                         args.quant if args.quant != RECIPE else "") if x)
+        out = ROOT / "cache" / "vision_shapes" / f"{name}{tag}"
         entry = {"before_export": wait_for_memory(args.min_free_gb, args.patience_s)}
-        entry["export"] = child("export", name, out, args.layers)
+        entry["export"] = child("export", name, out, args.layers, args.quant, args.vision_quant)
+        print(json.dumps({name: entry}), flush=True)
         entry["files"] = folder_sizes(out)
         entry["bytes"] = sum(entry["files"].values())
         entry["before_run"] = wait_for_memory(args.min_free_gb / 2, args.patience_s)
         entry["run"] = child("run", name, out, args.layers)
+        print(json.dumps({name: entry}), flush=True)
+        if args.genai and (out / "genai_config.json").exists():
+            entry["genai"] = child("genai", name, out, args.layers)
         results["models"][name] = entry
         print(json.dumps({name: entry}, indent=1), flush=True)
-    if not args.layers:
+    if not args.layers and args.quant == RECIPE and args.vision_quant == VISION_QUANT:
         Path(args.results).write_text(json.dumps(results, indent=1) + "\n")
     return 0
 

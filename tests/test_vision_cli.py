@@ -43,13 +43,15 @@ def test_generate_with_image_on_checkpoint_and_artifact(tiny_vision, exported, t
     loaded, _, _, _ = exported
     from export.converters.onnx import export_onnx
     folder = export_onnx(loaded, tmp_path / "fp32", "fp32", 1024)
-    args = ["generate", "--prompt", "Describe <start_of_image> this." if not chat else "Describe this.",
-            "--image", IMAGE, "--max-new-tokens", "6", "--json", *(["--chat"] if chat else [])]
+    second = str(bundled_images()[1]["file"])        # --image repeats: one per <start_of_image>, in order
+    args = ["generate", "--prompt", "Describe <start_of_image> and <start_of_image>." if not chat else "Describe this.",
+            "--image", IMAGE, *(["--image", second] if not chat else []), "--max-new-tokens", "6", "--json",
+            *(["--chat"] if chat else [])]
     s1, ref, _ = _run([*args, "--model", str(loaded.source)])
     s2, art, _ = _run([*args, "--model", str(folder)])
     assert s1 == s2 == 0
     assert json.loads(ref)["token_ids"] == json.loads(art)["token_ids"]
-    assert json.loads(ref)["prompt_tokens"] == json.loads(art)["prompt_tokens"] > 16
+    assert json.loads(ref)["prompt_tokens"] == json.loads(art)["prompt_tokens"] > 16 * (1 if chat else 2)
 
 
 def test_refusals(exported, tmp_path):
@@ -60,6 +62,10 @@ def test_refusals(exported, tmp_path):
     assert status == 2 and err.strip().splitlines()[-1].endswith(
         "the tokenizer's <start_of_image> is id None, the model's is 390; LiteRT-LM finds the image markers by their "
         "pieces"), err
+    # no transformers.js layout for them: refused once the model is read
+    status, _, err = _run(["export", "--target", "web", "--model", str(loaded.source), "--out", str(tmp_path / "w")])
+    assert status == 2 and err.strip().splitlines()[-1] == \
+        "error: --target web: vision-language models have no web layout yet", err
     cases = [
         (["export", "--target", "onnx", "--model", str(loaded.source), "--quant", "auto", "--min-top1", "0.9",
           "--out", str(tmp_path / "b")], "not for vision-language models"),
@@ -70,6 +76,18 @@ def test_refusals(exported, tmp_path):
         status, _, err = _run(argv)
         assert status == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
     assert not any(tmp_path.iterdir())
+
+
+def test_desktop_export_is_fp16_and_validates(exported, tmp_path):
+    """--target desktop's default recipe, fp16, on a vision model: a float16 decoder and vision graph, validated."""
+    loaded, _, _, _ = exported
+    out = tmp_path / "desktop"
+    status, text, err = _run(["export", "--target", "desktop", "--model", str(loaded.source), "--out", str(out),
+                              "--json"])
+    assert status == 0, err
+    summary, manifest = json.loads(text), json.loads((out / "manifest.json").read_text())
+    assert summary["validation"]["passed"] and manifest["vision"]["quant"] == "fp16"
+    assert manifest["recipe"] == "fp16"
 
 
 def test_android_export_frees_the_float_model_and_validates_from_the_checkpoint(real_tokenizer_proto, tmp_path,

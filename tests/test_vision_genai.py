@@ -19,11 +19,17 @@ STEPS = 32
 
 
 @pytest.fixture(scope="module")
-def genai_folder(real_tokenizer_proto, tmp_path_factory):
+def genai_model(real_tokenizer_proto, tmp_path_factory):
     root = tmp_path_factory.mktemp("genai_vision")
     ref = vo.build("gemma3-genai")
     src = vo.save_folder(ref, root / "hf", tokenizer=real_tokenizer_proto)
-    return ref, export_onnx(load_model(src), root / "onnx", "fp32", 1024)
+    return ref, load_model(src), root
+
+
+@pytest.fixture(scope="module")
+def genai_folder(genai_model):
+    ref, loaded, root = genai_model
+    return ref, export_onnx(loaded, root / "onnx", "fp32", 1024)
 
 
 def _genai(folder, prompt: str, image) -> tuple[list[int], list[int], np.ndarray]:
@@ -79,3 +85,20 @@ def test_onnxruntime_genai_runs_a_text_only_prompt(genai_folder):
     assert np.abs(first - want).max() < 1e-4
     out = ref.generate(input_ids=torch.tensor([ids]), max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False)
     assert tokens == out[0, len(ids):].tolist()
+
+
+@pytest.mark.parametrize("name", ["fp16", "int4"])
+def test_onnxruntime_genai_runs_other_recipes_with_an_image(genai_model, name):
+    """A float16 folder (float16 caches, float16 vision graph) and an int4 one (int8 vision graph) run in
+    onnxruntime-genai as they are: its first logits are runtime_py's on the same folder, ids and image."""
+    import runtime_py
+    from runtime_py.onnx_backend import OnnxBackend
+    _, loaded, root = genai_model
+    folder = export_onnx(loaded, root / name, name, 1024)
+    entry = bundled_images()[0]
+    ids, tokens, first = _genai(folder, "<bos>" + entry["prompt"], entry["file"])
+    m = runtime_py.load(folder)
+    assert ids == m.vision.prompt_ids(m.tokenizer, entry["prompt"], 1) and len(tokens) == STEPS
+    backend = OnnxBackend(folder)
+    want = backend.logits(ids, backend.encode_images(m.vision.pixels([entry["file"]])))[-1]
+    assert np.linalg.norm(first - want) / np.linalg.norm(want) < 1e-3

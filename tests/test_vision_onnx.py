@@ -1,8 +1,8 @@
 """Vision-language ONNX folders against transformers, run by runtime_py: the tiny random PaliGemma 1/2, Gemma 3 and
 ShieldGemma 2 checkpoints (tests/vision_oracle.py) exported at fp32 give transformers' logits on prompts with
 images longer than the sliding window, its 32 greedy tokens and ShieldGemma 2's probabilities; text-only
-prompts run through the same folder; the vision graph's float16 / int8 storage and an int4 decoder stay close
-to transformers' features and logits."""
+prompts run through the same folder; the vision graph's float16 / int8 storage and every recipe's decoder stay
+close to transformers' features and logits."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ import pytest
 
 import vision_oracle as vo
 from export.converters.onnx import export_onnx
+from export.quantize.recipes import RECIPES, recipe
 from runtime_py.onnx_backend import OnnxBackend
 from runtime_py.sampling import generate_tokens
 
@@ -111,24 +112,32 @@ def test_vision_graph_storage(vision_onnx, tiny_vision, quant):
     assert json.loads((folder / "manifest.json").read_text())["vision"]["quant"] == quant
 
 
-@pytest.mark.parametrize("arch", ["paligemma2", "gemma3"])
-def test_int4_decoder_errs_as_its_rounding_does(vision_onnx, arch):
-    """An int4 decoder (float32 vision graph): its relative logit error against transformers is that of
-    transformers' model with the recipe's rounding of the decoder's linear weights and table (oracle.hf_rounded),
-    at least a quarter of it and at most twice (int8 activations round as much again)."""
-    import torch
+# Every ONNX recipe but fp32 (tested above), as recipes.py lists them
+DECODER_RECIPES = [n for n, r in RECIPES.items() if "onnx" in r.targets and not r.float32]
 
-    from export.quantize.recipes import recipe
+
+@pytest.mark.parametrize("name", DECODER_RECIPES)
+@pytest.mark.parametrize("arch", ["paligemma2", "gemma3"])
+def test_every_recipe_applies_to_the_decoder(vision_onnx, arch, name):
+    """Each recipe's decoder (float32 vision graph) on a prompt with images past the sliding window. A quantized
+    one: its relative logit error against transformers is that of transformers' model with the recipe's rounding
+    of the decoder's linear weights and table (oracle.hf_rounded), at least a quarter of it and at most twice (int8
+    activations round as much again). float16: within float16's rounding (relative 1e-2) and the same last
+    prediction; its image block runs in float16 too (the If branch)."""
     from oracle import hf_rounded
-    r = recipe("int4", "onnx")
-    ref, folder = vision_onnx(arch, "int4", "fp32")
+    r = recipe(name, "onnx")
+    ref, folder = vision_onnx(arch, name, "fp32")
     backend = OnnxBackend(folder)
     ids, types, pix = _case(arch, ref)
     got = backend.logits(ids, backend.encode_images(pix.numpy()))
     want = vo.hf_logits(ref, ids, types, pix).numpy()
+    rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+    if r.weight_bits == 16:
+        assert rel < 1e-2 and got[-1].argmax() == want[-1].argmax()
+        return
     rounded = hf_rounded(ref, r.weight_bits, r.block_size, r.embedding_bits, r.embedding_block, "language_model")
     expected = vo.hf_logits(rounded, ids, types, pix).numpy()
-    rel, bound = (float(np.linalg.norm(x - want) / np.linalg.norm(want)) for x in (got, expected))
+    bound = float(np.linalg.norm(expected - want) / np.linalg.norm(want))
     assert bound / 4 < rel < 2 * bound
 
 
@@ -208,6 +217,34 @@ def test_classify_image_reuses_the_image_prefix_and_matches_transformers(vision_
         assert abs(got[name] - want) < 1e-5
 
 
+def test_images_are_encoded_once_and_the_policies_share_the_image_prefix(vision_onnx, monkeypatch):
+    """What the decoder and vision.onnx are fed: classify_image runs the one image through the vision graph once and
+    the prompts' shared prefix, image included, once (from position 0), then each policy's own tokens from where
+    it ends; generate with two images encodes them in one call of two."""
+    import runtime_py
+    from runtime_py import onnx_backend
+    encoded, fed = [], []
+    call = onnx_backend.Stepper.__call__
+    monkeypatch.setattr(onnx_backend.Stepper, "__call__",
+                        lambda self, tokens, start: fed.append((start, len(tokens))) or call(self, tokens, start))
+    for arch in ("shieldgemma2", "gemma3"):
+        m = runtime_py.load(vision_onnx(arch)[1])
+        encode = m.backend.encode_images
+        monkeypatch.setattr(m.backend, "encode_images", lambda pix, encode=encode: encoded.append(len(pix)) or encode(pix))
+        fed.clear()
+        if arch == "shieldgemma2":
+            m.classify_image(_images(6, 1)[0])
+            _, prompts = m.vision.policy_prompts(m.tokenizer, None, None)
+            shared = next(i for i in range(len(prompts[0])) if len({p[i] for p in prompts}) > 1)
+            assert prompts[0][:shared].count(m.vision.tokens.image_id) == m.vision.tokens.per_image
+            assert fed[0] == (0, shared) and fed[1:] == [(shared, len(p) - shared) for p in prompts]
+            assert encoded == [1]
+        else:
+            m.generate("Look <start_of_image> and <start_of_image> now", max_new_tokens=3, images=_images(3, 2),
+                       stop_ids=[])
+            assert encoded == [1, 2] and fed[0][0] == 0 and [n for _, n in fed[1:]] == [1, 1]
+
+
 def test_text_model_refuses_images(vision_onnx, tiny_vision):
     import runtime_py
     _, folder = vision_onnx("gemma3")
@@ -218,10 +255,11 @@ def test_text_model_refuses_images(vision_onnx, tiny_vision):
 
 # --- gemma-export validate on vision artifacts ---------------------------------------------------------------
 
-@pytest.mark.parametrize("arch,recipe", [("gemma3", "fp32"), ("paligemma2", "int4"), ("shieldgemma2", "int8")])
-def test_validate_passes_vision_artifacts(vision_onnx, tiny_vision, arch, recipe):
+@pytest.mark.parametrize("arch,name", [("gemma3", "fp32"), ("paligemma2", "int4"), ("shieldgemma2", "int8"),
+                                       ("gemma3", "fp16")])
+def test_validate_passes_vision_artifacts(vision_onnx, tiny_vision, arch, name):
     from export.validate import validate
-    _, folder = vision_onnx(arch, recipe)
+    _, folder = vision_onnx(arch, name)
     report = validate(folder, loaded=tiny_vision(arch)[1])
     assert report["passed"], report["failures"]
     assert report["images"] == 2 and report["conversion"]["vision"]["relative_error"] <= \

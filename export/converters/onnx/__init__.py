@@ -67,11 +67,11 @@ def export_onnx(loaded, out: str | Path, recipe: str = "fp32", context_length: i
     m, state = loaded.model, loaded.weights
     taps = sae_taps(sae.saes, sae.k, sae.encoder) if sae else None
     web_table = table_storage(r.layout(TABLE, table=True)) if web and r.table_activations else None
-    proto, carried = build_quantized(lambda packer: build_embedder(m, state, packer, web_table) if embedder
-                                     else build_decoder(m, context, state, packer, taps, causal_web, web_table),
-                                     r, loaded.stored)
     extra = {"context_length": context, "kind": "embedder" if embedder else "causal_lm"}
     with staged_dir(out) as tmp:
+        proto, carried = build_quantized(lambda packer: build_embedder(m, state, packer, web_table) if embedder
+                                         else build_decoder(m, context, state, packer, taps, causal_web, web_table),
+                                         r, loaded.stored, scratch=tmp)
         if web:
             extra.update(write_web_folder(proto, tmp, c, r.name, loaded.tokenizer.stop_ids if loaded.tokenizer else ()))
         else:

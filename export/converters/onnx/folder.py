@@ -8,12 +8,13 @@ import onnx
 
 from ..artifact import import_record, write_manifest
 from ..hf_tokenizer import write_hf_tokenizer
+from .spill import settle, spilled
 
 MAX_INLINE_BYTES = 1 << 30     # above this, weights go to <file>.data (protobuf caps at 2 GB)
 
 
 def _inline(proto: onnx.ModelProto) -> bool:
-    return sum(len(t.raw_data) for t in proto.graph.initializer) <= MAX_INLINE_BYTES
+    return sum(len(t.raw_data) for t in proto.graph.initializer) <= MAX_INLINE_BYTES and not spilled(proto)
 
 
 def check(proto: onnx.ModelProto) -> None:
@@ -24,13 +25,14 @@ def check(proto: onnx.ModelProto) -> None:
 
 
 def save_model(proto: onnx.ModelProto, path: Path, checked: bool = False, data_suffix: str = ".data") -> None:
-    """Save `proto` (weights in <file><data_suffix> when large) after onnx's checker (unless `checked`): on the
-    graph in memory, or, when its weights go beside it, on the saved file (it reads the graph, not the weights)."""
+    """Save `proto` (weights in <file><data_suffix> when large or spilled) after onnx's checker (unless `checked`): on
+    the graph in memory, or, when its weights go beside it, on the saved file (it reads the graph, not the weights)."""
     if _inline(proto):
         if not checked:
             check(proto)
         onnx.save_model(proto, str(path))
         return
+    settle(proto, path.parent / (path.name + data_suffix))       # spill.py: weights already on disk go first
     onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=path.name + data_suffix, size_threshold=1024)
     if not checked:

@@ -13,7 +13,8 @@ ROWS_FROM = "rows_from"      # initializer doc_string key: the checkpoint tensor
 
 class Graph:
     def __init__(self, packer=None):
-        """packer: a stream.Packer, which packs MatMul weights (and the embedding table) as they are made."""
+        """packer: a stream.Packer, which packs MatMul weights (and the embedding table) as they are made, or a
+        spill.Spill, which writes float weights too large for protobuf to disk as they are made."""
         self.packer = packer
         self._weights: dict[str, onnx.TensorProto] = {}      # with a packer: initializers by name
         self.nodes: list[onnx.NodeProto] = []
@@ -37,7 +38,9 @@ class Graph:
         name = self._unique(name)
         if self.packer is not None and self.packer.take(name, array):
             return name
-        t = numpy_helper.from_array(np.array(array, order="C", copy=None), name)
+        t = self.packer.spill(name, array) if self.packer is not None else None
+        if t is None:
+            t = numpy_helper.from_array(np.array(array, order="C", copy=None), name)
         if rows_from:
             t.doc_string = json.dumps({ROWS_FROM: rows_from})
         self.initializers.append(t)

@@ -4,7 +4,8 @@ onnxruntime's own tools:
 - fp16: onnxruntime.transformers' float16 converter, with the residual stream and the RMS norms
   (SkipSimplifiedLayerNormalization, RMSNormalization) kept float32: Gemma 2/3's residual outgrows
   float16's range (65504) and every logit turns NaN. KV caches become float16;
-  logits / EmbeddingGemma's outputs and RecurrentGemma's RG-LRU state and scan stay float32.
+  logits / EmbeddingGemma's outputs, a vision-language split's image rows and inputs_embeds, and RecurrentGemma's
+  RG-LRU state and scan stay float32.
 - int4 / int8: MatMulNBitsQuantizer (symmetric blockwise weights -> MatMulNBits; accuracy_level 4
   quantizes the activations to int8 at run time, per block of the weights' block size).
   Not quantize_dynamic (per-channel weights, DynamicQuantizeMatMul): its activations are quantized
@@ -24,16 +25,17 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from runtime_py.contract import LAST_HIDDEN_STATE, SENTENCE_EMBEDDING
+from runtime_py.contract import IMAGE_FEATURES, INPUTS_EMBEDS, LAST_HIDDEN_STATE, SENTENCE_EMBEDDING
 
 from ...quantize.recipes import Recipe
 from .graph import ROWS_FROM
+from .spill import typed_by_dims
 
 TABLE = "model.embed_tokens.weight"
 HEAD = "/lm_head/MatMul"
 HEAD_WEIGHT = "lm_head.MatMul.weight"
 FP32_OPS = ["SkipSimplifiedLayerNormalization", "RMSNormalization"]     # the residual stream's ops
-FP32_IO = ["logits", SENTENCE_EMBEDDING, LAST_HIDDEN_STATE]
+FP32_IO = ["logits", SENTENCE_EMBEDDING, LAST_HIDDEN_STATE, INPUTS_EMBEDS, IMAGE_FEATURES]   # the graphs' float32 boundary
 FP32_STATE_OPS = ["Scan"]             # RecurrentGemma's RG-LRU recurrence accumulates in float32
 
 
@@ -207,14 +209,51 @@ def to_fp16(model: onnx.ModelProto, keep_io: list[str] | None = None) -> onnx.Mo
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
     model.graph.value_info.extend(_value_types(model, keep=FP32_OPS))
-    with _quiet():
+    with _quiet(), typed_by_dims():
         model = convert_float_to_float16(model, keep_io_types=FP32_IO + _fp32_states(model) + (keep_io or []),
                                          disable_shape_infer=True,
                                          op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS + FP32_STATE_OPS)
         m = OnnxModel(model)
         m.topological_sort()                  # the converter appends its Casts at the end
+    _after_subgraph_reads(m.model.graph)
     del m.model.graph.value_info[:]           # type hints for the converter; onnxruntime infers its own
     return m.model
+
+
+def _after_subgraph_reads(graph: onnx.GraphProto) -> None:
+    """Move each node after the producers of what its subgraphs read from the enclosing graph (an If branch
+    reading a GroupQueryAttention's output: vision_decoder.py), which onnxruntime's topological_sort does not see;
+    a graph already in order keeps its order."""
+    producer = {o: n for n in graph.node for o in n.output if o}
+    done: set[int] = set()
+    order: list[onnx.NodeProto] = []
+    for root in graph.node:
+        stack = [(root, False)]
+        while stack:
+            node, ready = stack.pop()
+            if id(node) in done:
+                continue
+            if ready:
+                done.add(id(node))
+                order.append(node)
+                continue
+            stack.append((node, True))
+            for name in reversed([*node.input, *_outer_reads(node)]):
+                before = producer.get(name)
+                if before is not None and id(before) not in done and before is not node:
+                    stack.append((before, False))
+    del graph.node[:]
+    graph.node.extend(order)
+
+
+def _outer_reads(node: onnx.NodeProto) -> list[str]:
+    """The values a node's subgraphs read that they do not make themselves."""
+    reads: list[str] = []
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            made = {t.name for t in g.initializer} | {i.name for i in g.input} | {o for n in g.node for o in n.output}
+            reads += [i for n in g.node for i in [*n.input, *_outer_reads(n)] if i and i not in made]
+    return reads
 
 
 def _fp32_states(model: onnx.ModelProto) -> list[str]:
@@ -234,6 +273,8 @@ def _value_types(model: onnx.ModelProto, keep: list[str]) -> list[onnx.ValueInfo
                for n in g.node if n.domain == "com.microsoft" for o in n.output if o]
     light = helper.make_model(helper.make_graph(g.node, "types", [*g.input, *weights], g.output, value_info=contrib),
                               opset_imports=model.opset_import, ir_version=model.ir_version)
+    for node in light.graph.node:        # the copies' branches (an If's), so that the If's outputs get a type too
+        _type_contrib_outputs(node)
     typed = onnx.shape_inference.infer_shapes(light).graph.value_info
     producer = {o: n.op_type for n in g.node for o in n.output}
     consumers: dict[str, set[str]] = {}
@@ -245,6 +286,16 @@ def _value_types(model: onnx.ModelProto, keep: list[str]) -> list[onnx.ValueInfo
                 and v not in outputs}
     return [helper.make_tensor_value_info(v.name, v.type.tensor_type.elem_type, None) for v in typed
             if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type and v.name not in internal]
+
+
+def _type_contrib_outputs(node: onnx.NodeProto) -> None:
+    """In `node`'s subgraphs, declare the com.microsoft ops' outputs float32, as _value_types does in the graph."""
+    for a in node.attribute:
+        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            sub.value_info.extend(helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None)
+                                  for n in sub.node if n.domain == "com.microsoft" for o in n.output if o)
+            for n in sub.node:
+                _type_contrib_outputs(n)
 
 
 def _matmul_nbits(model: onnx.ModelProto, bits: int, block: int, accuracy: int | None,

@@ -12,6 +12,7 @@ those of the whole-graph pass (tests/test_onnx_stream.py)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -19,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ...quantize.recipes import Layout, Recipe
+from .spill import Spill
 from .quantize import HEAD, HEAD_WEIGHT, TABLE, check_layout, level, nbits_quantizer, node_layout, quantize, rows_of, streams
 
 
@@ -77,6 +79,10 @@ class Packer:
             self._quantizers[lay] = nbits_quantizer(None, lay.bits, lay.block, level(lay)).node_quantizer
         return self._quantizers[lay]
 
+    def spill(self, name: str, array: np.ndarray) -> None:
+        """Graph.init: the weights a Packer leaves float stay in the graph (spill.Spill is the float recipes')."""
+        return None
+
     def take(self, name: str, array: np.ndarray) -> bool:
         """Graph.init: True when the array was packed here instead (the embedding table, under a 4/8-bit
         recipe: packed as the head's weight, table.T, which is what the lookup reads too)."""
@@ -103,9 +109,12 @@ class Packer:
         return [packed.node(node.input[0], node.output[0])]
 
 
-def build_quantized(build: Callable[["Packer | None"], onnx.ModelProto], recipe: Recipe,
-                    stored: dict | None = None) -> tuple[onnx.ModelProto, dict]:
+def build_quantized(build: Callable[["Packer | Spill | None"], onnx.ModelProto], recipe: Recipe,
+                    stored: dict | None = None, scratch: Path | None = None) -> tuple[onnx.ModelProto, dict]:
     """quantize.quantize(build(packer), recipe, stored, packer): the graph built with a Packer when the recipe
-    packs weights into blocks (float32 and all-float16 recipes take the whole-graph path)."""
-    packer = Packer(recipe) if streams(recipe) else None
-    return quantize(build(packer), recipe, stored, packer)
+    packs weights into blocks; float32 and all-float16 recipes take the whole-graph path, with the weights past
+    spill.SPILL_BYTES written to a scratch file in `scratch` as they are made (folder.save_model moves them)."""
+    if streams(recipe):
+        packer = Packer(recipe)
+        return quantize(build(packer), recipe, stored, packer)
+    return quantize(build(Spill(scratch) if scratch is not None else None), recipe, stored)

@@ -79,10 +79,11 @@ def export_onnx_vision(loaded, out: str | Path, r: Recipe, context: int, vision_
     extra = {"context_length": context, "kind": "vision_language", VISION_KEY: vision_facts(vc, quant)}
     with staged_dir(out) as tmp:
         decoder, carried = build_quantized(lambda packer: build_vision_decoder(m, context, state, packer), r,
-                                           loaded.stored)
+                                           loaded.stored, scratch=tmp)
         save_model(decoder, tmp / "model.onnx")
         del decoder
-        embedding, _ = build_quantized(lambda packer: build_embedding(m, state, packer), r)  # the table as the head's
+        embedding, _ = build_quantized(lambda packer: build_embedding(m, state, packer), r,  # the table as the head's
+                                       scratch=tmp)
         check(embedding)                     # before unranked: the checker wants the input's shape
         save_model(unranked(embedding), tmp / EMBEDDING_FILE, checked=True)
         del embedding
