@@ -25,7 +25,7 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
-from .files import sibling
+from .files import atomic_path
 
 CACHE_ENV = "RUNTIME_PY_CACHE"
 IN_MEMORY = ":memory:"          # XNNPACK's name for a cache in anonymous memory (a memfd)
@@ -79,6 +79,10 @@ def _prune(folder: Path) -> None:
             note.unlink(missing_ok=True)
 
 
+class _NothingPacked(Exception):
+    """The model has no weights for XNNPACK to pack: the compiled model is kept, no cache file."""
+
+
 def compile_cached(compile_with, source: str | os.PathLike, span: tuple[int, int] | None = None):
     """compile_with(weight_cache_path) -> a compiled model, with its packed weights in source's cache file:
     mapped when it exists; else built under a temporary name, renamed into place, and the model compiled again
@@ -97,19 +101,18 @@ def compile_cached(compile_with, source: str | os.PathLike, span: tuple[int, int
         return compile_with(IN_MEMORY)
     if path.is_file():
         return compile_with(str(path))
-    partial = sibling(path, "partial")
+    unpacked = None
     try:
-        model = compile_with(str(partial))
-        if not partial.is_file() or partial.stat().st_size == 0:       # nothing to pack (no XNNPACK weights)
-            return model
-        del model              # its build buffer goes with it; the file stays complete
-        with open(partial, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(partial, path)
+        with atomic_path(path) as partial:
+            model = compile_with(str(partial))
+            if not partial.is_file() or partial.stat().st_size == 0:       # nothing to pack (no XNNPACK weights)
+                unpacked = model
+                raise _NothingPacked
+            del model              # its build buffer goes with it; the file stays complete
         path.with_name(path.name + ".source").write_text(json.dumps([_identity(Path(source), span), span]))
         _prune(path.parent)
+    except _NothingPacked:
+        return unpacked
     except OSError:
         return compile_with(IN_MEMORY)
-    finally:
-        partial.unlink(missing_ok=True)
     return compile_with(str(path))

@@ -24,6 +24,18 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: uses the real Gemma 3 270M (the bundled GGUF); CI runs them too")
+    _one_core_per_worker()
+
+
+def _one_core_per_worker():
+    """With pytest-xdist's workers as many as the cores, each worker's torch (and the processes it starts) gets one
+    thread: two OpenMP teams of two threads on two cores spend their time waiting at each other's barriers."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ.setdefault("OMP_NUM_THREADS", threads)
+        import torch
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(items):
