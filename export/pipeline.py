@@ -103,7 +103,10 @@ def run(args) -> int:
         loaded = load_model(args.model, mmproj=mmproj)
         sae = _sae_request(args, loaded.config)
     if not args.quant:          # a GGUF's kind is known now (an embedding model's default recipe is its own)
-        recipe = target.default_recipe(loaded.config)
+        recipe, guessed = target.default_recipe(loaded.config), recipe
+        if not args.out and recipe != guessed:      # the default folder names the recipe the run builds
+            out = default_out(source, target.name, recipe)
+            check_out(out, force=getattr(args, "force", False), reads=(source, mmproj))
     quant = "" if recipe == "fp32" else f"quantize {recipe} + "
     plan_report = None
     if auto is not None:

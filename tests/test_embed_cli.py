@@ -87,3 +87,20 @@ def test_gguf_checkpoint(tmp_path, capsys):
     pooled = src(input_ids=ids).last_hidden_state.mean(1)
     expected = torch.nn.functional.normalize(pooled @ dense[0].T @ dense[1].T, dim=-1).numpy()
     assert got["tokens"] == [ids.shape[1]] and cosines(got["embeddings"], expected).min() >= 0.9999
+
+
+def test_gguf_embedder_default_folder_names_its_recipe(tmp_path, monkeypatch):
+    """`--target web` on a GGUF EmbeddingGemma with no --quant / --out: the default folder names the recipe the run
+    builds (the embedder's own default), not the causal target's, whose name the run guessed before reading the file."""
+    from oracle import hf_model, write_tiny
+    from export.quantize.recipes import WEB_EMBEDDER_RECIPE
+    src = hf_model("embeddinggemma", num_hidden_layers=2, layer_types=None)
+    g = torch.Generator().manual_seed(6)
+    dense = (torch.randn(128, 64, generator=g) * 0.1, torch.randn(64, 128, generator=g) * 0.1)
+    path = write_tiny(tmp_path / "m.gguf", src, "embeddinggemma", dense)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--target", "web", "--model", str(path), "--no-validate"]) == 0
+    made = [p.name for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    assert made == [f"m-web-{WEB_EMBEDDER_RECIPE}"]
+    manifest = json.loads((tmp_path / "out" / made[0] / "manifest.json").read_text())
+    assert manifest["recipe"] == WEB_EMBEDDER_RECIPE

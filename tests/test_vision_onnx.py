@@ -6,6 +6,7 @@ close to transformers' features and logits."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -279,3 +280,17 @@ def test_validate_catches_a_vision_graph_that_is_not_what_the_manifest_says(visi
     shutil.copy(int8 / "vision.onnx", broken / "vision.onnx")
     report = validate(broken, loaded=tiny_vision("gemma3")[1])
     assert not report["passed"] and any("vision rows" in f for f in report["failures"])
+
+
+def test_vision_graph_does_not_carry_where_it_was_built(vision_onnx):
+    """torch's exporter records each node's Python stack trace (absolute paths of this checkout and of
+    site-packages): vision.onnx must not, so that its bytes are the same from any checkout."""
+    import export
+    import torch
+    _, folder = vision_onnx("gemma3")
+    data = (folder / "vision.onnx").read_bytes()
+    checkout = str(Path(export.__file__).resolve().parent.parent).encode()
+    site = str(Path(torch.__file__).resolve().parent.parent).encode()
+    assert checkout not in data and site not in data
+    proto = onnx.load_from_string(data)
+    assert not any(n.metadata_props for n in proto.graph.node)

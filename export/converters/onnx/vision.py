@@ -39,6 +39,24 @@ class _ImageFeatures(torch.nn.Module):
         return self.image_features(pixel_values)
 
 
+def _without_trace(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop what torch's exporter records per node and value (the Python stack trace with this checkout's absolute
+    paths, module names, FX node text): the file's bytes then depend on the model alone, not on where it was built."""
+    def clean(graph: onnx.GraphProto) -> None:
+        for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+            del value.metadata_props[:]
+        for node in graph.node:
+            del node.metadata_props[:]
+            for attr in node.attribute:
+                for sub in [attr.g, *attr.graphs]:
+                    clean(sub)
+    clean(proto.graph)
+    for fn in proto.functions:
+        for node in fn.node:
+            del node.metadata_props[:]
+    return proto
+
+
 def check_vision_quant(quant: str) -> str:
     if quant not in VISION_QUANT:
         raise ValueError(f"--vision-quant {quant!r}: expected one of {', '.join(VISION_QUANT)}")
@@ -54,7 +72,7 @@ def build_vision(model, quant: str = "fp32") -> onnx.ModelProto:
         program = torch.onnx.export(_ImageFeatures(model).eval(), (example,), None, input_names=[PIXEL_VALUES],
                                     output_names=[IMAGE_FEATURES], dynamic_shapes={PIXEL_VALUES: {0: images}},
                                     dynamo=True, optimize=True, verbose=False)
-    proto = program.model_proto
+    proto = _without_trace(program.model_proto)
     proto.doc_string = f"{model.config.family} vision encoder + projector, traced by torch.onnx (gemma-export)"
     if quant == "fp16":
         with _quiet():
