@@ -24,6 +24,8 @@ ENTRIES = (
     Entry("ours-litert-int4", "ours: LiteRT int4 (runtime_py)", "runtime_py", "ours-litert-int4", ours=True, int4=True),
     Entry("ours-litertlm-int4", "ours: LiteRT-LM int4 (--target android)", "litert-lm", "ours-android-int4", ours=True,
           int4=True, like="litertlm-int4"),
+    Entry("ours-android-int4", "ours: LiteRT-LM int4 bundle (--target android) in runtime_py", "runtime_py",
+          "ours-android-int4", ours=True, int4=True),
     Entry("ours-litert-fp32", "ours: LiteRT fp32 (runtime_py)", "runtime_py", "ours-litert-fp32", ours=True),
     Entry("llama.cpp", "llama.cpp Q4_K_M (same GGUF)", "llama.cpp", "gguf", int4=True),
     Entry("og-int4", "onnxruntime-genai builder int4", "onnxruntime-genai", "og-int4", int4=True),
