@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from export.converters.litert import export_litert
-from export.converters.litert.graph import signature_ops
+from export.converters.litert.graph import cache_readers, signature_ops
 from export.models.checkpoints import load_model
+from runtime_py.contract import parse_kv_cache_name
 
 from oracle import LITERT_CONTEXT as CONTEXT
 from oracle import LITERT_PREFILL, hf_greedy, litert_io, save_hf_folder, tokens
@@ -88,8 +89,8 @@ def test_graph_has_composites_and_no_scatter(artifact):
     norms_per_layer = (4 if c.sandwich_norms else 2) + (2 if c.qk_norm else 0)
     ops = signature_ops(out / "model.tflite")
     assert set(ops) == {f"prefill_{t}" for t in lengths} | {"decode"}
-    for counts in ops.values():
-        assert counts["STABLEHLO_COMPOSITE:odml.scaled_dot_product_attention"] == c.num_layers
+    for name, counts in ops.items():      # decode attends without the composite (test_decode_reads_caches_in_place)
+        assert counts["STABLEHLO_COMPOSITE:odml.scaled_dot_product_attention"] == (name != "decode") * c.num_layers
         assert counts["STABLEHLO_COMPOSITE:odml.rms_norm"] == c.num_layers * norms_per_layer + 1
         assert not [op for op in counts if "SCATTER" in op]
         assert counts["FULLY_CONNECTED"] > 0 and counts["EMBEDDING_LOOKUP"] == 1
@@ -99,6 +100,19 @@ def test_graph_has_composites_and_no_scatter(artifact):
     assert ops["decode"]["CONCATENATION"] < ops[f"prefill_{lengths[0]}"]["CONCATENATION"] - c.num_layers
     interpreter_ops = {op["op_name"] for op in it._get_ops_details()}
     assert "STABLEHLO_COMPOSITE" in interpreter_ops and not any("SCATTER" in op for op in interpreter_ops)
+
+
+def test_decode_reads_caches_in_place(artifact):
+    """decode writes one slot of each KV cache and attends straight over the written cache: a cache's only readers
+    are its DYNAMIC_UPDATE_SLICE and one BATCH_MATMUL (K contracted on its last axis, adj_y; V on its slots). A
+    RESHAPE, TRANSPOSE, CONCATENATION or FULLY_CONNECTED of a cache would be copied or packed whole by XNNPACK
+    every step (README, the decode step in LiteRT-LM)."""
+    ref, _, out, _, lengths = artifact
+    caches = [n for n in litert_io(ref.config, lengths, CONTEXT)["decode"]["inputs"] if n.startswith("kv_cache_")]
+    assert len(caches) == 2 * ref.config.num_hidden_layers
+    want = [(op, n) for n in caches for op in
+            ("DYNAMIC_UPDATE_SLICE", "BATCH_MATMUL:adj_y" if parse_kv_cache_name(n)[0] == "k" else "BATCH_MATMUL")]
+    assert sorted(cache_readers(out / "model.tflite", "decode")) == sorted(want)
 
 
 @torch.no_grad()

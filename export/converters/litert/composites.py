@@ -1,7 +1,9 @@
 """HLFB composites for the LiteRT target: while `marked_composites()` is active, our reference
 model's RMSNorm and attention core trace as StableHLO composites `odml.rms_norm` and
 `odml.scaled_dot_product_attention`, the op names LiteRT's GPU/NPU backends fuse and the CPU
-runs through their decomposition. Swapped at conversion time only; export/models is untouched.
+runs through their decomposition. Swapped at conversion time only; export/models is untouched. The `decode`
+signature attends without the attention composite (decode_write.py: its interface would make XNNPACK copy every
+cache every step).
 
 Composite interfaces follow litert-torch's own Generative API (generative/layers):
   odml.rms_norm(x, w) {epsilon}            -> x * rsqrt(mean(x^2) + eps) * w, w = 1 + weight

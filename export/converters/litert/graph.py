@@ -10,7 +10,7 @@ from typing import Callable
 
 from ai_edge_litert import schema_py_generated as fb
 
-from runtime_py.contract import LOGITS
+from runtime_py.contract import KV_CACHE_PREFIX, LOGITS
 
 _OP_NAMES = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
 
@@ -46,6 +46,36 @@ def _signature_ops(model, buf) -> dict[str, collections.Counter]:
                 name = f"{name}:{opts.Name().decode()}"
             ops[name] += 1
         out[sig.SignatureKey().decode()] = ops
+    return out
+
+
+def cache_readers(path: str | Path, signature: str) -> list[tuple[str, str]]:
+    """(op, KV cache input name) for every op of `signature`'s main subgraph that reads a KV cache: the cache input
+    itself, or the cache a DYNAMIC_UPDATE_SLICE wrote into it (followed through those only, so a RESHAPE, TRANSPOSE
+    or CONCATENATION of a cache shows up as its reader). BATCH_MATMUL reads as `BATCH_MATMUL:adj_y` when it
+    contracts the cache's last axis."""
+    return read_model(path, lambda model, buf: _cache_readers(model, signature))
+
+
+def _cache_readers(model, signature: str) -> list[tuple[str, str]]:
+    codes = _opcodes(model)
+    sig = next(model.SignatureDefs(s) for s in range(model.SignatureDefsLength())
+               if model.SignatureDefs(s).SignatureKey().decode() == signature)
+    graph = model.Subgraphs(sig.SubgraphIndex())
+    cache = {sig.Inputs(i).TensorIndex(): sig.Inputs(i).Name().decode() for i in range(sig.InputsLength())
+             if sig.Inputs(i).Name().decode().startswith(KV_CACHE_PREFIX)}
+    out = []
+    for j in range(graph.OperatorsLength()):          # flatbuffer ops are in execution order
+        op = graph.Operators(j)
+        name = _OP_NAMES.get(codes[op.OpcodeIndex()], str(codes[op.OpcodeIndex()]))
+        read = [cache[op.Inputs(k)] for k in range(op.InputsLength()) if op.Inputs(k) in cache]
+        if name == "BATCH_MATMUL":
+            opts = fb.BatchMatMulOptions()
+            opts.Init(op.BuiltinOptions().Bytes, op.BuiltinOptions().Pos)
+            name += ":adj_y" if opts.AdjY() else ""
+        out += [(name, r) for r in read]
+        if name == "DYNAMIC_UPDATE_SLICE" and read:
+            cache[op.Outputs(0)] = read[0]
     return out
 
 

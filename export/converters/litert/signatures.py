@@ -11,7 +11,7 @@ context length for global ones. RecurrentGemma's recurrent layers have no KV cac
 that goes in and out the same way: rg_lru_state_{i} float32 [1, W] and conv1d_state_{i} float32
 [1, K-1, W] (W lru width, K conv width). One signature per sequence length: `prefill_{T}` and `decode`
 (T = 1). The attention mask is computed in-graph from input_pos, so there is no mask input. `decode` writes
-its one slot in place (decode_write.py).
+its one slot in place and attends over the caches as stored (decode_write.py).
 
 Padded chunks: LiteRT-LM runs a chunk of n < T tokens through `prefill_T` with the tail zeroed
 (tokens 0, input_pos 0). The graph therefore treats input_pos as `start = input_pos[0]` plus the
