@@ -11,7 +11,7 @@ import torch
 from export.converters.litert import export_litert
 from export.converters.litert.graph import cache_readers, signature_ops
 from export.models.checkpoints import load_model
-from runtime_py.contract import parse_kv_cache_name
+from runtime_py.contract import KV_CACHE_PREFIX, parse_kv_cache_name
 
 from oracle import LITERT_CONTEXT as CONTEXT
 from oracle import LITERT_PREFILL, hf_greedy, litert_io, save_hf_folder, tokens
@@ -108,7 +108,7 @@ def test_decode_reads_caches_in_place(artifact):
     RESHAPE, TRANSPOSE, CONCATENATION or FULLY_CONNECTED of a cache would be copied or packed whole by XNNPACK
     every step (README, the decode step in LiteRT-LM)."""
     ref, _, out, _, lengths = artifact
-    caches = [n for n in litert_io(ref.config, lengths, CONTEXT)["decode"]["inputs"] if n.startswith("kv_cache_")]
+    caches = [n for n in litert_io(ref.config, lengths, CONTEXT)["decode"]["inputs"] if n.startswith(KV_CACHE_PREFIX)]
     assert len(caches) == 2 * ref.config.num_hidden_layers
     want = [(op, n) for n in caches for op in
             ("DYNAMIC_UPDATE_SLICE", "BATCH_MATMUL:adj_y" if parse_kv_cache_name(n)[0] == "k" else "BATCH_MATMUL")]
