@@ -19,6 +19,7 @@ from runtime_py.files import write_atomic
 from .converters.artifact import SOURCE_MMPROJ
 
 SPINNER = "|/-\\"
+STEP_UPS = 2            # --quant auto: at most this many larger plans converted after the first misses the bar
 VALIDATION_KEYS = ("passed", "failures", "top1_agreement", "kl_divergence", "max_abs_logit_diff",
                    "greedy_match_tokens", "greedy_tokens", "perplexity", "reference_perplexity", "embedding_cosine",
                    "retrieval_top10_overlap",
@@ -94,6 +95,7 @@ def run(args) -> int:
     if prefill and target.format == "onnx":
         raise ValueError(f"--prefill: --target {target.name} builds ONNX, which has no prefill signatures")
     steps = ["load", *(["plan"] if auto else []), *(["gptq"] if calibration is not None else []), "convert",
+             *(["verify"] if auto else []),
              *(["validate"] if args.validate else []), *(["profile"] if args.profile else []), "report"]
     out = Path(args.out) if args.out else default_out(source, target.name, recipe)
     check_out(out, force=getattr(args, "force", False), reads=(source, mmproj))     # before any work
@@ -113,9 +115,9 @@ def run(args) -> int:
         from .quantize.auto import plan_for
         with progress.step("plan", f"the smallest per-weight plan reaching top-1 {auto['min_top1']:g} on "
                                    f"{auto['calibration'][0]}"):
-            resolved, plan_report = plan_for(loaded, target.format, auto["min_top1"], auto["max_mb"],
-                                             auto["calibration"][1], progress=progress.note,
-                                             fan_out=_fan_out(auto["address"], progress.note))
+            resolved, plan_report, planner, plan = plan_for(
+                loaded, target.format, auto["min_top1"], auto["max_mb"], auto["calibration"][1],
+                progress=progress.note, fan_out=_fan_out(auto["address"], progress.note))
             plan_report["calibration"] = auto["calibration"][0]
         recipe = resolved
     rounded = {}
@@ -130,8 +132,13 @@ def run(args) -> int:
         # the exporter may free the float model once converted (a vision model's LiteRT export does, so that the
         # quantizer runs without it); the validation then reads the checkpoint again. GPTQ's rounded weights are
         # put back into the model afterwards: kept.
-        target.export(loaded, out, recipe, args.context, prefill, getattr(args, "vision_quant", None),
-                      consume=not rounded, **({"sae": sae} if sae else {}))
+        convert = lambda r: target.export(loaded, out, r, args.context, prefill,  # noqa: E731
+                                          getattr(args, "vision_quant", None), consume=not rounded and auto is None,
+                                          **({"sae": sae} if sae else {}))
+        convert(recipe)
+    if auto is not None:
+        with progress.step("verify", "the artifact on the calibration windows its plan was chosen on"):
+            plan_report = _verify_plan(planner, plan, plan_report, auto, out, convert, progress.note)
     manifest = json.loads((out / "manifest.json").read_text())
     summary = {"artifact": str(out), "target": target.name, "format": target.format, "bundle": target.bundle,
                "recipe": manifest["recipe"], **({"plan": plan_report} if plan_report else {}), "context": manifest.get("context_length"),
@@ -216,6 +223,42 @@ def _auto_request(args, recipe: str) -> dict | None:
             "address": getattr(args, "address", None)}
 
 
+def _verify_plan(planner, plan: dict, report: dict, auto: dict, out: Path, convert, note) -> dict:
+    """--quant auto: the converted artifact's own top-1 on the calibration windows its plan was measured on.
+    Where the conversion lost more than the plan's margin over the bar (a LiteRT artifact loses ~3 % top-1
+    against its simulation), a larger plan covering the measured loss (quantize.auto.step_up) is converted in
+    its place, up to STEP_UPS times. -> the final plan's report, with every attempt under "verified"."""
+    import runtime_py
+
+    from .quantize.auto import plan_report, step_up
+    attempts = []
+    while True:
+        art = runtime_py.load(out)
+        context = (art.manifest or {}).get("context_length") or planner.batch.shape[1]
+        if context < planner.batch.shape[1]:
+            note(f"not verified: --context {context} is shorter than the calibration windows "
+                 f"({planner.batch.shape[1]} tokens)")
+            return {**report, "verified": [{"skipped": f"context {context} < {planner.batch.shape[1]} tokens"}]}
+        got = planner.artifact_top1(art.logits)
+        del art
+        attempts.append({"estimated_mb": round(planner.mb(plan), 1), "calibration_top1": round(planner.top1(plan), 4),
+                         "artifact_calibration_top1": round(got, 4)})
+        note(f"plan of {planner.mb(plan):.1f} MB: the artifact's calibration top-1 {got:.3f} "
+             f"(simulated {planner.top1(plan):.3f}, bar {auto['min_top1']:g})")
+        if got >= auto["min_top1"] or len(attempts) > STEP_UPS:
+            break
+        bigger = step_up(planner, plan, got, auto["min_top1"], auto["max_mb"])
+        if bigger is None:
+            attempts[-1]["step_up"] = "no larger plan covers the conversion's loss" + (
+                f" within --max-mb {auto['max_mb']:g}" if auto["max_mb"] is not None else "")
+            note(attempts[-1]["step_up"])
+            break
+        plan = bigger
+        note(f"converting the plan of {planner.mb(plan):.1f} MB in its place")
+        convert(planner.recipe(plan))
+    return {**report, **plan_report(planner, plan, auto["min_top1"], auto["max_mb"]), "verified": attempts}
+
+
 def _fan_out(address: str | None, note):
     """--address: --quant auto's sensitivity measurements as Ray tasks there (`local`: a Ray started here)."""
     if address is None:
@@ -290,6 +333,12 @@ def text_summary(s: dict) -> str:
         lines.append(f"plan      " + ", ".join(f"{n} {c}" for c, n in pl["weights_per_choice"].items()) +
                      f" weights (table {pl['table']}); calibration top-1 {pl['calibration_top1']:.3f} "
                      f"(bar {pl['min_top1']:g}), {pl['plans_measured']} plans measured in {pl['seconds']:.0f} s")
+        tried = [a for a in pl.get("verified", []) if "artifact_calibration_top1" in a]
+        if tried:
+            lines.append("verify    the artifact's calibration top-1 " + " -> ".join(
+                f"{a['artifact_calibration_top1']:.3f} ({a['estimated_mb']:.1f} MB)" for a in tried)
+                + ("" if len(tried) == 1 else f": {len(tried) - 1} larger plan(s) converted")
+                + (f"; {tried[-1]['step_up']}" if "step_up" in tried[-1] else ""))
     if v is None:
         lines.append("validate  skipped (--no-validate)")
     else:

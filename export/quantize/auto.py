@@ -234,13 +234,26 @@ class Planner:
         """Top-1 agreement with the float model of the plan simulated, on the calibration windows (memoised)."""
         key = tuple(sorted(plan.items()))
         if key not in self.measured:
-            if self.ref_top is None:
-                self.ref_top = self.model(self.batch, torch.arange(self.batch.shape[1]))[0].argmax(-1)
             sim = simulate(self.model, self.recipe(plan), self.fmt)
             got = sim(self.batch, torch.arange(self.batch.shape[1]))[0].argmax(-1)
-            self.measured[key] = float((self.ref_top == got).float().mean())
+            self.measured[key] = float((self.reference_top() == got).float().mean())
             self.progress(f"plan of {self.mb(plan):.1f} MB: calibration top-1 {self.measured[key]:.3f}")
         return self.measured[key]
+
+    @torch.no_grad()
+    def artifact_top1(self, logits: Callable[[list[int]], object]) -> float:
+        """Top-1 agreement with the float model of a converted artifact on the calibration windows the plans
+        were measured on. logits(ids) -> [len(ids), V] (runtime_py's Artifact.logits: this module runs no
+        artifact itself)."""
+        got = torch.stack([torch.as_tensor(logits(row.tolist())).argmax(-1) for row in self.batch])
+        return float((self.reference_top() == got).float().mean())
+
+    @torch.no_grad()
+    def reference_top(self) -> torch.Tensor:
+        """The float model's next token at every calibration position (computed once)."""
+        if self.ref_top is None:
+            self.ref_top = self.model(self.batch, torch.arange(self.batch.shape[1]))[0].argmax(-1)
+        return self.ref_top
 
     def smallest(self, path: list[dict], x: float) -> int | None:
         """Index of the first plan on `path` whose top-1 reaches x (bisection: top-1 grows along the
@@ -277,9 +290,10 @@ class Planner:
 
 
 def plan_for(loaded, fmt: str, min_top1: float, max_mb: float | None = None, calibration_text: str | None = None,
-             progress: Callable[[str], None] | None = None, fan_out=None) -> tuple[object, dict]:
-    """-> (the planned recipe for `fmt`, the plan's report for the manifest and the export report). fan_out:
-    where the sensitivities are measured (Planner.measure; default this process)."""
+             progress: Callable[[str], None] | None = None, fan_out=None) -> tuple[object, dict, "Planner", dict]:
+    """-> (the planned recipe for `fmt`, the plan's report for the manifest and the export report, the
+    measured Planner, the plan) — the last two for step_up. fan_out: where the sensitivities are measured
+    (Planner.measure; default this process)."""
     if loaded.config.embedding_head is not None:
         raise ValueError("--quant auto: plans for a causal LM's top-1 agreement; embedding models are not supported")
     if loaded.tokenizer is None:
@@ -303,17 +317,34 @@ def plan_for(loaded, fmt: str, min_top1: float, max_mb: float | None = None, cal
         largest = max(p.top1(path[-1]) for path in p.paths())
         raise ValueError(f"--min-top1 {min_top1:g}: unreachable by --quant auto; with every weight at its largest "
                          f"choice the calibration top-1 is {largest:.3f}")
+    report = plan_report(p, plan, min_top1, max_mb)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    return p.recipe(plan), report, p, plan
+
+
+def plan_report(p: Planner, plan: dict[int, str], min_top1: float, max_mb: float | None) -> dict:
+    """What the manifest and the export report say of a plan."""
     counts: dict[str, int] = {}
     for i, c in plan.items():
         counts[c] = counts.get(c, 0) + len(p.units[i].names)
     ranked = sorted(p.units, key=lambda u: -u.kl[MEASURED])
-    report = {"min_top1": min_top1, "max_mb": max_mb, "calibration_top1": round(p.top1(plan), 4),
-              "calibration_tokens": int(p.batch.numel()), "estimated_mb": round(p.mb(plan), 1),
-              "weights_per_choice": counts,
-              "table": next((c for i, c in plan.items() if p.units[i].names == (TABLE,)), None),
-              "most_sensitive": [{"weights": list(u.names), "int4_kl": round(u.kl[MEASURED], 5)} for u in ranked[:5]],
-              "plans_measured": len(p.measured), "seconds": round(time.perf_counter() - t0, 1)}
-    return p.recipe(plan), report
+    return {"min_top1": min_top1, "max_mb": max_mb, "calibration_top1": round(p.top1(plan), 4),
+            "calibration_tokens": int(p.batch.numel()), "estimated_mb": round(p.mb(plan), 1),
+            "weights_per_choice": counts,
+            "table": next((c for i, c in plan.items() if p.units[i].names == (TABLE,)), None),
+            "most_sensitive": [{"weights": list(u.names), "int4_kl": round(u.kl[MEASURED], 5)} for u in ranked[:5]],
+            "plans_measured": len(p.measured)}
 
 
-__all__ = ["plan_for", "Planner", "units", "storable", "stored_bytes", "PACKED"]
+def step_up(p: Planner, plan: dict[int, str], artifact_top1: float, min_top1: float,
+            max_mb: float | None = None) -> dict[int, str] | None:
+    """The plan to convert instead of `plan`, whose artifact reached only `artifact_top1` on the calibration
+    windows (Planner.artifact_top1) where its simulation reached p.top1(plan): the smallest plan whose
+    simulated top-1 covers that conversion loss, min_top1 + loss (the loss measured, assumed to carry over
+    to a nearby plan). None when no larger plan (within max_mb) reaches it."""
+    loss = p.top1(plan) - artifact_top1
+    nxt = p.search(min(1.0, min_top1 + max(loss, 0.0)), max_mb)
+    return nxt if nxt is not None and p.mb(nxt) > p.mb(plan) else None
+
+
+__all__ = ["plan_for", "plan_report", "step_up", "Planner", "units", "storable", "stored_bytes", "PACKED"]
