@@ -95,9 +95,10 @@ def test_onnx_stores_each_weight_as_planned(tiny, tmp_path):
     assert report["conversion"]["passed"], report["conversion"]
 
 
-def test_litert_stores_each_weight_as_planned(tiny, tiny_litert, tmp_path):
-    _, loaded = tiny
-    art = tiny_litert("gemma3")
+@pytest.mark.parametrize("arch", ["gemma3", "gemma2"])     # gemma2: its final soft-cap is folded into the head
+def test_litert_stores_each_weight_as_planned(arch, tiny_hf, tiny_litert, tmp_path):
+    loaded = load_model(tiny_hf(arch, tokenizer=True).path)
+    art = tiny_litert(arch)
     choices = every_choice(loaded.model, "litert")
     assert set(choices.values()) >= {"int4", "int8", "fp16"}
     r = planned(choices, "litert")

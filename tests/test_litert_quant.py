@@ -123,7 +123,7 @@ def test_a_recipe_the_quantizer_skips_is_an_error(fp32, tmp_path, monkeypatch):
     art = fp32[1]
     blockwise_int8 = dataclasses.replace(RECIPES["int8"], overrides=())      # block 32, as on ONNX
     with monkeypatch.context() as m:
-        m.setattr(lq, "aeq_recipe", lambda r, carried=(), planned=(), own=(): aeq.dynamic_wi8b32_afp32())
+        m.setattr(lq, "aeq_recipe", lambda r, carried=(), planned=(), own=(), heads=(): aeq.dynamic_wi8b32_afp32())
         with pytest.raises(ValueError, match="did not apply --quant int8.*FULLY_CONNECTED"):
             quantize_tflite(art / "model.tflite", tmp_path / "a.tflite", blockwise_int8)
     weight_only_int4 = dataclasses.replace(RECIPES["int4"], name="int4-wo", activations="fp32")
@@ -143,3 +143,19 @@ def test_int4_export_end_to_end_generates(fp32, tmp_path, capfd):
     g = m.generate([2, 10, 11, 12], max_new_tokens=6, stop_ids=())
     assert len(g.token_ids) == 6
     matrices_at_their_bits(out / "model.tflite", hf, recipe("int4", "litert"))
+
+
+def test_a_soft_capped_head_is_stored_as_the_table(tiny_hf, tiny_litert, tmp_path):
+    """Gemma 2 soft-caps its logits: the head's output is an intermediate tensor and the converter folds 1/cap
+    into its copy of the table. `mixed` (int4 body, int8 table) must still store that head as the table (int8 per
+    channel, as the simulation rounds the tied table), not as a body matrix."""
+    from export.converters.litert.graph import weight_types
+    art = tiny_litert("gemma2")
+    loaded = load_model(tiny_hf("gemma2", tokenizer=True).path)
+    assert loaded.config.final_softcap
+    signatures = len(runtime_py.load(art.folder).manifest["signatures"])
+    quantize_tflite(art.folder / "model.tflite", tmp_path / "mixed.tflite", recipe("mixed", "litert"), loaded.model)
+    got = {k: dict(v) for k, v in weight_types(tmp_path / "mixed.tflite").items()}
+    assert got[("FULLY_CONNECTED", True)] == {"INT8": signatures}, got
+    assert got[("EMBEDDING_LOOKUP", False)] == {"INT8": signatures}, got
+    assert set(got[("FULLY_CONNECTED", False)]) == {"INT4"}, got

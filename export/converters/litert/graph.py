@@ -115,14 +115,19 @@ def op_scope(graph, op) -> str:
 
 def weight_records(path: str | Path) -> list[tuple[str, str, bool, str]]:
     """(op scope, op name, is the LM head, weight dtype) of every FULLY_CONNECTED and EMBEDDING_LOOKUP of every
-    signature (weight_ops); the LM head is the FULLY_CONNECTED writing `*logits*`."""
+    signature (weight_ops). The LM head is the FULLY_CONNECTED writing `*logits*`, or one whose weight has the
+    embedding table's shape: where the logits are soft-capped (Gemma 2) the head's output is an unnamed
+    intermediate, and the converter has folded 1/cap into its copy of the table."""
     return read_model(path, _weight_records)
 
 
 def _weight_records(model, buf) -> list[tuple[str, str, bool, str]]:
+    ops = list(weight_ops(model))
+    tables = {tuple(w.ShapeAsNumpy()) for _, _, name, w in ops if name == "EMBEDDING_LOOKUP"}
     out = []
-    for graph, op, name, weight in weight_ops(model):
-        head = name == "FULLY_CONNECTED" and LOGITS.encode() in graph.Tensors(op.Outputs(0)).Name()
+    for graph, op, name, weight in ops:
+        head = name == "FULLY_CONNECTED" and (LOGITS.encode() in graph.Tensors(op.Outputs(0)).Name()
+                                              or tuple(weight.ShapeAsNumpy()) in tables)
         out.append((op_scope(graph, op), name, head, _TYPE_NAMES[weight.Type()]))
     return out
 

@@ -4,9 +4,10 @@ ai-edge-quantizer, the library LiteRT's own tools use:
 - the transformer body's FULLY_CONNECTED weights get the recipe's bits and granularity: dynamic
   (int8 activations quantized at run time by the kernel, `compute_precision=INTEGER`) or weight-only
   (dequantized to float before the op);
-- the embedding table is one tensor shared by EMBEDDING_LOOKUP and the tied LM head (a
-  FULLY_CONNECTED writing `*logits*`): both ops get the recipe's embedding bits and granularity, so
-  the table stays one tensor;
+- the embedding table is one tensor shared by EMBEDDING_LOOKUP and the tied LM head (the FULLY_CONNECTED
+  graph.weight_records takes for the head: it writes `*logits*`, or, where the logits are soft-capped as in
+  Gemma 2, its weight is the converter's own copy of the table with 1/cap folded in): both ops get the recipe's
+  embedding bits and granularity, so the table stays one tensor where the graph shares it;
 - a recipe with `hadamard` uses ai-edge-quantizer's HADAMARD_ROTATION algorithm for all of them: each
   weight's rows are rotated by a Hadamard matrix along the input dimension (blocks of the largest power
   of two dividing it) and quantized with OCTAV clipping, and an `aeq.hadamard_rotation` op (in LiteRT's
@@ -25,13 +26,13 @@ import re
 from pathlib import Path
 
 from ...quantize.recipes import Layout, Recipe
+from ...quantize.simulate import TABLE
 from ..artifact import stdout_to_stderr
 from .graph import count_types, weight_records
 from .lossless import ALGORITHM, carried_scopes, weight_scopes
 from .zero_scales import nudge_zero_scales
 
 FC, EMBEDDING = "FULLY_CONNECTED", "EMBEDDING_LOOKUP"
-HEAD_REGEX = ".*logits.*"                # the tied LM head's output tensor (`{signature}_logits_output`)
 _DTYPE = {4: "INT4", 8: "INT8"}
 
 
@@ -42,8 +43,9 @@ def _granularity(block: int | None):
 
 def aeq_recipe(r: Recipe, carried: list[tuple[str, str, Layout]] = (),
                planned: list[tuple[str, str, Layout]] = (),
-               own: list[tuple[str, str, Layout | None]] = ()) -> list[dict]:
+               own: list[tuple[str, str, Layout | None]] = (), heads: tuple[str, ...] = ()) -> list[dict]:
     """The ai-edge-quantizer recipe (a list of op configs) for our recipe `r` (LiteRT numbers).
+    heads: the LM head ops' scopes (head_scopes), stored as the table.
     carried: (scope regex, op name, layout) of the ops whose stored integers are kept
     (export.converters.litert.lossless); planned: the same for the ops a per-weight plan names; own: ops stored
     their own way whatever the recipe (SAE encoders, sae.py; None: left float32). Later configs win: the recipe's
@@ -58,8 +60,9 @@ def aeq_recipe(r: Recipe, carried: list[tuple[str, str, Layout]] = (),
     if body is not None:
         _add(rm, ".*", FC, body)
     if table is not None:
-        for regex, name in ((".*", EMBEDDING), (HEAD_REGEX, FC)):
-            _add(rm, regex, name, table)
+        _add(rm, ".*", EMBEDDING, table)
+        for regex, name, lay in _grouped([(_exact(scope), FC, table) for scope in heads]):
+            _add(rm, regex, name, lay)
     for regex, name, lay in _grouped(planned):
         _add(rm, regex, name, lay)
     for regex, name, lay in _grouped(carried):
@@ -116,12 +119,13 @@ def quantize_tflite(src: Path, dst: Path, r: Recipe, model=None, stored: dict | 
         own = sae_ops(src, sae)
     if stored and model is not None:
         carried, report = carried_scopes(src, model, stored, r)
+    heads = head_scopes(src)
     if r.plan:
         if model is None:
             raise ValueError(f"--quant {r.name}: a per-weight plan needs the model {src} was converted from")
-        planned = planned_scopes(r, weight_scopes(src, model))
+        planned = planned_scopes(r, weight_scopes(src, model), heads)
     q = quantizer.Quantizer(str(src))
-    q.load_quantization_recipe(aeq_recipe(r, carried, planned, own))
+    q.load_quantization_recipe(aeq_recipe(r, carried, planned, own, heads))
     root = logging.getLogger()
     level = root.level
     try:
@@ -132,17 +136,31 @@ def quantize_tflite(src: Path, dst: Path, r: Recipe, model=None, stored: dict | 
     dst.write_bytes(result.quantized_model)
     del result, q
     nudge_zero_scales(dst)
-    check_quantized(dst, r, planned, own)
+    check_quantized(dst, r, planned, own, heads)
     return report if report.get("carried") else {}
 
 
-def planned_scopes(r: Recipe, scopes_of: dict) -> list[tuple[str, str, Layout]]:
-    """(scope regex, op name, layout) of every op whose weight the plan of `r` names."""
+def head_scopes(path: Path) -> tuple[str, ...]:
+    """The scopes of the LM head ops (graph.weight_records' is-the-head) of the .tflite at `path`."""
+    return tuple(sorted({scope for scope, _, head, _ in weight_records(path) if head}))
+
+
+def _exact(scope: str) -> str:
+    return f"^{re.escape(scope)}$"
+
+
+def planned_scopes(r: Recipe, scopes_of: dict, heads: tuple[str, ...] = ()) -> list[tuple[str, str, Layout]]:
+    """(scope regex, op name, layout) of every op whose weight the plan of `r` names. The LM head ops (`heads`)
+    go with the tied table (Gemma always ties them: export.models.checkpoints refuses a differing lm_head) also
+    where the converter folded a constant into the head's copy (Gemma 2's final soft-cap: x (W / cap)^T), which
+    no checkpoint tensor's bytes then match."""
+    folded = {(scope, kind) for scope, kind in scopes_of.get("?", ()) if kind == FC and scope in heads}
     out = []
     for name, _, lay in r.plan:
-        if name not in scopes_of:
+        ops = set(scopes_of.get(name, ())) | (folded if name == TABLE else set())
+        if not ops:
             raise ValueError(f"--quant {r.name}: the plan names {name}, which no LiteRT op uses")
-        out += [(f"^{re.escape(scope)}$", kind, lay) for scope, kind in sorted(scopes_of[name])]
+        out += [(_exact(scope), kind, lay) for scope, kind in sorted(ops)]
     return out
 
 
@@ -151,7 +169,7 @@ def _dtype(lay: Layout | None) -> str:
 
 
 def check_quantized(path: Path, r: Recipe, planned: list[tuple[str, str, Layout]] = (),
-                    own: list[tuple[str, str, Layout | None]] = ()) -> None:
+                    own: list[tuple[str, str, Layout | None]] = (), heads: tuple[str, ...] = ()) -> None:
     """Every FULLY_CONNECTED / EMBEDDING_LOOKUP weight has the dtype `r` asks for (with a plan: as many
     weights of each dtype, per op kind, as the plan's ops ask for); the ops of `own` (aeq_recipe's) their own."""
     bad = []
@@ -164,7 +182,8 @@ def check_quantized(path: Path, r: Recipe, planned: list[tuple[str, str, Layout]
             bad.append(f"{op} {scope}: {dtype} where {_dtype(lay)} was asked")
     got = count_types(records)
     if planned:
-        want = collections.Counter((kind, "logits" in regex, _dtype(lay)) for regex, kind, lay in planned)
+        head = {_exact(scope) for scope in heads}
+        want = collections.Counter((kind, regex in head, _dtype(lay)) for regex, kind, lay in planned)
         have = collections.Counter({(op, head, d): n for (op, head), ds in got.items() for d, n in ds.items()})
         if want != have:
             bad.append(f"per-op dtypes {dict(have)} where the plan asks for {dict(want)}")
