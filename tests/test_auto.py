@@ -201,3 +201,16 @@ def test_stored_bytes_is_the_formats_layout():
     assert stored_bytes((4, 64), CHOICES["int8"]["litert"], "litert") == 4 * (64 + 4)
     assert stored_bytes((4, 64), CHOICES["fp16"]["onnx"], "onnx") == 4 * 64 * 2
     assert np.isclose(stored_bytes((4, 256), CHOICES["int4-b128"]["onnx"], "onnx"), 4 * 2 * (64 + 4))
+
+
+def test_plans_units_the_format_cannot_store_at_the_measured_choice(tiny_hf):
+    """RecurrentGemma on LiteRT has weights whose input width blocks of 32 do not divide (ai-edge-quantizer cannot
+    store them as int4): their sensitivity is still measured at int4 in simulation and scaled to the choices the
+    format has, and a plan comes out (it raised KeyError before)."""
+    from export.quantize.auto import MEASURED, plan_for
+    loaded = load_model(tiny_hf("recurrentgemma", tokenizer=True).path)
+    recipe, report, planner, plan = plan_for(loaded, "litert", 0.9)
+    odd = [u for u in planner.units if MEASURED not in u.choices]
+    assert odd and all(set(u.choices) <= set(u.kl) for u in planner.units)
+    assert all(plan[i] in u.choices for i, u in enumerate(planner.units))
+    assert report["calibration_top1"] >= 0.9

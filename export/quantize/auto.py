@@ -127,7 +127,7 @@ class Planner:
         fan_out(planner) -> measure_units' results for every unit, gathered from tasks elsewhere (auto_ray)."""
         results = fan_out(self) if fan_out is not None else self.measure_units(range(len(self.units)))
         for u, (kl, err) in zip(self.units, results):
-            u.kl = {c: kl * err[c] / max(err[MEASURED], 1e-30) for c in u.choices}
+            u.kl = {c: kl * err[c] / max(err[MEASURED], 1e-30) for c in dict.fromkeys((*u.choices, MEASURED))}
 
     @torch.no_grad()
     def measure_units(self, indices) -> list[tuple[float, dict]]:
@@ -143,7 +143,9 @@ class Planner:
             u = self.units[k]
             alone = simulate(self.model, planned(dict.fromkeys(u.names, MEASURED), self.fmt, base="fp32"), self.fmt)
             kl = float(kl_to_teacher(self._logits_from(alone, _layer_of(u), streams), ref))
-            out.append((kl, {c: self._output_error(u, c, inputs) for c in u.choices}))
+            # the error at MEASURED too where the format cannot store it (a block that does not divide the unit's
+            # input on LiteRT): the KL is measured there in simulation, and the other choices are scaled from it
+            out.append((kl, {c: self._output_error(u, c, inputs) for c in dict.fromkeys((*u.choices, MEASURED))}))
             self.progress(f"sensitivity {len(out)}/{len(indices)} ({time.perf_counter() - t0:.0f} s)")
         return out
 
