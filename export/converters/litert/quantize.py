@@ -119,7 +119,8 @@ def quantize_tflite(src: Path, dst: Path, r: Recipe, model=None, stored: dict | 
         own = sae_ops(src, sae)
     if stored and model is not None:
         carried, report = carried_scopes(src, model, stored, r)
-    heads = head_scopes(src)
+    # an SAE encoder as wide as the vocabulary (Gemma Scope's 262k on Gemma 3) has the table's shape: it is `own`'s
+    heads = tuple(h for h in head_scopes(src) if not any(re.fullmatch(regex, h) for regex, _, _ in own))
     if r.plan:
         if model is None:
             raise ValueError(f"--quant {r.name}: a per-weight plan needs the model {src} was converted from")
