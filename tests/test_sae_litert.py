@@ -17,7 +17,7 @@ from conftest import check_features_cli, run_cli
 from oracle import LITERT_CONTEXT, LITERT_PREFILL
 from sae_oracle import check_features, hf_site, jumprelu, site_saes, topk_sets
 
-K, WIDTH = 8, 256
+K, WIDTH = 8, 384      # as wide as the tiny vocabulary: each encoder has the table's shape, as the LM head does
 SITES = (("resid_post", 1), ("attn_out", 2), ("mlp_out", 0))
 SHAPE = ["--prefill", ",".join(map(str, LITERT_PREFILL["gemma3"])), "--context", str(LITERT_CONTEXT), "--no-validate",
          "--sae-k", str(K)]
@@ -192,3 +192,32 @@ def test_features_cli_on_the_bundle_and_refusals(exported, tiny_hf, capsys):
     m.backend.sae = None                         # as a .tflite without SAE signatures
     with pytest.raises(ValueError, match="no SAE signatures"):
         m.backend.logits([2, 5], extra={"sae_0_steer": np.zeros(64, np.float32)})
+
+
+def test_a_vocabulary_wide_encoder_is_not_taken_for_the_head(exported, tmp_path):
+    """The SAEs here are as wide as the vocabulary: their encoders have the table's shape, by which the LM head is
+    recognised where its output is unnamed (Gemma 2's soft-capped head). A per-weight plan (every weight int8) with
+    the encoders fp32 is stored as asked: the encoders stay fp32 and the head is the plan's table, once per
+    signature that computes logits."""
+    from export.converters.litert.graph import weight_records
+    from export.converters.litert.quantize import quantize_tflite
+    from export.converters.litert.sae import sae_ops
+    from export.models.checkpoints import load_model
+    from export.models.sae import SaeRequest, load_sae
+    from export.quantize.auto import units
+    from export.quantize.recipes import planned
+    hf, _, paths, outs = exported
+    loaded = load_model(hf.path)
+    r = planned({n: "int8" for u in units(loaded.model, "litert") for n in u.names}, "litert")
+    request = SaeRequest([load_sae(p) for p in paths], K, "fp32")
+    src = outs["litert"] / "model.tflite"
+    quantize_tflite(src, tmp_path / "q.tflite", r, loaded.model, sae=request)
+    own = sae_ops(src, request)
+    records = weight_records(tmp_path / "q.tflite")
+    is_sae = [any(re.fullmatch(rx, scope) for rx, *_ in own) for scope, *_ in records]
+    assert {d for (*_, d), s in zip(records, is_sae) if s} == {"FLOAT32"}
+    assert {d for (*_, d), s in zip(records, is_sae) if not s} == {"INT8"}
+    from ai_edge_litert.interpreter import Interpreter
+    signatures = Interpreter(model_path=str(src)).get_signature_list()
+    heads = [head for (*_, head, _), s in zip(records, is_sae) if not s and head]
+    assert len(heads) == sum("logits" in sig["outputs"] for sig in signatures.values()), signatures
