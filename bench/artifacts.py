@@ -19,6 +19,7 @@ from pathlib import Path
 from .builders import BUILDERS, ROOT
 
 CACHE = ROOT / "bench" / "cache"
+LITERTLM_CACHE = CACHE / "litertlm-xnnpack"     # LiteRT-LM's packed weights, kept across runs
 MODEL_SUFFIXES = (".onnx", ".onnx.data", ".tflite", ".litertlm", ".gguf", ".safetensors")
 
 

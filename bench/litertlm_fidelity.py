@@ -14,6 +14,9 @@ import json
 import math
 import time
 
+from export.validate import validation_text
+from runtime_py.contract import DEFAULT_CONTEXT
+
 from . import artifacts
 from .builders import ROOT
 from .runners.litertlm import model_file
@@ -23,9 +26,8 @@ OUT = ROOT / "bench" / "results" / "litertlm_fidelity.json"
 
 def pieces(count: int) -> list[tuple[str, str]]:
     """(prefix, continuation) from the first `count` paragraphs of at least 24 words, split at the middle word."""
-    text = (ROOT / "export" / "data" / "validation.txt").read_text(encoding="utf-8")
     out = []
-    for para in (p.strip() for p in text.split("\n\n")):
+    for para in (p.strip() for p in validation_text().split("\n\n")):
         words = para.split(" ")
         if len(words) >= 24:
             half = len(words) // 2
@@ -39,7 +41,7 @@ def engine_scores(bundle: str, split: list[tuple[str, str]], threads: int) -> di
     """LiteRT-LM's summed log-likelihood and token count of each continuation, in a fresh session per piece."""
     import litert_lm
     engine = litert_lm.Engine(model_file(bundle), backend=litert_lm.Backend.CPU(thread_count=threads),
-                              max_num_tokens=4096, cache_dir=str(artifacts.CACHE / "litertlm-xnnpack"))
+                              max_num_tokens=DEFAULT_CONTEXT, cache_dir=str(artifacts.LITERTLM_CACHE))
     rows = []
     try:
         for prefix, rest in split:

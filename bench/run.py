@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     tok_src = artifacts.ensure("ours-onnx-int4", log=say)
     spec = {"threads": args.threads, "decode_tokens": args.decode, **prompts(Path(tok_src["path"]) / "tokenizer.model",
                                                                                lengths)}
-    spec["cache_dir"] = str(artifacts.CACHE / "litertlm-xnnpack")
+    spec["cache_dir"] = str(artifacts.LITERTLM_CACHE)
     Path(spec["cache_dir"]).mkdir(parents=True, exist_ok=True)
     spec_file = artifacts.CACHE / "spec.json"
     spec_file.write_text(json.dumps(spec))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import sys
@@ -132,13 +133,15 @@ def run(args) -> int:
         # the exporter may free the float model once converted (a vision model's LiteRT export does, so that the
         # quantizer runs without it); the validation then reads the checkpoint again. GPTQ's rounded weights are
         # put back into the model afterwards: kept.
-        convert = lambda r: target.export(loaded, out, r, args.context, prefill,  # noqa: E731
-                                          getattr(args, "vision_quant", None), consume=not rounded and auto is None,
-                                          **({"sae": sae} if sae else {}))
+        # (--quant auto converts again if its verify step steps up: the model is kept for it)
+        convert = functools.partial(target.export, loaded, out, context=args.context, prefill=prefill,
+                                    vision_quant=getattr(args, "vision_quant", None),
+                                    consume=not rounded and auto is None, **({"sae": sae} if sae else {}))
         convert(recipe)
     if auto is not None:
         with progress.step("verify", "the artifact on the calibration windows its plan was chosen on"):
             plan_report = _verify_plan(planner, plan, plan_report, auto, out, convert, progress.note)
+    del convert                 # it holds the model, which `del loaded` below releases
     manifest = json.loads((out / "manifest.json").read_text())
     summary = {"artifact": str(out), "target": target.name, "format": target.format, "bundle": target.bundle,
                "recipe": manifest["recipe"], **({"plan": plan_report} if plan_report else {}), "context": manifest.get("context_length"),
@@ -225,8 +228,8 @@ def _auto_request(args, recipe: str) -> dict | None:
 
 def _verify_plan(planner, plan: dict, report: dict, auto: dict, out: Path, convert, note) -> dict:
     """--quant auto: the converted artifact's own top-1 on the calibration windows its plan was measured on.
-    Where the conversion lost more than the plan's margin over the bar (a LiteRT artifact loses ~3 % top-1
-    against its simulation), a larger plan covering the measured loss (quantize.auto.step_up) is converted in
+    Where the conversion lost more than the plan's margin over the bar (LiteRT's kernels round unlike its
+    simulation), a larger plan covering the measured loss (quantize.auto.step_up) is converted in
     its place, up to STEP_UPS times. -> the final plan's report, with every attempt under "verified"."""
     import runtime_py
 

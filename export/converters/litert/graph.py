@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import mmap
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -111,6 +112,11 @@ def weight_ops(model):
 def op_scope(graph, op) -> str:
     """An op's scope as ai-edge-quantizer's `get_op_scope` joins it: its output tensors' names, each followed by `;`."""
     return "".join(graph.Tensors(op.Outputs(k)).Name().decode() + ";" for k in range(op.OutputsLength()))
+
+
+def scope_regex(scope: str) -> str:
+    """An ai-edge-quantizer config regex matching exactly the op of scope `scope` (op_scope)."""
+    return f"^{re.escape(scope)}$"
 
 
 def weight_records(path: str | Path) -> list[tuple[str, str, bool, str]]:

@@ -16,13 +16,12 @@ tensors (Google's QAT GGUFs among them) are re-quantized on LiteRT, and carried 
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 
 import numpy as np
 
 from ...quantize.qat import recovery_step
-from .graph import op_scope, read_model, weight_ops
+from .graph import op_scope, read_model, scope_regex, weight_ops
 
 ALGORITHM = "dequantized_weight_recovery"
 
@@ -72,7 +71,7 @@ def carried_scopes(tflite: str | Path, model, stored: dict, recipe) -> tuple[lis
     found = sorted(n for n in scopes_of if n != "?")
     report = {"carried": sorted(n for n in carry if n in scopes_of),
               "requantized": [n for n in found if n not in carry]}
-    ops = sorted(((f"^{re.escape(s)}$", kind, recipe.layout(n, table=n == table))
+    ops = sorted(((scope_regex(s), kind, recipe.layout(n, table=n == table))
                   for n in carry for s, kind in scopes_of.get(n, ())), key=lambda o: o[:2])
     return ops, report
 

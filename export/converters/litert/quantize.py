@@ -28,7 +28,7 @@ from pathlib import Path
 from ...quantize.recipes import Layout, Recipe
 from ...quantize.simulate import TABLE
 from ..artifact import stdout_to_stderr
-from .graph import count_types, weight_records
+from .graph import count_types, scope_regex, weight_records
 from .lossless import ALGORITHM, carried_scopes, weight_scopes
 from .zero_scales import nudge_zero_scales
 
@@ -61,7 +61,7 @@ def aeq_recipe(r: Recipe, carried: list[tuple[str, str, Layout]] = (),
         _add(rm, ".*", FC, body)
     if table is not None:
         _add(rm, ".*", EMBEDDING, table)
-        for regex, name, lay in _grouped([(_exact(scope), FC, table) for scope in heads]):
+        for regex, name, lay in _grouped([(scope_regex(scope), FC, table) for scope in heads]):
             _add(rm, regex, name, lay)
     for regex, name, lay in _grouped(planned):
         _add(rm, regex, name, lay)
@@ -146,10 +146,6 @@ def head_scopes(path: Path) -> tuple[str, ...]:
     return tuple(sorted({scope for scope, _, head, _ in weight_records(path) if head}))
 
 
-def _exact(scope: str) -> str:
-    return f"^{re.escape(scope)}$"
-
-
 def planned_scopes(r: Recipe, scopes_of: dict, heads: tuple[str, ...] = ()) -> list[tuple[str, str, Layout]]:
     """(scope regex, op name, layout) of every op whose weight the plan of `r` names. The LM head ops (`heads`)
     go with the tied table (Gemma always ties them: export.models.checkpoints refuses a differing lm_head) also
@@ -161,7 +157,7 @@ def planned_scopes(r: Recipe, scopes_of: dict, heads: tuple[str, ...] = ()) -> l
         ops = set(scopes_of.get(name, ())) | (folded if name == TABLE else set())
         if not ops:
             raise ValueError(f"--quant {r.name}: the plan names {name}, which no LiteRT op uses")
-        out += [(_exact(scope), kind, lay) for scope, kind in sorted(ops)]
+        out += [(scope_regex(scope), kind, lay) for scope, kind in sorted(ops)]
     return out
 
 
@@ -183,7 +179,7 @@ def check_quantized(path: Path, r: Recipe, planned: list[tuple[str, str, Layout]
             bad.append(f"{op} {scope}: {dtype} where {_dtype(lay)} was asked")
     got = count_types(records)
     if planned:
-        head = {_exact(scope) for scope in heads}
+        head = {scope_regex(scope) for scope in heads}
         want = collections.Counter((kind, regex in head, _dtype(lay)) for regex, kind, lay in planned)
         have = collections.Counter({(op, head, d): n for (op, head), ds in got.items() for d, n in ds.items()})
         if want != have:

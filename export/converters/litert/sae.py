@@ -13,7 +13,6 @@ The encoder matrix is one FULLY_CONNECTED weight per SAE, stored as --sae-encode
 from __future__ import annotations
 
 import functools
-import re
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from runtime_py.contract import (SAE_DECODE_SIGNATURE, SAE_INDICES, SAE_STEER, S
 
 from ...models.sae import SAE, tapped
 from ...quantize.recipes import SAE_ENCODERS
+from .graph import scope_regex
 from .signatures import SignatureModule, sample_inputs
 
 
@@ -99,5 +99,5 @@ def sae_ops(tflite, sae) -> list[tuple[str, str, object]]:
     missing = [n for n in range(len(sae.saes)) if f"weight.{n}" not in scopes]
     if missing:
         raise ValueError(f"{tflite}: no FULLY_CONNECTED op holds the encoder of {sae.saes[missing[0]].path}")
-    return [(f"^{re.escape(scope)}$", kind, lay)
+    return [(scope_regex(scope), kind, lay)
             for n in range(len(sae.saes)) for scope, kind in sorted(scopes[f"weight.{n}"])]
